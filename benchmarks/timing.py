@@ -1,0 +1,158 @@
+"""The timing helper every sn_jax benchmark uses.
+
+Rules it enforces: compile time is measured apart (the first call), then warm-up calls, then
+``repeats`` timed calls, each ended by ``jax.block_until_ready``; the median is reported with
+the interquartile range. Results are written as JSON and as a markdown table into
+``benchmarks/README.md`` between markers named after the benchmark, with the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+
+BENCH_DIR = pathlib.Path(__file__).resolve().parent
+README = BENCH_DIR / "README.md"
+RESULTS_DIR = BENCH_DIR / "results"
+
+
+class Timing(NamedTuple):
+  """Seconds: ``compile_s`` is the first call (trace + compile + run); the rest are steady state."""
+
+  compile_s: float
+  median_s: float
+  q25_s: float
+  q75_s: float
+  repeats: int
+
+
+def time_fn(
+  fn: Callable[..., Any],
+  *args: Any,
+  repeats: int = 20,
+  warmup: int = 2,
+  min_total_s: float = 0.0,
+) -> Timing:
+  """Times ``fn(*args)``: the first call apart, then ``warmup`` untimed and ``repeats`` timed calls.
+
+  ``min_total_s`` adds repeats until the timed calls sum to at least that many seconds, for
+  functions so fast that 20 calls are noise.
+  """
+  start = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  compile_s = time.perf_counter() - start
+  for _ in range(warmup):
+    jax.block_until_ready(fn(*args))
+  samples: list[float] = []
+  while len(samples) < repeats or sum(samples) < min_total_s:
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    samples.append(time.perf_counter() - start)
+  quartiles = statistics.quantiles(samples, n=4) if len(samples) > 1 else samples * 3
+  return Timing(compile_s, statistics.median(samples), quartiles[0], quartiles[2], len(samples))
+
+
+def time_side_by_side(
+  fns: dict[str, Callable[[], Any]], *, repeats: int = 20, warmup: int = 2, rounds: int = 5
+) -> dict[str, Timing]:
+  """Times several zero-argument functions interleaved, so drift in the machine hits all alike.
+
+  Each function is compiled and warmed up first; then ``rounds`` rounds each time every
+  function ``repeats // rounds`` times, in turn.
+  """
+  compile_s = {}
+  for name, fn in fns.items():
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    compile_s[name] = time.perf_counter() - start
+    for _ in range(warmup):
+      jax.block_until_ready(fn())
+  samples: dict[str, list[float]] = {name: [] for name in fns}
+  per_round = max(1, repeats // rounds)
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      for _ in range(per_round):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        samples[name].append(time.perf_counter() - start)
+  result = {}
+  for name, values in samples.items():
+    quartiles = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+    result[name] = Timing(
+      compile_s[name], statistics.median(values), quartiles[0], quartiles[2], len(values)
+    )
+  return result
+
+
+def machine() -> str:
+  """A one-line description of the machine and software that a result was measured on."""
+  devices = jax.devices()
+  kind = devices[0].device_kind if devices else "?"
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          cpu = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  return (
+    f"{jax.default_backend()} ({len(devices)} x {kind}); CPU {cpu}, {os.cpu_count()} cores; "
+    f"jax {jax.__version__}; python {platform.python_version()}"
+  )
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  """A markdown table; floats get 4 significant digits."""
+
+  def cell(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def record(
+  name: str, header: Sequence[str], rows: Sequence[Sequence[Any]], *, notes: str = ""
+) -> str:
+  """Writes ``results/NAME.json`` and replaces NAME's section of ``benchmarks/README.md``.
+
+  The section sits between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->``; it is
+  appended if the README does not have it yet. Returns the markdown written.
+  """
+  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+  where = machine()
+  RESULTS_DIR.mkdir(exist_ok=True)
+  payload = {
+    "name": name,
+    "date": stamp,
+    "machine": where,
+    "header": list(header),
+    "rows": [list(r) for r in rows],
+    "notes": notes,
+  }
+  (RESULTS_DIR / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
+  body = f"Measured {stamp} on {where}.\n\n{markdown_table(header, rows)}\n"
+  if notes:
+    body += f"\n{notes.strip()}\n"
+  begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+  text = README.read_text() if README.exists() else "# Benchmarks\n"
+  section = f"{begin}\n{body}{end}"
+  if begin in text and end in text:
+    head, rest = text.split(begin, 1)
+    text = head + section + rest.split(end, 1)[1]
+  else:
+    text = text.rstrip("\n") + f"\n\n{section}\n"
+  README.write_text(text)
+  return body

@@ -1,0 +1,5 @@
+"""``python -m sn_jax``: the same as the ``sn-jax`` command."""
+
+from sn_jax.cli import main
+
+main()

@@ -1,0 +1,266 @@
+"""Convolutions with the exact semantics of ``flax.linen.Conv``, as pure functions.
+
+This module is the one place in sn_jax that applies a convolution. Layers, the operators
+whose norms are measured, attacks and the train step all call :func:`conv`, so a kernel and
+a set of Flax attributes always mean the same linear map.
+
+Layouts follow Flax: inputs are channels-last ``(batch, *spatial, C_in)`` and kernels are
+``(*kernel_size, C_in // feature_group_count, C_out)`` (HWIO for 2-D).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+PaddingLike = str | int | Sequence[int | tuple[int, int]]
+IntOrSequence = int | Sequence[int]
+
+_PADDING_STRINGS = ("SAME", "VALID", "CIRCULAR", "REFLECT", "CAUSAL")
+_PAD_MODES = {"CIRCULAR": "wrap", "REFLECT": "reflect"}
+
+
+class ConvSpec(NamedTuple):
+  """A validated, canonical description of a convolution with Flax semantics.
+
+  Attributes:
+    kernel_size: spatial size of the kernel, one int per spatial dimension.
+    strides: one int per spatial dimension.
+    padding: ``'SAME'``, ``'VALID'``, ``'CIRCULAR'``, ``'REFLECT'``, ``'CAUSAL'`` or a tuple of
+      ``(low, high)`` pairs, one per spatial dimension.
+    kernel_dilation: one int per spatial dimension.
+    feature_group_count: number of feature groups.
+    in_features: input channels ``C_in``.
+    features: output channels ``C_out``.
+  """
+
+  kernel_size: tuple[int, ...]
+  strides: tuple[int, ...]
+  padding: str | tuple[tuple[int, int], ...]
+  kernel_dilation: tuple[int, ...]
+  feature_group_count: int
+  in_features: int
+  features: int
+
+  @property
+  def num_spatial_dims(self) -> int:
+    return len(self.kernel_size)
+
+
+def _broadcast_ints(value: IntOrSequence, rank: int, name: str, minimum: int) -> tuple[int, ...]:
+  """Turns an int or a sequence of ints into a tuple of ``rank`` ints >= ``minimum``."""
+  values = (value,) * rank if isinstance(value, int) else tuple(value)
+  if len(values) != rank or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+    raise ValueError(
+      f"`{name}` must be an int or a sequence of {rank} ints (one per spatial dimension), "
+      f"got {value!r}."
+    )
+  if any(v < minimum for v in values):
+    raise ValueError(f"`{name}` must be >= {minimum} in every dimension, got {value!r}.")
+  return values
+
+
+def canonicalize_padding(padding: PaddingLike, rank: int) -> str | tuple[tuple[int, int], ...]:
+  """Canonicalizes a Flax padding argument.
+
+  Args:
+    padding: a string in ``('SAME', 'VALID', 'CIRCULAR', 'REFLECT', 'CAUSAL')``, an int (the
+      same padding on both sides of every dimension), or a sequence of ``rank`` entries, each
+      an int or a ``(low, high)`` pair.
+    rank: the number of spatial dimensions.
+
+  Returns:
+    The padding string, upper-cased, or a tuple of ``rank`` ``(low, high)`` pairs.
+
+  Raises:
+    ValueError: for an unknown string, a sequence of the wrong length or malformed entries.
+  """
+  if isinstance(padding, str):
+    if padding.upper() not in _PADDING_STRINGS:
+      raise ValueError(
+        f"`padding` must be one of {_PADDING_STRINGS}, an int or a sequence of (low, high) "
+        f"pairs, got {padding!r}."
+      )
+    if padding.upper() == "CAUSAL" and rank != 1:
+      raise ValueError(f"`padding='CAUSAL'` needs 1 spatial dimension, got {rank}.")
+    return padding.upper()
+  if isinstance(padding, int) and not isinstance(padding, bool):
+    return ((padding, padding),) * rank
+  if isinstance(padding, Sequence) and len(padding) == rank:
+    pairs = []
+    for entry in padding:
+      if isinstance(entry, int) and not isinstance(entry, bool):
+        pairs.append((entry, entry))
+      elif (
+        isinstance(entry, Sequence)
+        and len(entry) == 2
+        and all(isinstance(p, int) and not isinstance(p, bool) for p in entry)
+      ):
+        pairs.append((int(entry[0]), int(entry[1])))
+      else:
+        break
+    if len(pairs) == rank:
+      return tuple(pairs)
+  raise ValueError(
+    f"`padding` must be a string, an int, or a sequence of {rank} entries (one per spatial "
+    f"dimension), each an int or a (low, high) pair; got {padding!r}."
+  )
+
+
+def conv_spec(
+  kernel_shape: Sequence[int],
+  in_features: int,
+  *,
+  strides: IntOrSequence = 1,
+  padding: PaddingLike = "SAME",
+  kernel_dilation: IntOrSequence = 1,
+  feature_group_count: int = 1,
+) -> ConvSpec:
+  """Validates a kernel shape and Flax convolution attributes against an input's channels.
+
+  Args:
+    kernel_shape: ``(*kernel_size, C_in // feature_group_count, C_out)``, 1 to 3 spatial dims.
+    in_features: ``C_in``, the channels of the input.
+    strides, padding, kernel_dilation, feature_group_count: as in ``flax.linen.Conv``.
+
+  Returns:
+    The canonical :class:`ConvSpec`.
+
+  Raises:
+    ValueError: naming the argument that is inconsistent, with the expected and actual value.
+  """
+  kernel_shape = tuple(kernel_shape)
+  if not 3 <= len(kernel_shape) <= 5:
+    raise ValueError(
+      "`kernel` must have rank 3 to 5, (*kernel_size, C_in // feature_group_count, C_out) "
+      f"with 1 to 3 spatial dimensions; got shape {kernel_shape} (rank {len(kernel_shape)})."
+    )
+  rank = len(kernel_shape) - 2
+  if not isinstance(feature_group_count, int) or feature_group_count < 1:
+    raise ValueError(f"`feature_group_count` must be an int >= 1, got {feature_group_count!r}.")
+  if in_features % feature_group_count:
+    raise ValueError(
+      f"the input channels (={in_features}) must be divisible by `feature_group_count` "
+      f"(={feature_group_count})."
+    )
+  features = kernel_shape[-1]
+  if features % feature_group_count:
+    raise ValueError(
+      f"the kernel's output channels (={features}) must be divisible by "
+      f"`feature_group_count` (={feature_group_count})."
+    )
+  if kernel_shape[-2] * feature_group_count != in_features:
+    raise ValueError(
+      f"the kernel expects {kernel_shape[-2] * feature_group_count} input channels "
+      f"(kernel.shape[-2]={kernel_shape[-2]} times feature_group_count="
+      f"{feature_group_count}), but the input has {in_features}."
+    )
+  return ConvSpec(
+    kernel_size=kernel_shape[:-2],
+    strides=_broadcast_ints(strides, rank, "strides", 1),
+    padding=canonicalize_padding(padding, rank),
+    kernel_dilation=_broadcast_ints(kernel_dilation, rank, "kernel_dilation", 1),
+    feature_group_count=feature_group_count,
+    in_features=in_features,
+    features=features,
+  )
+
+
+def _dimension_numbers(ndim: int) -> lax.ConvDimensionNumbers:
+  """Channels-last input and output, ``(*spatial, in, out)`` kernel: Flax's convention."""
+  lhs_spec = (0, ndim - 1, *tuple(range(1, ndim - 1)))
+  rhs_spec = (ndim - 1, ndim - 2, *tuple(range(0, ndim - 2)))
+  return lax.ConvDimensionNumbers(lhs_spec, rhs_spec, lhs_spec)
+
+
+def explicit_padding(
+  spec: ConvSpec, spatial_shape: Sequence[int]
+) -> tuple[str | None, tuple[tuple[int, int], ...]]:
+  """Resolves ``spec.padding`` for an input of ``spatial_shape`` into explicit pairs.
+
+  Returns:
+    ``(mode, pairs)``: ``mode`` is ``None`` for zero padding, or the ``jnp.pad`` mode
+    (``'wrap'``, ``'reflect'``) with which the input must be padded by ``pairs`` before a
+    VALID convolution.
+  """
+  dilated = [(k - 1) * d + 1 for k, d in zip(spec.kernel_size, spec.kernel_dilation, strict=True)]
+  padding = spec.padding
+  if padding in _PAD_MODES:
+    return _PAD_MODES[padding], tuple(((k - 1) // 2, k // 2) for k in dilated)
+  if padding == "CAUSAL":
+    return None, ((dilated[0] - 1, 0),)
+  if padding == "VALID":
+    return None, ((0, 0),) * spec.num_spatial_dims
+  if padding == "SAME":
+    return None, tuple(lax.padtype_to_pads(spatial_shape, dilated, spec.strides, "SAME"))
+  return None, padding
+
+
+def conv(
+  x: jax.typing.ArrayLike,
+  kernel: jax.typing.ArrayLike,
+  *,
+  strides: IntOrSequence = 1,
+  padding: PaddingLike = "SAME",
+  kernel_dilation: IntOrSequence = 1,
+  feature_group_count: int = 1,
+  precision: lax.PrecisionLike = None,
+) -> jax.Array:
+  """Applies a convolution exactly as ``flax.linen.Conv`` does (without bias).
+
+  Args:
+    x: input, shape ``(batch, *spatial, C_in)``.
+    kernel: shape ``(*kernel_size, C_in // feature_group_count, C_out)``.
+    strides: int or one int per spatial dimension.
+    padding: ``'SAME'``, ``'VALID'``, ``'CIRCULAR'``, ``'REFLECT'``, ``'CAUSAL'`` (1-D), an int,
+      or a sequence of ints or ``(low, high)`` pairs, one per spatial dimension.
+    kernel_dilation: int or one int per spatial dimension.
+    feature_group_count: number of feature groups; divides ``C_in`` and ``C_out``.
+    precision: passed to ``lax.conv_general_dilated``.
+
+  Returns:
+    The output, shape ``(batch, *out_spatial, C_out)``.
+
+  Raises:
+    ValueError: if the shapes or attributes are inconsistent (the message names the argument).
+  """
+  x = jnp.asarray(x)
+  kernel = jnp.asarray(kernel)
+  spec = conv_spec(
+    kernel.shape,
+    x.shape[-1],
+    strides=strides,
+    padding=padding,
+    kernel_dilation=kernel_dilation,
+    feature_group_count=feature_group_count,
+  )
+  if x.ndim != spec.num_spatial_dims + 2:
+    raise ValueError(
+      f"`x` must have rank {spec.num_spatial_dims + 2}, (batch, *spatial, C_in) for a kernel "
+      f"with {spec.num_spatial_dims} spatial dimensions; got shape {x.shape}."
+    )
+  return conv_with_spec(x, kernel, spec, precision=precision)
+
+
+def conv_with_spec(
+  x: jax.Array, kernel: jax.Array, spec: ConvSpec, *, precision: lax.PrecisionLike = None
+) -> jax.Array:
+  """:func:`conv` for an already validated :class:`ConvSpec` (no checks)."""
+  mode, pads = explicit_padding(spec, x.shape[1:-1])
+  if mode is not None:
+    x = jnp.pad(x, ((0, 0), *pads, (0, 0)), mode=mode)
+    pads = ((0, 0),) * spec.num_spatial_dims
+  return lax.conv_general_dilated(
+    x,
+    kernel,
+    window_strides=spec.strides,
+    padding=pads,
+    rhs_dilation=spec.kernel_dilation,
+    dimension_numbers=_dimension_numbers(x.ndim),
+    feature_group_count=spec.feature_group_count,
+    precision=precision,
+  )

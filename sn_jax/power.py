@@ -1,0 +1,303 @@
+"""Power iteration and Lanczos on any linear map, with the adjoint from ``jax.linear_transpose``.
+
+The operator is a plain Python function ``op: x -> A x`` whose input has a fixed shape. Its
+adjoint ``A^T`` is derived by :func:`jax.linear_transpose`, so strided, padded, dilated and
+grouped convolutions get an exact adjoint without a hand-written transposed convolution.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+LinearOp = Callable[[jax.Array], jax.Array]
+
+
+def _safe_normalize(x: jax.Array, eps: float) -> jax.Array:
+  """``x / ||x||_2`` over the whole array; a vector with norm <= eps maps to zero, never NaN."""
+  sq_norm = jnp.sum(jnp.square(x))
+  return x * lax.rsqrt(jnp.maximum(sq_norm, eps * eps)) * (sq_norm > eps * eps)
+
+
+def _check_num_iters(num_iters: int, name: str = "num_iters") -> None:
+  if isinstance(num_iters, bool) or not isinstance(num_iters, int) or num_iters < 1:
+    raise ValueError(f"`{name}` must be an int >= 1, got {num_iters!r}.")
+
+
+def transpose_of(op: LinearOp, example: jax.ShapeDtypeStruct | jax.Array) -> LinearOp:
+  """Returns the adjoint ``y -> A^T y`` of the linear function ``op``.
+
+  Args:
+    op: a linear function of one array.
+    example: an array or ``jax.ShapeDtypeStruct`` with the shape and dtype of ``op``'s input.
+
+  Returns:
+    A function from an array shaped like ``op``'s output to one shaped like its input.
+
+  Raises:
+    TypeError: if ``op`` is not linear in its input (for example it adds a bias or applies an
+      activation), which ``jax.linear_transpose`` cannot transpose.
+  """
+  example = jax.ShapeDtypeStruct(jnp.shape(example), jnp.result_type(example))
+  try:
+    transposed = jax.linear_transpose(op, example)
+  except Exception as error:  # jax raises several types for a non-linear function.
+    raise TypeError(
+      "`op` must be a linear function of its input (no bias, no activation, no constant "
+      "offset), so that its adjoint can be derived with jax.linear_transpose; "
+      f"transposing it failed with: {type(error).__name__}: {error}"
+    ) from error
+  return lambda y: transposed(y)[0]
+
+
+def _frozen_ops(op: LinearOp, example: jax.ShapeDtypeStruct) -> tuple[LinearOp, LinearOp]:
+  """Validates ``op`` and returns ``(op, adjoint)`` with everything ``op`` closes over frozen.
+
+  The iteration only searches for singular vectors, so no gradient may flow through it: the
+  traced values that ``op`` closes over (a kernel being trained, say) are hoisted out with
+  ``jax.closure_convert`` and passed through ``stop_gradient``. This also keeps reverse-mode
+  differentiation away from ``lax.while_loop``, which does not support it.
+  """
+  if not callable(op):
+    raise TypeError(f"`op` must be a callable linear function, got {type(op).__name__}.")
+  if not jnp.issubdtype(example.dtype, jnp.floating):
+    raise TypeError(
+      f"the operator's input must be floating point, got dtype {example.dtype}; cast it, for "
+      "example with u.astype(jnp.float32)."
+    )
+  converted, consts = jax.closure_convert(op, example)
+  consts = [lax.stop_gradient(c) for c in consts]
+
+  def frozen(x):
+    return converted(x, *consts)
+
+  return frozen, transpose_of(frozen, example)
+
+
+def _rayleigh_sigma(op: LinearOp, u: jax.Array, eps: float) -> jax.Array:
+  """``<v, A u>`` with ``v = A u / ||A u||`` held constant: ``||A u||``, differentiable in ``A``."""
+  a_u = op(lax.stop_gradient(u))
+  v = lax.stop_gradient(_safe_normalize(a_u, eps))
+  return jnp.vdot(v, a_u).real
+
+
+def power_iteration(
+  op: LinearOp,
+  u: jax.typing.ArrayLike,
+  *,
+  num_iters: int = 1,
+  eps: float = 1e-12,
+) -> tuple[jax.Array, jax.Array]:
+  r"""Runs power iteration steps on ``A^T A`` for the linear map ``op: u -> A u``.
+
+  Each step computes ``v = A u / ||A u||``, ``u = A^T v / ||A^T v||``, and the estimate is
+  :math:`\sigma = \langle v, A u\rangle`, the step of Farnia et al.'s spectral normalization.
+  The estimate converges from below to the largest singular value of ``A``.
+
+  The vectors are held constant for differentiation (``stop_gradient``): the gradient of the
+  returned ``sigma`` with respect to whatever ``op`` closes over is ``v^T (dA) u``, which is the
+  exact gradient of :math:`\sigma_{max}` once ``u`` and ``v`` have converged.
+
+  A zero operator yields ``sigma = 0`` and leaves ``u`` as it came in (normalized), so the
+  state never becomes NaN and resumes as soon as the operator is non-zero.
+
+  Args:
+    op: any linear function whose input has the shape and dtype of ``u``.
+    u: the current right singular vector estimate, any shape (for a convolution, one example's
+      input shape). It need not be normalized.
+    num_iters: number of steps, >= 1; a ``lax.fori_loop`` runs them.
+    eps: norms below ``eps`` are treated as zero.
+
+  Returns:
+    ``(sigma, u)``: the scalar estimate and the new unit-norm vector, shaped like ``u``.
+
+  Raises:
+    TypeError: if ``op`` is not linear or ``u`` is not floating point.
+    ValueError: if ``num_iters`` < 1.
+
+  Example:
+    >>> import jax.numpy as jnp, sn_jax
+    >>> sigma, u = sn_jax.power_iteration(lambda x: 4.0 * x, jnp.ones(3), num_iters=2)
+    >>> float(sigma)
+    4.0
+  """
+  _check_num_iters(num_iters)
+  u = jnp.asarray(u)
+  frozen, adjoint = _frozen_ops(op, jax.ShapeDtypeStruct(u.shape, u.dtype))
+
+  def step(_, u):
+    v = _safe_normalize(frozen(u), eps)
+    u_new = _safe_normalize(adjoint(v), eps)
+    return jnp.where(jnp.any(u_new != 0), u_new, u)
+
+  u = lax.fori_loop(0, num_iters, step, _safe_normalize(lax.stop_gradient(u), eps))
+  return _rayleigh_sigma(op, u, eps), u
+
+
+class NormInfo(NamedTuple):
+  """Diagnostics of :func:`operator_norm`.
+
+  Attributes:
+    num_iters: operator applications (each one ``A`` and one ``A^T``) used, int32 scalar.
+    residual: ``||A^T A u - sigma^2 u|| / sigma^2`` at the returned vector, float scalar.
+      It bounds the relative error of ``sigma^2`` to the nearest squared singular value.
+    converged: whether ``residual <= tol``, bool scalar.
+  """
+
+  num_iters: jax.Array  # shape=(), dtype=int32
+  residual: jax.Array  # shape=(), dtype=float
+  converged: jax.Array  # shape=(), dtype=bool
+
+
+def _flat_ops(op: LinearOp, adjoint: LinearOp, shape: Sequence[int]):
+  """Wraps ``op`` and its adjoint so that ``A^T A`` acts on flat vectors."""
+
+  def gram(flat):
+    return adjoint(op(flat.reshape(shape))).reshape(-1)
+
+  return gram
+
+
+def _power_norm(gram, u0, max_iters, tol, eps, check_every):
+  """Power iteration on the Gram operator with the residual stopping test; returns the vector."""
+
+  def block(carry):
+    u, _, _, it = carry
+    u = lax.fori_loop(0, check_every, lambda _, u: _safe_normalize(gram(u), eps), u)
+    g = gram(u)
+    lam = jnp.vdot(u, g)
+    res = jnp.linalg.norm(g - lam * u) / jnp.maximum(lam, eps)
+    return u, lam, res, it + check_every
+
+  def not_done(carry):
+    _, _, res, it = carry
+    return (res > tol) & (it < max_iters)
+
+  init = (_safe_normalize(u0, eps), jnp.zeros((), u0.dtype), jnp.full((), jnp.inf, u0.dtype), 0)
+  u, _, res, it = lax.while_loop(not_done, block, init)
+  return u, res, it
+
+
+def _lanczos_norm(gram, u0, max_iters, tol, eps, check_every):
+  """Lanczos with full reorthogonalization on the Gram operator.
+
+  Keeps the Krylov basis (``max_iters + 1`` flat vectors) and the tridiagonal matrix; every
+  ``check_every`` steps the largest Ritz value and its residual ``beta_k |s_k|`` are computed
+  from a small symmetric eigenproblem. Returns the top Ritz vector.
+  """
+  n = u0.shape[0]
+  dtype = u0.dtype
+  basis = jnp.zeros((max_iters + 1, n), dtype).at[0].set(_safe_normalize(u0, eps))
+  alphas = jnp.zeros((max_iters,), dtype)
+  betas = jnp.zeros((max_iters,), dtype)
+
+  def lanczos_step(k, state):
+    basis, alphas, betas = state
+    w = gram(basis[k])
+    alpha = jnp.vdot(basis[k], w)
+    # Full reorthogonalization (twice) against all previous vectors; rows > k are zero.
+    for _ in range(2):
+      w = w - basis.T @ (basis @ w)
+    beta = jnp.linalg.norm(w)
+    basis = basis.at[k + 1].set(_safe_normalize(w, eps * jnp.maximum(1.0, alpha)))
+    return basis, alphas.at[k].set(alpha), betas.at[k].set(beta)
+
+  def ritz(alphas, betas, k):
+    tri = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
+    mask = jnp.arange(max_iters) < k
+    tri = tri * (mask[:, None] & mask[None, :])
+    evals, evecs = jnp.linalg.eigh(tri)
+    lam, top = evals[-1], evecs[:, -1]
+    res = betas[k - 1] * jnp.abs(top[k - 1]) / jnp.maximum(lam, eps)
+    return top, res
+
+  def block(carry):
+    basis, alphas, betas, _, _, k = carry
+    stop = jnp.minimum(k + check_every, max_iters)
+    basis, alphas, betas = lax.fori_loop(k, stop, lanczos_step, (basis, alphas, betas))
+    top, res = ritz(alphas, betas, stop)
+    return basis, alphas, betas, top, res, stop
+
+  def not_done(carry):
+    *_, res, k = carry
+    return (res > tol) & (k < max_iters)
+
+  init = (basis, alphas, betas, jnp.zeros((max_iters,), dtype), jnp.full((), jnp.inf, dtype), 0)
+  basis, _, _, top, res, k = lax.while_loop(not_done, block, init)
+  return top @ basis[:-1], res, k
+
+
+def operator_norm(
+  op: LinearOp,
+  input_shape: Sequence[int],
+  *,
+  num_iters: int = 500,
+  tol: float = 1e-5,
+  key: jax.Array | None = None,
+  method: str = "lanczos",
+  dtype: jnp.dtype = jnp.float32,
+  check_every: int = 8,
+  return_info: bool = False,
+) -> jax.Array | tuple[jax.Array, NormInfo]:
+  r"""The largest singular value of a linear map, iterated to a guaranteed tolerance.
+
+  Works on the Gram operator ``A^T A`` from a random start. The stopping test is the relative
+  residual :math:`\|A^TAu - \lambda u\| / \lambda \le` ``tol``, which bounds the relative error
+  of :math:`\lambda = \sigma^2` to the nearest eigenvalue: unlike the relative change of
+  ``sigma`` between steps, it does not stop early when the top two singular values are close.
+
+  ``method='lanczos'`` (default) runs Lanczos with full reorthogonalization, which needs far
+  fewer operator applications than power iteration when the spectral gap is small, at the cost
+  of storing ``num_iters + 1`` input-sized vectors. ``method='power'`` uses O(1) memory.
+
+  Args:
+    op: any linear function of an array of shape ``input_shape``.
+    input_shape: the shape of ``op``'s input (one example, no batch axis).
+    num_iters: the most operator applications, >= 1 (capped at the input size for Lanczos).
+    tol: the relative residual at which to stop, > 0.
+    key: PRNG key for the random start; ``None`` uses ``jax.random.key(0)``.
+    method: ``'lanczos'`` or ``'power'``.
+    dtype: floating dtype of the iteration vectors.
+    check_every: steps between two evaluations of the stopping test.
+    return_info: also return a :class:`NormInfo` with the iterations used and the residual.
+
+  Returns:
+    ``sigma`` (a float scalar), or ``(sigma, info)`` when ``return_info`` is true.
+
+  Raises:
+    TypeError: if ``op`` is not linear or ``dtype`` is not floating point.
+    ValueError: for ``num_iters`` < 1, ``tol`` <= 0 or an unknown ``method``.
+
+  Example:
+    >>> import jax.numpy as jnp, sn_jax
+    >>> w = jnp.diag(jnp.array([3.0, 1.0, 0.5]))
+    >>> round(float(sn_jax.operator_norm(lambda x: w @ x, (3,))), 4)
+    3.0
+  """
+  _check_num_iters(num_iters)
+  _check_num_iters(check_every, "check_every")
+  if not tol > 0:
+    raise ValueError(f"`tol` must be > 0, got {tol!r}.")
+  if method not in ("lanczos", "power"):
+    raise ValueError(f"`method` must be 'lanczos' or 'power', got {method!r}.")
+  input_shape = tuple(input_shape)
+  example = jax.ShapeDtypeStruct(input_shape, jnp.dtype(dtype))
+  frozen, adjoint = _frozen_ops(op, example)
+  gram = _flat_ops(frozen, adjoint, input_shape)
+  key = jax.random.key(0) if key is None else key
+  u0 = jax.random.normal(key, (math.prod(input_shape),), dtype)
+  eps = float(jnp.finfo(dtype).tiny) ** 0.5
+  if method == "lanczos":
+    max_iters = min(num_iters, math.prod(input_shape))
+    u, res, used = _lanczos_norm(gram, u0, max_iters, tol, eps, min(check_every, max_iters))
+  else:
+    u, res, used = _power_norm(gram, u0, num_iters, tol, eps, check_every)
+  sigma = _rayleigh_sigma(op, _safe_normalize(u, eps).reshape(input_shape), eps)
+  if return_info:
+    return sigma, NormInfo(jnp.asarray(used, jnp.int32), res, res <= tol)
+  return sigma

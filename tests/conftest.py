@@ -1,0 +1,13 @@
+"""Test configuration: four simulated CPU devices and strict numerics, set before jax loads."""
+
+import os
+
+# Multi-device tests (data parallelism) need several devices; on CPU they are simulated. This must
+# happen before jax initializes its backend, which is why it lives here and not in a fixture.
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+).strip()
+
+import jax
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
