@@ -2,3 +2,422 @@
 
 The power-iteration state lives in the variable collection ``'spectral'``; see DESIGN.md.
 """
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from sn_jax import convolution, operators, power
+
+# Layers whose kernel SpectralNorm maps through sn_jax.operators.layer_operator.
+_CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv,)
+_METHODS = ("power",)
+_STATE_KEYS = frozenset({"u", "sigma", "beta"})
+
+
+def _type_name(obj: Any) -> str:
+  return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _is_trivial(value: Any) -> bool:
+  """Whether a Flax dilation attribute is 1 everywhere (``None`` means 1)."""
+  return value is None or all(v == 1 for v in ((value,) if isinstance(value, int) else value))
+
+
+def _check_layer(layer: Any) -> None:
+  """Refuses layers that are not linear in their kernel, or whose map sn_jax cannot build."""
+  supported = (nn.Dense, *_CONV_TYPES, nn.ConvTranspose)
+  if not isinstance(layer, supported):
+    names = ", ".join(f"{t.__module__}.{t.__qualname__}" for t in supported)
+    raise TypeError(
+      f"`layer` must be a layer that is linear in its kernel, one of {names}; got "
+      f"{_type_name(layer)}. Normalize the linear layers inside it instead."
+    )
+  if getattr(layer, "dot_general", None) is not None or (
+    getattr(layer, "conv_general_dilated", None) is not None
+  ):
+    raise ValueError(
+      f"`layer` ({_type_name(layer)}) overrides its dot_general/conv_general_dilated; its linear "
+      "map is then unknown to SpectralNorm. Use the default implementation."
+    )
+  if isinstance(layer, _CONV_TYPES) and not _is_trivial(layer.input_dilation):
+    raise ValueError(
+      f"`layer.input_dilation` must be 1 (a transposed convolution is nn.ConvTranspose), got "
+      f"{layer.input_dilation!r}."
+    )
+
+
+def _example_shape(layer: nn.Module, kernel: jax.Array, x: jax.Array) -> tuple[int, ...]:
+  """The shape of ONE example of the layer's input: ``(in,)`` or ``(*spatial, C_in)``."""
+  if isinstance(layer, nn.Dense):
+    return (kernel.shape[0],)
+  rank = kernel.ndim - 1  # spatial dimensions plus channels
+  if x.ndim < rank:
+    raise ValueError(
+      f"the input of a {kernel.ndim - 2}-D convolution must have rank >= {rank} "
+      f"((*batch, *spatial, C_in)), got shape {x.shape}."
+    )
+  return tuple(x.shape[-rank:])
+
+
+def _linear_map(layer: nn.Module, kernel: jax.Array, input_shape: tuple[int, ...]):
+  """The linear map ``x -> layer(x) - bias`` on one example: the one place for every layer type.
+
+  Dense and convolution layers go through :func:`sn_jax.operators.layer_operator`. For
+  ``nn.ConvTranspose`` the map is Flax's own forward pass with the bias removed, so its padding
+  and ``transpose_kernel`` conventions hold by construction.
+  """
+  if isinstance(layer, nn.Dense):
+    return operators.layer_operator(kernel, input_shape)
+  if isinstance(layer, _CONV_TYPES):
+    if layer.mask is not None:
+      kernel = kernel * layer.mask
+    return operators.layer_operator(
+      kernel,
+      input_shape,
+      strides=1 if layer.strides is None else layer.strides,
+      padding=layer.padding,
+      kernel_dilation=1 if layer.kernel_dilation is None else layer.kernel_dilation,
+      feature_group_count=layer.feature_group_count,
+    )
+  plain = layer.clone(parent=None, use_bias=False, dtype=kernel.dtype, param_dtype=kernel.dtype)
+  return lambda x: plain.apply({"params": {"kernel": kernel}}, x[None])[0]
+
+
+class SpectralNorm(nn.Module):
+  r"""Spectral normalization of a layer by the true operator norm of its linear map.
+
+  Wraps a layer that is linear in its kernel (``nn.Dense``, ``nn.Conv`` in 1 to 3 spatial
+  dimensions with any stride, padding, dilation and feature groups, ``nn.ConvTranspose``) and
+  calls it with the effective kernel
+
+  .. math:: W_{\mathrm{eff}} = W / \max(1, \sigma / \beta),
+
+  the soft projection of Farnia et al.: the kernel is unchanged while :math:`\sigma \le \beta`.
+  :math:`\sigma` is the largest singular value of the map ``x -> layer(x) - bias`` on inputs of
+  the shape the layer really sees (for a convolution: its spatial size, stride and padding, not
+  the kernel reshaped to a matrix, which is what ``flax.linen.SpectralNorm`` normalizes). It is
+  estimated by :func:`sn_jax.power_iteration` on the map built by
+  :func:`sn_jax.operators.layer_operator`. Biases are never normalized. ``beta=inf`` calls the
+  plain layer but still tracks :math:`\sigma`, as the paper's baselines do.
+
+  State, in the collection ``collection_name`` (default ``'spectral'``), created at ``init``
+  from the real input:
+
+  - ``u``: float32, the power-iteration vector in the layer's input space for ONE example
+    (``(in_features,)`` for a dense layer; ``(*spatial, C_in)`` for a convolution);
+  - ``sigma``: float32 scalar, the last estimate (for inspection and logs);
+  - ``beta``: float32 scalar, the wrapper's ``beta``, so that :func:`spectral_norms` can report
+    the effective norm from the variables alone.
+
+  ``update_stats=True`` runs ``num_iters`` power-iteration steps from the stored ``u`` and writes
+  the state (call ``apply`` with ``mutable=[collection_name]``); do this once per training step.
+  ``update_stats=False`` iterates nothing and writes nothing: sigma is ``||A u||`` at the stored
+  ``u``, so evaluation is deterministic, cheaper than Flax's layer (which iterates anyway), and
+  works with the collection immutable, which is how attacks call the model.
+
+  Gradients flow through sigma with the iteration vectors held constant: the gradient of sigma
+  is ``v^T dW u``, the exact gradient of the top singular value once ``u`` has converged (the
+  choice of edward2 and invertible-resnet; Farnia et al. also differentiate through the one
+  iteration step). ``stop_gradient_sigma=True`` treats sigma as a constant instead.
+
+  bf16/f16 parameters work: the norm is computed in float32 and the effective kernel is cast
+  back to the parameter dtype.
+
+  The wrapped layer keeps its own parameters where Flax puts them: created inside a compact
+  ``__call__`` it is a child of the enclosing module (as with ``flax.linen.SpectralNorm``);
+  passed unbound it becomes this module's child ``'layer'``.
+
+  Attributes:
+    layer: the wrapped layer.
+    beta: the largest allowed operator norm, > 0; ``inf`` disables normalization.
+    num_iters: power-iteration steps per ``update_stats=True`` call, >= 1.
+    collection_name: the variable collection holding the state.
+    stop_gradient_sigma: do not differentiate through sigma.
+    method: how sigma is estimated; ``'power'`` (power iteration on the layer's map).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, flax.linen as nn
+    >>> from sn_jax import nn as snn
+    >>> layer = snn.SpectralNorm(nn.Conv(8, (3, 3), strides=2), beta=1.0)
+    >>> x = jnp.ones((2, 8, 8, 3))
+    >>> variables = layer.init(jax.random.key(0), x, update_stats=False)
+    >>> y, state = layer.apply(variables, x, update_stats=True, mutable=['spectral'])
+    >>> variables = {**variables, **state}
+    >>> y_eval = layer.apply(variables, x, update_stats=False)   # no state change
+
+  References:
+    Farnia, Zhang, Tse. Generalizable Adversarial Training via Spectral Normalization. ICLR
+    2019. https://arxiv.org/abs/1811.07457
+
+    Miyato, Kataoka, Koyama, Yoshida. Spectral Normalization for Generative Adversarial
+    Networks. ICLR 2018. https://arxiv.org/abs/1802.05957
+  """
+
+  layer: nn.Module
+  beta: float = math.inf
+  num_iters: int = 1
+  collection_name: str = "spectral"
+  stop_gradient_sigma: bool = False
+  method: str = "power"
+
+  def _check_attributes(self) -> None:
+    _check_layer(self.layer)
+    if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not self.beta > 0:
+      raise ValueError(
+        f"`beta` must be a number > 0 (inf for no normalization), got {self.beta!r}."
+      )
+    power._check_num_iters(self.num_iters)
+    if self.method not in _METHODS:
+      raise ValueError(f"`method` must be one of {_METHODS}, got {self.method!r}.")
+    if not isinstance(self.collection_name, str) or not self.collection_name:
+      raise ValueError(f"`collection_name` must be a non-empty str, got {self.collection_name!r}.")
+
+  def _state_variables(self, input_shape: tuple[int, ...]):
+    """The ``u``, ``sigma`` and ``beta`` variables, checked against ``input_shape``."""
+    col = self.collection_name
+    if not self.is_initializing() and not self.has_variable(col, "u"):
+      raise ValueError(
+        f"SpectralNorm found no state in the collection {col!r}. Pass the variables returned by "
+        f"model.init, including {col!r}, to apply (not only 'params')."
+      )
+    u = self.variable(
+      col,
+      "u",
+      lambda: power._safe_normalize(
+        jax.random.normal(self.make_rng("params"), input_shape, jnp.float32), 1e-12
+      ),
+    )
+    if tuple(u.value.shape) != input_shape:
+      raise ValueError(
+        f"SpectralNorm state was created for inputs of shape {tuple(u.value.shape)} per example, "
+        f"but this call's input has shape {input_shape} per example. The power-iteration vector "
+        f"lives in the layer's input space, so its size is fixed at init. Re-initialize the "
+        f"{col!r} collection for the new size: "
+        f"variables = {{**variables, {col!r}: model.init(key, x_new)[{col!r}]}}."
+      )
+    sigma = self.variable(col, "sigma", lambda: jnp.zeros((), jnp.float32))
+    beta = self.variable(col, "beta", lambda: jnp.asarray(self.beta, jnp.float32))
+    return u, sigma, beta
+
+  def _effective_kernel(self, kernel: jax.Array, x: jax.Array, update_stats: bool) -> jax.Array:
+    input_shape = _example_shape(self.layer, kernel, x)
+    u, sigma_var, beta_var = self._state_variables(input_shape)
+    op = _linear_map(self.layer, kernel.astype(jnp.float32), input_shape)
+    if update_stats:
+      if not self.is_mutable_collection(self.collection_name):
+        raise ValueError(
+          f"`update_stats=True` writes the collection {self.collection_name!r}: call apply with "
+          f"mutable=[{self.collection_name!r}], or pass update_stats=False (evaluation, attacks)."
+        )
+      sigma, u_new = power.power_iteration(op, u.value, num_iters=self.num_iters)
+      u.value = u_new
+    else:
+      sigma = power._rayleigh_sigma(op, u.value, 1e-12)
+    if update_stats or self.is_initializing():
+      sigma_var.value = lax.stop_gradient(sigma)
+      beta_var.value = jnp.asarray(self.beta, jnp.float32)
+    if self.stop_gradient_sigma:
+      sigma = lax.stop_gradient(sigma)
+    scale = jnp.maximum(1.0, sigma / self.beta)
+    return (kernel.astype(jnp.float32) / scale).astype(kernel.dtype)
+
+  @nn.compact
+  def __call__(self, x: jax.typing.ArrayLike, *, update_stats: bool) -> jax.Array:
+    """Applies the wrapped layer with its kernel divided by ``max(1, sigma / beta)``.
+
+    Args:
+      x: the wrapped layer's input, e.g. ``(batch, *spatial, C_in)`` for a convolution; the
+        per-example shape must be the one the state was created with.
+      update_stats: run the power iteration and write the state (training), or not (evaluation
+        and attacks).
+
+    Returns:
+      The wrapped layer's output.
+
+    Raises:
+      TypeError: if the layer is not linear in its kernel.
+      ValueError: for ``beta`` <= 0, ``num_iters`` < 1, an unknown ``method``, an input whose
+        per-example shape differs from the one at init, missing state, or ``update_stats=True``
+        with the collection immutable.
+    """
+    self._check_attributes()
+    x = jnp.asarray(x)
+    if self.is_initializing():
+      self.layer(x)  # creates the raw parameters, which the mapped call below only reads
+
+    def normalize(variables):
+      params = dict(variables["params"])
+      params["kernel"] = self._effective_kernel(params["kernel"], x, update_stats)
+      return {**variables, "params": params}
+
+    return nn.map_variables(
+      lambda layer, x: layer(x), "params", trans_in_fn=normalize, init=False, mutable=False
+    )(self.layer, x)
+
+
+class LayerNorms(NamedTuple):
+  """The spectral state of one normalized layer, as listed by :func:`spectral_norms`.
+
+  Attributes:
+    sigma: the last power-iteration estimate of the wrapped kernel's operator norm.
+    beta: the wrapper's ``beta`` (``inf`` when normalization is off).
+    norm: the effective layer's norm, ``sigma / max(1, sigma / beta)`` = ``min(sigma, beta)``.
+  """
+
+  sigma: jax.Array  # shape=(), dtype=float32
+  beta: jax.Array  # shape=(), dtype=float32
+  norm: jax.Array  # shape=(), dtype=float32
+
+
+def spectral_norms(
+  variables: Mapping[str, Any], *, collection_name: str = "spectral"
+) -> dict[str, LayerNorms]:
+  """Lists every spectrally normalized layer with its sigma and effective norm.
+
+  Args:
+    variables: a Flax variables dict holding ``collection_name`` (what ``model.init`` returns,
+      or the state returned by ``apply(..., mutable=[collection_name])``).
+    collection_name: the collection the :class:`SpectralNorm` layers write.
+
+  Returns:
+    A dict from the layer's path in the collection (``'block1/conv2'``) to its
+    :class:`LayerNorms`, in the collection's order. The product of the ``norm`` entries of a
+    feed-forward network bounds its Lipschitz constant (up to the accuracy of the estimates).
+
+  Raises:
+    ValueError: if ``variables`` has no ``collection_name`` entry.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, flax.linen as nn
+    >>> from sn_jax import nn as snn
+    >>> layer = snn.SpectralNorm(nn.Dense(3), beta=1.0)
+    >>> variables = layer.init(jax.random.key(0), jnp.ones((1, 4)), update_stats=False)
+    >>> sorted(snn.spectral_norms(variables))
+    ['']
+  """
+  if not isinstance(variables, Mapping) or collection_name not in variables:
+    found = sorted(variables) if isinstance(variables, Mapping) else type(variables).__name__
+    raise ValueError(
+      f"`variables` must be a dict with the collection {collection_name!r} (from model.init or "
+      f"apply(..., mutable=[{collection_name!r}])), got {found}."
+    )
+  found: dict[str, LayerNorms] = {}
+
+  def walk(tree, path):
+    if set(tree) >= _STATE_KEYS:
+      sigma = jnp.asarray(tree["sigma"], jnp.float32)
+      beta = jnp.asarray(tree["beta"], jnp.float32)
+      found["/".join(path)] = LayerNorms(sigma, beta, sigma / jnp.maximum(1.0, sigma / beta))
+    for key, value in tree.items():
+      if isinstance(value, Mapping):
+        walk(value, (*path, str(key)))
+
+  walk(variables[collection_name], ())
+  return found
+
+
+class Conv(nn.Conv):
+  """``flax.linen.Conv`` computed by :func:`sn_jax.conv`, with the fast strided formulation.
+
+  A drop-in replacement: the same attributes, the same parameters (``kernel`` of shape
+  ``(*kernel_size, C_in // feature_group_count, features)``, ``bias`` of shape
+  ``(features,)``), the same initializers, the same outputs and gradients up to float rounding,
+  so a checkpoint moves between the two. It is a subclass of ``flax.linen.Conv``, so
+  :class:`SpectralNorm` and ``isinstance`` checks treat it as one. The one extra attribute,
+  ``formulation``, chooses how a strided convolution is computed (see :func:`sn_jax.conv`):
+  ``'auto'`` (the default) takes the faster exact form for the backend.
+
+  Input dilation (a transposed convolution, ``flax.linen.ConvTranspose``) and the deprecated
+  ``conv_general_dilated`` hooks are not supported.
+
+  Attributes:
+    formulation: ``'auto'``, ``'direct'`` or ``'polyphase'``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from sn_jax import nn as snn
+    >>> layer = snn.Conv(64, (8, 8), strides=2)
+    >>> x = jnp.ones((2, 28, 28, 1))
+    >>> variables = layer.init(jax.random.key(0), x)
+    >>> layer.apply(variables, x).shape
+    (2, 14, 14, 64)
+
+  References:
+    Farnia, Zhang, Tse. Generalizable Adversarial Training via Spectral Normalization. ICLR
+    2019. https://arxiv.org/abs/1811.07457 (the ELU-Net whose strided convolutions this speeds up)
+  """
+
+  formulation: str = "auto"
+
+  @nn.compact
+  def __call__(self, inputs: jax.typing.ArrayLike) -> jax.Array:
+    """Applies the convolution.
+
+    Args:
+      inputs: ``(*batch, *spatial, C_in)``; any number of batch dimensions, none included.
+
+    Returns:
+      ``(*batch, *out_spatial, features)``.
+
+    Raises:
+      ValueError: for inconsistent attributes or input channels, a ``mask`` of the wrong
+        shape, ``input_dilation`` other than 1, or an unknown ``formulation``.
+    """
+    if self.conv_general_dilated is not None or self.conv_general_dilated_cls is not None:
+      raise ValueError(
+        "sn_jax.nn.Conv computes its convolution with sn_jax.conv; `conv_general_dilated` and "
+        "`conv_general_dilated_cls` must be None. Use flax.linen.Conv for a custom one."
+      )
+    if not _is_trivial(self.input_dilation):
+      raise ValueError(
+        f"`input_dilation` must be 1 (a transposed convolution is flax.linen.ConvTranspose), got "
+        f"{self.input_dilation!r}."
+      )
+    kernel_size = (
+      (self.kernel_size,) if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
+    )
+    inputs = jnp.asarray(inputs)
+    if inputs.ndim < len(kernel_size) + 1:
+      raise ValueError(
+        f"`inputs` of a {len(kernel_size)}-D convolution must have rank >= "
+        f"{len(kernel_size) + 1}, (*batch, *spatial, C_in); got shape {inputs.shape}."
+      )
+    batch_shape = inputs.shape[: inputs.ndim - len(kernel_size) - 1]
+    x = inputs.reshape(-1, *inputs.shape[len(batch_shape) :])
+    in_features = x.shape[-1]
+    kernel_shape = (*kernel_size, in_features // self.feature_group_count, self.features)
+    spec = convolution.conv_spec(
+      kernel_shape,
+      in_features,
+      strides=1 if self.strides is None else self.strides,
+      padding=self.padding,
+      kernel_dilation=1 if self.kernel_dilation is None else self.kernel_dilation,
+      feature_group_count=self.feature_group_count,
+    )
+    if self.mask is not None and self.mask.shape != kernel_shape:
+      raise ValueError(
+        f"`mask` must have the kernel's shape {kernel_shape}, got {self.mask.shape}."
+      )
+    kernel = self.param("kernel", self.kernel_init, kernel_shape, self.param_dtype)
+    if self.mask is not None:
+      kernel = kernel * self.mask
+    bias = (
+      self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+      if self.use_bias
+      else None
+    )
+    x, kernel, bias = self.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = convolution.conv_with_spec(
+      x, kernel, spec, precision=self.precision, formulation=self.formulation
+    )
+    if bias is not None:
+      y = y + bias.reshape((1,) * (y.ndim - 1) + bias.shape)
+    return y.reshape(*batch_shape, *y.shape[1:])
