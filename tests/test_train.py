@@ -1,0 +1,154 @@
+"""Tests of sn_jax.train: the per-device step, its parallel wrappers, evaluation, the loop."""
+
+import functools
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import sn_jax
+from sn_jax import train
+
+
+class Tiny(nn.Module):
+  """A test-only model: 4x4 average pooling, then a spectrally normalized dense layer.
+
+  It keeps a power-iteration vector in the 'spectral' collection, like the real models.
+  """
+
+  beta: float = 0.5
+
+  @nn.compact
+  def __call__(self, x, *, update_stats=False):
+    x = nn.avg_pool(x, (4, 4), strides=(4, 4)).reshape(x.shape[0], -1)
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], 10))
+    u = self.variable("spectral", "u", lambda: jnp.ones((x.shape[-1],), jnp.float32))
+    sigma, new_u = sn_jax.power_iteration(sn_jax.dense_operator(kernel), u.value)
+    if update_stats and not self.is_initializing():
+      u.value = new_u
+    bias = self.param("bias", nn.initializers.zeros, (1, 10))
+    return x @ (kernel / jnp.maximum(1.0, sigma / self.beta)) + bias
+
+
+def sign_attack(logits_fn, x, key):
+  """A deterministic one-step l_inf attack on the model's own predictions (test-only)."""
+  del key
+
+  def loss(x):
+    logits = logits_fn(x)
+    labels = jax.lax.stop_gradient(jnp.argmax(logits, -1))
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
+
+  return x + 0.05 * jnp.sign(jax.grad(loss)(x))
+
+
+def _batches(num, size, seed=0):
+  rng = np.random.default_rng(seed)
+  return [
+    (
+      rng.uniform(size=(size, 28, 28, 1)).astype(np.float32),
+      rng.integers(0, 10, size).astype(np.int32),
+    )
+    for _ in range(num)
+  ]
+
+
+def _run(parallel, batches, *, attack=sign_attack, adv_weight=1.0):
+  model, tx = Tiny(), optax.adam(1e-2)
+  state = train.create_train_state(model, tx, input_shape=(28, 28, 1), seed=0)
+  step = train.parallel_train_step(
+    parallel, model=model, tx=tx, attack=attack, adv_weight=adv_weight
+  )
+  state = parallel.replicate(state)
+  for batch in batches:
+    state, metrics = step(state, parallel.shard(batch))
+  return state, metrics
+
+
+def test_four_devices_are_simulated():
+  assert jax.device_count() == 4
+
+
+def test_shard_map_and_pmap_match_one_device():
+  # adv_weight=0.5 runs every part of the step: the attack, and clean and adversarial examples
+  # in one pass.
+  adv_weight = 0.5
+  batches = _batches(5, 16)
+  one, m1 = _run(train.DataParallel(devices=jax.devices()[:1]), batches, adv_weight=adv_weight)
+  sharded_p = train.DataParallel()
+  sharded, m2 = _run(sharded_p, batches, adv_weight=adv_weight)
+  pmapped_p = train.DataParallel(mode="pmap")
+  pmapped, m3 = _run(pmapped_p, batches, adv_weight=adv_weight)
+  one = train.DataParallel(devices=jax.devices()[:1]).unreplicate(one)
+  for other in (sharded_p.unreplicate(sharded), pmapped_p.unreplicate(pmapped)):
+    assert int(other.step) == 5
+    chex.assert_trees_all_close(other.params, one.params, atol=1e-5, rtol=1e-5)
+    chex.assert_trees_all_close(other.spectral, one.spectral, atol=1e-5, rtol=1e-5)
+  chex.assert_trees_all_close(m2, jax.tree.map(np.asarray, m1), atol=1e-5)
+  chex.assert_trees_all_close(jax.tree.map(lambda a: a[0], m3), m2, atol=1e-5)
+  # The state stays replicated: every device holds the same parameters and spectral vectors.
+  for leaf in jax.tree.leaves((pmapped.params, pmapped.spectral)):
+    assert all(np.array_equal(leaf[0], leaf[i]) for i in range(4))
+  for leaf in jax.tree.leaves((sharded.params, sharded.spectral)):
+    assert leaf.sharding.is_fully_replicated
+
+
+def test_the_step_learns_and_advances_the_power_iteration_once():
+  parallel = train.DataParallel()
+  model, tx = Tiny(), optax.adam(1e-2)
+  state0 = train.create_train_state(model, tx, input_shape=(28, 28, 1), seed=0)
+  batch = _batches(1, 8)[0]
+  step = train.parallel_train_step(parallel, model=model, tx=tx, attack=sign_attack)
+  state1, _ = step(parallel.replicate(state0), parallel.shard(batch))
+  state1 = parallel.unreplicate(state1)
+  # One power-iteration step from the old u with the OLD kernel (the attack must not move u).
+  kernel = state0.params["kernel"]
+  _, expected_u = sn_jax.power_iteration(sn_jax.dense_operator(kernel), state0.spectral["u"])
+  np.testing.assert_allclose(state1.spectral["u"], expected_u, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(state1.params["kernel"], kernel)
+
+
+def test_the_step_compiles_once():
+  parallel = train.DataParallel()
+  model, tx = Tiny(), optax.sgd(0.1)
+  traces = []
+
+  def counted(state, batch):
+    traces.append(1)
+    return train.train_step(state, batch, model=model, tx=tx, attack=sign_attack)
+
+  step = parallel.wrap(counted, donate_state=True)
+  state = parallel.replicate(train.create_train_state(model, tx, input_shape=(28, 28, 1), seed=0))
+  for batch in _batches(3, 8):
+    state, _ = step(state, parallel.shard(batch))
+  assert len(traces) == 1
+
+
+@pytest.mark.parametrize("mode", ["shard_map", "pmap"])
+def test_a_batch_not_divisible_by_the_devices_is_a_clear_error(mode):
+  parallel = train.DataParallel(mode=mode)
+  with pytest.raises(ValueError, match=r"batch size on this process \(10\) must be divisible"):
+    parallel.shard(_batches(1, 10)[0])
+
+
+def test_unknown_parallel_mode():
+  with pytest.raises(ValueError, match="`mode` must be 'shard_map' or 'pmap', got 'vmap'"):
+    train.DataParallel(mode="vmap")
+
+
+def test_eval_step_counts_with_padding():
+  parallel = train.DataParallel()
+  model, tx = Tiny(), optax.sgd(0.1)
+  state = train.create_train_state(model, tx, input_shape=(28, 28, 1), seed=0)
+  x, y = _batches(1, 8)[0]
+  mask = np.array([1, 1, 1, 1, 1, 1, 0, 0], np.float32)
+  fn = parallel.wrap(functools.partial(train.eval_step, model=model, attacks={"clean": None}))
+  counts = fn(parallel.replicate(state), parallel.shard((x, y, mask)))
+  logits = model.apply({"params": state.params, "spectral": state.spectral}, x)
+  expected = np.sum((np.argmax(logits, -1) == y)[:6])
+  assert int(counts["count"]) == 6
+  assert int(counts["clean"]) == expected
