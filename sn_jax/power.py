@@ -41,17 +41,29 @@ def transpose_of(op: LinearOp, example: jax.ShapeDtypeStruct | jax.Array) -> Lin
 
   Raises:
     TypeError: if ``op`` is not linear in its input (for example it adds a bias or applies an
-      activation), which ``jax.linear_transpose`` cannot transpose.
+      activation). A constant offset is only detectable when it is concrete: under ``jit``, a
+      traced bias slips through, so build operators with :func:`sn_jax.layer_operator`.
   """
   example = jax.ShapeDtypeStruct(jnp.shape(example), jnp.result_type(example))
   try:
     transposed = jax.linear_transpose(op, example)
+    # linear_transpose fails lazily, at the first call: trace that call abstractly now.
+    jax.eval_shape(transposed, jax.eval_shape(op, example))
   except Exception as error:  # jax raises several types for a non-linear function.
     raise TypeError(
       "`op` must be a linear function of its input (no bias, no activation, no constant "
       "offset), so that its adjoint can be derived with jax.linear_transpose; "
       f"transposing it failed with: {type(error).__name__}: {error}"
     ) from error
+  # An affine map (x + b) transposes without complaint, ignoring b. Where op's constants are
+  # concrete (not traced under jit), op(0) is cheap to evaluate now and must be zero.
+  with jax.ensure_compile_time_eval():
+    offset = op(jnp.zeros(example.shape, example.dtype))
+  if not isinstance(offset, jax.core.Tracer) and bool(jnp.any(offset != 0)):
+    raise TypeError(
+      "`op` must be a linear function of its input, but op(0) is not zero: it adds a constant "
+      "offset (a bias?). Pass the map without its bias."
+    )
   return lambda y: transposed(y)[0]
 
 
