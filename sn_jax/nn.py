@@ -40,9 +40,8 @@ def _check_layer(layer: Any) -> None:
       f"`layer` must be a layer that is linear in its kernel, one of {names}; got "
       f"{_type_name(layer)}. Normalize the linear layers inside it instead."
     )
-  if getattr(layer, "dot_general", None) is not None or (
-    getattr(layer, "conv_general_dilated", None) is not None
-  ):
+  overrides = ("dot_general", "dot_general_cls", "conv_general_dilated", "conv_general_dilated_cls")
+  if any(getattr(layer, name, None) is not None for name in overrides):
     raise ValueError(
       f"`layer` ({_type_name(layer)}) overrides its dot_general/conv_general_dilated; its linear "
       "map is then unknown to SpectralNorm. Use the default implementation."
