@@ -1,35 +1,137 @@
-"""The ``sn-jax`` command."""
+"""The ``sn-jax`` command: adversarial training with and without spectral normalization.
+
+Usage::
+
+  sn-jax                                     # the main job: `compare` on the embedded MNIST
+  sn-jax compare [--config FILE] [--workdir DIR] [--betas inf,2] [--config.FIELD=VALUE ...]
+  sn-jax train --config FILE --workdir DIR [--config.FIELD=VALUE ...]
+  sn-jax eval --config FILE --workdir DIR [--config.FIELD=VALUE ...]
+
+``FILE`` is an ``ml_collections`` config file (a ``get_config()`` function; see
+``experiments/farnia2019/``); without ``--config`` the default of
+:func:`sn_jax.loop.default_config` is used. ``train`` resumes from the latest checkpoint in
+``DIR``; ``eval`` evaluates it.
+"""
 
 from __future__ import annotations
 
-import argparse
+import math
+import os
+import sys
+import tempfile
 from collections.abc import Sequence
+from typing import Any
 
-import jax
+from absl import flags
+from ml_collections import config_flags
 
-from sn_jax import operators
+from sn_jax import loop
+
+COMMANDS = ("compare", "train", "eval")
+# The main job's normalized run: beta = 2 is on the paper's grid for beta (REFERENCE 1.3).
+MAIN_BETAS = "inf,2"
 
 
-def demo() -> None:
-  """Prints, for the strided convolutions of Farnia et al.'s ELU-Net, the true operator norm next
-  to the reshaped-kernel norm that other libraries normalize by, and the exact oracle."""
-  layers = [  # (name, kernel shape, input shape, strides, padding) of ELU-Net on MNIST
-      ("conv1 8x8 s2 SAME", (8, 8, 1, 64), (28, 28, 1), 2, "SAME"),
-      ("conv2 6x6 s2 VALID", (6, 6, 64, 128), (14, 14, 64), 2, "VALID"),
-      ("conv3 5x5 s1 VALID", (5, 5, 128, 128), (5, 5, 128), 1, "VALID"),
+class UsageError(Exception):
+  """A bad command line or config value, reported in one line without a traceback."""
+
+
+def parse(argv: Sequence[str]) -> tuple[str, Any, str | None, list[float]]:
+  """``(command, config, workdir, betas)`` from the arguments after the program name.
+
+  Raises:
+    UsageError: for an unknown command or flag, or a bad override.
+  """
+  argv = list(argv)
+  command = argv.pop(0) if argv and not argv[0].startswith("-") else "compare"
+  if command not in COMMANDS:
+    raise UsageError(f"unknown command {command!r}; expected one of {COMMANDS}.")
+  values = flags.FlagValues()
+  if any(a == "--config" or a.startswith("--config=") for a in argv):
+    config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=["sn-jax", *argv])
+  else:
+    config_flags.DEFINE_config_dict("config", loop.default_config(), flag_values=values)
+  flags.DEFINE_string("workdir", None, "the run's directory", flag_values=values)
+  flags.DEFINE_string(
+    "betas", MAIN_BETAS, "compare: betas to train, 'inf' = no SN", flag_values=values
+  )
+  try:
+    values(["sn-jax", *argv])
+    betas = [float(b) for b in values.betas.split(",")]
+  except (flags.Error, ValueError, KeyError, AttributeError) as e:
+    raise UsageError(str(e)) from e
+  if command != "compare" and values.workdir is None:
+    raise UsageError(f"`sn-jax {command}` needs --workdir DIR.")
+  return command, values.config, values.workdir, betas
+
+
+def _row(name: str, result: dict[str, Any]) -> str:
+  train, test = result["train"], result["test"]
+  return (
+    f"{name:<18}{test['clean']:>8.3f}{train['attack']:>9.3f}{test['attack']:>9.3f}"
+    f"{result['gap']:>8.3f}{test['eval_attack']:>10.3f}{result['step']:>7d}"
+  )
+
+
+def table(config: Any, results: dict[str, dict[str, Any]]) -> str:
+  """The side-by-side table the main job prints, one row per run."""
+  attack = config.attack.name.upper() if config.attack.name != "none" else "ERM"
+  lines = [
+    f"{config.model} on {config.dataset}, trained with {attack}; accuracies:",
+    f"{'':<18}{'clean':>8}{attack:>9}{attack:>9}{'gap':>8}{'eval atk':>10}{'steps':>7}",
+    f"{'':<18}{'test':>8}{'train':>9}{'test':>9}{'':>8}{'test':>10}",
   ]
-  print(f"{'layer':<22}{'operator norm':>15}{'iterations':>12}{'reshaped kernel':>17}")
-  for i, (name, kernel_shape, input_shape, strides, padding) in enumerate(layers):
-    kernel = jax.random.normal(jax.random.key(i), kernel_shape) / kernel_shape[0]
-    sigma, info = operators.conv_operator_norm(
-        kernel, input_shape, strides=strides, padding=padding, tol=1e-6, return_info=True
+  lines += [_row(name, result) for name, result in results.items()]
+  lines.append(
+    "gap = train minus test accuracy under the training attack; "
+    f"eval atk = {config.eval_attack.name.upper()} (config.eval_attack)."
+  )
+  return "\n".join(lines)
+
+
+def compare(config: Any, workdir: str, betas: Sequence[float]) -> dict[str, dict[str, Any]]:
+  """Trains ``config`` once per beta (``inf``: no normalization) in ``workdir/beta_B``."""
+  results = {}
+  for beta in betas:
+    run = config.copy_and_resolve_references()
+    run.beta = beta
+    name = "no SN (beta=inf)" if math.isinf(beta) else f"SN (beta={beta:g})"
+    print(f"== {name}", flush=True)
+    results[name] = loop.train_and_evaluate(run, os.path.join(workdir, f"beta_{beta:g}"))
+    if results[name]["interrupted"] is not None:
+      break
+  return results
+
+
+def run(argv: Sequence[str]) -> int:
+  """Runs the command; returns the exit status (``128 + signal`` when interrupted)."""
+  command, config, workdir, betas = parse(argv)
+  try:
+    if command == "eval":
+      results = {f"beta={config.beta:g}": loop.evaluate_checkpoint(config, workdir)}
+    elif command == "train":
+      results = {f"beta={config.beta:g}": loop.train_and_evaluate(config, workdir)}
+    else:
+      with tempfile.TemporaryDirectory(prefix="sn_jax_") as scratch:
+        results = compare(config, workdir or scratch, betas)
+  except (ValueError, FileNotFoundError) as e:
+    raise UsageError(str(e)) from e
+  interrupted = [r["interrupted"] for r in results.values() if r["interrupted"] is not None]
+  if interrupted:
+    print(
+      f"Interrupted; a checkpoint was saved in {workdir or 'the scratch directory'}; "
+      "re-run the same command to resume."
     )
-    reshaped = operators.reshaped_kernel_norm(kernel)
-    print(f"{name:<22}{float(sigma):>15.5f}{int(info.num_iters):>12d}{float(reshaped):>17.5f}")
+    return 128 + interrupted[0]
+  print(table(config, results))
+  return 0
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="sn-jax", description=__doc__)
-  parser.add_subparsers(dest="command").add_parser("demo", help="operator norms of ELU-Net's convs")
-  parser.parse_args(argv)
-  demo()
+  """The console entry point of ``sn-jax`` (and of ``python3 -m sn_jax``)."""
+  try:
+    status = run(sys.argv[1:] if argv is None else argv)
+  except UsageError as e:
+    print(f"sn-jax: error: {e}", file=sys.stderr)
+    status = 2
+  sys.exit(status)

@@ -5,8 +5,7 @@ The step is written once, per device, pmap-style: attack the local batch with th
 ``lax.pmean`` the gradients over the axis ``'batch'``, apply the optax update and advance the
 power iteration once. :class:`DataParallel` runs it under ``jax.shard_map`` over a mesh of all
 devices (the default) or under ``jax.pmap``; both give the numbers of one device with the same
-global batch. The loop, checkpoints and the command live in :mod:`sn_jax.loop` and
-:mod:`sn_jax.cli`.
+global batch. :mod:`sn_jax.loop` runs them from a config, with checkpoints and metrics.
 
 References:
   Farnia, Zhang & Tse, "Generalizable Adversarial Training via Spectral Normalization", ICLR 2019,
@@ -28,6 +27,8 @@ import optax
 from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from sn_jax import data
 
 AXIS = "batch"
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -286,3 +287,33 @@ def parallel_train_step(
   """:func:`train_step` wrapped by ``parallel``, donating the state; ``options`` go to the step."""
   step = functools.partial(train_step, model=model, tx=tx, **options)
   return parallel.wrap(step, donate_state=True)
+
+
+def evaluate(
+  parallel: DataParallel,
+  eval_fn: Callable,
+  state: Any,
+  split: data.Split,
+  *,
+  batch_size: int,
+) -> dict[str, float]:
+  """Accuracies of a replicated ``state`` on a whole split, through a wrapped :func:`eval_step`.
+
+  The split is cut into global batches of ``batch_size`` (the last one padded and masked); each
+  process evaluates its slice of each.
+
+  Returns:
+    ``{name: accuracy}`` for each attack ``eval_fn`` was built with.
+  """
+  n = len(split.labels)
+  local = batch_size // jax.process_count()
+  totals: dict[str, float] = {}
+  for start in range(0, n, batch_size):
+    index = start + jax.process_index() * local + np.arange(local)
+    mask = (index < n).astype(np.float32)
+    index = np.minimum(index, n - 1)
+    counts = eval_fn(state, parallel.shard((split.images[index], split.labels[index], mask)))
+    for name, value in jax.device_get(counts).items():
+      totals[name] = totals.get(name, 0.0) + float(np.ravel(value)[0])
+  count = totals.pop("count")
+  return {name: value / count for name, value in totals.items()}

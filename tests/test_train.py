@@ -1,6 +1,9 @@
 """Tests of sn_jax.train: the per-device step, its parallel wrappers, evaluation, the loop."""
 
 import functools
+import json
+import os
+import signal
 
 import chex
 import flax.linen as nn
@@ -11,7 +14,7 @@ import optax
 import pytest
 
 import sn_jax
-from sn_jax import train
+from sn_jax import data, loop, train
 
 
 class Tiny(nn.Module):
@@ -152,3 +155,114 @@ def test_eval_step_counts_with_padding():
   expected = np.sum((np.argmax(logits, -1) == y)[:6])
   assert int(counts["count"]) == 6
   assert int(counts["clean"]) == expected
+
+
+# ---- The loop: checkpoints, resume, signals, config validation (sn_jax.loop) ----
+
+
+def _config(**overrides):
+  config = loop.default_config()
+  config.batch_size, config.eval_batch_size, config.num_steps = 32, 200, 6
+  config.log_every, config.checkpoint_every, config.num_eval_train = 2, 3, 200
+  config.attack.name, config.eval_attack.name = "fgm", "none"
+  config.model, config.beta = "tiny", 1.0
+  config.update(overrides)
+  return config
+
+
+def _params(workdir, config):
+  template = train.create_train_state(
+    loop.make_model(config), loop.make_optimizer(config), input_shape=(28, 28, 1), seed=config.seed
+  )
+  manager = loop._checkpoint_manager(str(workdir), config, create=False)
+  state, _ = loop._restore(manager, jax.device_get(template))
+  manager.close()
+  return state
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  result = loop.train_and_evaluate(_config(), str(workdir))
+  return workdir, result
+
+
+def test_a_run_checkpoints_logs_and_evaluates(uninterrupted):
+  workdir, result = uninterrupted
+  assert result["step"] == 6 and result["interrupted"] is None
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
+  lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [line["step"] for line in lines] == [2, 4, 6, 6]
+  assert {"loss", "accuracy", "steps_per_sec"} <= set(lines[0])
+  assert lines[-1]["test"] == result["test"]
+  assert result["gap"] == pytest.approx(result["train"]["attack"] - result["test"]["attack"])
+  assert json.loads((workdir / "results.json").read_text())["test"] == result["test"]
+
+
+def test_a_signal_saves_and_stops_and_the_rerun_resumes_bit_identical(
+  uninterrupted, tmp_path, monkeypatch
+):
+  reference, _ = uninterrupted
+  real_batches = data.batches
+
+  def interrupting_batches(*args, **kwargs):
+    for i, batch in enumerate(real_batches(*args, **kwargs)):
+      if i == 4:  # step 5: between checkpoints (every 3 steps) and log lines (every 2)
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+
+  monkeypatch.setattr(data, "batches", interrupting_batches)
+  result = loop.train_and_evaluate(_config(), str(tmp_path))
+  assert result["interrupted"] == signal.SIGTERM and result["step"] == 5
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is restored
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "5"]
+  # A cut-off write (orbax's temporary directory, never finalized) must not be picked up.
+  junk = tmp_path / "checkpoints" / "9.orbax-checkpoint-tmp-1234567"
+  junk.mkdir()
+  (junk / "garbage").write_text("cut off mid-write")
+  monkeypatch.setattr(data, "batches", real_batches)
+  result = loop.train_and_evaluate(_config(), str(tmp_path))
+  assert result["step"] == 6 and result["interrupted"] is None
+  # The resumed run ends bit-identical to the uninterrupted one.
+  expected, resumed = _params(reference, _config()), _params(tmp_path, _config())
+  chex.assert_trees_all_equal(resumed.params, expected.params)
+  chex.assert_trees_all_equal(resumed.spectral, expected.spectral)
+  chex.assert_trees_all_equal(resumed.opt_state, expected.opt_state)
+
+
+@pytest.mark.parametrize(
+  ("field", "value", "message"),
+  [
+    ("dataset", "imagenet", r"config.dataset must be one of .*got 'imagenet'"),
+    ("model", "vgg99", r"config.model: `name` must be one of .*got 'vgg99'"),
+    ("beta", -1.0, r"config.beta must be > 0 \(inf: no normalization\), got -1.0"),
+    (
+      "batch_size",
+      2,
+      r"config.batch_size must be a positive multiple of the number of devices \(4\), got 2",
+    ),
+    ("batch_size", 30, r"config.batch_size must be .*got 30"),
+    ("optimizer", "lbfgs", r"config.optimizer must be one of \('adam', 'sgd'\), got 'lbfgs'"),
+    ("adv_weight", 1.5, r"config.adv_weight must be in \[0, 1\], got 1.5"),
+  ],
+)
+def test_bad_config_values_name_the_field(field, value, message):
+  config = _config()
+  config[field] = value
+  with pytest.raises(ValueError, match=message):
+    loop.validate_config(config, num_devices=4)
+
+
+@pytest.mark.parametrize(
+  ("field", "value", "message"),
+  [
+    ("name", "deepfool", r"config.attack.name must be one of \('none', 'fgm', 'pgm', 'wrm'\)"),
+    ("eps", -0.1, r"config.attack.eps must be >= 0, got -0.1"),
+    ("norm", 3.0, r"config.attack.norm must be 1, 2 or inf, got 3.0"),
+  ],
+)
+def test_bad_attack_values_name_the_field(field, value, message):
+  config = _config()
+  config.attack[field] = value
+  with pytest.raises(ValueError, match=message):
+    loop.validate_config(config, num_devices=4)
