@@ -1,0 +1,519 @@
+"""Tests of sn_jax.attacks: closed forms on linear and quadratic models, invariants, jit."""
+
+import functools
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sn_jax import attacks
+
+KEY = jax.random.key(0)
+
+
+def linear_model(num_features=6, num_classes=4, seed=0):
+  """A linear multi-class model ``x @ w + b`` with its parameters, for closed forms."""
+  kw, kb = jax.random.split(jax.random.key(seed))
+  w = jax.random.normal(kw, (num_features, num_classes))
+  b = 0.1 * jax.random.normal(kb, (num_classes,))
+  return (lambda x: x @ w + b[None]), w, b
+
+
+def mlp(shape, num_classes=3, seed=0):
+  """A small non-linear model on inputs of any shape (flattened), closed over its weights."""
+  k1, k2 = jax.random.split(jax.random.key(seed))
+  dim = int(np.prod(shape))
+  w1 = jax.random.normal(k1, (dim, 8)) / np.sqrt(dim)
+  w2 = jax.random.normal(k2, (8, num_classes))
+  return lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ w1) @ w2
+
+
+def ce_input_grad(w, b, x, labels):
+  """The closed-form input gradient of the cross-entropy of a linear model: (p - e_y) W^T."""
+  p = jax.nn.softmax(x @ w + b[None])
+  return (p - jax.nn.one_hot(labels, w.shape[1])) @ w.T
+
+
+# --- closed forms -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("norm", [2, 1, jnp.inf])
+def test_fgm_matches_the_closed_form_on_a_linear_model(norm):
+  logits_fn, w, b = linear_model()
+  x = jax.random.normal(KEY, (5, 6))
+  y = jnp.array([0, 1, 2, 3, 0])
+  g = ce_input_grad(w, b, x, y)
+  if norm == jnp.inf:
+    direction = jnp.sign(g)
+  else:
+    direction = g / jnp.linalg.norm(g, ord=norm, axis=1, keepdims=True)
+  expected = x + 0.3 * direction  # eps multiplies the l2 step: the cleverhans bug is absent
+  np.testing.assert_allclose(attacks.fgm(logits_fn, x, y, eps=0.3, norm=norm), expected, atol=1e-6)
+  targeted = attacks.fgm(logits_fn, x, y, eps=0.3, norm=norm, targeted=True)
+  np.testing.assert_allclose(targeted, x - 0.3 * direction, atol=1e-6)
+
+
+def test_y_none_attacks_the_predictions():
+  logits_fn, _, _ = linear_model()
+  x = jax.random.normal(KEY, (7, 6))
+  predicted = jnp.argmax(logits_fn(x), axis=-1)
+  for attack in (attacks.fgm, functools.partial(attacks.pgd, num_steps=3)):
+    chex.assert_trees_all_equal(
+      attack(logits_fn, x, eps=0.2), attack(logits_fn, x, predicted, eps=0.2)
+    )
+
+
+@pytest.mark.parametrize("norm", [jnp.inf, 2])
+def test_one_pgd_step_of_size_eps_is_fgm(norm):
+  logits_fn = mlp((3, 3, 2))
+  x = jax.random.normal(KEY, (4, 3, 3, 2))
+  y = jnp.array([0, 1, 2, 0])
+  one_step = attacks.pgd(logits_fn, x, y, eps=0.1, step_size=0.1, num_steps=1, norm=norm)
+  np.testing.assert_allclose(one_step, attacks.fgm(logits_fn, x, y, eps=0.1, norm=norm), atol=1e-6)
+
+
+def test_deepfool_finds_the_exact_minimal_l2_perturbation_of_a_linear_model():
+  logits_fn, w, _ = linear_model(num_features=6, num_classes=5)
+  x = jax.random.normal(KEY, (8, 6))
+  label = jnp.argmax(logits_fn(x), axis=-1)
+  f = logits_fn(x) - jnp.take_along_axis(logits_fn(x), label[:, None], axis=1)  # (B, C)
+  w_diff = w[None, :, :] - w.T[label][:, :, None]  # (B, D, C): w_k - w_label
+  dist = jnp.abs(f) / jnp.linalg.norm(w_diff, axis=1)
+  dist = jnp.where(jax.nn.one_hot(label, 5, dtype=bool), jnp.inf, dist)
+  nearest = jnp.argmin(dist, axis=1)
+  w_k = jnp.take_along_axis(w_diff, nearest[:, None, None], axis=2)[..., 0]
+  f_k = jnp.take_along_axis(f, nearest[:, None], axis=1)
+  r_min = jnp.abs(f_k) * w_k / jnp.sum(w_k**2, axis=1, keepdims=True)
+
+  r, fooled = attacks.deepfool_perturbation(logits_fn, x, num_classes=5, overshoot=0.02)
+  np.testing.assert_allclose(r, 1.02 * r_min, atol=1e-5)
+  np.testing.assert_allclose(jnp.linalg.norm(r, axis=1) / 1.02, jnp.min(dist, axis=1), rtol=1e-5)
+  assert bool(jnp.all(fooled))
+  x_adv = attacks.deepfool(logits_fn, x, num_classes=5, overshoot=0.02)
+  np.testing.assert_allclose(x_adv, x + r, atol=1e-6)
+  assert bool(jnp.all(jnp.argmax(logits_fn(x_adv), axis=-1) != label))
+
+
+def test_deepfool_with_two_candidates_steps_toward_the_runner_up():
+  logits_fn, w, _ = linear_model(num_features=6, num_classes=5, seed=3)
+  x = jax.random.normal(KEY, (6, 6))
+  logits = logits_fn(x)
+  top2 = jnp.argsort(logits, axis=1)[:, ::-1][:, :2]
+  w_k = w.T[top2[:, 1]] - w.T[top2[:, 0]]
+  f_k = jnp.take_along_axis(logits, top2[:, 1:], 1) - jnp.take_along_axis(logits, top2[:, :1], 1)
+  expected = jnp.abs(f_k) * w_k / jnp.sum(w_k**2, axis=1, keepdims=True)
+  r, _ = attacks.deepfool_perturbation(logits_fn, x, num_classes=2, num_steps=1, overshoot=0.0)
+  np.testing.assert_allclose(r, expected, atol=1e-5)
+
+
+def test_deepfool_targeted_reaches_the_target():
+  logits_fn, _, _ = linear_model(num_features=6, num_classes=4, seed=1)
+  x = jax.random.normal(KEY, (10, 6))
+  target = (jnp.argmax(logits_fn(x), axis=-1) + 1 + jnp.arange(10) % 3) % 4
+  r, fooled = attacks.deepfool_perturbation(
+    logits_fn, x, target, num_classes=4, num_steps=10, targeted=True
+  )
+  assert bool(jnp.all(fooled))
+  chex.assert_trees_all_equal(jnp.argmax(logits_fn(x + r), axis=-1), target)
+
+
+def test_deepfool_computes_all_candidate_gradients_in_one_pass():
+  traces = []
+
+  def logits_fn(x):
+    traces.append(x.shape)
+    return linear_model(num_classes=6)[0](x)
+
+  attacks.deepfool_perturbation(logits_fn, jnp.ones((3, 6)), num_classes=6, num_steps=4)
+  # One call for the candidates at x, one inside the loop body (traced once), one at the end.
+  assert len(traces) == 3
+
+
+def test_differentiable_deepfool_gradient_matches_the_closed_form():
+  _, w, b = linear_model(num_features=5, num_classes=3, seed=2)
+  x = jax.random.normal(KEY, (4, 5))
+  label = jnp.argmax(x @ w + b[None], axis=-1)
+
+  def closed_form(w):  # (1 + overshoot) * min_k |f_k| / ||w_k - w_label||, k fixed at the argmin
+    f = x @ w + b[None]
+    f = f - jnp.take_along_axis(f, label[:, None], 1)
+    is_label = jax.nn.one_hot(label, 3)
+    norms = jnp.sqrt(jnp.sum((w[None] - w.T[label][:, :, None]) ** 2, axis=1) + is_label)
+    dist = jnp.where(is_label > 0, jnp.inf, jnp.abs(f) / norms)
+    return 1.02 * jnp.sum(jnp.min(dist, axis=1))
+
+  def deepfool_norm(w, differentiable):
+    r, _ = attacks.deepfool_perturbation(
+      lambda z: z @ w + b[None], x, num_classes=3, differentiable=differentiable
+    )
+    return jnp.sum(jnp.linalg.norm(r, axis=1))
+
+  np.testing.assert_allclose(deepfool_norm(w, True), closed_form(w), rtol=1e-5)
+  grad = jax.grad(deepfool_norm)(w, True)
+  np.testing.assert_allclose(grad, jax.grad(closed_form)(w), atol=1e-5)
+  chex.assert_trees_all_equal(jax.grad(deepfool_norm)(w, False), jnp.zeros_like(w))
+
+
+def test_wrm_reaches_the_analytic_maximizer_of_a_quadratic_loss():
+  # loss(z) = -1/2 sum_i q_i (z_i - m_i)^2, so lam*loss - 1/2 ||x' - x||^2 is maximized at
+  # x' = (x + lam q m) / (1 + lam q), lam = 1 / (2 gamma).
+  q = jnp.array([[0.1, 0.4, 0.8, 0.2]])
+  m = jnp.array([[1.0, -2.0, 0.5, 3.0]])
+  loss = lambda z, _: -0.5 * jnp.sum(q * (z - m) ** 2, axis=-1)
+  x = jax.random.normal(KEY, (3, 4))
+  y = jnp.zeros(3, jnp.int32)
+  gamma = 1.0
+  lam = 0.5 / gamma
+  x_adv = attacks.wrm(lambda z: z, x, y, gamma=gamma, num_steps=60, loss=loss)
+  np.testing.assert_allclose(x_adv, (x + lam * q * m) / (1 + lam * q), atol=1e-5)
+
+
+def test_wrm_first_step_and_schedule_follow_the_paper():
+  logits_fn = mlp((5,))
+  x = jax.random.normal(KEY, (3, 5))
+  y = jnp.array([0, 1, 2])
+  lam = 0.5 / 0.7
+  grad = jax.grad(lambda z: lam * jnp.sum(attacks.cross_entropy(logits_fn(z), y)))
+  expected = x + grad(x)  # the first step, size 1
+  for t in range(2):  # the paper's loop, steps 1/sqrt(t + 2)
+    expected = expected + (grad(expected) - (expected - x)) / np.sqrt(t + 2)
+  got = attacks.wrm(logits_fn, x, y, gamma=0.7, num_steps=2)
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_losses():
+  logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 3.0, 1.0]])
+  labels = jnp.array([0, 2])
+  np.testing.assert_allclose(attacks.logit_margin(logits, labels), [-2.0, 2.0])
+  expected = -jnp.log(jax.nn.softmax(logits)[jnp.arange(2), labels])
+  np.testing.assert_allclose(attacks.cross_entropy(logits, labels), expected, rtol=1e-6)
+
+
+# --- invariants ---------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("norm", "random_start"))
+def _pgd(x, y, eps, key, clip_min, clip_max, *, norm, random_start):
+  return attacks.pgd(
+    mlp(x.shape[1:]), x, y, eps=eps, num_steps=3, norm=norm, random_start=random_start, key=key,
+    clip_min=clip_min, clip_max=clip_max,
+  )  # fmt: skip
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+  shape=st.sampled_from([(2, 4), (1, 3, 2, 2)]),
+  eps=st.floats(0.0, 2.0),
+  norm=st.sampled_from([jnp.inf, 2.0, 1.0]),
+  margins=st.tuples(st.floats(0.0, 0.5), st.floats(0.0, 0.5)),
+  seed=st.integers(0, 2**16),
+)
+def test_pgd_stays_in_the_ball_and_the_clip_range(shape, eps, norm, margins, seed):
+  x_key, y_key, key = jax.random.split(jax.random.key(seed), 3)
+  x = jax.random.uniform(x_key, shape, minval=-1.0, maxval=1.0)
+  y = jax.random.randint(y_key, shape[:1], 0, 3)
+  clip_min, clip_max = jnp.min(x) - margins[0], jnp.max(x) + margins[1]
+  x_adv = _pgd(x, y, eps, key, clip_min, clip_max, norm=norm, random_start=True)
+  size = jnp.linalg.norm((x_adv - x).reshape(shape[0], -1), ord=norm, axis=1)
+  # Rounding in x + delta: 1e-6 absolute (inputs are in [-1, 1]), 1e-5 relative for the norms.
+  assert float(jnp.max(size)) <= eps * (1 + (norm != jnp.inf) * 1e-5) + 1e-6
+  assert float(jnp.min(x_adv)) >= float(clip_min) and float(jnp.max(x_adv)) <= float(clip_max)
+  again = _pgd(x, y, eps, key, clip_min, clip_max, norm=norm, random_start=True)
+  chex.assert_trees_all_equal(x_adv, again)
+  assert not bool(jnp.any(jnp.isnan(x_adv)))
+
+
+def test_radial_random_start_stays_in_the_l2_ball():
+  x = jnp.zeros((64, 3))
+  zero = lambda z: jnp.zeros((z.shape[0], 2)) + 0.0 * jnp.sum(z)  # no gradient: only the start
+  x_adv = attacks.pgd(zero, x, eps=0.5, norm=2, random_start="radial", key=KEY, num_steps=1)
+  radius = jnp.linalg.norm(x_adv, axis=1)
+  assert float(jnp.max(radius)) <= 0.5 * (1 + 1e-6)
+  # U(0, 1) radii: about half fall below eps / 2 (uniform in the ball: 1/8 of them).
+  assert 0.3 < float(jnp.mean(radius < 0.25)) < 0.7
+
+
+@settings(max_examples=8, deadline=None)
+@given(eps=st.floats(0.0, 2.0), norm=st.sampled_from([jnp.inf, 2.0, 1.0]), clip=st.booleans())
+def test_fgm_stays_in_the_ball_and_the_clip_range(eps, norm, clip):
+  x = jax.random.uniform(KEY, (3, 2, 3), minval=-1.0, maxval=1.0)
+  bounds = dict(clip_min=-1.0, clip_max=1.0) if clip else {}
+  x_adv = attacks.fgm(mlp((2, 3)), x, eps=eps, norm=norm, **bounds)
+  size = jnp.linalg.norm((x_adv - x).reshape(3, -1), ord=norm, axis=1)
+  assert float(jnp.max(size)) <= eps * (1 + 1e-5) + 1e-7
+  if clip:
+    assert float(jnp.min(x_adv)) >= -1.0 and float(jnp.max(x_adv)) <= 1.0
+
+
+def test_random_restarts_keep_the_worst_case_per_example():
+  logits_fn = mlp((4,))
+  x = jax.random.normal(KEY, (16, 4))
+  y = jnp.zeros(16, jnp.int32)
+  options = dict(eps=0.3, num_steps=2, norm=2, random_start=True)
+  best = attacks.pgd(logits_fn, x, y, key=KEY, num_restarts=3, **options)
+  singles = jnp.stack(
+    [attacks.pgd(logits_fn, x, y, key=k, **options) for k in jax.random.split(KEY, 3)]
+  )
+  losses = jnp.stack([attacks.cross_entropy(logits_fn(s), y) for s in singles])
+  fooled = jnp.stack([jnp.argmax(logits_fn(s), axis=-1) != y for s in singles])
+  expected = jnp.where(
+    jnp.any(fooled, 0), jnp.argmax(jnp.where(fooled, losses, -jnp.inf), 0), jnp.argmax(losses, 0)
+  )
+  np.testing.assert_allclose(best, singles[expected, jnp.arange(16)], atol=1e-6)
+  assert bool(jnp.any(expected != 0))  # the choice is not always the first restart
+
+
+def test_zero_gradients_give_zero_perturbations_and_no_nans():
+  constant = lambda x: jnp.zeros((x.shape[0], 3)) + 0.0 * jnp.sum(x)
+  x = jax.random.normal(KEY, (2, 4))
+  y = jnp.array([0, 1])
+  for norm in (2, 1, jnp.inf):
+    chex.assert_trees_all_equal(attacks.fgm(constant, x, y, eps=0.5, norm=norm), x)
+    chex.assert_trees_all_equal(attacks.pgd(constant, x, y, eps=0.5, norm=norm, num_steps=2), x)
+  r, _ = attacks.deepfool_perturbation(constant, x, y, num_classes=3)
+  chex.assert_trees_all_equal(r, jnp.zeros_like(x))
+  grad = jax.grad(
+    lambda x: jnp.sum(attacks.deepfool_perturbation(constant, x, y, differentiable=True)[0])
+  )(x)
+  assert bool(jnp.all(jnp.isfinite(grad)))
+  grad = jax.grad(lambda x: jnp.sum(attacks.fgm(constant, x, y, eps=0.5)))(x)
+  chex.assert_trees_all_equal(grad, jnp.ones_like(x))
+
+
+def test_vmapped_eps_curve_equals_separate_calls():
+  logits_fn = mlp((2, 3))
+  x = jax.random.normal(KEY, (4, 2, 3))
+  eps = jnp.array([0.0, 0.1, 0.5])
+  curve = attacks.pgd(logits_fn, x, eps=eps, num_steps=4, random_start=True, key=KEY)
+  chex.assert_shape(curve, (3, 4, 2, 3))
+  for i, e in enumerate(eps):
+    single = attacks.pgd(logits_fn, x, eps=e, num_steps=4, random_start=True, key=KEY)
+    np.testing.assert_allclose(curve[i], single, atol=1e-6)
+  gammas = jnp.array([0.5, 2.0])
+  curve = attacks.wrm(logits_fn, x, gamma=gammas, num_steps=2)
+  for i, g in enumerate(gammas):
+    np.testing.assert_allclose(curve[i], attacks.wrm(logits_fn, x, gamma=g, num_steps=2), atol=1e-6)
+
+
+def test_attacks_trace_once():
+  x = jax.random.normal(KEY, (4, 5))
+  y = jnp.array([0, 1, 2, 0])
+
+  def model(w, z):
+    return jnp.tanh(z @ w)
+
+  calls = {
+    "fgm": lambda w, x, y, e, k: attacks.fgm(lambda z: model(w, z), x, y, eps=e),
+    "pgd": lambda w, x, y, e, k: attacks.pgd(
+      lambda z: model(w, z), x, y, eps=e, num_steps=3, random_start=True, key=k
+    ),
+    "wrm": lambda w, x, y, e, k: attacks.wrm(lambda z: model(w, z), x, y, gamma=e + 1.0),
+    "deepfool": lambda w, x, y, e, k: attacks.deepfool(lambda z: model(w, z), x, num_classes=3),
+    "robust_accuracy": lambda w, x, y, e, k: attacks.robust_accuracy(
+      lambda z: model(w, z), x, y, attack=attacks.fgm, eps=jnp.stack([e, 2 * e])
+    ),
+  }
+  for call in calls.values():
+    jitted = jax.jit(chex.assert_max_traces(call, n=1))
+    for seed in (1, 2):
+      w = jax.random.normal(jax.random.key(seed), (5, 3))
+      jitted(w, x + seed, y, jnp.float32(0.1 * seed), jax.random.key(seed))
+  chex.clear_trace_counter()
+
+
+# --- a small trained model ----------------------------------------------------------------------
+
+
+class TinyNet(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.elu(nn.Dense(16)(x.reshape(x.shape[0], -1)))
+    return nn.Dense(3)(x)
+
+
+@pytest.fixture(scope="module")
+def trained():
+  """A TinyNet trained for 150 full-batch Adam steps on three Gaussian blobs in 8 dimensions."""
+  key_centers, key_noise, key_init = jax.random.split(jax.random.key(42), 3)
+  centers = 1.5 * jax.random.normal(key_centers, (3, 8))
+  y = jnp.arange(240) % 3
+  x = centers[y] + jax.random.normal(key_noise, (240, 8))
+  model = TinyNet()
+  params = model.init(key_init, x)
+  tx = optax.adam(1e-2)
+
+  @jax.jit
+  def train(params):
+    def step(_, carry):
+      params, opt_state = carry
+      grads = jax.grad(lambda p: jnp.mean(attacks.cross_entropy(model.apply(p, x), y)))(params)
+      updates, opt_state = tx.update(grads, opt_state)
+      return optax.apply_updates(params, updates), opt_state
+
+    return jax.lax.fori_loop(0, 150, step, (params, tx.init(params)))[0]
+
+  params = train(params)
+  logits_fn = lambda z: model.apply(params, z)
+  assert float(jnp.mean(jnp.argmax(logits_fn(x), -1) == y)) > 0.9
+  return logits_fn, x, y
+
+
+def test_pgd_finds_a_larger_loss_than_fgm_on_a_trained_model(trained):
+  logits_fn, x, y = trained
+  for norm in (jnp.inf, 2):
+    eps = 0.3 if norm == jnp.inf else 1.0
+    fgm_loss = attacks.cross_entropy(logits_fn(attacks.fgm(logits_fn, x, y, eps=eps, norm=norm)), y)
+    x_pgd = attacks.pgd(logits_fn, x, y, eps=eps, step_size=eps / 4, num_steps=10, norm=norm)
+    pgd_loss = attacks.cross_entropy(logits_fn(x_pgd), y)
+    assert float(jnp.mean(pgd_loss)) >= float(jnp.mean(fgm_loss))
+
+
+def test_accuracy_falls_as_eps_grows_and_the_curve_matches_single_calls(trained):
+  logits_fn, x, y = trained
+  eps = jnp.array([0.0, 0.25, 0.5, 1.0, 2.0])
+  attack = functools.partial(attacks.pgd, num_steps=5)
+  curve = attacks.robust_accuracy(logits_fn, x, y, attack=attack, eps=eps)
+  chex.assert_shape(curve, (5,))
+  clean = jnp.mean(jnp.argmax(logits_fn(x), -1) == y)
+  np.testing.assert_allclose(curve[0], clean)
+  assert bool(jnp.all(jnp.diff(curve) <= 0)) and float(curve[-1]) < float(clean) - 0.5
+  singles = [attacks.robust_accuracy(logits_fn, x, y, attack=attack, eps=e) for e in eps]
+  np.testing.assert_allclose(curve, jnp.stack(singles), atol=1e-6)
+
+
+def test_deepfool_fools_a_trained_model_with_small_perturbations(trained):
+  logits_fn, x, _ = trained
+  r, fooled = attacks.deepfool_perturbation(logits_fn, x, num_classes=3, num_steps=10)
+  assert float(jnp.mean(fooled)) > 0.95
+  # Minimal L2 perturbations are much shorter than the L2 PGD radius that breaks the model.
+  x_pgd = attacks.pgd(logits_fn, x, eps=jnp.median(jnp.linalg.norm(r, axis=1)), norm=2)
+  assert float(jnp.mean(jnp.argmax(logits_fn(x_pgd), -1) != jnp.argmax(logits_fn(x), -1))) > 0.2
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+_F = mlp((4,))
+_X = jnp.ones((2, 4))
+_Y = jnp.array([0, 1])
+
+
+@pytest.mark.parametrize(
+  ("call", "error", "match"),
+  [
+    (lambda: attacks.fgm(_F, _X, _Y, eps=-0.1), ValueError, r"`eps` must be >= 0, got -0.1"),
+    (lambda: attacks.pgd(_F, _X, eps=jnp.array([0.1, -1.0])), ValueError, r"`eps` must be >= 0"),
+    (lambda: attacks.fgm(_F, _X, eps=jnp.ones((2, 2))), ValueError, r"`eps` must be a scalar or"),
+    (
+      lambda: attacks.fgm(_F, _X, eps=0.1, norm=3),
+      ValueError,
+      r"`norm` must be jnp.inf, 2 or 1, got 3",
+    ),
+    (lambda: attacks.pgd(_F, _X, eps=0.1, norm="l2"), ValueError, r"`norm` must be .* got 'l2'"),
+    (
+      lambda: attacks.pgd(_F, _X, eps=0.1, num_steps=0),
+      ValueError,
+      r"`num_steps` must be an int >= 1, got 0",
+    ),
+    (
+      lambda: attacks.wrm(_F, _X, gamma=1.0, num_steps=0),
+      ValueError,
+      r"`num_steps` must be an int >= 1",
+    ),
+    (lambda: attacks.deepfool(_F, _X, num_steps=0), ValueError, r"`num_steps` must be an int >= 1"),
+    (
+      lambda: attacks.pgd(_F, _X, eps=0.1, step_size=0.0),
+      ValueError,
+      r"`step_size` must be > 0, got 0.0",
+    ),
+    (
+      lambda: attacks.pgd(_F, _X, eps=0.1, step_size=jnp.ones(2)),
+      ValueError,
+      r"`step_size` must be a scalar or shaped like `eps`",
+    ),
+    (
+      lambda: attacks.fgm(_F, _X, jnp.array([0, 1, 2]), eps=0.1),
+      ValueError,
+      r"`y` must have shape \(batch,\) = \(2,\) .* got shape \(3,\)",
+    ),
+    (
+      lambda: attacks.pgd(_F, _X, jnp.array([0.0, 1.0]), eps=0.1),
+      TypeError,
+      r"`y` must hold integer class labels, got dtype float32",
+    ),
+    (
+      lambda: attacks.fgm(_F, jnp.ones((2, 4), jnp.int32), eps=0.1),
+      TypeError,
+      r"`x` must be floating point, got dtype int32",
+    ),
+    (
+      lambda: attacks.fgm(_F, jnp.ones(4), eps=0.1),
+      ValueError,
+      r"`x` must have a batch axis .* got shape \(4,\)",
+    ),
+    (
+      lambda: attacks.pgd(_F, _X, eps=0.1, clip_min=1.0, clip_max=0.0),
+      ValueError,
+      r"`clip_min` must be <= `clip_max`, got clip_min=1.0 > clip_max=0.0",
+    ),
+    (
+      lambda: attacks.pgd(_F, _X, eps=0.1, random_start=True),
+      ValueError,
+      r"`random_start` needs a PRNG `key`",
+    ),
+    (
+      lambda: attacks.pgd(_F, _X, eps=0.1, random_start="gauss", key=KEY),
+      ValueError,
+      r"`random_start` must be False, True, 'ball' or 'radial'",
+    ),
+    (
+      lambda: attacks.pgd(_F, _X, eps=0.1, random_start="radial", key=KEY),
+      ValueError,
+      r"'radial' only with norm=2\), got 'radial' with norm=inf",
+    ),
+    (
+      lambda: attacks.pgd(_F, _X, eps=0.1, num_restarts=2),
+      ValueError,
+      r"`num_restarts`=2 needs `random_start`",
+    ),
+    (
+      lambda: attacks.pgd(_F, _X, eps=0.1, num_restarts=0),
+      ValueError,
+      r"`num_restarts` must be an int >= 1",
+    ),
+    (
+      lambda: attacks.fgm(_F, _X, eps=0.1, targeted=True),
+      ValueError,
+      r"`targeted=True` needs the target classes `y`",
+    ),
+    (
+      lambda: attacks.fgm(_F, _X, eps=0.1, loss="hinge"),
+      ValueError,
+      r"`loss` must be 'ce', 'margin' or a callable, got 'hinge'",
+    ),
+    (lambda: attacks.wrm(_F, _X, gamma=0.0), ValueError, r"`gamma` must be > 0, got 0.0"),
+    (
+      lambda: attacks.deepfool(_F, _X, num_classes=1),
+      ValueError,
+      r"`num_classes` must be an int >= 2, got 1",
+    ),
+    (
+      lambda: attacks.deepfool(_F, _X, overshoot=-0.1),
+      ValueError,
+      r"`overshoot` must be >= 0, got -0.1",
+    ),
+    (
+      lambda: attacks.robust_accuracy(_F, _X, _Y[:1], attack=attacks.fgm, eps=0.1),
+      ValueError,
+      r"`y` must have shape",
+    ),
+  ],
+)
+def test_bad_input_raises_a_clear_error(call, error, match):
+  with pytest.raises(error, match=match):
+    call()
