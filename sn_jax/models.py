@@ -14,6 +14,13 @@ steps per training call) and ``num_classes``, and the call signature
 state ``spectral[name]``. Inputs are NHWC at the size in :data:`INPUT_SHAPES`; the convolutions'
 power-iteration state is created for that size.
 
+``normalization`` picks the wrapper, for comparisons: ``'operator'`` (default,
+:class:`sn_jax.nn.SpectralNorm`, the true operator norm and the soft cap ``beta``),
+``'reshaped'`` (``flax.linen.SpectralNorm`` with ``n_steps=num_iters`` and its state in
+``'spectral'``: the kernel reshaped to a matrix and always divided by its norm, so ``beta`` is
+ignored; Miyato et al.'s normalization) or ``'none'`` (the plain layers, ``params[name]``, no
+state, no power iteration: the cost floor).
+
 The paper's quirks are kept by default and listed in each model's docstring. Build models by
 name with :func:`get_model`.
 
@@ -46,6 +53,7 @@ _Conv = nn.Conv
 _XAVIER = nn.initializers.glorot_uniform()
 # PyTorch's kaiming_normal_ (AMM's init): N(0, 2 / fan_in), zero bias.
 _KAIMING = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+_NORMALIZATIONS = ("operator", "reshaped", "none")
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {"relu": nn.relu, "elu": nn.elu}
 
 
@@ -98,23 +106,37 @@ def local_response_normalization(
 
 
 class _Model(nn.Module):
-  """Shared attributes and the two normalized layer factories of every model."""
+  """Shared attributes and the two layer factories of every model."""
 
   beta: float = math.inf
   num_iters: int = 1
   num_classes: int = 10
+  normalization: str = "operator"
 
-  def _normalized(self, layer: nn.Module, name: str) -> SpectralNorm:
-    return SpectralNorm(layer, beta=self.beta, num_iters=self.num_iters, name=name)
+  def _layer(self, cls, kwargs, x, name, update_stats):
+    """Builds ``cls(**kwargs)`` as the layer ``name``, wrapped as ``normalization`` asks."""
+    if self.normalization not in _NORMALIZATIONS:
+      raise ValueError(
+        f"`normalization` must be one of {_NORMALIZATIONS}, got {self.normalization!r}."
+      )
+    if self.normalization == "none":
+      return cls(**kwargs, name=name)(x)
+    layer = cls(**kwargs, parent=None)
+    if self.normalization == "operator":
+      wrapped = SpectralNorm(layer, beta=self.beta, num_iters=self.num_iters, name=name)
+    else:
+      wrapped = nn.SpectralNorm(
+        layer, n_steps=self.num_iters, collection_name="spectral", name=name
+      )
+    return wrapped(x, update_stats=update_stats)
 
   def dense(self, x, features, name, update_stats, kernel_init=_XAVIER):
-    layer = nn.Dense(features, kernel_init=kernel_init, parent=None)
-    return self._normalized(layer, name)(x, update_stats=update_stats)
+    kwargs = dict(features=features, kernel_init=kernel_init)
+    return self._layer(nn.Dense, kwargs, x, name, update_stats)
 
   def conv(self, x, features, kernel_size, name, update_stats, **conv_kwargs):
-    conv_kwargs.setdefault("kernel_init", _XAVIER)
-    layer = _Conv(features, (kernel_size, kernel_size), parent=None, **conv_kwargs)
-    return self._normalized(layer, name)(x, update_stats=update_stats)
+    kwargs = dict(features=features, kernel_size=(kernel_size, kernel_size), kernel_init=_XAVIER)
+    return self._layer(_Conv, {**kwargs, **conv_kwargs}, x, name, update_stats)
 
 
 def _activation(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -384,7 +406,8 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
   Args:
     name: one of ``'mlp1'``, ``'mlp2'``, ``'softmax'``, ``'elunet'``, ``'alexnet'``,
       ``'inception'``, ``'resnet'``, ``'lenet'``, ``'mlp800'``, ``'tiny'``.
-    **kwargs: the model's attributes: ``beta``, ``num_iters``, ``num_classes`` for all, and
+    **kwargs: the model's attributes: ``beta``, ``num_iters``, ``num_classes``,
+      ``normalization`` (``'operator'``, ``'reshaped'``, ``'none'``) for all, and
       ``activation`` (MLPs, AlexNet), ``hidden`` (MLPs), ``blocks_per_stage`` (ResNet),
       ``dropout_rate`` (MLP-800).
 

@@ -164,3 +164,21 @@ def test_registry_errors():
     model = models.get_model("mlp1", activation="tanh")
     model.init(jax.random.key(0), jnp.zeros((1, 4)))
   assert models.get_model("mlp2", activation="elu").hidden == (512, 512)
+
+
+def test_normalization_modes():
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
+  operator = models.get_model("tiny")
+  plain = models.get_model("tiny", normalization="none")
+  variables = operator.init(jax.random.key(0), x)
+  plain_params = {name: entry["layer"] for name, entry in variables["params"].items()}
+  assert set(plain.init(jax.random.key(0), x)) == {"params"}  # no state, no power iteration
+  np.testing.assert_array_equal(
+    plain.apply({"params": plain_params}, x), operator.apply(variables, x)
+  )
+  reshaped = models.get_model("tiny", normalization="reshaped", num_iters=3)
+  r_vars = reshaped.init(jax.random.key(0), x)
+  _, state = reshaped.apply(r_vars, x, update_stats=True, mutable=["spectral"])
+  assert sorted(state["spectral"]) == ["conv", "fc"]
+  with pytest.raises(ValueError, match=r"`normalization` must be one of .*got 'fourier'"):
+    models.get_model("tiny", normalization="fourier").init(jax.random.key(0), x)
