@@ -6,6 +6,7 @@ The power-iteration state lives in the variable collection ``'spectral'``; see D
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -169,7 +170,7 @@ class SpectralNorm(nn.Module):
 
   def _check_attributes(self) -> None:
     _check_layer(self.layer)
-    if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not self.beta > 0:
+    if isinstance(self.beta, bool) or not isinstance(self.beta, numbers.Real) or not self.beta > 0:
       raise ValueError(
         f"`beta` must be a number > 0 (inf for no normalization), got {self.beta!r}."
       )
