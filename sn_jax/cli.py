@@ -36,6 +36,10 @@ class UsageError(Exception):
   """A bad command line or config value, reported in one line without a traceback."""
 
 
+class HelpRequested(Exception):
+  """``-h``/``--help``: print the usage."""
+
+
 def parse(argv: Sequence[str]) -> tuple[str, Any, str | None, list[float]]:
   """``(command, config, workdir, betas)`` from the arguments after the program name.
 
@@ -43,26 +47,32 @@ def parse(argv: Sequence[str]) -> tuple[str, Any, str | None, list[float]]:
     UsageError: for an unknown command or flag, or a bad override.
   """
   argv = list(argv)
+  if any(a in ("-h", "--help", "help") for a in argv):
+    raise HelpRequested
   command = argv.pop(0) if argv and not argv[0].startswith("-") else "compare"
   if command not in COMMANDS:
     raise UsageError(f"unknown command {command!r}; expected one of {COMMANDS}.")
   values = flags.FlagValues()
-  if any(a == "--config" or a.startswith("--config=") for a in argv):
-    config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=["sn-jax", *argv])
-  else:
-    config_flags.DEFINE_config_dict("config", loop.default_config(), flag_values=values)
-  flags.DEFINE_string("workdir", None, "the run's directory", flag_values=values)
-  flags.DEFINE_string(
-    "betas", MAIN_BETAS, "compare: betas to train, 'inf' = no SN", flag_values=values
-  )
   try:
+    if any(a == "--config" or a.startswith("--config=") for a in argv):
+      config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=["sn-jax", *argv])
+    else:
+      config_flags.DEFINE_config_dict(
+        "config", loop.default_config(), flag_values=values, sys_argv=["sn-jax", *argv]
+      )
+    flags.DEFINE_string("workdir", None, "the run's directory", flag_values=values)
+    flags.DEFINE_string(
+      "betas", MAIN_BETAS, "compare: betas to train, 'inf' = no SN", flag_values=values
+    )
     values(["sn-jax", *argv])
     betas = [float(b) for b in values.betas.split(",")]
-  except (flags.Error, ValueError, KeyError, AttributeError) as e:
+    config = values.config
+    config.get("beta")  # a config file that failed to load raises here
+  except (flags.Error, ValueError, KeyError, AttributeError, OSError) as e:
     raise UsageError(str(e)) from e
   if command != "compare" and values.workdir is None:
     raise UsageError(f"`sn-jax {command}` needs --workdir DIR.")
-  return command, values.config, values.workdir, betas
+  return command, config, values.workdir, betas
 
 
 def _row(name: str, result: dict[str, Any]) -> str:
@@ -131,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   """The console entry point of ``sn-jax`` (and of ``python3 -m sn_jax``)."""
   try:
     status = run(sys.argv[1:] if argv is None else argv)
+  except HelpRequested:
+    print(__doc__)
+    status = 0
   except UsageError as e:
     print(f"sn-jax: error: {e}", file=sys.stderr)
     status = 2

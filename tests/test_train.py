@@ -244,6 +244,11 @@ def test_a_signal_saves_and_stops_and_the_rerun_resumes_bit_identical(
     ("batch_size", 30, r"config.batch_size must be .*got 30"),
     ("optimizer", "lbfgs", r"config.optimizer must be one of \('adam', 'sgd'\), got 'lbfgs'"),
     ("adv_weight", 1.5, r"config.adv_weight must be in \[0, 1\], got 1.5"),
+    (
+      "model_options",
+      {"depth": 3},
+      r"config.model_options: model 'tiny' has no attribute\(s\) \['depth'\]",
+    ),
   ],
 )
 def test_bad_config_values_name_the_field(field, value, message):

@@ -1,0 +1,28 @@
+"""Farnia, Zhang & Tse (ICLR 2019), Table 1: the mini AlexNet with ELU activations on CIFAR-10.
+
+Paper: https://arxiv.org/abs/1811.07457; protocol in :func:`sn_jax.loop.farnia2019_config`.
+Prepare the data once, where there is network (then copy ~/tensorflow_datasets here, or
+set --config.data_dir):
+
+  tfds build cifar10 --file_format=array_record
+
+Command (the part after the colon: the attack, erm/fgm/pgm/wrm, then optional ``,linf`` and
+``,runlocal``); sweep beta over the paper's grid (inf, 1.0, 1.3, 1.6, 2.0, 4.0) and pick the best
+validation accuracy under the training attack:
+
+  sn-jax train --config experiments/farnia2019/cifar10_elu_alexnet.py:pgm \
+    --workdir runs/cifar10_elu_alexnet_pgm_beta2 --config.beta=2.0
+
+Expected result (the paper's Table 1, accuracy under the training attack): ERM/FGM/PGM/WRM test
+accuracy .79/.52/.53/.60 without SN and .79/.60/.61/.60 with SN.
+Expected runtime: not measured here (no network for the data, no accelerator); up to 200 epochs
+of batch 128 with early stopping. `runlocal` trains 20 steps (the dataset must still be prepared).
+"""
+
+from sn_jax.loop import farnia2019_config
+
+
+def get_config(spec: str = "pgm"):
+  config = farnia2019_config("cifar10", "alexnet", spec)
+  config.model_options.activation = "elu"
+  return config

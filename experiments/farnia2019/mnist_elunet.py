@@ -1,0 +1,29 @@
+"""Farnia, Zhang & Tse (ICLR 2019), Table 1: ELU-Net on MNIST.
+
+Paper: https://arxiv.org/abs/1811.07457; protocol in :func:`sn_jax.loop.farnia2019_config`.
+Prepare the data once, where there is network (then copy ~/tensorflow_datasets here, or
+set --config.data_dir):
+
+  tfds build mnist --file_format=array_record
+
+Command (the part after the colon: the attack, erm/fgm/pgm/wrm, then optional ``,linf`` and
+``,runlocal``); sweep beta over the paper's grid (inf, 1.0, 1.3, 1.6, 2.0, 4.0) and pick the best
+validation accuracy under the training attack:
+
+  sn-jax train --config experiments/farnia2019/mnist_elunet.py:pgm \
+    --workdir runs/mnist_elunet_pgm_beta2 --config.beta=2.0
+
+Expected result (the paper's Table 1, accuracy under the training attack): ERM/FGM/PGM/WRM test
+accuracy .99/.97/.97/.92 without SN and .99/.97/.97/.93 with SN (beta=4 selected for FGM, PGM and
+WRM); train accuracy 1.00/.98/.99/.95 vs 1.00/1.00/1.00/.95.
+Expected runtime: not measured here (no network for the data, no accelerator); up to 200 epochs
+of batch 128 with early stopping. `runlocal` trains 20 steps on the embedded MNIST digits (no
+download), about a minute on a 2-core CPU.
+"""
+
+from sn_jax.loop import farnia2019_config
+
+
+def get_config(spec: str = "pgm"):
+  config = farnia2019_config("mnist", "elunet", spec)
+  return config

@@ -1,0 +1,132 @@
+"""Tests of the ``sn-jax`` command and the experiment configs."""
+
+import math
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from sn_jax import cli, data, loop
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+EXPERIMENTS = sorted((ROOT / "experiments" / "farnia2019").glob("*.py"))
+
+TINY_CONFIG = """
+from sn_jax.loop import default_config
+
+
+def get_config():
+  config = default_config()
+  config.model, config.beta = "tiny", 1.0
+  config.attack.name, config.eval_attack.name = "none", "fgm"
+  config.batch_size, config.eval_batch_size, config.num_steps = 32, 500, 3
+  config.num_eval_train, config.log_every = 500, 1
+  return config
+"""
+
+
+def test_no_arguments_is_the_main_job_with_the_default_config():
+  command, config, workdir, betas = cli.parse([])
+  assert command == "compare" and workdir is None
+  assert config.to_dict() == loop.default_config().to_dict()
+  assert betas == [math.inf, 2.0]
+
+
+def test_overrides_apply_to_the_default_and_to_a_file(tmp_path):
+  _, config, _, betas = cli.parse(["--config.beta=1.6", "--config.attack.name=wrm", "--betas=4"])
+  assert config.beta == 1.6 and config.attack.name == "wrm" and betas == [4.0]
+  path = tmp_path / "tiny.py"
+  path.write_text(TINY_CONFIG)
+  command, config, workdir, _ = cli.parse(
+    ["train", "--config", str(path), "--workdir", "w", "--config.num_steps=7"]
+  )
+  assert (command, config.model, config.num_steps, workdir) == ("train", "tiny", 7, "w")
+
+
+@pytest.mark.parametrize(
+  ("argv", "message"),
+  [
+    (["fit"], r"unknown command 'fit'; expected one of \('compare', 'train', 'eval'\)"),
+    (["train"], r"`sn-jax train` needs --workdir DIR"),
+    (["--config.no_such_field=1"], r"no_such_field"),
+    (["--config.beta=abc"], r"beta"),
+    (["--config", "/no/such/config.py"], r"/no/such/config.py"),
+  ],
+)
+def test_bad_command_lines(argv, message):
+  with pytest.raises(cli.UsageError, match=message):
+    cli.parse(argv)
+
+
+def test_a_bad_config_value_fails_before_loading_data_or_compiling(tmp_path, monkeypatch, capsys):
+  def no_loading(*args, **kwargs):
+    raise AssertionError("data loaded before the config was validated")
+
+  monkeypatch.setattr(data, "load", no_loading)
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["train", "--workdir", str(tmp_path), "--config.beta=-1"])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert "sn-jax: error: config.beta must be > 0 (inf: no normalization), got -1.0." in err
+  with pytest.raises(SystemExit):
+    cli.main(["train", "--workdir", str(tmp_path), "--config.model=vgg99"])
+  assert "config.model: `name` must be one of" in capsys.readouterr().err
+
+
+def test_eval_without_a_checkpoint(tmp_path, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["eval", "--workdir", str(tmp_path), "--config.model=tiny"])
+  assert exit_info.value.code == 2
+  assert "No complete checkpoint in" in capsys.readouterr().err
+
+
+def test_train_then_eval_print_the_same_table(tmp_path, capsys):
+  path = tmp_path / "tiny.py"
+  path.write_text(TINY_CONFIG)
+  args = ["--config", str(path), "--workdir", str(tmp_path / "run")]
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["train", *args])
+  assert exit_info.value.code == 0
+  trained = capsys.readouterr().out
+  assert "tiny on mnist_embedded, trained with ERM" in trained
+  with pytest.raises(SystemExit):
+    cli.main(["eval", *args])
+  evaluated = capsys.readouterr().out
+  row = [line for line in trained.splitlines() if line.startswith("beta=1")]
+  assert len(row) == 1 and row == [
+    line for line in evaluated.splitlines() if line.startswith("beta=1")
+  ]
+
+
+def test_python_dash_m_sn_jax_prints_the_usage():
+  out = subprocess.run(
+    [sys.executable, "-m", "sn_jax", "--help"], capture_output=True, text=True, check=True
+  ).stdout
+  assert "sn-jax train --config FILE --workdir DIR" in out
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_experiment_configs_are_valid(path):
+  namespace = {}
+  exec(compile(path.read_text(), str(path), "exec"), namespace)
+  for spec in ("erm", "fgm", "pgm,runlocal", "wrm"):
+    loop.validate_config(namespace["get_config"](spec), num_devices=4)
+  assert "sn-jax train --config experiments/farnia2019/" in namespace["__doc__"]
+
+
+def test_farnia2019_config_follows_the_paper():
+  config = loop.farnia2019_config("cifar10", "alexnet", "pgm,linf")
+  assert (config.optimizer, config.learning_rate, config.momentum) == ("sgd", 0.01, 0.9)
+  assert (config.attack.norm, config.attack.eps, config.attack.relative) == (math.inf, 0.1, False)
+  assert config.batch_size == 128 and config.num_validation == 500
+  assert config.early_stop_accuracy == 0.999
+  mnist = loop.farnia2019_config("mnist", "elunet", "wrm")
+  assert (mnist.optimizer, mnist.learning_rate) == ("adam", 1e-3)
+  assert (mnist.attack.gamma, mnist.attack.relative) == (0.04, True)
+  with pytest.raises(ValueError, match=r"`linf` applies to 'fgm' and 'pgm' only, got attack='wrm'"):
+    loop.farnia2019_config("mnist", "elunet", "wrm,linf")
+  with pytest.raises(
+    ValueError, match=r"`spec` options must be 'linf' or 'runlocal', got \['fast'\]"
+  ):
+    loop.farnia2019_config("mnist", "elunet", "pgm,fast")
