@@ -10,6 +10,7 @@ Layouts follow Flax: inputs are channels-last ``(batch, *spatial, C_in)`` and ke
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -200,6 +201,109 @@ def explicit_padding(
   return None, padding
 
 
+FORMULATIONS = ("auto", "direct", "polyphase")
+
+
+def _check_formulation(formulation: str) -> None:
+  if formulation not in FORMULATIONS:
+    raise ValueError(
+      f"`formulation` must be one of {FORMULATIONS}, got {formulation!r}; use 'direct' or "
+      "'polyphase' to force one, or 'auto' to let sn_jax choose the faster one."
+    )
+
+
+def _kept_phases(kernel_size: int, stride: int, dilation: int) -> tuple[int, int, int]:
+  """``(taps, phases, step)`` of one spatial dimension's polyphase decomposition.
+
+  The dilated kernel, zero-filled to ``stride * taps`` taps, splits into ``stride`` phases of
+  ``taps`` taps each. Only phases ``0, step, 2 * step, ... < phases`` hold a nonzero tap: the
+  tap offsets ``dilation * k`` are multiples of ``step = gcd(dilation, stride)`` and smaller
+  than the dilated kernel size; the others are dropped from input and kernel alike.
+  """
+  dilated = (kernel_size - 1) * dilation + 1
+  return -(-dilated // stride), min(stride, dilated), math.gcd(dilation, stride)
+
+
+def _polyphase_conv(
+  x: jax.Array,
+  kernel: jax.Array,
+  spec: ConvSpec,
+  pads: Sequence[tuple[int, int]],
+  precision: lax.PrecisionLike,
+) -> jax.Array:
+  """The convolution of the zero-padded ``x`` as a stride-1 convolution of its phases.
+
+  With ``t = stride * q + r``, ``y[o] = sum_t xp[stride * o + t] w[t]`` becomes
+  ``sum_{q, r} X[o + q, r] W[q, r]``: space-to-depth ``X`` of the padded input (phases ``r``
+  stacked behind each channel, so feature groups stay contiguous) convolved at stride 1 with
+  the rearranged kernel ``W``. Dimensions with stride 1 keep their kernel and dilation.
+  """
+  rank = spec.num_spatial_dims
+  x_pads, k_pads, x_shape, k_shape, slices, rhs_dilation = [], [], [], [], [], []
+  for n, k, s, d, (lo, hi) in zip(
+    x.shape[1:-1], spec.kernel_size, spec.strides, spec.kernel_dilation, pads, strict=True
+  ):
+    if s == 1:
+      x_pads.append((lo, hi, 0))
+      k_pads.append((0, 0, 0))
+      x_shape += [n + lo + hi, 1]
+      k_shape += [k, 1]
+      slices += [slice(None), slice(None)]
+      rhs_dilation.append(d)
+      continue
+    taps, phases, step = _kept_phases(k, s, d)
+    out = (n + lo + hi - (k - 1) * d - 1) // s + 1
+    length = out + taps - 1
+    # Zero-fill (or crop: the high pad may be negative) to exactly the samples the output reads.
+    x_pads.append((lo, s * length - n - lo, 0))
+    k_pads.append((0, s * taps - (k - 1) * d - 1, d - 1))
+    x_shape += [length, s]
+    k_shape += [taps, s]
+    slices += [slice(None), slice(0, phases, step)]
+    rhs_dilation.append(1)
+  zero = jnp.zeros((), x.dtype)
+  x = lax.pad(x, zero, [(0, 0, 0), *x_pads, (0, 0, 0)])
+  x = x.reshape(x.shape[0], *x_shape, x.shape[-1])[(slice(None), *slices)]
+  # (batch, M_1, s_1, ..., M_n, s_n, C) -> (batch, M_1, ..., M_n, C, s_1, ..., s_n).
+  x = x.transpose(0, *range(1, 2 * rank, 2), 2 * rank + 1, *range(2, 2 * rank + 1, 2))
+  x = x.reshape(*x.shape[: rank + 1], -1)
+  kernel = lax.pad(kernel, jnp.zeros((), kernel.dtype), [*k_pads, (0, 0, 0), (0, 0, 0)])
+  kernel = kernel.reshape(*k_shape, *kernel.shape[-2:])[tuple(slices)]
+  # (q_1, r_1, ..., q_n, r_n, C_in/g, C_out) -> (q_1, ..., q_n, C_in/g, r_1, ..., r_n, C_out).
+  kernel = kernel.transpose(*range(0, 2 * rank, 2), 2 * rank, *range(1, 2 * rank, 2), 2 * rank + 1)
+  kernel = kernel.reshape(*kernel.shape[:rank], -1, kernel.shape[-1])
+  return lax.conv_general_dilated(
+    x,
+    kernel,
+    window_strides=(1,) * rank,
+    padding="VALID",
+    rhs_dilation=rhs_dilation,
+    dimension_numbers=_dimension_numbers(x.ndim),
+    feature_group_count=spec.feature_group_count,
+    precision=precision,
+  )
+
+
+def choose_formulation(spec: ConvSpec, *, backend: str | None = None) -> str:
+  """The faster exact formulation of a convolution on a backend: ``'direct'`` or ``'polyphase'``.
+
+  RULE_PLACEHOLDER
+
+  Args:
+    spec: the convolution, from :func:`conv_spec`.
+    backend: ``'cpu'``, ``'gpu'``, ``'tpu'``; defaults to ``jax.default_backend()``.
+
+  Returns:
+    ``'direct'`` or ``'polyphase'``.
+  """
+  if all(s == 1 for s in spec.strides):
+    return "direct"
+  backend = jax.default_backend() if backend is None else backend
+  if backend != "cpu":
+    return "direct"
+  return "polyphase"
+
+
 def conv(
   x: jax.typing.ArrayLike,
   kernel: jax.typing.ArrayLike,
@@ -209,8 +313,18 @@ def conv(
   kernel_dilation: IntOrSequence = 1,
   feature_group_count: int = 1,
   precision: lax.PrecisionLike = None,
+  formulation: str = "auto",
 ) -> jax.Array:
   """Applies a convolution exactly as ``flax.linen.Conv`` does (without bias).
+
+  A strided convolution can be computed in two exact ways. ``'direct'`` hands it to
+  ``lax.conv_general_dilated`` with its strides. ``'polyphase'`` rearranges the padded input by
+  space-to-depth (the ``prod(strides)`` phases stacked as channels) and the kernel accordingly
+  (``ceil(dilated_size / stride)`` taps per dimension), and convolves at stride 1; its
+  gradients are stride-1 convolutions too, which XLA's CPU backend runs far faster than the
+  input-dilated convolution that transposes a strided one. ``'auto'`` (the default) picks the
+  faster for the backend by :func:`choose_formulation`. Both give the same linear map, so
+  values, gradients and operator norms agree up to float rounding.
 
   Args:
     x: input, shape ``(batch, *spatial, C_in)``.
@@ -221,13 +335,31 @@ def conv(
     kernel_dilation: int or one int per spatial dimension.
     feature_group_count: number of feature groups; divides ``C_in`` and ``C_out``.
     precision: passed to ``lax.conv_general_dilated``.
+    formulation: ``'auto'``, ``'direct'`` or ``'polyphase'``. A stride-1 convolution is always
+      computed directly.
 
   Returns:
     The output, shape ``(batch, *out_spatial, C_out)``.
 
   Raises:
-    ValueError: if the shapes or attributes are inconsistent (the message names the argument).
+    ValueError: if the shapes, attributes or ``formulation`` are invalid (the message names the
+      argument).
+
+  Example:
+    >>> import jax, sn_jax
+    >>> x = jax.random.normal(jax.random.key(0), (2, 28, 28, 1))
+    >>> kernel = jax.random.normal(jax.random.key(1), (8, 8, 1, 64))
+    >>> y = sn_jax.conv(x, kernel, strides=2, padding='SAME')              # 'auto'
+    >>> y_direct = sn_jax.conv(x, kernel, strides=2, formulation='direct')
+    >>> y.shape
+    (2, 14, 14, 64)
+
+  References:
+    Vaidyanathan. Multirate Systems and Filter Banks (the polyphase decomposition). 1993.
+    Dumoulin, Visin. A guide to convolution arithmetic for deep learning.
+    https://arxiv.org/abs/1603.07285
   """
+  _check_formulation(formulation)
   x = jnp.asarray(x)
   kernel = jnp.asarray(kernel)
   spec = conv_spec(
@@ -243,17 +375,31 @@ def conv(
       f"`x` must have rank {spec.num_spatial_dims + 2}, (batch, *spatial, C_in) for a kernel "
       f"with {spec.num_spatial_dims} spatial dimensions; got shape {x.shape}."
     )
-  return conv_with_spec(x, kernel, spec, precision=precision)
+  return conv_with_spec(x, kernel, spec, precision=precision, formulation=formulation)
 
 
 def conv_with_spec(
-  x: jax.Array, kernel: jax.Array, spec: ConvSpec, *, precision: lax.PrecisionLike = None
+  x: jax.Array,
+  kernel: jax.Array,
+  spec: ConvSpec,
+  *,
+  precision: lax.PrecisionLike = None,
+  formulation: str = "auto",
 ) -> jax.Array:
-  """:func:`conv` for an already validated :class:`ConvSpec` (no checks)."""
+  """:func:`conv` for an already validated :class:`ConvSpec` (no shape checks).
+
+  Raises:
+    ValueError: for an unknown ``formulation``.
+  """
+  _check_formulation(formulation)
   mode, pads = explicit_padding(spec, x.shape[1:-1])
   if mode is not None:
     x = jnp.pad(x, ((0, 0), *pads, (0, 0)), mode=mode)
     pads = ((0, 0),) * spec.num_spatial_dims
+  if formulation == "auto":
+    formulation = choose_formulation(spec)
+  if formulation == "polyphase" and any(s > 1 for s in spec.strides):
+    return _polyphase_conv(x, kernel, spec, pads, precision)
   return lax.conv_general_dilated(
     x,
     kernel,
