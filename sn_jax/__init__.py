@@ -1,6 +1,10 @@
 """sn_jax: spectral normalization and adversarial training in JAX/Flax."""
 
 from sn_jax.convolution import conv as conv
+from sn_jax.fourier import circular_conv_singular_values as circular_conv_singular_values
+from sn_jax.fourier import clip_conv_operator_norm as clip_conv_operator_norm
+from sn_jax.fourier import fourier_conv_operator_norm as fourier_conv_operator_norm
+from sn_jax.fourier import gram_iteration_bound as gram_iteration_bound
 from sn_jax.operators import conv_operator as conv_operator
 from sn_jax.operators import conv_operator_norm as conv_operator_norm
 from sn_jax.operators import dense_operator as dense_operator

@@ -1,0 +1,498 @@
+r"""Spectra of convolutions through the Fourier transform: exact values, bounds and clipping.
+
+A circular convolution is diagonalized, block by block, by the discrete Fourier transform: its
+singular values are those of one small ``C_in x C_out`` matrix per frequency, the DFT of the
+zero-padded kernel (Sedghi et al.). A stride-``s`` circular convolution is not shift-invariant,
+but it separates into ``s^d`` phase sub-convolutions of the subsampled input (polyphase
+separation): writing an input position as ``j = s q + r``, phase ``r`` of the input meets phase
+``r`` of the kernel on the coarse grid of size ``N / s``. Its symbol is therefore one
+``(s^d C_in) x C_out`` block per coarse frequency, and its singular values are again exact.
+Dilation places the taps ``d`` apart on the grid; feature groups make the symbol block-diagonal
+over groups. All of this is exact, for 1 to 3 spatial dimensions.
+
+sn_jax's ``padding='CIRCULAR'`` (Flax semantics) pads ``((D-1)//2, D//2)`` by wrapping, where
+``D = (k-1) d + 1``: the same map as the circular convolution used here composed with a circular
+shift of the input, an orthogonal map, so the singular values are equal.
+
+A zero-padded convolution on ``N`` samples is a compression ``R C_L E`` of a circular one on a
+larger grid ``L``: ``E`` embeds the input isometrically among zeros and ``R`` keeps some output
+coordinates. Hence its norm is at most the circular norm on ``L`` (see
+:func:`fourier_conv_operator_norm`).
+
+References:
+  Sedghi, Gupta, Long. The Singular Values of Convolutional Layers. ICLR 2019.
+  https://arxiv.org/abs/1805.10408
+
+  Delattre, Barthelemy, Araujo, Allauzen. Efficient Bound of Lipschitz Constant for
+  Convolutional Layers by Gram Iteration. ICML 2023. https://arxiv.org/abs/2305.16173
+
+  Pan, Mishra. Fast Approximate Spectral Normalization for Robust Deep Neural Networks. 2021.
+  https://arxiv.org/abs/2103.13815
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from sn_jax import convolution as conv_lib
+from sn_jax import operators
+
+
+class _Plan(NamedTuple):
+  """The block-circulant operator whose symbol is computed (static, hashable)."""
+
+  circular_shape: tuple[int, ...]  # L: the grid of the circular convolution, per dimension
+  strides: tuple[int, ...]
+  kernel_dilation: tuple[int, ...]
+  feature_group_count: int
+
+
+def _check_spatial_shape(spatial_shape: Sequence[int], num_spatial_dims: int) -> tuple[int, ...]:
+  try:
+    shape = tuple(int(d) for d in spatial_shape)
+  except (TypeError, ValueError):
+    raise TypeError(
+      f"`spatial_shape` must be a sequence of ints (the input's spatial size, without batch "
+      f"and channel axes), got {spatial_shape!r}."
+    ) from None
+  if len(shape) != num_spatial_dims or any(d < 1 for d in shape):
+    raise ValueError(
+      f"`spatial_shape` must be {num_spatial_dims} positive ints, one per spatial dimension of "
+      f"the kernel (the input's spatial size, without batch and channel axes); got "
+      f"{spatial_shape!r}."
+    )
+  return shape
+
+
+def _plan(
+  kernel: jax.Array,
+  spatial_shape: Sequence[int],
+  *,
+  strides: conv_lib.IntOrSequence,
+  padding: conv_lib.PaddingLike,
+  kernel_dilation: conv_lib.IntOrSequence,
+  feature_group_count: int,
+) -> _Plan:
+  """Validates the arguments; returns the circular operator whose spectrum answers the question.
+
+  A 2-D (dense) kernel is the degenerate case with no spatial dimensions: ``spatial_shape=()``
+  and default attributes.
+  """
+  operators._check_float_kernel(kernel)
+  if kernel.ndim == 2:
+    _check_spatial_shape(spatial_shape, 0)
+    if (strides, kernel_dilation, feature_group_count) != (1, 1, 1):
+      raise ValueError(
+        "a 2-D (dense) `kernel` takes no convolution attributes; got strides="
+        f"{strides!r}, kernel_dilation={kernel_dilation!r}, "
+        f"feature_group_count={feature_group_count!r}."
+      )
+    return _Plan((), (), (), 1)
+  spec = conv_lib.conv_spec(
+    kernel.shape,
+    kernel.shape[-2] * feature_group_count if isinstance(feature_group_count, int) else 0,
+    strides=strides,
+    padding=padding,
+    kernel_dilation=kernel_dilation,
+    feature_group_count=feature_group_count,
+  )
+  shape = _check_spatial_shape(spatial_shape, spec.num_spatial_dims)
+  dilated = tuple(
+    (k - 1) * d + 1 for k, d in zip(spec.kernel_size, spec.kernel_dilation, strict=True)
+  )
+  if spec.padding == "CIRCULAR":
+    if any(k > n for k, n in zip(dilated, shape, strict=True)):
+      raise ValueError(
+        f"the (dilated) kernel, of spatial size {dilated}, is larger than the input, "
+        f"`spatial_shape`={shape}; a circular convolution needs a kernel no larger than its input."
+      )
+    if any(n % s for n, s in zip(shape, spec.strides, strict=True)):
+      raise ValueError(
+        f"`strides` (={spec.strides}) must divide `spatial_shape` (={shape}) in every dimension "
+        "for the exact spectrum of a strided circular convolution."
+      )
+    return _Plan(shape, spec.strides, spec.kernel_dilation, spec.feature_group_count)
+  mode, pairs = conv_lib.explicit_padding(spec, shape)
+  if mode is not None:
+    raise ValueError(
+      f"`padding`={padding!r} is not supported by the Fourier route: use 'CIRCULAR' (exact) or a "
+      "zero padding ('SAME', 'VALID', 'CAUSAL', ints or pairs; an upper bound)."
+    )
+  if any(p < 0 for pair in pairs for p in pair):
+    raise ValueError(f"`padding` must be non-negative for the Fourier bound, got {pairs}.")
+  padded = tuple(n + lo + hi for n, (lo, hi) in zip(shape, pairs, strict=True))
+  if any(k > p for k, p in zip(dilated, padded, strict=True)):
+    raise ValueError(
+      f"the (dilated) kernel, of spatial size {dilated}, is larger than the padded input "
+      f"{padded} (`spatial_shape`={shape}, padding {pairs}): the convolution has no output."
+    )
+  # The smallest multiple of the stride covering the padded input: R C_L E is then the layer.
+  circular = tuple(-(-p // s) * s for p, s in zip(padded, spec.strides, strict=True))
+  return _Plan(circular, spec.strides, spec.kernel_dilation, spec.feature_group_count)
+
+
+def _spatial_axes(plan: _Plan) -> tuple[int, ...]:
+  """Axes of the coarse grid in the polyphase layout ``(M_1, s_1, ..., M_d, s_d, C_in, C_out)``."""
+  return tuple(range(0, 2 * len(plan.circular_shape), 2))
+
+
+def _symbol(kernel: jax.Array, plan: _Plan) -> jax.Array:
+  """The operator's symbol: shape ``(groups, *M, S * C_in/groups, C_out/groups)``.
+
+  ``M = L / strides`` is the coarse grid and ``S = prod(strides)`` the number of phases. The
+  singular values of the operator are those of all the blocks together.
+  """
+  nd = len(plan.circular_shape)
+  cin, cout = kernel.shape[-2:]
+  groups = plan.feature_group_count
+  zero = jnp.zeros((), kernel.dtype)
+  # Tap k of the kernel sits at position d*k of the circular grid of size L.
+  config = [
+    (0, n - (k - 1) * d - 1, d - 1)
+    for k, d, n in zip(kernel.shape[:nd], plan.kernel_dilation, plan.circular_shape, strict=True)
+  ]
+  h = lax.pad(kernel, zero, [*config, (0, 0, 0), (0, 0, 0)])
+  # Polyphase: position j = s*q + r becomes (q, r); the FFT runs over the coarse index q.
+  coarse = tuple(n // s for n, s in zip(plan.circular_shape, plan.strides, strict=True))
+  split = [v for m, s in zip(coarse, plan.strides, strict=True) for v in (m, s)]
+  h = jnp.fft.fftn(h.reshape(*split, cin, cout), axes=_spatial_axes(plan))
+  order = (*range(0, 2 * nd, 2), *range(1, 2 * nd, 2), 2 * nd, 2 * nd + 1)
+  h = h.transpose(order).reshape(*coarse, math.prod(plan.strides) * cin, groups, cout // groups)
+  return jnp.moveaxis(h, -2, 0)
+
+
+def _kernel_from_symbol(blocks: jax.Array, plan: _Plan, kernel_shape: tuple[int, ...]):
+  """Inverts :func:`_symbol` and truncates to the kernel's support (the taps ``d*k``)."""
+  nd = len(plan.circular_shape)
+  cin, cout = kernel_shape[-2:]
+  coarse = blocks.shape[1 : 1 + nd]
+  h = jnp.moveaxis(blocks, 0, -2).reshape(*coarse, *plan.strides, cin, cout)
+  order = [v for i in range(nd) for v in (i, nd + i)]
+  h = h.transpose(*order, 2 * nd, 2 * nd + 1)
+  h = jnp.fft.ifftn(h, axes=_spatial_axes(plan)).real.reshape(*plan.circular_shape, cin, cout)
+  support = tuple(
+    slice(0, (k - 1) * d + 1, d)
+    for k, d in zip(kernel_shape[:nd], plan.kernel_dilation, strict=True)
+  )
+  return h[support]
+
+
+def _top_singular_value(blocks: jax.Array) -> jax.Array:
+  return jnp.max(jnp.linalg.svd(blocks, compute_uv=False)[..., 0])
+
+
+@functools.partial(jax.jit, static_argnames=("plan",))
+def _singular_values(kernel, plan):
+  svals = jnp.linalg.svd(_symbol(kernel, plan), compute_uv=False)
+  return jnp.sort(svals.ravel(), descending=True)
+
+
+@functools.partial(jax.jit, static_argnames=("plan",))
+def _fourier_norm(kernel, plan):
+  return _top_singular_value(_symbol(kernel, plan))
+
+
+def circular_conv_singular_values(
+  kernel: jax.typing.ArrayLike,
+  spatial_shape: Sequence[int],
+  *,
+  strides: conv_lib.IntOrSequence = 1,
+  kernel_dilation: conv_lib.IntOrSequence = 1,
+  feature_group_count: int = 1,
+) -> jax.Array:
+  r"""All singular values of a circular convolution, exactly, through the FFT.
+
+  For stride 1 this is Sedghi et al.'s method: the DFT of the zero-padded kernel gives one
+  ``C_in x C_out`` matrix per frequency, and the convolution's singular values are the union of
+  theirs. For ``strides`` ``s`` the input separates into ``prod(s)`` phases, and each of the
+  ``prod(N / s)`` coarse frequencies carries a ``(prod(s) C_in) x C_out`` block. Dilation and
+  feature groups are exact too. Cost: ``O(prod(N) C_in C_out log N)`` for the FFT plus one
+  small SVD per frequency. The result is differentiable in ``kernel``.
+
+  The map is the one of ``flax.linen.Conv(..., padding='CIRCULAR')`` on inputs of spatial size
+  ``spatial_shape`` (up to a circular shift of the input, which leaves singular values unchanged).
+
+  Args:
+    kernel: Flax layout ``(*kernel_size, C_in // feature_group_count, C_out)`` with 1 to 3
+      spatial dimensions, or a 2-D dense kernel ``(C_in, C_out)`` with ``spatial_shape=()``.
+    spatial_shape: the input's spatial size ``(N_1, ..., N_d)``, without batch and channels.
+    strides: int or one int per dimension; must divide ``spatial_shape``.
+    kernel_dilation: int or one int per dimension.
+    feature_group_count: number of feature groups, as in ``flax.linen.Conv``.
+
+  Returns:
+    All ``min(prod(N) C_in, prod(N / s) C_out)`` singular values in descending order, shape
+    ``(min(prod(N) C_in, prod(N / s) C_out),)``, real, the dtype of ``kernel``.
+
+  Raises:
+    ValueError: if ``strides`` does not divide ``spatial_shape``, the dilated kernel is larger
+      than the input, ``spatial_shape`` does not match the kernel's rank, or the attributes are
+      inconsistent with the kernel. TypeError: for a non-float kernel.
+
+  Example:
+    >>> import jax, sn_jax
+    >>> kernel = jax.random.normal(jax.random.key(0), (3, 3, 4, 8))
+    >>> sn_jax.circular_conv_singular_values(kernel, (8, 8), strides=2).shape
+    (128,)
+
+  References:
+    Sedghi, Gupta, Long. The Singular Values of Convolutional Layers. ICLR 2019.
+    https://arxiv.org/abs/1805.10408
+  """
+  kernel = jnp.asarray(kernel)
+  plan = _plan(
+    kernel,
+    spatial_shape,
+    strides=strides,
+    padding="CIRCULAR",
+    kernel_dilation=kernel_dilation,
+    feature_group_count=feature_group_count,
+  )
+  return _singular_values(kernel, plan)
+
+
+def fourier_conv_operator_norm(
+  kernel: jax.typing.ArrayLike,
+  spatial_shape: Sequence[int],
+  *,
+  strides: conv_lib.IntOrSequence = 1,
+  padding: conv_lib.PaddingLike = "CIRCULAR",
+  kernel_dilation: conv_lib.IntOrSequence = 1,
+  feature_group_count: int = 1,
+) -> jax.Array:
+  r"""The largest singular value of a convolution from its Fourier symbol: exact or a bound.
+
+  - ``padding='CIRCULAR'``: exact, the largest of :func:`circular_conv_singular_values`.
+  - Zero padding (``'SAME'``, ``'VALID'``, ``'CAUSAL'``, ints or pairs, resolved as
+    ``flax.linen.Conv`` does for this input size to ``(lo, hi)`` per dimension): a guaranteed
+    upper bound, the exact norm of the circular convolution on the grid
+    ``L = ceil((N + lo + hi) / s) * s``. With the input placed among zeros on that grid, every
+    sample the layer reads is either an input sample or a padding zero, and the layer's outputs
+    are a subset of the circular outputs; so the layer is ``R C_L E`` with ``E`` an isometry and
+    ``R`` a coordinate restriction, and ``||layer|| <= ||C_L||`` (this holds for every ``L`` that
+    is a multiple of ``s`` and at least ``N + lo + hi``). Both numbers lie below
+    ``sup_theta ||K_hat(theta)||``, the norm of the convolution on infinite signals, and the true
+    norm tends to it as ``N`` grows; so the bound is tight for large inputs and loosest for
+    small ones (see the tests and ``benchmarks/bench_fourier.py`` for measured gaps).
+
+  Differentiable in ``kernel`` (the gradient of the top singular value, ``Re(u^H dK_hat v)``).
+
+  Args:
+    kernel: Flax layout ``(*kernel_size, C_in // feature_group_count, C_out)``, or a 2-D dense
+      kernel with ``spatial_shape=()`` (then the exact spectral norm of the matrix).
+    spatial_shape: the input's spatial size, without batch and channels.
+    strides, kernel_dilation, feature_group_count: as in ``flax.linen.Conv``. For circular
+      padding ``strides`` must divide ``spatial_shape``.
+    padding: ``'CIRCULAR'`` (default, exact) or a zero padding (upper bound). ``'REFLECT'`` is
+      not supported.
+
+  Returns:
+    A scalar, the dtype of ``kernel``.
+
+  Raises:
+    ValueError: for ``'REFLECT'`` or negative padding, a stride that does not divide the input
+      of a circular convolution, a kernel larger than the (padded) input, or inconsistent
+      shapes. TypeError: for a non-float kernel.
+
+  Example:
+    >>> import jax, sn_jax
+    >>> kernel = jax.random.normal(jax.random.key(0), (3, 3, 4, 8))
+    >>> exact = sn_jax.fourier_conv_operator_norm(kernel, (8, 8), padding='CIRCULAR')
+    >>> bound = sn_jax.fourier_conv_operator_norm(kernel, (8, 8), padding='SAME')
+    >>> bool(bound >= sn_jax.conv_operator_norm(kernel, (8, 8, 4), padding='SAME'))
+    True
+
+  References:
+    Sedghi, Gupta, Long. The Singular Values of Convolutional Layers. ICLR 2019.
+    https://arxiv.org/abs/1805.10408
+  """
+  kernel = jnp.asarray(kernel)
+  plan = _plan(
+    kernel,
+    spatial_shape,
+    strides=strides,
+    padding=padding,
+    kernel_dilation=kernel_dilation,
+    feature_group_count=feature_group_count,
+  )
+  return _fourier_norm(kernel, plan)
+
+
+def _frobenius(blocks: jax.Array, floor: float) -> jax.Array:
+  """Frobenius norm of each block, at least ``sqrt(floor)``; finite gradient at zero."""
+  sq = jnp.sum(jnp.square(blocks.real) + jnp.square(blocks.imag), axis=(-2, -1))
+  return jnp.sqrt(jnp.maximum(sq, floor))[..., None, None]
+
+
+@functools.partial(jax.jit, static_argnames=("plan", "num_iters"))
+def _gram_bound(kernel, plan, num_iters):
+  blocks = _symbol(kernel, plan)
+  blocks = blocks.reshape(-1, *blocks.shape[-2:])
+  if blocks.shape[-2] < blocks.shape[-1]:
+    blocks = jnp.conj(blocks).swapaxes(-1, -2)  # so that G^H G is the smaller Gram matrix
+  floor = float(jnp.finfo(blocks.real.dtype).tiny)
+
+  def step(blocks, log_scale):
+    # G <- (G / |G|_F)^H (G / |G|_F), and log_scale tracks log of the factor removed.
+    norm = _frobenius(blocks, floor)
+    blocks = blocks / norm
+    log_scale = 2.0 * (log_scale + jnp.log(norm))
+    return jnp.conj(blocks).swapaxes(-1, -2) @ blocks, log_scale
+
+  zeros = jnp.zeros((blocks.shape[0], 1, 1), blocks.real.dtype)
+  blocks, log_scale = step(blocks, zeros)
+  blocks, log_scale = lax.fori_loop(1, num_iters, lambda _, c: step(*c), (blocks, log_scale))
+  log_bound = (log_scale + jnp.log(_frobenius(blocks, floor))) / 2.0**num_iters
+  return jnp.exp(jnp.max(log_bound))
+
+
+def gram_iteration_bound(
+  kernel: jax.typing.ArrayLike,
+  spatial_shape: Sequence[int],
+  *,
+  num_iters: int = 6,
+  strides: conv_lib.IntOrSequence = 1,
+  padding: conv_lib.PaddingLike = "CIRCULAR",
+  kernel_dilation: conv_lib.IntOrSequence = 1,
+  feature_group_count: int = 1,
+) -> jax.Array:
+  r"""A guaranteed upper bound on a convolution's operator norm by Gram iteration.
+
+  Delattre et al.'s bound on each block ``G`` of the Fourier symbol (the same blocks as
+  :func:`circular_conv_singular_values`, strided ones included): after ``t`` steps of
+  ``G <- G^H G``, :math:`\|G\|_2 \le \|G^{(t)}\|_F^{1/2^t} = (\sum_i \sigma_i^{2^t})^{1/2^t}`,
+  which converges to :math:`\sigma_{max}` from above, quadratically: the overshoot is at most
+  a factor ``rank^(1/2^t)`` and far less when the top singular value stands out. The maximum
+  over blocks bounds the circular convolution's norm; with a zero ``padding`` it bounds the
+  layer's norm through the circular grid of :func:`fourier_conv_operator_norm`. Each step
+  rescales by the Frobenius norm and accumulates the log of the factor, so there is no overflow.
+  Only FFTs and batched matrix products: fast on accelerators, and differentiable.
+
+  Args:
+    kernel: Flax layout ``(*kernel_size, C_in // feature_group_count, C_out)``, or a 2-D dense
+      kernel with ``spatial_shape=()`` (then a bound on the matrix's spectral norm).
+    spatial_shape: the input's spatial size, without batch and channels.
+    num_iters: Gram steps, >= 1 (a ``lax.fori_loop``); 6 to 10 is typical.
+    strides, padding, kernel_dilation, feature_group_count: as in
+      :func:`fourier_conv_operator_norm`.
+
+  Returns:
+    A scalar upper bound, the dtype of ``kernel``.
+
+  Raises:
+    ValueError: for ``num_iters`` < 1 and as :func:`fourier_conv_operator_norm`.
+    TypeError: for a non-float kernel.
+
+  Example:
+    >>> import jax, sn_jax
+    >>> kernel = jax.random.normal(jax.random.key(0), (3, 3, 4, 8))
+    >>> bound = sn_jax.gram_iteration_bound(kernel, (8, 8), num_iters=8)
+    >>> bool(bound >= sn_jax.fourier_conv_operator_norm(kernel, (8, 8)))
+    True
+
+  References:
+    Delattre, Barthelemy, Araujo, Allauzen. Efficient Bound of Lipschitz Constant for
+    Convolutional Layers by Gram Iteration. ICML 2023. https://arxiv.org/abs/2305.16173
+  """
+  kernel = jnp.asarray(kernel)
+  if isinstance(num_iters, bool) or not isinstance(num_iters, int) or num_iters < 1:
+    raise ValueError(f"`num_iters` must be an int >= 1, got {num_iters!r}.")
+  plan = _plan(
+    kernel,
+    spatial_shape,
+    strides=strides,
+    padding=padding,
+    kernel_dilation=kernel_dilation,
+    feature_group_count=feature_group_count,
+  )
+  return _gram_bound(kernel, plan, num_iters)
+
+
+@functools.partial(jax.jit, static_argnames=("plan", "num_alternations"))
+def _clip(kernel, max_norm, plan, num_alternations):
+  def project(_, kernel):
+    u, s, vh = jnp.linalg.svd(_symbol(kernel, plan), full_matrices=False)
+    s = jnp.minimum(s, max_norm).astype(u.dtype)
+    blocks = (u * s[..., None, :]) @ vh
+    return _kernel_from_symbol(blocks, plan, kernel.shape).astype(kernel.dtype)
+
+  return lax.fori_loop(0, num_alternations, project, kernel)
+
+
+def clip_conv_operator_norm(
+  kernel: jax.typing.ArrayLike,
+  spatial_shape: Sequence[int],
+  max_norm: jax.typing.ArrayLike,
+  *,
+  num_alternations: int = 1,
+  strides: conv_lib.IntOrSequence = 1,
+  kernel_dilation: conv_lib.IntOrSequence = 1,
+  feature_group_count: int = 1,
+) -> jax.Array:
+  r"""Sedghi et al.'s projection of a kernel towards circular operator norm ``<= max_norm``.
+
+  One alternation clips every singular value of every block of the symbol at ``max_norm`` (the
+  nearest operator, in Frobenius norm, with that norm bound), transforms back, and truncates the
+  result to the kernel's support (the nearest operator with the kernel's size). The truncation
+  can raise the norm again, so the result is **approximate**: after one alternation the norm
+  may exceed ``max_norm``. Repeating both projections (``num_alternations > 1``, alternating
+  projections between two convex sets) drives the excess towards zero, but the limit is a
+  kernel of the intersection, not necessarily the nearest one. Check the result with
+  :func:`fourier_conv_operator_norm` where a guarantee matters, or rescale by
+  ``max(1, sigma / max_norm)``. Strided, dilated and grouped convolutions are clipped through
+  their polyphase symbol.
+
+  Args:
+    kernel: Flax layout ``(*kernel_size, C_in // feature_group_count, C_out)``, or a 2-D dense
+      kernel with ``spatial_shape=()`` (then exact after one alternation).
+    spatial_shape: the input's spatial size, without batch and channels.
+    max_norm: the target norm, a positive scalar (may be traced).
+    num_alternations: clip-and-truncate rounds, >= 1 (a ``lax.fori_loop``).
+    strides, kernel_dilation, feature_group_count: as in
+      :func:`circular_conv_singular_values`.
+
+  Returns:
+    The new kernel, same shape and dtype as ``kernel``.
+
+  Raises:
+    ValueError: for ``max_norm`` <= 0 or not a scalar, ``num_alternations`` < 1, and as
+      :func:`circular_conv_singular_values`. TypeError: for a non-float kernel.
+
+  Example:
+    >>> import jax, sn_jax
+    >>> kernel = jax.random.normal(jax.random.key(0), (3, 3, 4, 4))
+    >>> clipped = sn_jax.clip_conv_operator_norm(kernel, (8, 8), 1.0, num_alternations=20)
+    >>> bool(sn_jax.fourier_conv_operator_norm(clipped, (8, 8)) < 1.05)
+    True
+
+  References:
+    Sedghi, Gupta, Long. The Singular Values of Convolutional Layers. ICLR 2019.
+    https://arxiv.org/abs/1805.10408
+  """
+  kernel = jnp.asarray(kernel)
+  if jnp.ndim(max_norm) != 0:
+    raise ValueError(f"`max_norm` must be a scalar, got shape {jnp.shape(max_norm)}.")
+  if not isinstance(max_norm, jax.core.Tracer) and not float(max_norm) > 0:
+    raise ValueError(f"`max_norm` must be > 0, got {max_norm!r}.")
+  if (
+    isinstance(num_alternations, bool)
+    or not isinstance(num_alternations, int)
+    or num_alternations < 1
+  ):
+    raise ValueError(f"`num_alternations` must be an int >= 1, got {num_alternations!r}.")
+  plan = _plan(
+    kernel,
+    spatial_shape,
+    strides=strides,
+    padding="CIRCULAR",
+    kernel_dilation=kernel_dilation,
+    feature_group_count=feature_group_count,
+  )
+  return _clip(kernel, jnp.asarray(max_norm, kernel.dtype), plan, num_alternations)

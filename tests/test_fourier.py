@@ -1,0 +1,325 @@
+"""Tests of sn_jax.fourier against the SVD of materialized operators and independent FFT code."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sn_jax
+from sn_jax import fourier, operators
+
+# (kernel shape, spatial shape, attributes): 1-D to 3-D, strided, non-square, dilated, grouped.
+CIRCULAR_CASES = [
+  ((3, 2, 3), (8,), {}),
+  ((3, 2, 3), (8,), {"strides": 4}),
+  ((5, 3, 1), (12,), {"strides": 3, "kernel_dilation": 2}),
+  ((3, 3, 2, 3), (6, 6), {}),
+  ((3, 3, 2, 3), (6, 6), {"strides": 2}),
+  ((3, 3, 2, 5), (6, 4), {"strides": (2, 1)}),
+  ((2, 3, 2, 4), (6, 6), {"strides": (3, 2), "kernel_dilation": (2, 1)}),
+  ((3, 3, 2, 4), (8, 8), {"strides": 2, "feature_group_count": 2}),
+  ((3, 3, 3, 2, 2), (4, 4, 4), {"strides": 2}),
+]
+
+
+def _kernel(shape, seed=0):
+  return jax.random.normal(jax.random.key(seed), shape)
+
+
+def _input_shape(kernel, spatial, attrs):
+  return (*spatial, kernel.shape[-2] * attrs.get("feature_group_count", 1))
+
+
+def _svd_oracle(kernel, spatial, padding="CIRCULAR", **attrs):
+  """All singular values of the layer's map, float64 SVD of the materialized matrix."""
+  input_shape = _input_shape(kernel, spatial, attrs)
+  op = operators.conv_operator(kernel, input_shape, padding=padding, **attrs)
+  matrix = np.asarray(operators.materialize(op, input_shape), np.float64)
+  return np.linalg.svd(matrix, compute_uv=False)
+
+
+@pytest.mark.parametrize("kernel_shape,spatial,attrs", CIRCULAR_CASES)
+def test_singular_values_match_svd_of_circular_operator(kernel_shape, spatial, attrs):
+  kernel = _kernel(kernel_shape)
+  expected = _svd_oracle(kernel, spatial, **attrs)
+  got = np.asarray(sn_jax.circular_conv_singular_values(kernel, spatial, **attrs))
+  assert got.shape == expected.shape
+  # Relative 1e-5 of the largest singular value, for every singular value.
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * expected[0])
+  norm = sn_jax.fourier_conv_operator_norm(kernel, spatial, **attrs)
+  np.testing.assert_allclose(norm, expected[0], rtol=1e-5)
+
+
+def test_dense_kernel_is_the_degenerate_case():
+  kernel = _kernel((7, 5))
+  expected = np.linalg.svd(np.asarray(kernel, np.float64), compute_uv=False)
+  got = sn_jax.circular_conv_singular_values(kernel, ())
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  np.testing.assert_allclose(sn_jax.fourier_conv_operator_norm(kernel, ()), expected[0], rtol=1e-5)
+  np.testing.assert_allclose(
+    sn_jax.gram_iteration_bound(kernel, (), num_iters=8), expected[0], rtol=1e-4
+  )
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+@pytest.mark.parametrize("kernel_size,dilation", [((3, 3), 1), ((2, 3), 1), ((3, 2), (2, 1))])
+def test_circular_padding_is_the_fft_convolution_up_to_a_shift(kernel_size, dilation, strides):
+  # Flax's CIRCULAR pads ((D-1)//2, D//2) with wrap; the FFT route computes
+  # y[m] = sum_j x[m + j] h[j] on the circular grid (h: the dilated kernel at positions d*k).
+  # They agree after shifting the input by p = (D-1)//2, which leaves singular values unchanged.
+  n = (8, 6)
+  kernel = np.asarray(_kernel((*kernel_size, 3, 2)), np.float64)
+  x = np.asarray(jax.random.normal(jax.random.key(1), (1, *n, 3)), np.float64)
+  dil = (dilation,) * 2 if isinstance(dilation, int) else dilation
+  size = [(k - 1) * d + 1 for k, d in zip(kernel_size, dil, strict=True)]
+  h = np.zeros((*n, 3, 2))
+  h[:: dil[0], :: dil[1]][: kernel_size[0], : kernel_size[1]] = kernel
+  shifted = np.roll(x[0], [(s - 1) // 2 for s in size], axis=(0, 1))
+  spectrum = np.einsum(
+    "abi,abio->abo", np.fft.fft2(shifted, axes=(0, 1)), np.conj(np.fft.fft2(h, axes=(0, 1)))
+  )
+  expected = np.fft.ifft2(spectrum, axes=(0, 1)).real[::strides, ::strides]
+  got = sn_jax.conv(
+    x.astype(np.float32),
+    kernel.astype(np.float32),
+    padding="CIRCULAR",
+    strides=strides,
+    kernel_dilation=dilation,
+  )
+  np.testing.assert_allclose(got[0], expected, rtol=1e-5, atol=1e-5)
+
+
+ZERO_PADDED_CASES = [
+  ((3, 3, 3, 4), (6, 6), {"padding": "SAME"}),
+  ((3, 3, 3, 4), (6, 6), {"padding": "VALID"}),
+  ((3, 3, 3, 4), (5, 7), {"padding": "SAME", "strides": 2}),
+  ((3, 3, 3, 4), (7, 7), {"padding": ((2, 0), (1, 3)), "strides": (2, 3)}),
+  ((5, 5, 2, 2), (6, 6), {"padding": "VALID", "kernel_dilation": (1, 1)}),
+  ((3, 2, 2), (9,), {"padding": "CAUSAL", "kernel_dilation": 2}),
+  ((3, 3, 2, 4), (6, 6), {"padding": 1, "feature_group_count": 2}),
+]
+
+
+@pytest.mark.parametrize("kernel_shape,spatial,attrs", ZERO_PADDED_CASES)
+def test_zero_padding_gives_an_upper_bound(kernel_shape, spatial, attrs):
+  # An upper bound only: loose when the input is small next to the kernel (VALID 5x5 on 6x6
+  # keeps 2x2 outputs and the bound is 1.7x the norm); the next test shows it tightening.
+  kernel = _kernel(kernel_shape)
+  exact = _svd_oracle(kernel, spatial, **attrs)[0]
+  bound = float(sn_jax.fourier_conv_operator_norm(kernel, spatial, **attrs))
+  assert bound >= exact * (1 - 1e-6)
+  gram = float(sn_jax.gram_iteration_bound(kernel, spatial, num_iters=8, **attrs))
+  assert gram >= bound * (1 - 2e-6)
+
+
+def test_zero_padding_bound_tightens_as_the_input_grows():
+  kernel = _kernel((3, 3, 4, 4))
+  gaps = []
+  for n in (4, 8, 16):
+    exact = _svd_oracle(kernel, (n, n), padding="SAME")[0]
+    bound = float(sn_jax.fourier_conv_operator_norm(kernel, (n, n), padding="SAME"))
+    assert bound >= exact * (1 - 1e-6)
+    gaps.append(bound / exact - 1)
+  assert gaps[0] > gaps[1] > gaps[2]
+  assert gaps[2] < 0.02
+
+
+@pytest.mark.parametrize(
+  "kernel_shape,spatial,attrs",
+  [
+    ((3, 3, 8, 8), (8, 8), {}),
+    ((3, 3, 4, 8), (8, 8), {"strides": 2}),
+    ((3, 3, 6, 4), (6, 6), {"feature_group_count": 2}),
+    ((5, 4, 3), (16,), {"strides": 2}),
+  ],
+)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gram_bound_is_above_and_within_one_percent(kernel_shape, spatial, attrs, seed):
+  kernel = _kernel(kernel_shape, seed)
+  exact = float(sn_jax.fourier_conv_operator_norm(kernel, spatial, **attrs))
+  bounds = [
+    float(sn_jax.gram_iteration_bound(kernel, spatial, num_iters=t, **attrs)) for t in (1, 2, 4, 6)
+  ]
+  # A guaranteed upper bound, up to float32 rounding (relative 2e-6), non-increasing in t.
+  assert all(b >= exact * (1 - 2e-6) for b in bounds)
+  assert all(b1 >= b2 * (1 - 2e-6) for b1, b2 in itertools.pairwise(bounds))
+  assert bounds[2] <= exact * 1.01  # within 1% after 4 iterations
+  assert bounds[3] <= exact * (1 + 1e-4)
+
+
+def test_gram_bound_rescales_instead_of_overflowing():
+  kernel = _kernel((3, 3, 4, 4))
+  reference = sn_jax.gram_iteration_bound(kernel, (6, 6), num_iters=10)
+  for scale in (1e-15, 1e15):
+    scaled = sn_jax.gram_iteration_bound(kernel * scale, (6, 6), num_iters=10)
+    assert jnp.isfinite(scaled)
+    np.testing.assert_allclose(scaled, reference * scale, rtol=1e-5)
+
+
+def test_gram_bound_and_fourier_norm_are_differentiable():
+  kernel = _kernel((3, 3, 3, 4))
+  grad_exact = jax.grad(lambda k: sn_jax.fourier_conv_operator_norm(k, (6, 6)))(kernel)
+  grad_gram = jax.grad(lambda k: sn_jax.gram_iteration_bound(k, (6, 6), num_iters=8))(kernel)
+  np.testing.assert_allclose(grad_gram, grad_exact, atol=1e-3 * jnp.abs(grad_exact).max())
+  # The gradient of the top singular value: a finite difference along a random direction.
+  direction = _kernel((3, 3, 3, 4), seed=5)
+  eps = 1e-2
+  plus = sn_jax.fourier_conv_operator_norm(kernel + eps * direction, (6, 6))
+  minus = sn_jax.fourier_conv_operator_norm(kernel - eps * direction, (6, 6))
+  np.testing.assert_allclose(jnp.vdot(grad_exact, direction), (plus - minus) / (2 * eps), rtol=1e-2)
+  zero_grad = jax.grad(lambda k: sn_jax.gram_iteration_bound(k, (6, 6)))(jnp.zeros_like(kernel))
+  assert jnp.all(jnp.isfinite(zero_grad))
+  assert sn_jax.gram_iteration_bound(jnp.zeros_like(kernel), (6, 6)) < 1e-15
+
+
+def _sedghi_clip(kernel, n, clip_to):
+  """Sedghi et al.'s listing (ICLR 2019), in NumPy: one clip and truncation, stride 1."""
+  transformed = np.fft.fft2(kernel, (n, n), axes=[0, 1])
+  u, d, v = np.linalg.svd(transformed, full_matrices=False)
+  clipped = np.einsum("...ij,...j,...jk->...ik", u, np.minimum(d, clip_to), v)
+  return np.fft.ifft2(clipped, axes=[0, 1]).real[: kernel.shape[0], : kernel.shape[1]]
+
+
+def test_clip_matches_sedghi_listing():
+  kernel = _kernel((3, 3, 4, 5))
+  expected = _sedghi_clip(np.asarray(kernel, np.float64), 8, 4.0)
+  got = sn_jax.clip_conv_operator_norm(kernel, (8, 8), 4.0)
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "kernel_shape,spatial,attrs",
+  [
+    ((3, 3, 4, 4), (8, 8), {}),
+    ((3, 3, 4, 8), (8, 8), {"strides": 2}),
+    ((3, 3, 2, 4), (8, 8), {"feature_group_count": 2, "kernel_dilation": 2}),
+  ],
+)
+def test_clip_brings_the_norm_to_the_target(kernel_shape, spatial, attrs):
+  kernel = _kernel(kernel_shape)
+  norm = float(sn_jax.fourier_conv_operator_norm(kernel, spatial, **attrs))
+  target = norm / 3
+  norms = []
+  for alternations in (1, 5, 50):
+    clipped = sn_jax.clip_conv_operator_norm(
+      kernel, spatial, target, num_alternations=alternations, **attrs
+    )
+    assert clipped.shape == kernel.shape and clipped.dtype == kernel.dtype
+    norms.append(float(sn_jax.fourier_conv_operator_norm(clipped, spatial, **attrs)) / target)
+  # Documented tolerance: one alternation leaves up to ~50% excess when clipping a random kernel
+  # to a third of its norm; 50 alternations bring it within 1%.
+  assert 1.0 - 1e-5 <= norms[2] <= 1.01
+  assert norms[0] < 1.5 and norms[0] >= norms[1] >= norms[2]
+
+
+def test_clip_is_exact_for_dense_and_identity_below_the_target():
+  dense = _kernel((6, 4))
+  clipped = sn_jax.clip_conv_operator_norm(dense, (), 1.0)
+  np.testing.assert_allclose(sn_jax.fourier_conv_operator_norm(clipped, ()), 1.0, rtol=1e-5)
+  kernel = _kernel((3, 3, 2, 2))
+  norm = sn_jax.fourier_conv_operator_norm(kernel, (6, 6))
+  unchanged = sn_jax.clip_conv_operator_norm(kernel, (6, 6), 2 * norm, num_alternations=3)
+  np.testing.assert_allclose(unchanged, kernel, rtol=1e-4, atol=1e-5)
+  traced = jax.jit(lambda k, m: sn_jax.clip_conv_operator_norm(k, (6, 6), m))(kernel, 2 * norm)
+  np.testing.assert_allclose(traced, kernel, rtol=1e-4, atol=1e-5)
+
+
+def test_no_recompile_on_a_second_call():
+  shape, spatial = (3, 3, 2, 2), (6, 6)
+  sn_jax.fourier_conv_operator_norm(_kernel(shape, 0), spatial, strides=2)
+  sn_jax.gram_iteration_bound(_kernel(shape, 0), spatial, num_iters=3)
+  sn_jax.clip_conv_operator_norm(_kernel(shape, 0), spatial, 1.0)
+  sizes = [f._cache_size() for f in (fourier._fourier_norm, fourier._gram_bound, fourier._clip)]
+  sn_jax.fourier_conv_operator_norm(_kernel(shape, 1), spatial, strides=(2, 2))
+  sn_jax.gram_iteration_bound(_kernel(shape, 1), spatial, num_iters=3)
+  sn_jax.clip_conv_operator_norm(_kernel(shape, 1), spatial, 0.5)
+  assert [f._cache_size() for f in (fourier._fourier_norm, fourier._gram_bound, fourier._clip)] == (
+    sizes
+  )
+
+
+@pytest.mark.parametrize(
+  "call,error,match",
+  [
+    (
+      lambda k: sn_jax.circular_conv_singular_values(k, (7, 7), strides=2),
+      ValueError,
+      r"`strides` \(=\(2, 2\)\) must divide `spatial_shape` \(=\(7, 7\)\)",
+    ),
+    (
+      lambda k: sn_jax.fourier_conv_operator_norm(k, (2, 8)),
+      ValueError,
+      r"kernel, of spatial size \(3, 3\), is larger than the input, `spatial_shape`=\(2, 8\)",
+    ),
+    (
+      lambda k: sn_jax.fourier_conv_operator_norm(k, (2, 8), padding="VALID"),
+      ValueError,
+      r"larger than the padded input",
+    ),
+    (
+      lambda k: sn_jax.gram_iteration_bound(k, (8,)),
+      ValueError,
+      r"`spatial_shape` must be 2 positive ints, one per spatial dimension",
+    ),
+    (
+      lambda k: sn_jax.gram_iteration_bound(k, "ab"),
+      TypeError,
+      r"`spatial_shape` must be a sequence of ints",
+    ),
+    (
+      lambda k: sn_jax.fourier_conv_operator_norm(k, (8, 8), padding="REFLECT"),
+      ValueError,
+      r"`padding`='REFLECT' is not supported",
+    ),
+    (
+      lambda k: sn_jax.fourier_conv_operator_norm(k, (8, 8), padding=-1),
+      ValueError,
+      r"`padding` must be non-negative",
+    ),
+    (
+      lambda k: sn_jax.fourier_conv_operator_norm(k.astype(jnp.int32), (8, 8)),
+      TypeError,
+      r"`kernel` must be floating point",
+    ),
+    (
+      lambda k: sn_jax.fourier_conv_operator_norm(k, (8, 8), feature_group_count=2),
+      ValueError,
+      r"output channels \(=3\) must be divisible by `feature_group_count` \(=2\)",
+    ),
+    (
+      lambda k: sn_jax.gram_iteration_bound(k, (8, 8), num_iters=0),
+      ValueError,
+      r"`num_iters` must be an int >= 1, got 0",
+    ),
+    (
+      lambda k: sn_jax.clip_conv_operator_norm(k, (8, 8), 0.0),
+      ValueError,
+      r"`max_norm` must be > 0, got 0.0",
+    ),
+    (
+      lambda k: sn_jax.clip_conv_operator_norm(k, (8, 8), jnp.ones(2)),
+      ValueError,
+      r"`max_norm` must be a scalar, got shape \(2,\)",
+    ),
+    (
+      lambda k: sn_jax.clip_conv_operator_norm(k, (8, 8), 1.0, num_alternations=0),
+      ValueError,
+      r"`num_alternations` must be an int >= 1, got 0",
+    ),
+    (
+      lambda k: sn_jax.fourier_conv_operator_norm(k[0, 0], (), strides=2),
+      ValueError,
+      r"a 2-D \(dense\) `kernel` takes no convolution attributes",
+    ),
+    (
+      lambda k: sn_jax.fourier_conv_operator_norm(k[0, 0], (4,)),
+      ValueError,
+      r"`spatial_shape` must be 0 positive ints",
+    ),
+  ],
+)
+def test_bad_inputs_raise_clear_errors(call, error, match):
+  with pytest.raises(error, match=match):
+    call(_kernel((3, 3, 2, 3)))
