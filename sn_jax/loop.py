@@ -63,8 +63,10 @@ def default_config() -> ml_collections.ConfigDict:
   - ``optimizer`` (``'adam'`` or ``'sgd'`` with ``momentum``), ``learning_rate``, ``batch_size``
     (global), ``num_epochs``, ``num_steps`` (> 0 overrides the epochs), early stopping once the
     mean train accuracy of the last ``early_stop_epochs`` epochs reaches ``early_stop_accuracy``.
-  - ``seed``; ``parallel`` (``'shard_map'`` or ``'pmap'``); ``distributed`` (call
-    ``jax.distributed.initialize()``, for multi-host runs); ``log_every``,
+  - ``seed``; ``parallel`` (``'shard_map'`` or ``'pmap'``); ``distributed``: with ``enabled``,
+    call ``jax.distributed.initialize()`` first (multi-host runs), passing
+    ``coordinator_address``, ``num_processes`` and ``process_id`` where set (``''``/``-1``:
+    auto-detected on TPU pods and SLURM); ``log_every``,
     ``checkpoint_every``, ``keep_checkpoints`` (steps, steps, count); ``eval_batch_size``;
     ``num_eval_train`` (training examples evaluated at the end; 0: all).
   """
@@ -93,7 +95,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.early_stop_epochs = 5
   config.seed = 0
   config.parallel = "shard_map"
-  config.distributed = False
+  config.distributed = ml_collections.ConfigDict(
+    {"enabled": False, "coordinator_address": "", "num_processes": -1, "process_id": -1}
+  )
   config.log_every = 50
   config.checkpoint_every = 500
   config.keep_checkpoints = 2
@@ -289,8 +293,9 @@ class _Signals:
 
 def _setup(config: ml_collections.ConfigDict, model: nn.Module | None):
   """Validates the config, then loads the data and builds the model (nothing compiled yet)."""
-  if config.distributed:
-    jax.distributed.initialize()
+  if config.distributed.enabled and not jax.distributed.is_initialized():
+    options = {k: v for k, v in config.distributed.items() if k != "enabled" and v not in ("", -1)}
+    jax.distributed.initialize(**options)
   parallel = DataParallel(mode=config.parallel)
   validate_config(config, num_devices=parallel.num_devices)
   datasets = data.load(

@@ -4,6 +4,9 @@ import functools
 import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 
 import chex
 import flax.linen as nn
@@ -271,3 +274,44 @@ def test_bad_attack_values_name_the_field(field, value, message):
   config.attack[field] = value
   with pytest.raises(ValueError, match=message):
     loop.validate_config(config, num_devices=4)
+
+
+WORKER = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.config.update("jax_numpy_rank_promotion", "raise")
+sys.path.insert(0, {tests!r})
+from test_train import _config
+from sn_jax import loop
+config = _config()
+config.distributed.update(
+  enabled=True, coordinator_address="localhost:{port}", num_processes=2, process_id=int(sys.argv[1])
+)
+loop.train_and_evaluate(config, {workdir!r})
+assert jax.process_count() == 2 and jax.device_count() == 4
+"""
+
+
+def test_two_processes_train_like_one(uninterrupted, tmp_path):
+  # Two processes with two CPU devices each, collectives over loopback (gloo): the same global
+  # batch on the same 4 devices as the single-process run, so the same parameters.
+  reference, result = uninterrupted
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  script = WORKER.format(tests=os.path.dirname(__file__), port=port, workdir=str(tmp_path))
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  workers = [
+    subprocess.Popen([sys.executable, "-c", script, str(i)], env=env, stderr=subprocess.PIPE)
+    for i in range(2)
+  ]
+  errors = [w.communicate(timeout=240)[1].decode()[-2000:] for w in workers]
+  assert [w.returncode for w in workers] == [0, 0], errors
+  expected, got = _params(reference, _config()), _params(tmp_path, _config())
+  chex.assert_trees_all_close(got.params, expected.params, atol=1e-6, rtol=1e-6)
+  chex.assert_trees_all_close(got.spectral, expected.spectral, atol=1e-6, rtol=1e-6)
+  assert json.loads((tmp_path / "results.json").read_text())["test"] == pytest.approx(
+    result["test"]
+  )
