@@ -1,0 +1,353 @@
+"""The quantities the papers measure: margins, bound terms, certified radii, diagnostics.
+
+Per-example functions take logits ``(B, K)`` and integer labels ``(B,)``; per-layer functions
+take the layers' spectral norms as a 1-D array, input layer first (from
+:func:`sn_jax.spectra.layer_operator_norms` or an SN model's ``'spectral'`` state). Layer spectra
+live in :mod:`sn_jax.spectra`, figures in :mod:`sn_jax.plots`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+_CONV_ATTRIBUTES = ("strides", "padding", "kernel_dilation", "feature_group_count")
+
+
+def _check_logits_labels(logits: jax.Array, y: jax.Array) -> None:
+  if logits.ndim != 2 or logits.shape[1] < 2:
+    raise ValueError(
+      f"`logits` must have shape (batch, num_classes) with num_classes >= 2, got {logits.shape}."
+    )
+  if not jnp.issubdtype(y.dtype, jnp.integer):
+    raise TypeError(f"`y` must hold integer class labels, got dtype {y.dtype}.")
+  if y.shape != logits.shape[:1]:
+    raise ValueError(
+      f"`y` must have shape (batch,) = {logits.shape[:1]} to match `logits`, got {y.shape}."
+    )
+
+
+def _as_sigmas(sigmas: Any) -> jax.Array:
+  sigmas = jnp.asarray(sigmas)
+  if sigmas.ndim != 1 or sigmas.shape[0] < 1:
+    raise ValueError(
+      f"`sigmas` must be a non-empty 1-D array of per-layer spectral norms (input to output), "
+      f"got shape {sigmas.shape}."
+    )
+  return sigmas
+
+
+def margins(logits: jax.typing.ArrayLike, y: jax.typing.ArrayLike) -> jax.Array:
+  """The logit margin ``logit_y - max_{j != y} logit_j`` of each example.
+
+  Positive when the example is classified correctly.
+
+  Args:
+    logits: shape ``(B, K)``.
+    y: integer labels, shape ``(B,)``.
+
+  Returns:
+    Shape ``(B,)``.
+
+  Raises:
+    ValueError, TypeError: for mismatched shapes or non-integer labels.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sn_jax import analysis
+    >>> analysis.margins(jnp.array([[2.0, 0.5, 1.0]]), jnp.array([0])).tolist()
+    [1.0]
+  """
+  logits, y = jnp.asarray(logits), jnp.asarray(y)
+  _check_logits_labels(logits, y)
+  true = jnp.take_along_axis(logits, y[:, None], axis=1)[:, 0]
+  others = jnp.where(jax.nn.one_hot(y, logits.shape[1], dtype=bool), -jnp.inf, logits)
+  return true - jnp.max(others, axis=1)
+
+
+def depth_correction(sigmas: jax.typing.ArrayLike) -> jax.Array:
+  r"""Farnia et al.'s depth factor :math:`c = 1 + \sum_{i=0}^{L-1} \prod_{j<i} \sigma_j`.
+
+  Args:
+    sigmas: per-layer spectral norms, input layer first, shape ``(L,)``.
+
+  Returns:
+    A float scalar.
+  """
+  sigmas = _as_sigmas(sigmas)
+  partial_products = jnp.cumprod(jnp.concatenate([jnp.ones(1, sigmas.dtype), sigmas[:-1]]))
+  return 1.0 + jnp.sum(partial_products)
+
+
+def margin_normalizer(
+  sigmas: jax.typing.ArrayLike | None = None,
+  *,
+  normalization: str = "spectral",
+  frobenius_sq: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+  r"""The divisor of the normalized margins of Farnia et al. (``compute_margins``).
+
+  - ``'none'``: 1 (their mode 0);
+  - ``'spectral'``: :math:`\prod_l \sigma_l` (mode 1);
+  - ``'depth'``: :math:`\prod_l \sigma_l \cdot c` with :func:`depth_correction` (mode 2, the
+    FGM/PGM panels).
+
+  With ``frobenius_sq`` (their ``extra_correction``), the divisor is also multiplied by
+  :math:`\sqrt{\sum_l \|W_l\|_F^2 / \sigma_l^2}`; :func:`sn_jax.spectra.frobenius_terms` gives the
+  numerators with the code's scaling for convolutions.
+
+  Args:
+    sigmas: per-layer spectral norms ``(L,)``; needed unless ``normalization='none'`` and no
+      ``frobenius_sq``.
+    normalization: ``'none'``, ``'spectral'`` or ``'depth'``.
+    frobenius_sq: optional per-layer squared Frobenius norms ``(L,)``.
+
+  Returns:
+    A float scalar.
+
+  Raises:
+    ValueError: for an unknown ``normalization``, missing ``sigmas`` or mismatched lengths.
+
+  References:
+    Farnia, Zhang, Tse. Generalizable Adversarial Training via Spectral Normalization. ICLR
+    2019. https://arxiv.org/abs/1811.07457
+  """
+  if normalization not in ("none", "spectral", "depth"):
+    raise ValueError(
+      f"`normalization` must be 'none', 'spectral' or 'depth', got {normalization!r}."
+    )
+  if sigmas is None:
+    if normalization != "none" or frobenius_sq is not None:
+      raise ValueError(
+        f"`sigmas` (per-layer spectral norms) are needed for normalization={normalization!r}"
+        + (" with frobenius_sq" if frobenius_sq is not None else "")
+        + ", got None."
+      )
+    return jnp.ones(())
+  sigmas = _as_sigmas(sigmas)
+  gamma = jnp.ones((), sigmas.dtype)
+  if normalization != "none":
+    gamma = jnp.prod(sigmas)
+  if normalization == "depth":
+    gamma = gamma * depth_correction(sigmas)
+  if frobenius_sq is not None:
+    frobenius_sq = jnp.asarray(frobenius_sq)
+    if frobenius_sq.shape != sigmas.shape:
+      raise ValueError(
+        f"`frobenius_sq` must have one entry per layer, shape {sigmas.shape}, got "
+        f"{frobenius_sq.shape}."
+      )
+    gamma = gamma * jnp.sqrt(jnp.sum(frobenius_sq / jnp.square(sigmas)))
+  return gamma
+
+
+class BoundTerms(NamedTuple):
+  """The weight-dependent terms of the margin bounds (Neyshabur et al.; Farnia et al.).
+
+  Attributes:
+    spectral_product: :math:`\\prod_l \\sigma_l`, also the network's Lipschitz bound.
+    frobenius_ratio: :math:`\\sum_l \\|W_l\\|_F^2 / \\sigma_l^2` (``nan`` if not given).
+    complexity: :math:`\\prod_l \\sigma_l^2 \\cdot` ``frobenius_ratio``, the bound's Phi.
+    depth_correction: :func:`depth_correction` of the sigmas.
+  """
+
+  spectral_product: jax.Array
+  frobenius_ratio: jax.Array
+  complexity: jax.Array
+  depth_correction: jax.Array
+
+
+def bound_terms(
+  sigmas: jax.typing.ArrayLike, *, frobenius_sq: jax.typing.ArrayLike | None = None
+) -> BoundTerms:
+  """The terms of the PAC-Bayes margin bound that depend on the weights.
+
+  Args:
+    sigmas: per-layer spectral norms ``(L,)``, input layer first.
+    frobenius_sq: per-layer squared Frobenius norms ``(L,)``; ``None`` leaves the Frobenius
+      terms ``nan``.
+
+  Returns:
+    A :class:`BoundTerms` of float scalars.
+
+  Raises:
+    ValueError: for empty or mismatched inputs.
+
+  References:
+    Neyshabur, Bhojanapalli, Srebro. A PAC-Bayesian Approach to Spectrally-Normalized Margin
+    Bounds for Neural Networks. ICLR 2018. https://arxiv.org/abs/1707.09564
+  """
+  sigmas = _as_sigmas(sigmas)
+  product = jnp.prod(sigmas)
+  if frobenius_sq is None:
+    ratio = jnp.full((), jnp.nan, sigmas.dtype)
+  else:
+    ratio = jnp.square(margin_normalizer(sigmas, normalization="none", frobenius_sq=frobenius_sq))
+  return BoundTerms(product, ratio, jnp.square(product) * ratio, depth_correction(sigmas))
+
+
+def certified_radii(
+  logits: jax.typing.ArrayLike, y: jax.typing.ArrayLike, *, lipschitz: jax.typing.ArrayLike
+) -> jax.Array:
+  r"""Per-example L2 radius inside which the prediction provably cannot change.
+
+  If the logits are ``L``-Lipschitz in L2, each difference ``logit_y - logit_j`` is
+  :math:`\sqrt{2} L`-Lipschitz, so no perturbation of norm below
+  :math:`m / (\sqrt{2} L)` flips a correct prediction with margin ``m``. For a network of
+  1-Lipschitz activations (ReLU, ELU, tanh) and non-overlapping max pooling, ``L`` is the
+  product of the layers' operator norms (:func:`sn_jax.spectra.layer_operator_norms`, or the
+  sigmas of an SN model's state). Misclassified examples get a negative radius.
+
+  Args:
+    logits: shape ``(B, K)``.
+    y: integer labels ``(B,)``.
+    lipschitz: the network's L2 Lipschitz bound, a positive scalar.
+
+  Returns:
+    Shape ``(B,)``.
+
+  Raises:
+    ValueError: for a non-positive or non-scalar ``lipschitz`` (when concrete), and as
+      :func:`margins`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sn_jax import analysis
+    >>> r = analysis.certified_radii(jnp.array([[3.0, 1.0]]), jnp.array([0]), lipschitz=1.0)
+    >>> round(float(r[0]), 4)
+    1.4142
+  """
+  lipschitz = jnp.asarray(lipschitz)
+  if lipschitz.ndim != 0:
+    raise ValueError(f"`lipschitz` must be a scalar, got shape {lipschitz.shape}.")
+  try:
+    positive = bool(lipschitz > 0)
+  except jax.errors.ConcretizationTypeError:  # traced: checked by the caller
+    positive = True
+  if not positive:
+    raise ValueError(f"`lipschitz` must be > 0, got {lipschitz}.")
+  return margins(logits, y) / (math.sqrt(2.0) * lipschitz)
+
+
+def certified_accuracy(radii: jax.typing.ArrayLike, radius_grid: jax.typing.ArrayLike) -> jax.Array:
+  """The fraction of examples certified at each radius: ``mean(radii > r)`` for r in the grid.
+
+  At ``r = 0`` this is the clean accuracy; it never increases with ``r``.
+
+  Args:
+    radii: per-example certified radii ``(B,)`` from :func:`certified_radii`.
+    radius_grid: radii to evaluate, shape ``(R,)``.
+
+  Returns:
+    Shape ``(R,)``.
+  """
+  radii, radius_grid = jnp.asarray(radii), jnp.asarray(radius_grid)
+  if radii.ndim != 1 or radius_grid.ndim != 1:
+    raise ValueError(
+      f"`radii` and `radius_grid` must be 1-D, got shapes {radii.shape} and {radius_grid.shape}."
+    )
+  return jnp.mean(radii[None, :] > radius_grid[:, None], axis=1)
+
+
+def confidence(logits: jax.typing.ArrayLike) -> jax.Array:
+  """The top softmax probability of each example, shape ``(B,)`` from logits ``(B, K)``."""
+  logits = jnp.asarray(logits)
+  if logits.ndim != 2:
+    raise ValueError(f"`logits` must have shape (batch, num_classes), got {logits.shape}.")
+  return jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1)
+
+
+def input_gradient_norms(
+  logits_fn: Callable[[jax.Array], jax.Array],
+  x: jax.typing.ArrayLike,
+  y: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+  """Farnia et al.'s kappa: ``||grad_x CE(f(x_i), y_i)||_2`` for each example.
+
+  One backward pass of the summed loss gives every example's gradient, assuming
+  ``logits_fn`` treats examples independently.
+
+  Args:
+    logits_fn: maps ``(B, ...)`` to logits ``(B, K)``.
+    x: the batch.
+    y: integer labels ``(B,)``; ``None`` uses the model's predictions.
+
+  Returns:
+    Shape ``(B,)``.
+  """
+  x = jnp.asarray(x)
+  if y is None:
+    y = jnp.argmax(logits_fn(x), axis=-1)
+  y = jnp.asarray(y)
+
+  def total_loss(z):
+    logits = logits_fn(z)
+    _check_logits_labels(logits, y)
+    return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+
+  grads = jax.grad(total_loss)(x)
+  return jnp.sqrt(jnp.sum(jnp.square(grads).reshape(x.shape[0], -1), axis=1))
+
+
+def alignment(delta: jax.typing.ArrayLike, v: jax.typing.ArrayLike) -> jax.Array:
+  """Per-example ``|cos|`` between two batches of directions (Roth et al.'s ``dev_align``).
+
+  Typically ``delta = x_adv - x`` and ``v`` the top singular vector from
+  :func:`sn_jax.regularizers.data_dependent_operator_norm`. A zero vector gives 0.
+
+  Args:
+    delta, v: shape ``(B, ...)``, the same.
+
+  Returns:
+    Shape ``(B,)``, in [0, 1].
+  """
+  delta, v = jnp.asarray(delta), jnp.asarray(v)
+  if delta.shape != v.shape or delta.ndim < 2:
+    raise ValueError(
+      f"`delta` and `v` must be batches (B, ...) of the same shape, got {delta.shape} and "
+      f"{v.shape}."
+    )
+  a, b = delta.reshape(delta.shape[0], -1), v.reshape(v.shape[0], -1)
+  norms = jnp.linalg.norm(a, axis=1) * jnp.linalg.norm(b, axis=1)
+  return jnp.abs(jnp.sum(a * b, axis=1)) / jnp.where(norms > 0, norms, 1.0)
+
+
+def shared_activation_fraction(
+  preactivations_fn: Callable[[jax.Array], Any],
+  x: jax.typing.ArrayLike,
+  x_perturbed: jax.typing.ArrayLike,
+) -> jax.Array:
+  """Per-example fraction of ReLUs whose on/off state is the same at ``x`` and ``x_perturbed``.
+
+  Roth et al.'s local-linearity check (``shared_relu_mask``): inside a region where no ReLU
+  switches, the network is linear and adversarial training is exactly the power method.
+
+  Args:
+    preactivations_fn: maps a batch ``(B, ...)`` to a pytree of the inputs of every ReLU, each
+      leaf ``(B, ...)``; :func:`sn_jax.spectra.linear_layer_outputs` builds one for models
+      whose every hidden ``Dense``/``Conv`` output goes straight into a ReLU.
+    x, x_perturbed: batches of the same shape.
+
+  Returns:
+    Shape ``(B,)``, in [0, 1].
+  """
+  x, x_perturbed = jnp.asarray(x), jnp.asarray(x_perturbed)
+  if x.shape != x_perturbed.shape:
+    raise ValueError(
+      f"`x` and `x_perturbed` must have the same shape, got {x.shape} and {x_perturbed.shape}."
+    )
+  clean = jax.tree_util.tree_leaves(preactivations_fn(x))
+  perturbed = jax.tree_util.tree_leaves(preactivations_fn(x_perturbed))
+  if not clean:
+    raise ValueError("`preactivations_fn` returned no arrays; it must return the ReLU inputs.")
+  same = sum(
+    jnp.sum(((a > 0) == (b > 0)).reshape(x.shape[0], -1), axis=1)
+    for a, b in zip(clean, perturbed, strict=True)
+  )
+  total = sum(math.prod(a.shape[1:]) for a in clean)
+  return same / total

@@ -1,0 +1,122 @@
+"""Matplotlib figures of the analysis quantities: histograms and curves, written to files.
+
+Figures are drawn on the Agg canvas directly (no ``pyplot``), so importing this module never
+changes a user's matplotlib backend and works without a display.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def _check_series(series: Mapping[str, jax.typing.ArrayLike], name: str) -> dict[str, np.ndarray]:
+  if not isinstance(series, Mapping) or not series:
+    raise ValueError(f"`{name}` must be a non-empty dict from label to values, got {series!r}.")
+  out = {}
+  for label, values in series.items():
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0:
+      raise ValueError(f"`{name}[{label!r}]` is empty; every series needs at least one value.")
+    out[str(label)] = values
+  return out
+
+
+def _save(figure: Figure, path: str | os.PathLike) -> str:
+  path = os.fspath(path)
+  FigureCanvasAgg(figure)
+  figure.tight_layout()
+  figure.savefig(path)
+  return path
+
+
+def histograms(
+  series: Mapping[str, jax.typing.ArrayLike],
+  path: str | os.PathLike,
+  *,
+  xlabel: str = "",
+  title: str = "",
+  bins: int = 50,
+) -> str:
+  """Overlaid, normalized histograms, one per label (margins, confidence, kappa, ...).
+
+  Args:
+    series: label -> values (any shape; flattened).
+    path: the image file to write (the extension picks the format, e.g. ``.png``).
+    xlabel, title: axis label and title.
+    bins: number of bins shared by all series.
+
+  Returns:
+    The path written.
+
+  Raises:
+    ValueError: for an empty ``series`` or an empty value array.
+
+  Example:
+    >>> import numpy as np
+    >>> from sn_jax import plots
+    >>> plots.histograms({'beta=inf': np.random.randn(100)}, '/tmp/margins.png')
+    '/tmp/margins.png'
+  """
+  data = _check_series(series, "series")
+  every = np.concatenate(list(data.values()))
+  edges = np.histogram_bin_edges(every[np.isfinite(every)], bins=bins)
+  figure = Figure(figsize=(6, 4))
+  axes = figure.add_subplot()
+  for label, values in data.items():
+    axes.hist(values, bins=edges, density=True, histtype="stepfilled", alpha=0.45, label=label)
+  axes.set_xlabel(xlabel)
+  axes.set_ylabel("density")
+  axes.set_title(title)
+  axes.legend()
+  return _save(figure, path)
+
+
+def curves(
+  x: jax.typing.ArrayLike | Sequence[float],
+  series: Mapping[str, jax.typing.ArrayLike],
+  path: str | os.PathLike,
+  *,
+  xlabel: str = "",
+  ylabel: str = "",
+  title: str = "",
+  log_y: bool = False,
+) -> str:
+  """Curves sharing one x axis (certified accuracy vs radius, accuracy vs eps, spectra).
+
+  Args:
+    x: shape ``(N,)``.
+    series: label -> values of shape ``(N,)``.
+    path: the image file to write.
+    xlabel, ylabel, title: labels.
+    log_y: logarithmic y axis (for singular value spectra).
+
+  Returns:
+    The path written.
+
+  Raises:
+    ValueError: for an empty ``series`` or a series whose length differs from ``x``.
+  """
+  x = np.asarray(x, dtype=np.float64).ravel()
+  data = _check_series(series, "series")
+  for label, values in data.items():
+    if values.shape != x.shape:
+      raise ValueError(
+        f"`series[{label!r}]` must have one value per x, {x.shape[0]}, got {values.shape[0]}."
+      )
+  figure = Figure(figsize=(6, 4))
+  axes = figure.add_subplot()
+  for label, values in data.items():
+    axes.plot(x, values, marker="o", markersize=3, label=label)
+  if log_y:
+    axes.set_yscale("log")
+  axes.set_xlabel(xlabel)
+  axes.set_ylabel(ylabel)
+  axes.set_title(title)
+  axes.legend()
+  return _save(figure, path)

@@ -1,0 +1,374 @@
+"""Layer information read off a Flax model, and layer spectra (Wen et al.).
+
+:func:`collect_layers` records every ``flax.linen.Dense`` and ``flax.linen.Conv`` a model applies
+(their subclasses included, :class:`sn_jax.nn.SpectralNorm`-wrapped ones with the normalized
+kernel), with the input shape and attributes it really uses. The other functions take those
+:class:`Layer` records: true operator norms (whose product is the Lipschitz bound of
+:func:`sn_jax.analysis.certified_radii`), the Frobenius terms of the margin bounds, the top-k
+singular values of each layer's true linear map, and their spread.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from sn_jax import convolution as conv_lib
+from sn_jax import fourier, operators, power
+
+_CONV_ATTRIBUTES = ("strides", "padding", "kernel_dilation", "feature_group_count")
+
+
+class Layer(NamedTuple):
+  """One linear layer of a model, as the layer applies it.
+
+  Attributes:
+    name: the module path, ``'/'``-joined.
+    kernel: the kernel, Flax layout.
+    input_shape: one example's input shape, ``(in,)`` for dense layers.
+    attributes: the convolution attributes (``strides``, ``padding``, ``kernel_dilation``,
+      ``feature_group_count``); empty for dense layers.
+  """
+
+  name: str
+  kernel: jax.Array
+  input_shape: tuple[int, ...]
+  attributes: dict[str, Any]
+
+  @property
+  def operator(self) -> power.LinearOp:
+    """The layer's linear map on one example (see :func:`sn_jax.layer_operator`)."""
+    return operators.layer_operator(self.kernel, self.input_shape, **self.attributes)
+
+
+def _intercept_linear_layers(apply_fn, x, record):
+  """Runs ``apply_fn(x)`` and calls ``record(name, module, inputs, output)`` per linear layer.
+
+  Counted are the layers of the outermost model, including those it applies through a lifted
+  transform (``nn.map_variables``, as :class:`sn_jax.nn.SpectralNorm` does), which Flax runs
+  under a scope root of their own with a non-empty path. Layers applied standalone inside the
+  model (a ``clone(parent=None).apply``, as in a power iteration) have a root with an empty path
+  of their own, and are skipped. ``name`` joins the paths of the enclosing calls.
+  """
+  roots, stack = [], []
+
+  def interceptor(next_fun, args, kwargs, context):
+    scope = context.module.scope
+    if scope is None:
+      return next_fun(*args, **kwargs)
+    if not roots:
+      roots.append(scope.root)
+    own = scope.root is roots[0]
+    if not own and scope.root.path == ():
+      return next_fun(*args, **kwargs)  # standalone, e.g. a power-iteration step
+    path = "/".join(str(p) for p in scope.path)
+    if stack and stack[-1][0] is scope:  # a method calling another of the same module
+      name = stack[-1][1]
+    else:
+      name = path if own or not stack else "/".join(filter(None, (stack[-1][1], path)))
+    stack.append((scope, name))
+    try:
+      out = next_fun(*args, **kwargs)
+    finally:
+      stack.pop()
+    if context.method_name == "__call__" and isinstance(context.module, (nn.Dense, nn.Conv)):
+      record(name, context.module, args[0], out)
+    return out
+
+  with nn.intercept_methods(interceptor):
+    apply_fn(x)
+
+
+def collect_layers(apply_fn: Callable[[jax.Array], Any], x: jax.typing.ArrayLike) -> list[Layer]:
+  """Runs a Flax model on ``x`` and records every ``Dense`` and ``Conv`` layer in call order.
+
+  Layers are observed by intercepting each module's ``__call__`` (``nn.intercept_methods``),
+  so the kernel, input shape and attributes are those the model really applies: inside an
+  :class:`sn_jax.nn.SpectralNorm` the recorded kernel is the normalized one. Under ``jit``
+  the forward pass itself is dead code that XLA removes.
+
+  Args:
+    apply_fn: runs the model, e.g. ``lambda x: model.apply(variables, x)``.
+    x: an input batch ``(B, ...)``.
+
+  Returns:
+    A list of :class:`Layer`, input layer first.
+
+  Raises:
+    ValueError: if a convolution uses ``input_dilation`` (not a plain linear layer here), or
+      the model has no ``Dense``/``Conv`` layer.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, flax.linen as nn
+    >>> from sn_jax import spectra
+    >>> model = nn.Dense(3)
+    >>> variables = model.init(jax.random.key(0), jnp.ones((1, 4)))
+    >>> [l.input_shape for l in spectra.collect_layers(lambda x: model.apply(variables, x),
+    ...                                                jnp.ones((2, 4)))]
+    [(4,)]
+  """
+  layers: list[Layer] = []
+
+  def record(name, module, inputs, _):
+    kernel = module.get_variable("params", "kernel")
+    if isinstance(module, nn.Dense):
+      layers.append(Layer(name, kernel, (kernel.shape[0],), {}))
+      return
+    dilation = module.input_dilation
+    if dilation is not None and set(np.atleast_1d(dilation).tolist()) != {1}:
+      raise ValueError(
+        f"layer {name!r} has input_dilation={dilation}; only convolutions without input "
+        "dilation are supported."
+      )
+    attributes = {a: getattr(module, a) for a in _CONV_ATTRIBUTES}
+    attributes["strides"] = attributes["strides"] or 1
+    attributes["kernel_dilation"] = attributes["kernel_dilation"] or 1
+    spatial = kernel.ndim - 2
+    layers.append(Layer(name, kernel, tuple(inputs.shape[-spatial - 1 :]), attributes))
+
+  _intercept_linear_layers(apply_fn, jnp.asarray(x), record)
+  if not layers:
+    raise ValueError("`apply_fn` applied no flax.linen.Dense or flax.linen.Conv layer.")
+  return layers
+
+
+def layer_operator_norms(
+  layers: Sequence[Layer], *, tol: float = 1e-5, num_iters: int = 500
+) -> jax.Array:
+  """The true operator norm of each layer: exact SVD for dense, Lanczos for convolutions.
+
+  Args:
+    layers: from :func:`collect_layers`.
+    tol, num_iters: the stopping test and budget of :func:`sn_jax.conv_operator_norm`.
+
+  Returns:
+    Shape ``(L,)``; the product is the network's Lipschitz bound for 1-Lipschitz activations.
+  """
+  norms = []
+  for layer in layers:
+    if layer.kernel.ndim == 2:
+      norms.append(operators.reshaped_kernel_norm(layer.kernel))
+    else:
+      norms.append(
+        operators.conv_operator_norm(
+          layer.kernel, layer.input_shape, tol=tol, num_iters=num_iters, **layer.attributes
+        )
+      )
+  return jnp.stack(norms)
+
+
+def frobenius_terms(layers: Sequence[Layer]) -> jax.Array:
+  """Per-layer ``||W||_F^2`` with Farnia et al.'s scaling for convolutions, as coded.
+
+  Dense layers: the squared Frobenius norm of the kernel. Convolutions: the kernel's squared
+  Frobenius norm times ``prod(input_shape) / prod(strides)`` (their ``compute_margins``
+  multiplies by ``prod(input_shape) / 2**2`` for the stride-2 convolutions of their AlexNet).
+
+  Args:
+    layers: from :func:`collect_layers`.
+
+  Returns:
+    Shape ``(L,)``, for :func:`margin_normalizer` and :func:`bound_terms`.
+  """
+  terms = []
+  for layer in layers:
+    fro = jnp.sum(jnp.square(layer.kernel))
+    if layer.kernel.ndim > 2:
+      spec = conv_lib.conv_spec(layer.kernel.shape, layer.input_shape[-1], **layer.attributes)
+      fro = fro * math.prod(layer.input_shape) / math.prod(spec.strides)
+    terms.append(fro)
+  return jnp.stack(terms)
+
+
+@functools.partial(jax.jit, static_argnames=("input_shape", "attributes", "k", "num_iters"))
+def _top_singular_values(kernel, key, input_shape, attributes, k, num_iters):
+  op = operators.layer_operator(kernel, input_shape, **dict(attributes))
+  adjoint = power.transpose_of(op, jax.ShapeDtypeStruct(input_shape, kernel.dtype))
+  n = math.prod(input_shape)
+  block = min(n, k + 8)  # oversampling speeds up convergence of the k-th value
+
+  def gram(q):  # q: (n, block) orthonormal columns -> A^T A q
+    rows = q.T.reshape((block, *input_shape))
+    return jax.vmap(lambda r: adjoint(op(r)))(rows).reshape(block, n).T
+
+  q0 = jnp.linalg.qr(jax.random.normal(key, (n, block), kernel.dtype))[0]
+  q = lax.fori_loop(0, num_iters, lambda _, q: jnp.linalg.qr(gram(q))[0], q0)
+  images = jax.vmap(op)(q.T.reshape((block, *input_shape))).reshape(block, -1)
+  return jnp.linalg.svd(images, compute_uv=False)[:k]
+
+
+def layer_singular_values(
+  kernel: jax.typing.ArrayLike,
+  input_shape: Sequence[int],
+  *,
+  k: int = 8,
+  num_iters: int = 100,
+  key: jax.Array | None = None,
+  **conv_attributes: Any,
+) -> jax.Array:
+  """The ``k`` largest singular values of a layer's true linear map, by subspace iteration.
+
+  Block power iteration on ``A^T A`` with QR re-orthonormalization (``k + 8`` vectors, for
+  faster convergence of the ``k``-th value), then Rayleigh-Ritz: the singular values of ``A Q``.
+  ``A^T`` comes from :func:`sn_jax.transpose_of`, so stride, padding, dilation and groups are
+  exact. The estimates converge from below.
+
+  Args:
+    kernel: a dense ``(in, out)`` or convolution (Flax layout) kernel.
+    input_shape: one example's input shape.
+    k: how many singular values, 1 <= k <= prod(input_shape).
+    num_iters: subspace iteration steps, >= 1.
+    key: PRNG key for the random start; ``None`` uses ``jax.random.key(0)``.
+    **conv_attributes: ``strides``, ``padding``, ``kernel_dilation``, ``feature_group_count``.
+
+  Returns:
+    Shape ``(k,)``, descending.
+
+  Raises:
+    ValueError: for ``k`` out of range, ``num_iters`` < 1, or bad shapes and attributes.
+
+  Example:
+    >>> import jax
+    >>> from sn_jax import spectra
+    >>> kernel = jax.random.normal(jax.random.key(0), (3, 3, 2, 4))
+    >>> spectra.layer_singular_values(kernel, (6, 6, 2), k=3, strides=2).shape
+    (3,)
+
+  References:
+    Wen, Li, Jia. Towards Understanding the Regularization of Adversarial Robustness on Neural
+    Networks. ICML 2020. https://arxiv.org/abs/2011.07478
+  """
+  kernel = jnp.asarray(kernel)
+  operators.layer_operator(kernel, input_shape, **conv_attributes)  # validates everything
+  input_shape = tuple(int(d) for d in input_shape)
+  n = math.prod(input_shape)
+  if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+    raise ValueError(f"`k` must be an int in [1, prod(input_shape)] = [1, {n}], got {k!r}.")
+  power._check_num_iters(num_iters)
+  attributes = ()
+  if kernel.ndim > 2:
+    spec = conv_lib.conv_spec(kernel.shape, input_shape[-1], **conv_attributes)
+    attributes = tuple((a, getattr(spec, a)) for a in _CONV_ATTRIBUTES)
+  key = jax.random.key(0) if key is None else key
+  return _top_singular_values(
+    kernel.astype(jnp.float32), key, input_shape, attributes, k, num_iters
+  )
+
+
+def layer_spectrum(
+  kernel: jax.typing.ArrayLike, input_shape: Sequence[int], **conv_attributes: Any
+) -> jax.Array:
+  """All singular values of a layer's linear map, where they can be had exactly and cheaply.
+
+  Dense layers: the SVD of the kernel. Convolutions with ``padding='CIRCULAR'``: the Fourier
+  route, :func:`sn_jax.circular_conv_singular_values` (exact for any stride that divides the
+  input, dilation and groups). Other paddings have no such closed form; use
+  :func:`layer_singular_values` for their top ``k``.
+
+  Args:
+    kernel: a dense ``(in, out)`` or convolution (Flax layout) kernel.
+    input_shape: one example's input shape.
+    **conv_attributes: ``strides``, ``padding``, ``kernel_dilation``, ``feature_group_count``.
+
+  Returns:
+    All singular values, descending.
+
+  Raises:
+    ValueError: for a convolution whose padding is not ``'CIRCULAR'``, or bad shapes.
+
+  Example:
+    >>> import jax
+    >>> from sn_jax import spectra
+    >>> kernel = jax.random.normal(jax.random.key(0), (3, 3, 2, 4))
+    >>> spectra.layer_spectrum(kernel, (6, 6, 2), padding='CIRCULAR').shape
+    (72,)
+
+  References:
+    Sedghi, Gupta, Long. The Singular Values of Convolutional Layers. ICLR 2019.
+    https://arxiv.org/abs/1805.10408
+  """
+  kernel = jnp.asarray(kernel)
+  operators.layer_operator(kernel, input_shape, **conv_attributes)  # validates everything
+  if kernel.ndim == 2:
+    return jnp.linalg.svd(kernel, compute_uv=False)
+  attributes = dict(conv_attributes)
+  padding = attributes.pop("padding", "SAME")
+  if not (isinstance(padding, str) and padding.upper() == "CIRCULAR"):
+    raise ValueError(
+      f"the full spectrum is exact only for padding='CIRCULAR', got padding={padding!r}; use "
+      "spectra.layer_singular_values(kernel, input_shape, k=..., ...) for the top k."
+    )
+  return fourier.circular_conv_singular_values(kernel, tuple(input_shape)[:-1], **attributes)
+
+
+class SpectrumStats(NamedTuple):
+  """Spread statistics of a set of singular values (Wen et al.'s "smoother in all directions").
+
+  Attributes:
+    max, min, mean, std: of the singular values.
+    condition: ``max / min`` (``inf`` when ``min`` is 0).
+    stable_rank: ``sum(s^2) / max(s)^2``.
+  """
+
+  max: jax.Array
+  min: jax.Array
+  mean: jax.Array
+  std: jax.Array
+  condition: jax.Array
+  stable_rank: jax.Array
+
+
+def spectrum_stats(singular_values: jax.typing.ArrayLike) -> SpectrumStats:
+  """Spread statistics of one layer's singular values.
+
+  Args:
+    singular_values: shape ``(k,)``, non-negative.
+
+  Returns:
+    A :class:`SpectrumStats` of float scalars.
+  """
+  s = jnp.asarray(singular_values)
+  if s.ndim != 1 or s.shape[0] < 1:
+    raise ValueError(f"`singular_values` must be a non-empty 1-D array, got shape {s.shape}.")
+  top, bottom = jnp.max(s), jnp.min(s)
+  return SpectrumStats(
+    top,
+    bottom,
+    jnp.mean(s),
+    jnp.std(s),
+    jnp.where(bottom > 0, top / jnp.where(bottom > 0, bottom, 1.0), jnp.inf),
+    jnp.sum(jnp.square(s)) / jnp.square(top),
+  )
+
+
+def linear_layer_outputs(
+  apply_fn: Callable[[jax.Array], Any], *, exclude_last: bool = True
+) -> Callable[[jax.Array], list[jax.Array]]:
+  """A ``preactivations_fn`` returning the output of every ``Dense``/``Conv`` layer.
+
+  Outputs are recorded in call order by intercepting each module's ``__call__`` (as in
+  :func:`collect_layers`). They are the ReLU inputs when each hidden linear layer (bias
+  included) feeds a ReLU directly, as in an MLP or a conv net with ReLU before pooling.
+
+  Args:
+    apply_fn: runs the model, e.g. ``lambda x: model.apply(variables, x)``.
+    exclude_last: drop the last layer's output (the logits).
+
+  Returns:
+    A function from a batch to the list of layer outputs, in call order.
+  """
+
+  def fn(x):
+    outputs = []
+    _intercept_linear_layers(apply_fn, x, lambda name, module, inputs, out: outputs.append(out))
+    return outputs[:-1] if exclude_last else outputs
+
+  return fn

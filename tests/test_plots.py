@@ -1,0 +1,38 @@
+"""Tests that sn_jax.plots writes image files and rejects bad series."""
+
+import matplotlib
+import numpy as np
+import pytest
+
+from sn_jax import plots
+
+
+def test_histograms_and_curves_write_png_files(tmp_path):
+  backend = matplotlib.get_backend()
+  path = plots.histograms(
+    {"beta=inf": np.random.default_rng(0).normal(size=200), "beta=1.6": np.arange(50.0)},
+    tmp_path / "margins.png",
+    xlabel="normalized margin",
+  )
+  assert path == str(tmp_path / "margins.png")
+  radii = np.linspace(0, 1, 11)
+  path2 = plots.curves(
+    radii, {"SN": 1 - radii, "ERM": (1 - radii) ** 2}, tmp_path / "c.png", log_y=True
+  )
+  for p in (path, path2):
+    with open(p, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert matplotlib.get_backend() == backend  # the user's backend is left alone
+
+
+@pytest.mark.parametrize(
+  "call, match",
+  [
+    (lambda p: plots.histograms({}, p), "`series` must be a non-empty dict"),
+    (lambda p: plots.histograms({"a": []}, p), r"`series\['a'\]` is empty"),
+    (lambda p: plots.curves([0, 1], {"a": [1, 2, 3]}, p), r"one value per x, 2, got 3"),
+  ],
+)
+def test_errors(tmp_path, call, match):
+  with pytest.raises(ValueError, match=match):
+    call(tmp_path / "x.png")
