@@ -12,16 +12,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sn_jax import attacks
+from sn_jax import attacks, models
 
 KEY = jax.random.key(0)
+RNG = np.random.default_rng(0)
 
 
-def linear_model(num_features=6, num_classes=4, seed=0):
-  """A linear multi-class model ``x @ w + b`` with its parameters, for closed forms."""
-  kw, kb = jax.random.split(jax.random.key(seed))
-  w = jax.random.normal(kw, (num_features, num_classes))
-  b = 0.1 * jax.random.normal(kb, (num_classes,))
+def normal(*shape):
+  return RNG.standard_normal(shape).astype(np.float32)
+
+
+def linear_model(num_features=6, num_classes=4):
+  """A linear multi-class model ``x @ w + b`` with its NumPy parameters, for closed forms."""
+  w, b = normal(num_features, num_classes), 0.1 * normal(num_classes)
   return (lambda x: x @ w + b[None]), w, b
 
 
@@ -34,10 +37,20 @@ def mlp(shape, num_classes=3, seed=0):
   return lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ w1) @ w2
 
 
-def ce_input_grad(w, b, x, labels):
-  """The closed-form input gradient of the cross-entropy of a linear model: (p - e_y) W^T."""
-  p = jax.nn.softmax(x @ w + b[None])
-  return (p - jax.nn.one_hot(labels, w.shape[1])) @ w.T
+def nearest_boundary(w, b, x, label):
+  """The closed-form DeepFool oracle for a linear model, in float64: for each example, the
+  distance to and the minimal step onto the nearest boundary ``f_k = f_label``."""
+  w, b, x = w.astype(np.float64), b.astype(np.float64), x.astype(np.float64)
+  logits = x @ w + b
+  rows = np.arange(len(x))
+  f = logits - logits[rows, label][:, None]  # (B, C)
+  w_diff = w[None, :, :] - w.T[label][:, :, None]  # (B, D, C): w_k - w_label
+  is_label = np.arange(w.shape[1])[None] == label[:, None]
+  sq = np.sum(w_diff**2, axis=1) + is_label  # the label's own column is never a candidate
+  dist = np.where(is_label, np.inf, np.abs(f) / sq**0.5)
+  k = np.argmin(dist, axis=1)
+  step = (np.abs(f[rows, k]) / sq[rows, k])[:, None] * w_diff[rows, :, k]
+  return dist[rows, k], step
 
 
 # --- closed forms -------------------------------------------------------------------------------
@@ -46,89 +59,105 @@ def ce_input_grad(w, b, x, labels):
 @pytest.mark.parametrize("norm", [2, 1, jnp.inf])
 def test_fgm_matches_the_closed_form_on_a_linear_model(norm):
   logits_fn, w, b = linear_model()
-  x = jax.random.normal(KEY, (5, 6))
-  y = jnp.array([0, 1, 2, 3, 0])
-  g = ce_input_grad(w, b, x, y)
+  x = normal(5, 6)
+  y = np.array([0, 1, 2, 3, 0])
+  logits = x @ w + b
+  p = np.exp(logits - logits.max(1, keepdims=True))
+  g = (p / p.sum(1, keepdims=True) - np.eye(4)[y]) @ w.T  # d CE / dx = (softmax - e_y) W^T
   if norm == jnp.inf:
-    direction = jnp.sign(g)
+    direction = np.sign(g)
   else:
-    direction = g / jnp.linalg.norm(g, ord=norm, axis=1, keepdims=True)
-  expected = x + 0.3 * direction  # eps multiplies the l2 step: the cleverhans bug is absent
-  np.testing.assert_allclose(attacks.fgm(logits_fn, x, y, eps=0.3, norm=norm), expected, atol=1e-6)
-  targeted = attacks.fgm(logits_fn, x, y, eps=0.3, norm=norm, targeted=True)
+    direction = g / np.linalg.norm(g, ord=norm, axis=1, keepdims=True)
+  untargeted, targeted = jax.jit(
+    lambda x: [attacks.fgm(logits_fn, x, y, eps=0.3, norm=norm, targeted=t) for t in (False, True)]
+  )(x)
+  # eps multiplies the l2 step: cleverhans' bug is absent.
+  np.testing.assert_allclose(untargeted, x + 0.3 * direction, atol=1e-6)
   np.testing.assert_allclose(targeted, x - 0.3 * direction, atol=1e-6)
 
 
 def test_y_none_attacks_the_predictions():
   logits_fn, _, _ = linear_model()
-  x = jax.random.normal(KEY, (7, 6))
+  x = normal(7, 6)
   predicted = jnp.argmax(logits_fn(x), axis=-1)
-  for attack in (attacks.fgm, functools.partial(attacks.pgd, num_steps=3)):
-    chex.assert_trees_all_equal(
-      attack(logits_fn, x, eps=0.2), attack(logits_fn, x, predicted, eps=0.2)
-    )
+
+  @jax.jit
+  def run(x, y):
+    return attacks.fgm(logits_fn, x, y, eps=0.2), attacks.pgd(logits_fn, x, y, eps=0.2)
+
+  chex.assert_trees_all_equal(run(x, None), run(x, predicted))
 
 
 @pytest.mark.parametrize("norm", [jnp.inf, 2])
 def test_one_pgd_step_of_size_eps_is_fgm(norm):
   logits_fn = mlp((3, 3, 2))
-  x = jax.random.normal(KEY, (4, 3, 3, 2))
+  x = normal(4, 3, 3, 2)
   y = jnp.array([0, 1, 2, 0])
-  one_step = attacks.pgd(logits_fn, x, y, eps=0.1, step_size=0.1, num_steps=1, norm=norm)
-  np.testing.assert_allclose(one_step, attacks.fgm(logits_fn, x, y, eps=0.1, norm=norm), atol=1e-6)
+  one_step, fast = jax.jit(
+    lambda x: (
+      attacks.pgd(logits_fn, x, y, eps=0.1, step_size=0.1, num_steps=1, norm=norm),
+      attacks.fgm(logits_fn, x, y, eps=0.1, norm=norm),
+    )
+  )(x)
+  np.testing.assert_allclose(one_step, fast, atol=1e-6)
 
 
 def test_deepfool_finds_the_exact_minimal_l2_perturbation_of_a_linear_model():
-  logits_fn, w, _ = linear_model(num_features=6, num_classes=5)
-  x = jax.random.normal(KEY, (8, 6))
-  label = jnp.argmax(logits_fn(x), axis=-1)
-  f = logits_fn(x) - jnp.take_along_axis(logits_fn(x), label[:, None], axis=1)  # (B, C)
-  w_diff = w[None, :, :] - w.T[label][:, :, None]  # (B, D, C): w_k - w_label
-  dist = jnp.abs(f) / jnp.linalg.norm(w_diff, axis=1)
-  dist = jnp.where(jax.nn.one_hot(label, 5, dtype=bool), jnp.inf, dist)
-  nearest = jnp.argmin(dist, axis=1)
-  w_k = jnp.take_along_axis(w_diff, nearest[:, None, None], axis=2)[..., 0]
-  f_k = jnp.take_along_axis(f, nearest[:, None], axis=1)
-  r_min = jnp.abs(f_k) * w_k / jnp.sum(w_k**2, axis=1, keepdims=True)
+  logits_fn, w, b = linear_model(num_features=6, num_classes=5)
+  x = normal(8, 6)
+  label = np.argmax(x @ w + b, axis=-1)
+  dist, r_min = nearest_boundary(w, b, x, label)
 
-  r, fooled = attacks.deepfool_perturbation(logits_fn, x, num_classes=5, overshoot=0.02)
+  @jax.jit
+  def run(x):
+    options = dict(num_classes=5, overshoot=0.02)
+    return attacks.deepfool_perturbation(logits_fn, x, **options), attacks.deepfool(
+      logits_fn, x, **options
+    )
+
+  (r, fooled), x_adv = run(x)
   np.testing.assert_allclose(r, 1.02 * r_min, atol=1e-5)
-  np.testing.assert_allclose(jnp.linalg.norm(r, axis=1) / 1.02, jnp.min(dist, axis=1), rtol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(r, axis=1) / 1.02, dist, rtol=1e-5)
   assert bool(jnp.all(fooled))
-  x_adv = attacks.deepfool(logits_fn, x, num_classes=5, overshoot=0.02)
   np.testing.assert_allclose(x_adv, x + r, atol=1e-6)
-  assert bool(jnp.all(jnp.argmax(logits_fn(x_adv), axis=-1) != label))
+  assert np.all(np.argmax(np.asarray(x_adv) @ w + b, axis=-1) != label)
 
 
 def test_deepfool_with_two_candidates_steps_toward_the_runner_up():
-  logits_fn, w, _ = linear_model(num_features=6, num_classes=5, seed=3)
-  x = jax.random.normal(KEY, (6, 6))
-  logits = logits_fn(x)
-  top2 = jnp.argsort(logits, axis=1)[:, ::-1][:, :2]
-  w_k = w.T[top2[:, 1]] - w.T[top2[:, 0]]
-  f_k = jnp.take_along_axis(logits, top2[:, 1:], 1) - jnp.take_along_axis(logits, top2[:, :1], 1)
-  expected = jnp.abs(f_k) * w_k / jnp.sum(w_k**2, axis=1, keepdims=True)
-  r, _ = attacks.deepfool_perturbation(logits_fn, x, num_classes=2, num_steps=1, overshoot=0.0)
+  logits_fn, w, b = linear_model(num_features=6, num_classes=5)
+  x = normal(6, 6)
+  logits = x @ w + b
+  runner_up, label = np.argsort(logits, axis=1)[:, -2], np.argmax(logits, axis=1)
+  # Restricted to the label and the runner-up, the only boundary is the runner-up's.
+  f = logits[np.arange(6), runner_up] - logits[np.arange(6), label]
+  w_k = w.T[runner_up] - w.T[label]
+  expected = (np.abs(f) / np.sum(w_k**2, axis=1))[:, None] * w_k
+  r, _ = jax.jit(
+    lambda x: attacks.deepfool_perturbation(logits_fn, x, num_classes=2, num_steps=1, overshoot=0.0)
+  )(x)
   np.testing.assert_allclose(r, expected, atol=1e-5)
 
 
 def test_deepfool_targeted_reaches_the_target():
-  logits_fn, _, _ = linear_model(num_features=6, num_classes=4, seed=1)
-  x = jax.random.normal(KEY, (10, 6))
-  target = (jnp.argmax(logits_fn(x), axis=-1) + 1 + jnp.arange(10) % 3) % 4
-  r, fooled = attacks.deepfool_perturbation(
-    logits_fn, x, target, num_classes=4, num_steps=10, targeted=True
-  )
+  logits_fn, w, b = linear_model(num_features=6, num_classes=4)
+  x = normal(10, 6)
+  target = (np.argmax(x @ w + b, axis=-1) + 1 + np.arange(10) % 3) % 4
+  r, fooled = jax.jit(
+    lambda x: attacks.deepfool_perturbation(
+      logits_fn, x, target, num_classes=4, num_steps=10, targeted=True
+    )
+  )(x)
   assert bool(jnp.all(fooled))
-  chex.assert_trees_all_equal(jnp.argmax(logits_fn(x + r), axis=-1), target)
+  np.testing.assert_array_equal(np.argmax((x + np.asarray(r)) @ w + b, axis=-1), target)
 
 
 def test_deepfool_computes_all_candidate_gradients_in_one_pass():
   traces = []
+  model, _, _ = linear_model(num_classes=6)
 
   def logits_fn(x):
     traces.append(x.shape)
-    return linear_model(num_classes=6)[0](x)
+    return model(x)
 
   attacks.deepfool_perturbation(logits_fn, jnp.ones((3, 6)), num_classes=6, num_steps=4)
   # One call for the candidates at x, one inside the loop body (traced once), one at the end.
@@ -136,9 +165,9 @@ def test_deepfool_computes_all_candidate_gradients_in_one_pass():
 
 
 def test_differentiable_deepfool_gradient_matches_the_closed_form():
-  _, w, b = linear_model(num_features=5, num_classes=3, seed=2)
-  x = jax.random.normal(KEY, (4, 5))
-  label = jnp.argmax(x @ w + b[None], axis=-1)
+  _, w, b = linear_model(num_features=5, num_classes=3)
+  x = normal(4, 5)
+  label = np.argmax(x @ w + b, axis=-1)
 
   def closed_form(w):  # (1 + overshoot) * min_k |f_k| / ||w_k - w_label||, k fixed at the argmin
     f = x @ w + b[None]
@@ -154,36 +183,46 @@ def test_differentiable_deepfool_gradient_matches_the_closed_form():
     )
     return jnp.sum(jnp.linalg.norm(r, axis=1))
 
-  np.testing.assert_allclose(deepfool_norm(w, True), closed_form(w), rtol=1e-5)
-  grad = jax.grad(deepfool_norm)(w, True)
-  np.testing.assert_allclose(grad, jax.grad(closed_form)(w), atol=1e-5)
-  chex.assert_trees_all_equal(jax.grad(deepfool_norm)(w, False), jnp.zeros_like(w))
+  @jax.jit
+  def results(w):
+    value, grad = jax.value_and_grad(deepfool_norm)(w, True)
+    return value, grad, jax.grad(deepfool_norm)(w, False), *jax.value_and_grad(closed_form)(w)
+
+  value, grad, frozen_grad, expected_value, expected_grad = results(w)
+  np.testing.assert_allclose(value, expected_value, rtol=1e-5)
+  np.testing.assert_allclose(grad, expected_grad, atol=1e-5)
+  chex.assert_trees_all_equal(frozen_grad, jnp.zeros_like(w))
 
 
 def test_wrm_reaches_the_analytic_maximizer_of_a_quadratic_loss():
   # loss(z) = -1/2 sum_i q_i (z_i - m_i)^2, so lam*loss - 1/2 ||x' - x||^2 is maximized at
   # x' = (x + lam q m) / (1 + lam q), lam = 1 / (2 gamma).
-  q = jnp.array([[0.1, 0.4, 0.8, 0.2]])
-  m = jnp.array([[1.0, -2.0, 0.5, 3.0]])
+  q = np.array([[0.1, 0.4, 0.8, 0.2]], np.float32)
+  m = np.array([[1.0, -2.0, 0.5, 3.0]], np.float32)
   loss = lambda z, _: -0.5 * jnp.sum(q * (z - m) ** 2, axis=-1)
-  x = jax.random.normal(KEY, (3, 4))
-  y = jnp.zeros(3, jnp.int32)
+  x = normal(3, 4)
+  y = np.zeros(3, np.int32)
   gamma = 1.0
   lam = 0.5 / gamma
-  x_adv = attacks.wrm(lambda z: z, x, y, gamma=gamma, num_steps=60, loss=loss)
+  x_adv = jax.jit(lambda x: attacks.wrm(lambda z: z, x, y, gamma=gamma, num_steps=60, loss=loss))(x)
   np.testing.assert_allclose(x_adv, (x + lam * q * m) / (1 + lam * q), atol=1e-5)
 
 
 def test_wrm_first_step_and_schedule_follow_the_paper():
   logits_fn = mlp((5,))
-  x = jax.random.normal(KEY, (3, 5))
-  y = jnp.array([0, 1, 2])
+  x = normal(3, 5)
+  y = np.array([0, 1, 2])
   lam = 0.5 / 0.7
   grad = jax.grad(lambda z: lam * jnp.sum(attacks.cross_entropy(logits_fn(z), y)))
-  expected = x + grad(x)  # the first step, size 1
-  for t in range(2):  # the paper's loop, steps 1/sqrt(t + 2)
-    expected = expected + (grad(expected) - (expected - x)) / np.sqrt(t + 2)
-  got = attacks.wrm(logits_fn, x, y, gamma=0.7, num_steps=2)
+
+  @jax.jit
+  def run(x):
+    expected = x + grad(x)  # the first step, size 1
+    for t in range(2):  # the paper's loop, steps 1/sqrt(t + 2), written out
+      expected = expected + (grad(expected) - (expected - x)) / np.sqrt(t + 2)
+    return attacks.wrm(logits_fn, x, y, gamma=0.7, num_steps=2), expected
+
+  got, expected = run(x)
   np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
@@ -206,7 +245,7 @@ def _pgd(x, y, eps, key, clip_min, clip_max, *, norm, random_start):
   )  # fmt: skip
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(
   shape=st.sampled_from([(2, 4), (1, 3, 2, 2)]),
   eps=st.floats(0.0, 2.0),
@@ -215,40 +254,48 @@ def _pgd(x, y, eps, key, clip_min, clip_max, *, norm, random_start):
   seed=st.integers(0, 2**16),
 )
 def test_pgd_stays_in_the_ball_and_the_clip_range(shape, eps, norm, margins, seed):
-  x_key, y_key, key = jax.random.split(jax.random.key(seed), 3)
-  x = jax.random.uniform(x_key, shape, minval=-1.0, maxval=1.0)
-  y = jax.random.randint(y_key, shape[:1], 0, 3)
-  clip_min, clip_max = jnp.min(x) - margins[0], jnp.max(x) + margins[1]
-  x_adv = _pgd(x, y, eps, key, clip_min, clip_max, norm=norm, random_start=True)
-  size = jnp.linalg.norm((x_adv - x).reshape(shape[0], -1), ord=norm, axis=1)
+  rng = np.random.default_rng(seed)
+  x = rng.uniform(-1.0, 1.0, shape).astype(np.float32)
+  y = rng.integers(0, 3, shape[:1])
+  clip_min, clip_max = np.float32(x.min() - margins[0]), np.float32(x.max() + margins[1])
+  key = jax.random.key(seed)
+  x_adv = np.asarray(_pgd(x, y, eps, key, clip_min, clip_max, norm=norm, random_start=True))
+  size = np.linalg.norm((x_adv - x).reshape(shape[0], -1), ord=norm, axis=1)
   # Rounding in x + delta: 1e-6 absolute (inputs are in [-1, 1]), 1e-5 relative for the norms.
-  assert float(jnp.max(size)) <= eps * (1 + (norm != jnp.inf) * 1e-5) + 1e-6
-  assert float(jnp.min(x_adv)) >= float(clip_min) and float(jnp.max(x_adv)) <= float(clip_max)
+  assert size.max() <= eps * (1 + (norm != jnp.inf) * 1e-5) + 1e-6
+  assert x_adv.min() >= clip_min and x_adv.max() <= clip_max
   again = _pgd(x, y, eps, key, clip_min, clip_max, norm=norm, random_start=True)
-  chex.assert_trees_all_equal(x_adv, again)
-  assert not bool(jnp.any(jnp.isnan(x_adv)))
+  np.testing.assert_array_equal(x_adv, again)
+  assert not np.any(np.isnan(x_adv))
 
 
 def test_radial_random_start_stays_in_the_l2_ball():
-  x = jnp.zeros((64, 3))
   zero = lambda z: jnp.zeros((z.shape[0], 2)) + 0.0 * jnp.sum(z)  # no gradient: only the start
-  x_adv = attacks.pgd(zero, x, eps=0.5, norm=2, random_start="radial", key=KEY, num_steps=1)
-  radius = jnp.linalg.norm(x_adv, axis=1)
-  assert float(jnp.max(radius)) <= 0.5 * (1 + 1e-6)
+  x_adv = jax.jit(
+    lambda x: attacks.pgd(zero, x, eps=0.5, norm=2, random_start="radial", key=KEY, num_steps=1)
+  )(np.zeros((64, 3), np.float32))
+  radius = np.linalg.norm(x_adv, axis=1)
+  assert radius.max() <= 0.5 * (1 + 1e-6)
   # U(0, 1) radii: about half fall below eps / 2 (uniform in the ball: 1/8 of them).
-  assert 0.3 < float(jnp.mean(radius < 0.25)) < 0.7
+  assert 0.3 < np.mean(radius < 0.25) < 0.7
+
+
+@functools.partial(jax.jit, static_argnames="clip")
+def _fgm_all_norms(x, eps, *, clip):
+  bounds = dict(clip_min=-1.0, clip_max=1.0) if clip else {}
+  return [attacks.fgm(mlp(x.shape[1:]), x, eps=eps, norm=p, **bounds) for p in (jnp.inf, 2, 1)]
 
 
 @settings(max_examples=8, deadline=None)
-@given(eps=st.floats(0.0, 2.0), norm=st.sampled_from([jnp.inf, 2.0, 1.0]), clip=st.booleans())
-def test_fgm_stays_in_the_ball_and_the_clip_range(eps, norm, clip):
-  x = jax.random.uniform(KEY, (3, 2, 3), minval=-1.0, maxval=1.0)
-  bounds = dict(clip_min=-1.0, clip_max=1.0) if clip else {}
-  x_adv = attacks.fgm(mlp((2, 3)), x, eps=eps, norm=norm, **bounds)
-  size = jnp.linalg.norm((x_adv - x).reshape(3, -1), ord=norm, axis=1)
-  assert float(jnp.max(size)) <= eps * (1 + 1e-5) + 1e-7
-  if clip:
-    assert float(jnp.min(x_adv)) >= -1.0 and float(jnp.max(x_adv)) <= 1.0
+@given(eps=st.floats(0.0, 2.0), clip=st.booleans(), seed=st.integers(0, 2**16))
+def test_fgm_stays_in_the_ball_and_the_clip_range(eps, clip, seed):
+  x = np.random.default_rng(seed).uniform(-1.0, 1.0, (3, 2, 3)).astype(np.float32)
+  for norm, x_adv in zip((np.inf, 2, 1), _fgm_all_norms(x, eps, clip=clip), strict=True):
+    x_adv = np.asarray(x_adv)
+    size = np.linalg.norm((x_adv - x).reshape(3, -1), ord=norm, axis=1)
+    assert size.max() <= eps * (1 + (norm != np.inf) * 1e-5) + 1e-6
+    if clip:
+      assert x_adv.min() >= -1.0 and x_adv.max() <= 1.0
 
 
 def test_random_restarts_keep_the_worst_case_per_example():
@@ -256,12 +303,18 @@ def test_random_restarts_keep_the_worst_case_per_example():
   x = jax.random.normal(KEY, (16, 4))
   y = jnp.zeros(16, jnp.int32)
   options = dict(eps=0.3, num_steps=2, norm=2, random_start=True)
-  best = attacks.pgd(logits_fn, x, y, key=KEY, num_restarts=3, **options)
-  singles = jnp.stack(
-    [attacks.pgd(logits_fn, x, y, key=k, **options) for k in jax.random.split(KEY, 3)]
-  )
-  losses = jnp.stack([attacks.cross_entropy(logits_fn(s), y) for s in singles])
-  fooled = jnp.stack([jnp.argmax(logits_fn(s), axis=-1) != y for s in singles])
+
+  @jax.jit
+  def run(key):
+    best = attacks.pgd(logits_fn, x, y, key=key, num_restarts=3, **options)
+    singles = jax.vmap(lambda k: attacks.pgd(logits_fn, x, y, key=k, **options))(
+      jax.random.split(key, 3)
+    )
+    return best, singles, jax.vmap(logits_fn)(singles)
+
+  best, singles, logits = run(KEY)
+  losses = jax.vmap(attacks.cross_entropy, in_axes=(0, None))(logits, y)
+  fooled = jnp.argmax(logits, axis=-1) != y[None]
   expected = jnp.where(
     jnp.any(fooled, 0), jnp.argmax(jnp.where(fooled, losses, -jnp.inf), 0), jnp.argmax(losses, 0)
   )
@@ -273,32 +326,40 @@ def test_zero_gradients_give_zero_perturbations_and_no_nans():
   constant = lambda x: jnp.zeros((x.shape[0], 3)) + 0.0 * jnp.sum(x)
   x = jax.random.normal(KEY, (2, 4))
   y = jnp.array([0, 1])
-  for norm in (2, 1, jnp.inf):
-    chex.assert_trees_all_equal(attacks.fgm(constant, x, y, eps=0.5, norm=norm), x)
-    chex.assert_trees_all_equal(attacks.pgd(constant, x, y, eps=0.5, norm=norm, num_steps=2), x)
-  r, _ = attacks.deepfool_perturbation(constant, x, y, num_classes=3)
+
+  @jax.jit
+  def run(x):
+    unchanged = [attacks.fgm(constant, x, y, eps=0.5, norm=p) for p in (2, 1, jnp.inf)]
+    unchanged += [attacks.pgd(constant, x, y, eps=0.5, norm=p, num_steps=2) for p in (2, 1)]
+    r = attacks.deepfool_perturbation(constant, x, y, num_classes=3, differentiable=True)[0]
+    r_grad = jax.grad(
+      lambda x: jnp.sum(attacks.deepfool_perturbation(constant, x, y, differentiable=True)[0])
+    )(x)
+    fgm_grad = jax.grad(lambda x: jnp.sum(attacks.fgm(constant, x, y, eps=0.5)))(x)
+    return unchanged, r, r_grad, fgm_grad
+
+  unchanged, r, r_grad, fgm_grad = run(x)
+  for x_adv in unchanged:
+    chex.assert_trees_all_equal(x_adv, x)
   chex.assert_trees_all_equal(r, jnp.zeros_like(x))
-  grad = jax.grad(
-    lambda x: jnp.sum(attacks.deepfool_perturbation(constant, x, y, differentiable=True)[0])
-  )(x)
-  assert bool(jnp.all(jnp.isfinite(grad)))
-  grad = jax.grad(lambda x: jnp.sum(attacks.fgm(constant, x, y, eps=0.5)))(x)
-  chex.assert_trees_all_equal(grad, jnp.ones_like(x))
+  assert bool(jnp.all(jnp.isfinite(r_grad)))
+  chex.assert_trees_all_equal(fgm_grad, jnp.ones_like(x))
 
 
 def test_vmapped_eps_curve_equals_separate_calls():
   logits_fn = mlp((2, 3))
   x = jax.random.normal(KEY, (4, 2, 3))
+  pgd = jax.jit(lambda e: attacks.pgd(logits_fn, x, eps=e, num_steps=4, random_start=True, key=KEY))
+  wrm = jax.jit(lambda g: attacks.wrm(logits_fn, x, gamma=g, num_steps=2))
   eps = jnp.array([0.0, 0.1, 0.5])
-  curve = attacks.pgd(logits_fn, x, eps=eps, num_steps=4, random_start=True, key=KEY)
+  curve = pgd(eps)
   chex.assert_shape(curve, (3, 4, 2, 3))
   for i, e in enumerate(eps):
-    single = attacks.pgd(logits_fn, x, eps=e, num_steps=4, random_start=True, key=KEY)
-    np.testing.assert_allclose(curve[i], single, atol=1e-6)
+    np.testing.assert_allclose(curve[i], pgd(e), atol=1e-6)
   gammas = jnp.array([0.5, 2.0])
-  curve = attacks.wrm(logits_fn, x, gamma=gammas, num_steps=2)
+  curve = wrm(gammas)
   for i, g in enumerate(gammas):
-    np.testing.assert_allclose(curve[i], attacks.wrm(logits_fn, x, gamma=g, num_steps=2), atol=1e-6)
+    np.testing.assert_allclose(curve[i], wrm(g), atol=1e-6)
 
 
 def test_attacks_trace_once():
@@ -325,6 +386,25 @@ def test_attacks_trace_once():
       w = jax.random.normal(jax.random.key(seed), (5, 3))
       jitted(w, x + seed, y, jnp.float32(0.1 * seed), jax.random.key(seed))
   chex.clear_trace_counter()
+
+
+def test_attacks_run_on_a_spectrally_normalized_model_with_its_state_read_only():
+  model = models.get_model("tiny", beta=1.0)
+  x = normal(3, *models.INPUT_SHAPES["tiny"])
+  variables = model.init(jax.random.key(1), x)
+
+  @jax.jit
+  def run(variables, x):
+    # The recipe of the module docstring: every collection immutable, no power iteration.
+    logits_fn = lambda z: model.apply(variables, z, update_stats=False)
+    y = jnp.argmax(logits_fn(x), axis=-1)
+    x_pgd = attacks.pgd(logits_fn, x, eps=0.1, num_steps=2)
+    losses = [attacks.cross_entropy(logits_fn(z), y) for z in (x, x_pgd)]
+    return x_pgd, attacks.deepfool(logits_fn, x), *losses
+
+  x_pgd, x_deepfool, clean_loss, pgd_loss = run(variables, x)
+  assert np.all(np.isfinite(x_pgd)) and np.all(np.isfinite(x_deepfool))
+  assert np.all(pgd_loss >= clean_loss)
 
 
 # --- a small trained model ----------------------------------------------------------------------
