@@ -1,0 +1,53 @@
+"""Adversarial attacks as pure functions that jit once and vectorize: FGM, PGD, WRM and DeepFool.
+
+Every attack takes ``logits_fn``, a pure function from a batch of inputs ``(B, ...)`` to logits
+``(B, C)``, the batch ``x`` and integer labels ``y`` of shape ``(B,)``. ``y=None`` attacks the
+model's own predictions, as Farnia et al. do to avoid label leaking. Loops are ``lax.fori_loop``,
+so compile time and memory do not grow with ``num_steps``; nothing depends on the values of the
+data, so one ``jax.jit`` around an attack traces once. The attack radius (``eps``, or ``gamma`` for
+WRM) may be a 1-D array: the result then gains a leading axis, and one compiled call evaluates a
+whole robustness curve (:func:`robust_accuracy`).
+
+The loss is summed over the batch before differentiating, so each example gets its own input
+gradient; norms are per example, and normalizing a zero gradient gives zero (never NaN, also in
+gradients). Results are returned with the gradient stopped through the attack (``x_adv - x`` is a
+constant for differentiation), the convention of adversarial training; only
+:func:`deepfool_perturbation` with ``differentiable=True`` lets gradients flow through the
+perturbation.
+
+Attacks never change model state: they only call ``logits_fn``. From a Flax model whose spectral
+normalization state lives in the ``'spectral'`` collection, build it with the collection read-only
+and the power iteration off::
+
+  logits_fn = lambda x: model.apply(variables, x, update_stats=False)
+
+(``model.apply`` without ``mutable=`` treats every collection as immutable, so the state cannot
+advance inside an attack.) Inside a training step, jit the step that calls the attack; on its own,
+jit a wrapper that takes the parameters as an argument so new parameters do not retrace::
+
+  @jax.jit
+  def attack(variables, x, y, eps):
+    return attacks.pgd(lambda z: model.apply(variables, z, update_stats=False), x, y,
+                       eps=eps, step_size=eps / 4, num_steps=10)
+
+References:
+  Goodfellow, Shlens & Szegedy, Explaining and harnessing adversarial examples,
+  https://arxiv.org/abs/1412.6572.
+  Madry et al., Towards deep learning models resistant to adversarial attacks,
+  https://arxiv.org/abs/1706.06083.
+  Sinha, Namkoong & Duchi, Certifying some distributional robustness with principled adversarial
+  training, https://arxiv.org/abs/1710.10571.
+  Moosavi-Dezfooli, Fawzi & Frossard, DeepFool, https://arxiv.org/abs/1511.04599.
+  Farnia, Zhang & Tse, Generalizable adversarial training via spectral normalization,
+  https://arxiv.org/abs/1811.07457.
+  Yan, Guo & Zhang, Adversarial margin maximization networks, https://arxiv.org/abs/1911.05916.
+"""
+
+from sn_jax.attacks._common import cross_entropy as cross_entropy
+from sn_jax.attacks._common import logit_margin as logit_margin
+from sn_jax.attacks._deepfool import deepfool as deepfool
+from sn_jax.attacks._deepfool import deepfool_perturbation as deepfool_perturbation
+from sn_jax.attacks._evaluation import robust_accuracy as robust_accuracy
+from sn_jax.attacks._gradient import fgm as fgm
+from sn_jax.attacks._gradient import pgd as pgd
+from sn_jax.attacks._gradient import wrm as wrm

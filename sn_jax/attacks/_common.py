@@ -1,0 +1,212 @@
+"""Shared pieces of the attacks: losses, validation, per-example l_p geometry."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+LogitsFn = Callable[[jax.Array], jax.Array]
+LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+Attack = Callable[..., jax.Array]
+
+
+def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike) -> jax.Array:
+  """Per-example softmax cross-entropy, ``(B, C), (B,) -> (B,)``; the attacks' default loss."""
+  logits = jnp.asarray(logits)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.take_along_axis(log_probs, jnp.asarray(labels)[:, None], axis=-1)[:, 0]
+
+
+def logit_margin(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike) -> jax.Array:
+  """Per-example ``max_{j != y} z_j - z_y``, ``(B, C), (B,) -> (B,)``: positive once fooled.
+
+  The margin loss of Carlini & Wagner (https://arxiv.org/abs/1608.04644), without the clamp.
+  """
+  logits = jnp.asarray(logits)
+  labels = jnp.asarray(labels)
+  is_label = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.bool_)
+  other = jnp.max(jnp.where(is_label, -jnp.inf, logits), axis=-1)
+  return other - jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+
+
+_LOSSES = {"ce": cross_entropy, "margin": logit_margin}
+_NORMS = (1.0, 2.0, math.inf)
+
+
+# --- validation (at trace time; values are checked only where they are concrete) ---------------
+
+
+def _concrete(value: Any) -> np.ndarray | None:
+  """The value as a NumPy array, or None when it is traced (inside jit) and cannot be checked."""
+  try:
+    return np.asarray(value)
+  except jax.errors.TracerArrayConversionError:
+    return None
+
+
+def _check_x(x: jax.typing.ArrayLike) -> jax.Array:
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(
+      f"`x` must be floating point, got dtype {x.dtype}; cast it, e.g. x.astype(jnp.float32)."
+    )
+  if x.ndim < 2:
+    raise ValueError(f"`x` must have a batch axis and at least one more, got shape {x.shape}.")
+  return x
+
+
+def _check_labels(y: jax.typing.ArrayLike, x: jax.Array) -> jax.Array:
+  y = jnp.asarray(y)
+  if not jnp.issubdtype(y.dtype, jnp.integer):
+    raise TypeError(f"`y` must hold integer class labels, got dtype {y.dtype}.")
+  if y.shape != x.shape[:1]:
+    raise ValueError(
+      f"`y` must have shape (batch,) = {x.shape[:1]} to match `x` of shape {x.shape}, "
+      f"got shape {y.shape}."
+    )
+  return y
+
+
+def _labels(logits_fn: LogitsFn, x: jax.Array, y: Any, targeted: bool) -> jax.Array:
+  """``y`` validated, or the model's predictions when ``y`` is None."""
+  if y is not None:
+    return _check_labels(y, x)
+  if targeted:
+    raise ValueError("`targeted=True` needs the target classes `y`, got y=None.")
+  return jnp.argmax(lax.stop_gradient(logits_fn(x)), axis=-1)
+
+
+def _check_radius(value: Any, name: str, *, positive: bool = False) -> jax.Array:
+  """A scalar or 1-D radius; >= 0 (> 0 if ``positive``) wherever it is concrete."""
+  array = jnp.asarray(value)
+  if array.ndim > 1:
+    raise ValueError(
+      f"`{name}` must be a scalar or a 1-D array (one attack per entry), got shape {array.shape}."
+    )
+  concrete = _concrete(value)
+  if concrete is not None and np.any(concrete <= 0 if positive else concrete < 0):
+    bound = "> 0" if positive else ">= 0"
+    raise ValueError(f"`{name}` must be {bound}, got {concrete.tolist()}.")
+  return array
+
+
+def _check_int(value: Any, name: str, minimum: int) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+
+
+def _check_norm(norm: Any) -> float:
+  if isinstance(norm, bool) or not isinstance(norm, (int, float)) or float(norm) not in _NORMS:
+    raise ValueError(f"`norm` must be jnp.inf, 2 or 1, got {norm!r}.")
+  return float(norm)
+
+
+def _check_clip(clip_min: Any, clip_max: Any) -> None:
+  if clip_min is None or clip_max is None:
+    return
+  low, high = _concrete(clip_min), _concrete(clip_max)
+  if low is not None and high is not None and np.any(low > high):
+    raise ValueError(
+      f"`clip_min` must be <= `clip_max`, got clip_min={low.tolist()} > clip_max={high.tolist()}."
+    )
+
+
+def _loss(loss: str | LossFn) -> LossFn:
+  if callable(loss):
+    return loss
+  if loss not in _LOSSES:
+    raise ValueError(f"`loss` must be 'ce', 'margin' or a callable, got {loss!r}.")
+  return _LOSSES[loss]
+
+
+# --- per-example geometry -----------------------------------------------------------------------
+
+
+def _expand(values: jax.Array, like: jax.Array) -> jax.Array:
+  """Per-example values ``(B,)`` reshaped to broadcast against ``like`` ``(B, ...)``."""
+  return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))
+
+
+def _norm(v: jax.Array, norm: float) -> jax.Array:
+  """Per-example ``||v_b||_p`` over all non-batch axes, ``(B, ...) -> (B,)``; zero-safe gradient."""
+  flat = v.reshape(v.shape[0], -1)
+  if norm == math.inf:
+    return jnp.max(jnp.abs(flat), axis=-1)
+  if norm == 1.0:
+    return jnp.sum(jnp.abs(flat), axis=-1)
+  sq = jnp.sum(jnp.square(flat), axis=-1)
+  nonzero = sq > 0
+  return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1)), 0)
+
+
+def _unit(g: jax.Array, norm: float) -> jax.Array:
+  """The steepest-ascent direction of unit l_p norm: sign(g) for l_inf, g/||g||_p otherwise."""
+  if norm == math.inf:
+    return jnp.sign(g)
+  n = _norm(g, norm)
+  return g / _expand(jnp.where(n > 0, n, 1), g)
+
+
+def _project(delta: jax.Array, eps: jax.Array, norm: float) -> jax.Array:
+  """``clip(delta, -eps, eps)`` for l_inf, ``delta / max(1, ||delta||_p / eps)`` otherwise.
+
+  For p = 2 this is the Euclidean projection onto the ball; for p = 1 it is the rescaling
+  Farnia et al. use (it lands in the ball, but is not the nearest point of it).
+  """
+  if norm == math.inf:
+    return jnp.clip(delta, -eps, eps)
+  n = _norm(delta, norm)
+  over = n > eps
+  return delta * _expand(jnp.where(over, eps / jnp.where(over, n, 1), 1), delta)
+
+
+def _clip(x: jax.Array, clip_min: Any, clip_max: Any) -> jax.Array:
+  if clip_min is None and clip_max is None:
+    return x
+  return jnp.clip(x, clip_min, clip_max)
+
+
+def _random_start(key: jax.Array, x: jax.Array, eps: jax.Array, norm: float, mode: str):
+  """A random perturbation in the l_p ball of radius ``eps``, one per example.
+
+  ``'ball'``: uniform in the ball (l_inf: the box; l_2: a Gaussian direction with radius
+  ``eps * U^(1/d)``; l_1: ``eps`` times a Dirichlet(1, ..., 1) point with random signs).
+  ``'radial'`` (l_2 only): radius ``eps * U``, the start of torchattacks' PGDL2.
+  """
+  batch, dim = x.shape[0], math.prod(x.shape[1:])
+  if norm == math.inf:
+    return jax.random.uniform(key, x.shape, x.dtype, -eps, eps)
+  direction_key, radius_key = jax.random.split(key)
+  if norm == 1.0:
+    weights = jax.random.exponential(radius_key, (batch, dim + 1), x.dtype)
+    point = weights[:, :dim] / jnp.sum(weights, axis=-1, keepdims=True)
+    signs = jax.random.rademacher(direction_key, (batch, dim), x.dtype)
+    return (eps * point * signs).reshape(x.shape)
+  direction = _unit(jax.random.normal(direction_key, x.shape, x.dtype), 2.0)
+  u = jax.random.uniform(radius_key, (batch,), x.dtype)
+  radius = eps * (u ** (1.0 / dim) if mode == "ball" else u)
+  return direction * _expand(radius, x)
+
+
+def _input_grad(logits_fn: LogitsFn, loss_fn: LossFn, labels: jax.Array, sign: float):
+  """``z -> d/dz sum_b sign * loss(logits_fn(z)_b, labels_b)``: per-example input gradients."""
+  return jax.grad(lambda z: sign * jnp.sum(loss_fn(logits_fn(z), labels)))
+
+
+def _over_radii(attack_one: Callable[..., jax.Array], radius: jax.Array, *others: jax.Array):
+  """Calls ``attack_one(radius, *others)``; vmaps it when ``radius`` is 1-D (a curve)."""
+  others = tuple(jnp.broadcast_to(o, radius.shape) for o in others)
+  if radius.ndim == 0:
+    return attack_one(radius, *others)
+  return jax.vmap(attack_one)(radius, *others)
+
+
+def _finish(x: jax.Array, x_adv: jax.Array) -> jax.Array:
+  """``x_adv``, exactly, with the perturbation ``x_adv - x`` a constant for differentiation."""
+  return lax.stop_gradient(x_adv) + (x - lax.stop_gradient(x))
