@@ -63,7 +63,8 @@ def create_train_state(
   """Initializes the model and the optimizer.
 
   Args:
-    model: a Flax module called as ``model.apply(variables, x, update_stats=...)``.
+    model: a Flax module called as ``model.apply(variables, x, update_stats=..., train=...)``
+      (``train=True`` only in the loss pass, with a ``'dropout'`` rng).
     tx: the optimizer.
     input_shape: the shape of ONE example, e.g. ``(28, 28, 1)``.
     seed: the run's seed; initialization and per-step randomness derive from it.
@@ -147,6 +148,8 @@ def train_step(
       {"params": params, "spectral": state.spectral},
       inputs,
       update_stats=True,
+      train=True,
+      rngs={"dropout": jax.random.fold_in(key, 1)},
       mutable=["spectral"],
     )
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import tensorflow_datasets as tfds
 
 import sn_jax
 from sn_jax import data, loop, train
@@ -29,7 +30,8 @@ class Tiny(nn.Module):
   beta: float = 0.5
 
   @nn.compact
-  def __call__(self, x, *, update_stats=False):
+  def __call__(self, x, *, update_stats=False, train=False):
+    del train  # no dropout
     x = nn.avg_pool(x, (4, 4), strides=(4, 4)).reshape(x.shape[0], -1)
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], 10))
     u = self.variable("spectral", "u", lambda: jnp.ones((x.shape[-1],), jnp.float32))
@@ -167,7 +169,8 @@ def _config(**overrides):
   config = loop.default_config()
   config.batch_size, config.eval_batch_size, config.num_steps = 32, 200, 6
   config.log_every, config.checkpoint_every, config.num_eval_train = 2, 3, 200
-  config.attack.name, config.eval_attack.name = "fgm", "none"
+  # ERM keeps the loop tests fast; the attacks run in the step tests and the mock_data test.
+  config.attack.name, config.eval_attack.name = "none", "none"
   config.model, config.beta = "tiny", 1.0
   config.update(overrides)
   return config
@@ -188,6 +191,18 @@ def uninterrupted(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("uninterrupted")
   result = loop.train_and_evaluate(_config(), str(workdir))
   return workdir, result
+
+
+def test_one_real_step_on_mocked_tfds_mnist(tmp_path):
+  config = _config(dataset="mnist", num_steps=1, num_validation=8, eval_batch_size=8)
+  config.attack.name = "fgm"
+  with tfds.testing.mock_data(num_examples=40):
+    result = loop.train_and_evaluate(config, str(tmp_path))
+  assert result["step"] == 1
+  assert set(result) >= {"train", "validation", "test", "gap", "sigmas"}
+  assert set(result["sigmas"]) == {"conv", "fc"}
+  for name in ("clean", "attack", "eval_attack"):
+    assert 0.0 <= result["test"][name] <= 1.0
 
 
 def test_a_run_checkpoints_logs_and_evaluates(uninterrupted):
