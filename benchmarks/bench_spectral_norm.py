@@ -69,25 +69,16 @@ def torch_steps(x: np.ndarray, y: np.ndarray) -> dict:
     print(f"PyTorch rows skipped: {error}")
     return {}
   torch.manual_seed(0)
-  xt = torch.from_numpy(np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2))))
-  yt = torch.from_numpy(y.astype(np.int64))
+  xt = torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).copy())
+  yt = torch.from_numpy(np.array(y, np.int64))
 
   def make(normalized: bool):
-    net = torch_models.ELUNet()
+    net = torch_models.elu_net()
     if normalized:
-      for name, module in list(net.named_modules()):
-        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)) and name:
+      for module in net.modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
           torch.nn.utils.parametrizations.spectral_norm(module)
-    opt = torch.optim.SGD(net.parameters(), lr=LEARNING_RATE)
-
-    def run():
-      opt.zero_grad(set_to_none=True)
-      loss = torch.nn.functional.cross_entropy(net(xt), yt)
-      loss.backward()
-      opt.step()
-      return loss.item()
-
-    return run
+    return torch_models.train_step_fn(net, xt, yt, lr=LEARNING_RATE)
 
   return {"PyTorch, plain": make(False), "PyTorch, spectral_norm (reshaped)": make(True)}
 
