@@ -1,0 +1,86 @@
+"""PyTorch versions of Farnia et al.'s ELU-Net and mini AlexNet, the peers in sn_jax benchmarks.
+
+They match ``sn_jax.models.ELUNet`` and ``sn_jax.models.AlexNet`` layer for layer (shapes,
+padding, activations, LRN) so that a benchmark times the same computation in both frameworks.
+Inputs are NCHW, PyTorch's layout (the benchmark transposes once, outside the timed step).
+
+TF's 'SAME' padding is reproduced with explicit padding: for ELU-Net's 8x8 stride-2 convolution
+of a 28x28 input it is 3 pixels on each side (symmetric, so ``padding=3`` is exact); for the
+stride-1 5x5 convolutions of AlexNet it is 2.
+
+TF's local response normalization divides by ``(bias + alpha * sum_{|j - c| <= r} x_j^2) **
+beta``; ``torch.nn.LocalResponseNorm(size, alpha, beta, k)`` divides by ``(k + alpha / size *
+sum) ** beta`` over ``size = 2 r + 1`` channels, so the same layer is ``size = 2 r + 1`` with
+``alpha = alpha_tf * size``.
+
+References:
+  Farnia, Zhang, Tse. Generalizable Adversarial Training via Spectral Normalization. ICLR 2019.
+  https://arxiv.org/abs/1811.07457
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def tf_local_response_norm(
+  depth_radius: int = 4, bias: float = 1.0, alpha: float = 0.001 / 9.0, beta: float = 0.75
+) -> nn.LocalResponseNorm:
+  """``tf.nn.local_response_normalization`` with TF's arguments, as a torch module."""
+  size = 2 * depth_radius + 1
+  return nn.LocalResponseNorm(size, alpha=alpha * size, beta=beta, k=bias)
+
+
+def elu_net(num_classes: int = 10) -> nn.Sequential:
+  """ELU-Net on 1x28x28: conv 8x8/2 SAME 64, conv 6x6/2 VALID 128, conv 5x5 VALID 128, FC."""
+  return nn.Sequential(
+    nn.Conv2d(1, 64, 8, stride=2, padding=3),
+    nn.ELU(),
+    nn.Conv2d(64, 128, 6, stride=2),
+    nn.ELU(),
+    nn.Conv2d(128, 128, 5),
+    nn.ELU(),
+    nn.Flatten(),
+    nn.Linear(128, num_classes),
+  )
+
+
+def mini_alexnet(num_classes: int = 10, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+  """Mini AlexNet on 3x28x28: two [conv 5x5 SAME, act, max-pool 3x3/2, LRN], FC 384, 192, out.
+
+  The flatten order is NCHW's, not NHWC's: a permutation of the first dense layer's inputs,
+  which changes nothing in the cost.
+  """
+  return nn.Sequential(
+    nn.Conv2d(3, 96, 5, padding=2),
+    activation(),
+    nn.MaxPool2d(3, stride=2),
+    tf_local_response_norm(),
+    nn.Conv2d(96, 256, 5, padding=2),
+    activation(),
+    nn.MaxPool2d(3, stride=2),
+    tf_local_response_norm(),
+    nn.Flatten(),
+    nn.Linear(256 * 6 * 6, 384),
+    activation(),
+    nn.Linear(384, 192),
+    activation(),
+    nn.Linear(192, num_classes),
+  )
+
+
+MODELS = {"elunet": (elu_net, (1, 28, 28)), "alexnet": (mini_alexnet, (3, 28, 28))}
+
+
+def train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: float = 0.01):
+  """A zero-argument function doing one SGD step of softmax cross-entropy on ``(x, y)``."""
+  optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+  loss_fn = nn.CrossEntropyLoss()
+
+  def step() -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss_fn(model(x), y).backward()
+    optimizer.step()
+
+  return step
