@@ -1,0 +1,142 @@
+"""The cost of strided convolutions: flax.linen.Conv against sn_jax.nn.Conv, and PyTorch.
+
+Farnia et al.'s ELU-Net (28x28x1) and mini AlexNet (28x28x3) from ``sn_jax.models`` with plain
+layers (``normalization='none'``: the convolutions are the subject), at batch 128, timed side
+by side in one run:
+
+- ``forward``: logits;
+- ``input grad``: the gradient of the cross-entropy with respect to the input (an attack step);
+- ``train step``: softmax cross-entropy, gradient, SGD update (``optax.sgd(0.01)``);
+- ``PGD-10``: ``sn_jax.attacks.pgd`` with 10 l_inf steps (ELU-Net).
+
+Each is run with the models' convolutions as ``flax.linen.Conv`` (the direct formulation, what
+sn_jax did before the polyphase form), as ``sn_jax.nn.Conv`` forced to ``'polyphase'``, and as
+``sn_jax.nn.Conv`` with ``'auto'`` (the rule of ``sn_jax.convolution.choose_formulation``). The
+PyTorch column is the same model in PyTorch (``benchmarks/torch_models.py``) on the same CPU.
+
+Run: ``python benchmarks/bench_conv.py`` (``--quick``: batch 8, few repeats, nothing recorded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+
+import flax.linen as nn
+import jax
+import optax
+import timing
+
+from sn_jax import attacks, models
+from sn_jax import nn as snn
+
+CONVS = {
+  "flax.linen.Conv": nn.Conv,
+  "sn_jax polyphase": functools.partial(snn.Conv, formulation="polyphase"),
+  "sn_jax auto": snn.Conv,
+}
+
+
+@contextlib.contextmanager
+def model_conv(conv_cls):
+  """Builds the zoo's models with ``conv_cls`` as their convolution, within the block.
+
+  ``sn_jax.models`` takes its convolution from the module attribute ``_Conv`` at trace time;
+  swapping it is how this benchmark compares the convolutions inside the same models.
+  """
+  saved = models._Conv
+  models._Conv = conv_cls
+  try:
+    yield
+  finally:
+    models._Conv = saved
+
+
+def jax_tasks(name: str, batch: int, pgd_steps: int) -> dict[str, dict[str, object]]:
+  """Compiled zero-argument functions, per task, per convolution."""
+  model = models.get_model(name, normalization="none")
+  x = jax.random.uniform(jax.random.key(0), (batch, *models.INPUT_SHAPES[name]))
+  y = jax.random.randint(jax.random.key(1), (batch,), 0, 10)
+  optimizer = optax.sgd(0.01)
+
+  def loss(params, x):
+    logits = model.apply({"params": params}, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  def train_step(params, opt_state, x):
+    grads = jax.grad(loss)(params, x)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  def pgd(params, x):
+    logits_fn = lambda x: model.apply({"params": params}, x)
+    return attacks.pgd(logits_fn, x, y, eps=0.3, num_steps=pgd_steps, clip_min=0.0, clip_max=1.0)
+
+  tasks: dict[str, dict[str, object]] = {}
+  for conv_name, conv_cls in CONVS.items():
+    with model_conv(conv_cls):
+      params = model.init(jax.random.key(2), x)["params"]
+      opt_state = optimizer.init(params)
+      # Compiled ahead of time, inside the block, so the swapped class is what gets traced.
+      compiled = {
+        "forward": (lambda p, x: model.apply({"params": p}, x), (params, x)),
+        "input grad": (jax.grad(loss, argnums=1), (params, x)),
+        "train step": (train_step, (params, opt_state, x)),
+      }
+      if name == "elunet":
+        compiled[f"PGD-{pgd_steps}"] = (pgd, (params, x))
+      for task, (fn, args) in compiled.items():
+        executable = jax.jit(fn).lower(*args).compile()
+        tasks.setdefault(task, {})[conv_name] = functools.partial(executable, *args)
+  return tasks
+
+
+def torch_train_step(name: str, batch: int):
+  """PyTorch's training step of the same model, or None if torch is not installed."""
+  try:
+    import torch
+    import torch_models
+  except ImportError:
+    return None
+  torch.manual_seed(0)
+  factory, shape = torch_models.MODELS[name]
+  x = torch.rand(batch, *shape)
+  y = torch.randint(0, 10, (batch,))
+  return torch_models.train_step_fn(factory(), x, y)
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="batch 8, few repeats, no record")
+  args = parser.parse_args(argv)
+  batch = 8 if args.quick else 128
+  repeats = 4 if args.quick else 20
+  rounds = 2 if args.quick else 5
+  pgd_steps = 2 if args.quick else 10
+  header = ["model", "task", *(f"{c} ms" for c in CONVS), "PyTorch ms", "flax / auto"]
+  rows = []
+  for name in ("elunet", "alexnet"):
+    for task, fns in jax_tasks(name, batch, pgd_steps).items():
+      torch_step = torch_train_step(name, batch) if task == "train step" else None
+      if torch_step is not None:
+        fns = {**fns, "PyTorch": torch_step}
+      times = timing.time_side_by_side(fns, repeats=repeats, rounds=rounds)
+      ms = {c: t.median_s * 1e3 for c, t in times.items()}
+      torch_ms = ms.get("PyTorch", "")
+      ratio = ms["flax.linen.Conv"] / ms["sn_jax auto"]
+      rows.append([name, task, *(ms[c] for c in CONVS), torch_ms, ratio])
+      print(rows[-1], flush=True)
+  notes = (
+    f"Batch {batch}, float32, plain layers (no spectral normalization); medians of interleaved "
+    "runs, compile time excluded. 'sn_jax auto' is what sn_jax's layers use by default on this "
+    "backend; flax.linen.Conv computes every convolution directly."
+  )
+  if args.quick:  # A smoke run: print, never overwrite the recorded table.
+    print(timing.markdown_table(header, rows))
+  else:
+    print(timing.record(f"conv_{jax.default_backend()}", header, rows, notes=notes))
+
+
+if __name__ == "__main__":
+  main()
