@@ -8,6 +8,10 @@ data, so one ``jax.jit`` around an attack traces once. The attack radius (``eps`
 WRM) may be a 1-D array: the result then gains a leading axis, and one compiled call evaluates a
 whole robustness curve (:func:`robust_accuracy`).
 
+Options are checked when the attack is traced: shapes, dtypes, norms and step counts always;
+values such as ``eps < 0`` or ``clip_min > clip_max`` where they are concrete (Python numbers or
+arrays passed in from outside ``jax.jit``). Traced radii are the caller's responsibility.
+
 The loss is summed over the batch before differentiating, so each example gets its own input
 gradient; norms are per example, and normalizing a zero gradient gives zero (never NaN, also in
 gradients). Results are returned with the gradient stopped through the attack (``x_adv - x`` is a
