@@ -124,13 +124,14 @@ def run(argv: Sequence[str]) -> int:
     else:
       with tempfile.TemporaryDirectory(prefix="sn_jax_") as scratch:
         results = compare(config, workdir or scratch, betas)
-  except (ValueError, FileNotFoundError) as e:
+  except (loop.ConfigError, FileNotFoundError) as e:  # bad input, not a bug: no traceback
     raise UsageError(str(e)) from e
   interrupted = [r["interrupted"] for r in results.values() if r["interrupted"] is not None]
   if interrupted:
     print(
-      f"Interrupted; a checkpoint was saved in {workdir or 'the scratch directory'}; "
-      "re-run the same command to resume."
+      f"Interrupted; a checkpoint was saved in {workdir}; re-run the same command to resume."
+      if workdir
+      else "Interrupted; nothing was kept (pass --workdir DIR to keep checkpoints and resume)."
     )
     return 128 + interrupted[0]
   print(table(config, results))

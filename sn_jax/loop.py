@@ -40,6 +40,12 @@ from sn_jax.train import (
 )
 
 ATTACKS = ("none", "fgm", "pgm", "wrm")
+
+
+class ConfigError(ValueError):
+  """A bad config value; the message names the field (``config.beta must be > 0, got -1.0``)."""
+
+
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -108,7 +114,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 def _check(ok: bool, field: str, expected: str, got: Any) -> None:
   if not ok:
-    raise ValueError(f"config.{field} must be {expected}, got {got!r}.")
+    raise ConfigError(f"config.{field} must be {expected}, got {got!r}.")
 
 
 def _check_attack(attack: ml_collections.ConfigDict, field: str) -> None:
@@ -126,7 +132,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
   """Checks every value a run depends on, before any data is read or anything is compiled.
 
   Raises:
-    ValueError: naming the first bad field (``config.beta must be > 0, got -1.0``).
+    ConfigError: (a ``ValueError``) naming the first bad field.
   """
   _check(config.dataset in data.DATASETS, "dataset", f"one of {data.DATASETS}", config.dataset)
   _check(config.num_validation >= 0, "num_validation", ">= 0", config.num_validation)
@@ -158,7 +164,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
     try:
       make_regularizer(config.regularizer)
     except ValueError as e:
-      raise ValueError(f"config.regularizer: {e}") from e
+      raise ConfigError(f"config.regularizer: {e}") from e
 
 
 def make_model(config: ml_collections.ConfigDict) -> nn.Module:
@@ -172,9 +178,9 @@ def make_model(config: ml_collections.ConfigDict) -> nn.Module:
       config.model, beta=config.beta, num_iters=config.num_iters, **config.model_options.to_dict()
     )
   except ValueError as e:
-    raise ValueError(f"config.model: {e}") from e
+    raise ConfigError(f"config.model: {e}") from e
   except TypeError as e:
-    raise ValueError(f"config.model_options: {e}") from e
+    raise ConfigError(f"config.model_options: {e}") from e
 
 
 def make_attack(attack: ml_collections.ConfigDict, *, scale: float = 1.0) -> Attack | None:
