@@ -76,6 +76,17 @@ def test_fgm_matches_the_closed_form_on_a_linear_model(norm):
   np.testing.assert_allclose(targeted, x - 0.3 * direction, atol=1e-6)
 
 
+def test_fgm_with_the_margin_loss_steps_toward_the_runner_up():
+  logits_fn, w, b = linear_model()
+  x = normal(5, 6)
+  logits = x @ w + b
+  label, runner_up = np.argmax(logits, axis=1), np.argsort(logits, axis=1)[:, -2]
+  g = w.T[runner_up] - w.T[label]  # the gradient of max_{j != y} z_j - z_y
+  expected = x + 0.2 * g / np.linalg.norm(g, axis=1, keepdims=True)
+  x_adv = jax.jit(lambda x: attacks.fgm(logits_fn, x, eps=0.2, loss="margin"))(x)
+  np.testing.assert_allclose(x_adv, expected, atol=1e-6)
+
+
 def test_y_none_attacks_the_predictions():
   logits_fn, _, _ = linear_model()
   x = normal(7, 6)
@@ -360,6 +371,18 @@ def test_vmapped_eps_curve_equals_separate_calls():
   curve = wrm(gammas)
   for i, g in enumerate(gammas):
     np.testing.assert_allclose(curve[i], wrm(g), atol=1e-6)
+
+
+def test_pgd_memory_does_not_grow_with_the_number_of_steps():
+  logits_fn = mlp((16,))
+  x, y = normal(32, 16), np.zeros(32, np.int32)
+
+  def memory(num_steps):
+    pgd = jax.jit(lambda x, y: attacks.pgd(logits_fn, x, y, eps=0.1, num_steps=num_steps))
+    stats = pgd.lower(x, y).compile().memory_analysis()
+    return stats.temp_size_in_bytes + stats.output_size_in_bytes
+
+  assert memory(100) <= 1.1 * memory(10)
 
 
 def test_attacks_trace_once():
