@@ -152,6 +152,8 @@ def _symbol(kernel: jax.Array, plan: _Plan) -> jax.Array:
   nd = len(plan.circular_shape)
   cin, cout = kernel.shape[-2:]
   groups = plan.feature_group_count
+  # The FFT and SVD need float32 or float64: half-precision kernels are promoted.
+  kernel = kernel.astype(jnp.promote_types(kernel.dtype, jnp.float32))
   zero = jnp.zeros((), kernel.dtype)
   # Tap k of the kernel sits at position d*k of the circular grid of size L.
   config = [
@@ -184,10 +186,6 @@ def _kernel_from_symbol(blocks: jax.Array, plan: _Plan, kernel_shape: tuple[int,
   return h[support]
 
 
-def _top_singular_value(blocks: jax.Array) -> jax.Array:
-  return jnp.max(jnp.linalg.svd(blocks, compute_uv=False)[..., 0])
-
-
 @functools.partial(jax.jit, static_argnames=("plan",))
 def _singular_values(kernel, plan):
   svals = jnp.linalg.svd(_symbol(kernel, plan), compute_uv=False)
@@ -196,7 +194,7 @@ def _singular_values(kernel, plan):
 
 @functools.partial(jax.jit, static_argnames=("plan",))
 def _fourier_norm(kernel, plan):
-  return _top_singular_value(_symbol(kernel, plan))
+  return jnp.max(jnp.linalg.svd(_symbol(kernel, plan), compute_uv=False)[..., 0])
 
 
 def circular_conv_singular_values(
@@ -229,7 +227,7 @@ def circular_conv_singular_values(
 
   Returns:
     All ``min(prod(N) C_in, prod(N / s) C_out)`` singular values in descending order, shape
-    ``(min(prod(N) C_in, prod(N / s) C_out),)``, real, the dtype of ``kernel``.
+    ``(min(prod(N) C_in, prod(N / s) C_out),)``, real, float32 or float64.
 
   Raises:
     ValueError: if ``strides`` does not divide ``spatial_shape``, the dilated kernel is larger
@@ -294,7 +292,7 @@ def fourier_conv_operator_norm(
       not supported.
 
   Returns:
-    A scalar, the dtype of ``kernel``.
+    A scalar, float32 (float64 for a float64 kernel).
 
   Raises:
     ValueError: for ``'REFLECT'`` or negative padding, a stride that does not divide the input
@@ -384,7 +382,7 @@ def gram_iteration_bound(
       :func:`fourier_conv_operator_norm`.
 
   Returns:
-    A scalar upper bound, the dtype of ``kernel``.
+    A scalar upper bound, float32 (float64 for a float64 kernel).
 
   Raises:
     ValueError: for ``num_iters`` < 1 and as :func:`fourier_conv_operator_norm`.

@@ -63,6 +63,15 @@ def test_dense_kernel_is_the_degenerate_case():
   )
 
 
+def test_half_precision_kernels_are_computed_in_float32():
+  kernel = _kernel((3, 3, 2, 2)).astype(jnp.bfloat16)
+  norm = sn_jax.fourier_conv_operator_norm(kernel, (4, 4))
+  assert norm.dtype == jnp.float32
+  expected = sn_jax.fourier_conv_operator_norm(kernel.astype(jnp.float32), (4, 4))
+  np.testing.assert_allclose(norm, expected, rtol=1e-6)
+  assert sn_jax.clip_conv_operator_norm(kernel, (4, 4), 1.0).dtype == jnp.bfloat16
+
+
 @pytest.mark.parametrize("strides", [1, 2])
 @pytest.mark.parametrize("kernel_size,dilation", [((3, 3), 1), ((2, 3), 1), ((3, 2), (2, 1))])
 def test_circular_padding_is_the_fft_convolution_up_to_a_shift(kernel_size, dilation, strides):
