@@ -358,7 +358,17 @@ def train_and_evaluate(
     attack) and ``sigmas`` (per normalized layer). Also written to ``workdir/results.json``.
 
   Raises:
-    ValueError: for a bad config value (before any compilation).
+    ConfigError: for a bad config value (before any data is read or anything compiled).
+    FileNotFoundError: if a tfds dataset is not prepared (the message says how).
+
+  Example:
+    >>> config = default_config()
+    >>> config.beta, config.num_epochs = 2.0, 5
+    >>> result = train_and_evaluate(config, '/tmp/run')
+    >>> result['test']['attack'], result['gap']
+
+  References:
+    Farnia, Zhang & Tse, ICLR 2019, https://arxiv.org/abs/1811.07457 (the protocol).
   """
   parallel, datasets, scale, model = _setup(config, model)
   os.makedirs(workdir, exist_ok=True)

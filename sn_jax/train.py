@@ -71,6 +71,11 @@ def create_train_state(
 
   Returns:
     A :class:`TrainState` at step 0.
+
+  Example:
+    >>> from sn_jax import models
+    >>> model, tx = models.get_model('elunet', beta=2.0), optax.adam(1e-3)
+    >>> state = create_train_state(model, tx, input_shape=(28, 28, 1), seed=0)
   """
   init_key, step_key = jax.random.split(jax.random.key(seed))
   variables = model.init(init_key, jnp.zeros((1, *input_shape), jnp.float32))
@@ -127,6 +132,15 @@ def train_step(
   Returns:
     ``(new_state, metrics)``; metrics (``loss``, ``accuracy`` on the inputs the loss sees, and
     ``regularizer`` if any) are averaged over all devices.
+
+  Example:
+    >>> parallel = DataParallel()
+    >>> step = parallel_train_step(parallel, model=model, tx=tx, attack=attack)
+    >>> state, metrics = step(parallel.replicate(state), parallel.shard((images, labels)))
+
+  References:
+    Farnia, Zhang & Tse, ICLR 2019, https://arxiv.org/abs/1811.07457 (adversarial-only loss,
+    attacks on predicted labels); Madry et al., ICLR 2018, https://arxiv.org/abs/1706.06083.
   """
   x, y = batch
   key = _step_key(state)
