@@ -44,10 +44,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sn_jax.nn import SpectralNorm
+from sn_jax.nn import Conv, SpectralNorm
 
-# The plain convolution every model uses; a drop-in of flax.linen.Conv (same parameters).
-_Conv = nn.Conv
+# The plain convolution every model uses: sn_jax.nn.Conv, a drop-in of flax.linen.Conv (same
+# parameters) that computes strided convolutions in the faster exact formulation.
+_Conv = Conv
 
 # TF's xavier_initializer (Farnia et al.'s default): Glorot uniform, zero bias.
 _XAVIER = nn.initializers.glorot_uniform()
