@@ -28,6 +28,7 @@ def step_runner(datasets, scale, parallel, *, attack, beta, batch_size):
   """A zero-argument function that runs one train step (state donated and carried along)."""
   config = loop.default_config()
   config.attack.name, config.beta = attack, beta
+  config.model, config.attack.eps = "elunet", 0.05  # the paper's MNIST network and l2 radius
   model, tx = loop.make_model(config), loop.make_optimizer(config)
   step = train.parallel_train_step(
     parallel, model=model, tx=tx, attack=loop.make_attack(config.attack, scale=scale)

@@ -50,7 +50,15 @@ OPTIMIZERS = ("adam", "sgd")
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The main job: ELU-Net on the embedded MNIST, PGM-trained, at Farnia et al.'s settings.
+  """The main job: Farnia et al.'s 1-hidden-layer MLP, PGM-trained on the embedded MNIST.
+
+  Their protocol (Adam 1e-3, batch 128, l2 PGM with 15 steps of ``2 eps / 15`` on the model's
+  predicted labels, loss on adversarial examples only) with two departures, both to fit the main
+  job into 10 minutes on a 2-core CPU and still show their effect: the MLP instead of ELU-Net
+  (ELU-Net's PGM steps cost about 100 times more), and ``eps = 0.15 C2`` (about 1.4, a usual l2
+  budget on MNIST) instead of their ``0.05 C2``, which barely moves a digit and leaves gaps too
+  small to compare on 4,000 training digits; 80 epochs. :func:`farnia2019_config` gives their
+  exact settings.
 
   Every field, with its meaning:
 
@@ -80,11 +88,11 @@ def default_config() -> ml_collections.ConfigDict:
   config.dataset = data.EMBEDDED_MNIST
   config.data_dir = ml_collections.FieldReference(None, field_type=str)
   config.num_validation = 0
-  config.model = "elunet"
+  config.model = "mlp1"
   config.model_options = ml_collections.ConfigDict()
   config.beta = math.inf
   config.num_iters = 1
-  attack = dict(name="pgm", norm=2.0, eps=0.05, relative=True, num_steps=15, step_size=0.0)
+  attack = dict(name="pgm", norm=2.0, eps=0.15, relative=True, num_steps=15, step_size=0.0)
   config.attack = ml_collections.ConfigDict({**attack, "gamma": 0.04})
   config.eval_attack = ml_collections.ConfigDict({**attack, "gamma": 0.04})
   config.adv_weight = 1.0
@@ -95,7 +103,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.learning_rate = 1e-3
   config.momentum = 0.9
   config.batch_size = 128
-  config.num_epochs = 200
+  config.num_epochs = 80
   config.num_steps = 0
   config.early_stop_accuracy = 0.999
   config.early_stop_epochs = 5
@@ -543,6 +551,8 @@ def farnia2019_config(dataset: str, model: str, spec: str) -> ml_collections.Con
     raise ValueError(f"`linf` applies to 'fgm' and 'pgm' only, got attack={attack!r}.")
   config = default_config()
   config.dataset, config.model, config.num_validation = dataset, model, 500
+  config.num_epochs = 200
+  config.attack.eps = 0.05
   mnist = dataset == "mnist"
   if mnist or model.startswith("mlp"):
     config.optimizer, config.learning_rate = "adam", 1e-3

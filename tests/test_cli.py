@@ -30,7 +30,7 @@ def test_no_arguments_is_the_main_job_with_the_default_config():
   command, config, workdir, betas = cli.parse([])
   assert command == "compare" and workdir is None
   assert config.to_dict() == loop.default_config().to_dict()
-  assert betas == [math.inf, 2.0]
+  assert betas == [math.inf, 1.6]
 
 
 def test_overrides_apply_to_the_default_and_to_a_file(tmp_path):
@@ -120,7 +120,11 @@ def test_farnia2019_config_follows_the_paper():
   assert (config.optimizer, config.learning_rate, config.momentum) == ("sgd", 0.01, 0.9)
   assert (config.attack.norm, config.attack.eps, config.attack.relative) == (math.inf, 0.1, False)
   assert config.batch_size == 128 and config.num_validation == 500
-  assert config.early_stop_accuracy == 0.999
+  assert config.early_stop_accuracy == 0.999 and config.num_epochs == 200
+  assert (config.attack.name, config.eval_attack.name) == ("pgm", "pgm")
+  l2 = loop.farnia2019_config("cifar10", "mlp1", "fgm")
+  assert (l2.attack.eps, l2.attack.relative, l2.attack.gamma) == (0.05, True, 0.002)
+  assert (l2.optimizer, l2.eval_attack.name) == ("adam", "pgm")
   mnist = loop.farnia2019_config("mnist", "elunet", "wrm")
   assert (mnist.optimizer, mnist.learning_rate) == ("adam", 1e-3)
   assert (mnist.attack.gamma, mnist.attack.relative) == (0.04, True)
