@@ -153,8 +153,8 @@ class _MLP(nn.Module):
   """A tiny model with the trainer's calling convention (``update_stats``)."""
 
   @nn.compact
-  def __call__(self, x, *, update_stats=False):
-    del update_stats
+  def __call__(self, x, *, update_stats=False, train=False):
+    del update_stats, train
     x = nn.relu(nn.Dense(8)(x.reshape(x.shape[0], -1)))
     return nn.Dense(3)(x)
 
