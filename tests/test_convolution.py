@@ -231,9 +231,9 @@ def test_conv_batch_dims_mask_and_dtype_like_flax():
     (dict(features=4, kernel_size=(3, 3), strides=2), x[0, 0]),  # no batch dim
     (dict(features=4, kernel_size=(3, 3), strides=2, dtype=jnp.bfloat16), x[0]),
   ):
-    params = nn.Conv(**attributes).init(jax.random.key(1), inputs)
-    expected = nn.Conv(**attributes).apply(params, inputs)
-    actual = snn.Conv(**attributes).apply(params, inputs)
+    params = jax.jit(nn.Conv(**attributes).init)(jax.random.key(1), inputs)
+    expected = jax.jit(nn.Conv(**attributes).apply)(params, inputs)
+    actual = jax.jit(snn.Conv(**attributes).apply)(params, inputs)
     assert actual.shape == expected.shape and actual.dtype == expected.dtype
     tol = 2e-2 if actual.dtype == jnp.bfloat16 else RTOL
     np.testing.assert_allclose(
@@ -247,9 +247,13 @@ def test_spectral_norm_wraps_the_fast_conv():
   outputs = []
   for cls in (nn.Conv, snn.Conv):
     layer = snn.SpectralNorm(cls(4, (3, 3), strides=2), beta=0.5)
-    variables = layer.init(jax.random.key(1), x, update_stats=False)
-    y, state = layer.apply(variables, x, update_stats=True, mutable=["spectral"])
-    outputs.append((y, state))
+
+    @jax.jit
+    def init_and_step(key, x, layer=layer):
+      variables = layer.init(key, x, update_stats=False)
+      return layer.apply(variables, x, update_stats=True, mutable=["spectral"])
+
+    outputs.append(init_and_step(jax.random.key(1), x))
   chex.assert_trees_all_close(outputs[0], outputs[1], rtol=RTOL, atol=RTOL)
 
 
