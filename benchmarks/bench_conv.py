@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--quick", action="store_true", help="batch 8, few repeats, no record")
   args = parser.parse_args(argv)
   batch = 8 if args.quick else 128
-  repeats = 4 if args.quick else 20
+  repeats = 4 if args.quick else 10
   rounds = 2 if args.quick else 5
   pgd_steps = 2 if args.quick else 10
   header = ["model", "task", *(f"{c} ms" for c in CONVS), "PyTorch ms", "flax / auto"]

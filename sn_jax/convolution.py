@@ -305,7 +305,11 @@ def choose_formulation(spec: ConvSpec, *, backend: str | None = None) -> str:
     stride-2 SAME layer 13.8 s and 2.9 s. Smaller kernels (3x3, 5x5 at stride 2; 3x3, 5x5 at
     stride 3) and single-channel input layers ran 1.1-3x faster directly. Known misses of the
     rule: a 6x6 stride-2 SAME layer (polyphase 1.6x slower) and a 1x1 stride-2 projection
-    (polyphase 1.5x faster).
+    (polyphase 1.5x faster). The slow path depends on the surrounding program, not only on the
+    layer: ELU-Net's jitted input gradient (batch 128) took 1.0 s with both strided layers
+    direct and 0.09 s with both polyphase, but inside PGD's ``fori_loop`` and a whole optax
+    training step the formulations were within the (large) noise of a shared machine.
+    ``benchmarks/bench_conv.py`` measures both.
   - GPU, TPU: ``'direct'``; cuDNN and the TPU compiler handle strided convolutions natively
     (not measured here: re-run the benchmark on the device and revise).
 
