@@ -75,27 +75,33 @@ def parse(argv: Sequence[str]) -> tuple[str, Any, str | None, list[float]]:
   return command, config, values.workdir, betas
 
 
-def _row(name: str, result: dict[str, Any]) -> str:
-  train, test = result["train"], result["test"]
-  return (
-    f"{name:<18}{test['clean']:>8.3f}{train['attack']:>9.3f}{test['attack']:>9.3f}"
-    f"{result['gap']:>8.3f}{test['eval_attack']:>10.3f}{result['step']:>7d}"
-  )
-
-
 def table(config: Any, results: dict[str, dict[str, Any]]) -> str:
-  """The side-by-side table the main job prints, one row per run."""
+  """The side-by-side table the main job prints, one row per run.
+
+  Columns: clean test accuracy, accuracy under the training attack on train and test, their
+  gap, the evaluation attack's test accuracy (when it differs from the training attack), steps.
+  """
   attack = config.attack.name.upper() if config.attack.name != "none" else "ERM"
+  extra = config.eval_attack.to_dict() != config.attack.to_dict()
+  top = f"{'':<18}{'clean':>8}{attack:>9}{attack:>9}{'gap':>8}"
+  bottom = f"{'':<18}{'test':>8}{'train':>9}{'test':>9}{'':>8}"
+  if extra:
+    top, bottom = top + f"{'eval atk':>10}", bottom + f"{'test':>10}"
   lines = [
     f"{config.model} on {config.dataset}, trained with {attack}; accuracies:",
-    f"{'':<18}{'clean':>8}{attack:>9}{attack:>9}{'gap':>8}{'eval atk':>10}{'steps':>7}",
-    f"{'':<18}{'test':>8}{'train':>9}{'test':>9}{'':>8}{'test':>10}",
+    top + f"{'steps':>7}",
+    bottom,
   ]
-  lines += [_row(name, result) for name, result in results.items()]
-  lines.append(
-    "gap = train minus test accuracy under the training attack; "
-    f"eval atk = {config.eval_attack.name.upper()} (config.eval_attack)."
-  )
+  for name, result in results.items():
+    train, test = result["train"], result["test"]
+    row = f"{name:<18}{test['clean']:>8.3f}{train['attack']:>9.3f}{test['attack']:>9.3f}"
+    row += f"{result['gap']:>8.3f}"
+    if extra:
+      row += f"{test['eval_attack']:>10.3f}"
+    lines.append(row + f"{result['step']:>7d}")
+  lines.append("gap = train minus test accuracy under the training attack.")
+  if extra:
+    lines.append(f"eval atk = {config.eval_attack.name.upper()} (config.eval_attack).")
   return "\n".join(lines)
 
 
