@@ -78,6 +78,19 @@ def depth_correction(sigmas: jax.typing.ArrayLike) -> jax.Array:
 
   Returns:
     A float scalar.
+
+  Raises:
+    ValueError: if ``sigmas`` is not a non-empty 1-D array.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sn_jax import analysis
+    >>> float(analysis.depth_correction(jnp.array([2.0, 3.0])))  # 1 + (1 + 2)
+    4.0
+
+  References:
+    Farnia, Zhang, Tse. Generalizable Adversarial Training via Spectral Normalization. ICLR
+    2019. https://arxiv.org/abs/1811.07457
   """
   sigmas = _as_sigmas(sigmas)
   partial_products = jnp.cumprod(jnp.concatenate([jnp.ones(1, sigmas.dtype), sigmas[:-1]]))
@@ -178,6 +191,13 @@ def bound_terms(
   Raises:
     ValueError: for empty or mismatched inputs.
 
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sn_jax import analysis
+    >>> terms = analysis.bound_terms(jnp.array([2.0, 1.0]), frobenius_sq=jnp.array([8.0, 2.0]))
+    >>> float(terms.spectral_product), float(terms.frobenius_ratio), float(terms.complexity)
+    (2.0, 4.0, 16.0)
+
   References:
     Neyshabur, Bhojanapalli, Srebro. A PAC-Bayesian Approach to Spectrally-Normalized Margin
     Bounds for Neural Networks. ICLR 2018. https://arxiv.org/abs/1707.09564
@@ -245,6 +265,19 @@ def certified_accuracy(radii: jax.typing.ArrayLike, radius_grid: jax.typing.Arra
 
   Returns:
     Shape ``(R,)``.
+
+  Raises:
+    ValueError: if ``radii`` or ``radius_grid`` is not 1-D.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sn_jax import analysis
+    >>> analysis.certified_accuracy(jnp.array([0.3, -1.0, 1.0]), jnp.array([0.0, 0.5])).tolist()
+    [0.6666666865348816, 0.3333333432674408]
+
+  References:
+    Tsuzuku, Sato, Sugiyama. Lipschitz-Margin Training. NeurIPS 2018.
+    https://arxiv.org/abs/1802.04034
   """
   radii, radius_grid = jnp.asarray(radii), jnp.asarray(radius_grid)
   if radii.ndim != 1 or radius_grid.ndim != 1:
@@ -255,7 +288,27 @@ def certified_accuracy(radii: jax.typing.ArrayLike, radius_grid: jax.typing.Arra
 
 
 def confidence(logits: jax.typing.ArrayLike) -> jax.Array:
-  """The top softmax probability of each example, shape ``(B,)`` from logits ``(B, K)``."""
+  """The top softmax probability of each example (Wen et al.'s confidence).
+
+  Args:
+    logits: shape ``(B, K)``.
+
+  Returns:
+    Shape ``(B,)``, in ``[1/K, 1]``.
+
+  Raises:
+    ValueError: if ``logits`` is not 2-D.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sn_jax import analysis
+    >>> analysis.confidence(jnp.zeros((1, 4))).tolist()
+    [0.25]
+
+  References:
+    Wen, Li, Jia. Towards Understanding the Regularization of Adversarial Robustness on Neural
+    Networks. ICML 2020. https://arxiv.org/abs/2011.07478
+  """
   logits = jnp.asarray(logits)
   if logits.ndim != 2:
     raise ValueError(f"`logits` must have shape (batch, num_classes), got {logits.shape}.")
@@ -279,6 +332,20 @@ def input_gradient_norms(
 
   Returns:
     Shape ``(B,)``.
+
+  Raises:
+    ValueError, TypeError: as :func:`margins`, for logits or labels of the wrong shape or type.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sn_jax import analysis
+    >>> kappa = analysis.input_gradient_norms(lambda x: x, jnp.array([[0.0, 0.0]]), jnp.array([0]))
+    >>> round(float(kappa[0]), 4)  # ||softmax - onehot|| = ||(-0.5, 0.5)||
+    0.7071
+
+  References:
+    Farnia, Zhang, Tse. Generalizable Adversarial Training via Spectral Normalization. ICLR
+    2019. https://arxiv.org/abs/1811.07457
   """
   x = jnp.asarray(x)
   if y is None:
@@ -305,6 +372,19 @@ def alignment(delta: jax.typing.ArrayLike, v: jax.typing.ArrayLike) -> jax.Array
 
   Returns:
     Shape ``(B,)``, in [0, 1].
+
+  Raises:
+    ValueError: if the shapes differ or have no batch axis.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sn_jax import analysis
+    >>> round(float(analysis.alignment(jnp.array([[1.0, 1.0]]), jnp.array([[-2.0, 0.0]]))[0]), 4)
+    0.7071
+
+  References:
+    Roth, Kilcher, Hofmann. Adversarial Training is a Form of Data-dependent Operator Norm
+    Regularization. NeurIPS 2020. https://arxiv.org/abs/1906.01527
   """
   delta, v = jnp.asarray(delta), jnp.asarray(v)
   if delta.shape != v.shape or delta.ndim < 2:
@@ -335,6 +415,21 @@ def shared_activation_fraction(
 
   Returns:
     Shape ``(B,)``, in [0, 1].
+
+  Raises:
+    ValueError: if ``x`` and ``x_perturbed`` differ in shape, or ``preactivations_fn`` returns
+      nothing.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sn_jax import analysis
+    >>> x, x_adv = jnp.array([[1.0, -1.0]]), jnp.array([[-1.0, -1.0]])
+    >>> analysis.shared_activation_fraction(lambda z: [z], x, x_adv).tolist()
+    [0.5]
+
+  References:
+    Roth, Kilcher, Hofmann. Adversarial Training is a Form of Data-dependent Operator Norm
+    Regularization. NeurIPS 2020. https://arxiv.org/abs/1906.01527
   """
   x, x_perturbed = jnp.asarray(x), jnp.asarray(x_perturbed)
   if x.shape != x_perturbed.shape:

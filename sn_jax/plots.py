@@ -101,6 +101,13 @@ def curves(
 
   Raises:
     ValueError: for an empty ``series`` or a series whose length differs from ``x``.
+
+  Example:
+    >>> import numpy as np
+    >>> from sn_jax import plots
+    >>> radii = np.linspace(0.0, 1.0, 11)
+    >>> plots.curves(radii, {'SN': 1 - radii}, '/tmp/certified.png', xlabel='radius')
+    '/tmp/certified.png'
   """
   x = np.asarray(x, dtype=np.float64).ravel()
   data = _check_series(series, "series")
