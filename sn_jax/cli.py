@@ -90,7 +90,7 @@ def table(config: Any, results: dict[str, dict[str, Any]]) -> str:
   lines = [
     f"{config.model} on {config.dataset}, trained with {attack}; accuracies:",
     top + f"{'steps':>7}",
-    bottom,
+    bottom.rstrip(),
   ]
   for name, result in results.items():
     train, test = result["train"], result["test"]
