@@ -255,7 +255,7 @@ def layer_singular_values(
   Args:
     kernel: a dense ``(in, out)`` or convolution (Flax layout) kernel.
     input_shape: one example's input shape.
-    k: how many singular values, 1 <= k <= prod(input_shape).
+    k: how many singular values, at most the smaller of the input and output sizes.
     num_iters: subspace iteration steps, >= 1.
     key: PRNG key for the random start; ``None`` uses ``jax.random.key(0)``.
     **conv_attributes: ``strides``, ``padding``, ``kernel_dilation``, ``feature_group_count``.
@@ -278,11 +278,16 @@ def layer_singular_values(
     Networks. ICML 2020. https://arxiv.org/abs/2011.07478
   """
   kernel = jnp.asarray(kernel)
-  operators.layer_operator(kernel, input_shape, **conv_attributes)  # validates everything
+  op = operators.layer_operator(kernel, input_shape, **conv_attributes)  # validates everything
   input_shape = tuple(int(d) for d in input_shape)
-  n = math.prod(input_shape)
+  n = min(
+    math.prod(input_shape),
+    math.prod(jax.eval_shape(op, jax.ShapeDtypeStruct(input_shape, jnp.float32)).shape),
+  )
   if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-    raise ValueError(f"`k` must be an int in [1, prod(input_shape)] = [1, {n}], got {k!r}.")
+    raise ValueError(
+      f"`k` must be an int in [1, min(input size, output size)] = [1, {n}], got {k!r}."
+    )
   power._check_num_iters(num_iters)
   attributes = ()
   if kernel.ndim > 2:
