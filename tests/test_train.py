@@ -195,7 +195,6 @@ def uninterrupted(tmp_path_factory):
 
 def test_one_real_step_on_mocked_tfds_mnist(tmp_path):
   config = _config(dataset="mnist", num_steps=1, num_validation=8, eval_batch_size=8)
-  config.attack.name = "fgm"
   with tfds.testing.mock_data(num_examples=40):
     result = loop.train_and_evaluate(config, str(tmp_path))
   assert result["step"] == 1
