@@ -157,7 +157,9 @@ def test_choose_formulation_rule():
 @pytest.mark.parametrize(
   "kernel_shape, input_shape, attributes, iterative",
   [
-    ((3, 3, 2, 3), (7, 6, 2), dict(strides=2, padding="SAME"), True),
+    ((3, 3, 2, 3), (7, 6, 2), dict(strides=2, padding="SAME"), False),
+    # 'auto' picks polyphase here on CPU, so conv_operator_norm runs on the polyphase map.
+    ((6, 6, 16, 3), (9, 8, 16), dict(strides=2, padding="VALID"), True),
     ((4, 2, 3), (9, 2), dict(strides=3, padding="CIRCULAR", kernel_dilation=2), False),
     ((2, 3, 1, 4), (5, 7, 2), dict(strides=(2, 3), padding="VALID", feature_group_count=2), False),
   ],
@@ -181,11 +183,9 @@ def test_linear_map_and_operator_norm_do_not_depend_on_the_formulation(
     np.testing.assert_allclose(
       sn_jax.exact_operator_norm(op(formulation), input_shape), exact, rtol=1e-5
     )
-    if iterative:  # Lanczos on the forced map agrees with conv_operator_norm (the 'auto' map).
-      sigma = sn_jax.operator_norm(op(formulation), input_shape, tol=1e-6, key=jax.random.key(0))
-      lanczos = sn_jax.conv_operator_norm(kernel, input_shape, tol=1e-6, **attributes)
-      np.testing.assert_allclose(sigma, lanczos, rtol=1e-4)
-      np.testing.assert_allclose(sigma, exact, rtol=1e-4)
+  if iterative:  # conv_operator_norm (Lanczos on the 'auto' map) equals every exact norm above.
+    lanczos = sn_jax.conv_operator_norm(kernel, input_shape, tol=1e-6, **attributes)
+    np.testing.assert_allclose(lanczos, exact, rtol=1e-4)
 
 
 def test_empty_output_has_flax_shape_in_every_formulation():
