@@ -49,12 +49,12 @@ def test_layer_operator_norms_and_top_k_match_the_svd():
   layers = spectra.collect_layers(_apply, X)
   norms = spectra.layer_operator_norms(layers, tol=1e-6)
   for layer, norm in zip(layers, norms, strict=True):
-    exact = _exact_singular_values(layer)
-    np.testing.assert_allclose(norm, exact[0], rtol=1e-4)
-    top = spectra.layer_singular_values(
-      layer.kernel, layer.input_shape, k=2, num_iters=100, **layer.attributes
-    )
-    np.testing.assert_allclose(top, exact[:2], rtol=1e-3)
+    np.testing.assert_allclose(norm, _exact_singular_values(layer)[0], rtol=1e-4)
+  strided = layers[0]  # stride 2, SAME padding: no closed form, the hardest case
+  top = spectra.layer_singular_values(
+    strided.kernel, strided.input_shape, k=3, num_iters=100, **strided.attributes
+  )
+  np.testing.assert_allclose(top, _exact_singular_values(strided)[:3], rtol=1e-3)
 
 
 def test_full_spectrum_matches_the_svd_where_exact():
