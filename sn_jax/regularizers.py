@@ -63,6 +63,12 @@ def _per_example_sq_norm(v: jax.Array) -> jax.Array:
   return jnp.sum(jnp.square(v).reshape(v.shape[0], -1), axis=1)
 
 
+def _safe_norm(r: jax.Array) -> jax.Array:
+  """Per-example ``||r_i||_2`` whose gradient is 0, not NaN, at ``r_i = 0``."""
+  sq = _per_example_sq_norm(r)
+  return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
+
+
 def _expand(s: jax.Array, like: jax.Array) -> jax.Array:
   """Broadcasts a per-example ``(B,)`` array against ``like`` of shape ``(B, ...)``."""
   return s.reshape(s.shape + (1,) * (like.ndim - 1))
@@ -201,7 +207,7 @@ def data_dependent_operator_norm(
   v0 = _varying_like(_dual_map(lax.stop_gradient(v0), p), x_const)
   v = lax.stop_gradient(lax.fori_loop(0, num_iters, step, v0))
   _, j_v = jax.jvp(logits_fn, (x,), (v,))
-  return jnp.sqrt(_per_example_sq_norm(j_v)), v
+  return _safe_norm(j_v), v
 
 
 def data_dependent_penalty(
@@ -317,12 +323,6 @@ def spectral_norm_penalty(sigmas: Mapping[str, jax.typing.ArrayLike] | Any) -> j
   if bad:
     raise ValueError(f"`sigmas` must hold scalars (one per layer), got shapes {bad}.")
   return sum(jnp.square(jnp.asarray(s)) for s in leaves)
-
-
-def _safe_norm(r: jax.Array) -> jax.Array:
-  """Per-example ``||r_i||_2`` whose gradient is 0, not NaN, at ``r_i = 0``."""
-  sq = _per_example_sq_norm(r)
-  return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
 
 
 def _worst_per_class(r_norm, group, labels, num_classes, num_top, largest):

@@ -104,6 +104,16 @@ def test_sigma_is_differentiable_and_v_is_not():
   np.testing.assert_allclose(grad, 3 * jnp.outer(u[:, 0], vt[0]), atol=2e-3)  # d sigma / dW
 
 
+def test_a_dead_network_gives_zero_sigma_and_finite_gradients():
+  def total_sigma(w):
+    logits_fn = lambda z: jax.nn.relu(z @ w)  # all ReLUs off at w = 0
+    return jnp.sum(regularizers.data_dependent_operator_norm(logits_fn, jnp.ones((2, 6)))[0])
+
+  assert float(total_sigma(jnp.zeros((6, 4)))) == 0.0
+  grad = jax.grad(total_sigma)(jnp.zeros((6, 4)))
+  assert bool(jnp.all(jnp.isfinite(grad)))
+
+
 def test_penalty_is_eps_squared_sigma_squared_for_a_linear_model():
   x = jax.random.normal(jax.random.key(11), (4, 6))
   penalty = regularizers.data_dependent_penalty(linear, x, eps=0.1, num_iters=60)
