@@ -18,7 +18,8 @@ import math
 import jax
 import timing
 
-from sn_jax import data, loop, train
+from sn_jax import config as config_lib
+from sn_jax import data, train
 
 ATTACKS = ("none", "fgm", "pgm", "wrm")
 BETA_SN = 2.0  # any finite beta runs the same work: one power iteration per layer per step
@@ -26,12 +27,12 @@ BETA_SN = 2.0  # any finite beta runs the same work: one power iteration per lay
 
 def step_runner(datasets, scale, parallel, *, attack, beta, batch_size):
   """A zero-argument function that runs one train step (state donated and carried along)."""
-  config = loop.default_config()
+  config = config_lib.default_config()
   config.attack.name, config.beta = attack, beta
   config.model, config.attack.eps = "elunet", 0.05  # the paper's MNIST network and l2 radius
-  model, tx = loop.make_model(config), loop.make_optimizer(config)
+  model, tx = config_lib.make_model(config), config_lib.make_optimizer(config)
   step = train.parallel_train_step(
-    parallel, model=model, tx=tx, attack=loop.make_attack(config.attack, scale=scale)
+    parallel, model=model, tx=tx, attack=config_lib.make_attack(config.attack, scale=scale)
   )
   state = train.create_train_state(model, tx, input_shape=(28, 28, 1), seed=0)
   carried = [parallel.replicate(state)]

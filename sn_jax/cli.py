@@ -9,7 +9,7 @@ Usage::
 
 ``FILE`` is an ``ml_collections`` config file (a ``get_config()`` function; see
 ``experiments/farnia2019/``); without ``--config`` the default of
-:func:`sn_jax.loop.default_config` is used. ``train`` resumes from the latest checkpoint in
+:func:`sn_jax.config.default_config` is used. ``train`` resumes from the latest checkpoint in
 ``DIR``; ``eval`` evaluates it.
 """
 
@@ -25,6 +25,7 @@ from typing import Any
 from absl import flags
 from ml_collections import config_flags
 
+from sn_jax import config as config_lib
 from sn_jax import loop
 
 COMMANDS = ("compare", "train", "eval")
@@ -58,7 +59,7 @@ def parse(argv: Sequence[str]) -> tuple[str, Any, str | None, list[float]]:
       config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=["sn-jax", *argv])
     else:
       config_flags.DEFINE_config_dict(
-        "config", loop.default_config(), flag_values=values, sys_argv=["sn-jax", *argv]
+        "config", config_lib.default_config(), flag_values=values, sys_argv=["sn-jax", *argv]
       )
     flags.DEFINE_string("workdir", None, "the run's directory", flag_values=values)
     flags.DEFINE_string(
@@ -130,7 +131,7 @@ def run(argv: Sequence[str]) -> int:
     else:
       with tempfile.TemporaryDirectory(prefix="sn_jax_") as scratch:
         results = compare(config, workdir or scratch, betas)
-  except (loop.ConfigError, FileNotFoundError) as e:  # bad input, not a bug: no traceback
+  except (config_lib.ConfigError, FileNotFoundError) as e:  # bad input, not a bug: no traceback
     raise UsageError(str(e)) from e
   interrupted = [r["interrupted"] for r in results.values() if r["interrupted"] is not None]
   if interrupted:

@@ -7,13 +7,14 @@ import sys
 
 import pytest
 
-from sn_jax import cli, data, loop
+from sn_jax import cli, data
+from sn_jax import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXPERIMENTS = sorted((ROOT / "experiments" / "farnia2019").glob("*.py"))
 
 TINY_CONFIG = """
-from sn_jax.loop import default_config
+from sn_jax.config import default_config
 
 
 def get_config():
@@ -29,7 +30,7 @@ def get_config():
 def test_no_arguments_is_the_main_job_with_the_default_config():
   command, config, workdir, betas = cli.parse([])
   assert command == "compare" and workdir is None
-  assert config.to_dict() == loop.default_config().to_dict()
+  assert config.to_dict() == config_lib.default_config().to_dict()
   assert betas == [math.inf, 1.6]
 
 
@@ -111,26 +112,26 @@ def test_experiment_configs_are_valid(path):
   namespace = {}
   exec(compile(path.read_text(), str(path), "exec"), namespace)
   for spec in ("erm", "fgm", "pgm,runlocal", "wrm"):
-    loop.validate_config(namespace["get_config"](spec), num_devices=4)
+    config_lib.validate_config(namespace["get_config"](spec), num_devices=4)
   assert "sn-jax train --config experiments/farnia2019/" in namespace["__doc__"]
 
 
 def test_farnia2019_config_follows_the_paper():
-  config = loop.farnia2019_config("cifar10", "alexnet", "pgm,linf")
+  config = config_lib.farnia2019_config("cifar10", "alexnet", "pgm,linf")
   assert (config.optimizer, config.learning_rate, config.momentum) == ("sgd", 0.01, 0.9)
   assert (config.attack.norm, config.attack.eps, config.attack.relative) == (math.inf, 0.1, False)
   assert config.batch_size == 128 and config.num_validation == 500
   assert config.early_stop_accuracy == 0.999 and config.num_epochs == 200
   assert (config.attack.name, config.eval_attack.name) == ("pgm", "pgm")
-  l2 = loop.farnia2019_config("cifar10", "mlp1", "fgm")
+  l2 = config_lib.farnia2019_config("cifar10", "mlp1", "fgm")
   assert (l2.attack.eps, l2.attack.relative, l2.attack.gamma) == (0.05, True, 0.002)
   assert (l2.optimizer, l2.eval_attack.name) == ("adam", "pgm")
-  mnist = loop.farnia2019_config("mnist", "elunet", "wrm")
+  mnist = config_lib.farnia2019_config("mnist", "elunet", "wrm")
   assert (mnist.optimizer, mnist.learning_rate) == ("adam", 1e-3)
   assert (mnist.attack.gamma, mnist.attack.relative) == (0.04, True)
   with pytest.raises(ValueError, match=r"`linf` applies to 'fgm' and 'pgm' only, got attack='wrm'"):
-    loop.farnia2019_config("mnist", "elunet", "wrm,linf")
+    config_lib.farnia2019_config("mnist", "elunet", "wrm,linf")
   with pytest.raises(
     ValueError, match=r"`spec` options must be 'linf' or 'runlocal', got \['fast'\]"
   ):
-    loop.farnia2019_config("mnist", "elunet", "pgm,fast")
+    config_lib.farnia2019_config("mnist", "elunet", "pgm,fast")

@@ -18,6 +18,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import sn_jax
+from sn_jax import config as config_lib
 from sn_jax import data, loop, train
 
 
@@ -166,7 +167,7 @@ def test_eval_step_counts_with_padding():
 
 
 def _config(**overrides):
-  config = loop.default_config()
+  config = config_lib.default_config()
   config.batch_size, config.eval_batch_size, config.num_steps = 32, 200, 6
   config.log_every, config.checkpoint_every, config.num_eval_train = 2, 3, 200
   # ERM keeps the loop tests fast; the attacks run in the step tests and the mock_data test.
@@ -178,7 +179,10 @@ def _config(**overrides):
 
 def _params(workdir, config):
   template = train.create_train_state(
-    loop.make_model(config), loop.make_optimizer(config), input_shape=(28, 28, 1), seed=config.seed
+    config_lib.make_model(config),
+    config_lib.make_optimizer(config),
+    input_shape=(28, 28, 1),
+    seed=config.seed,
   )
   manager = loop._checkpoint_manager(str(workdir), config, create=False)
   state, _ = loop._restore(manager, jax.device_get(template))
@@ -272,7 +276,7 @@ def test_bad_config_values_name_the_field(field, value, message):
   config = _config()
   config[field] = value
   with pytest.raises(ValueError, match=message):
-    loop.validate_config(config, num_devices=4)
+    config_lib.validate_config(config, num_devices=4)
 
 
 @pytest.mark.parametrize(
@@ -287,7 +291,7 @@ def test_bad_attack_values_name_the_field(field, value, message):
   config = _config()
   config.attack[field] = value
   with pytest.raises(ValueError, match=message):
-    loop.validate_config(config, num_devices=4)
+    config_lib.validate_config(config, num_devices=4)
 
 
 WORKER = """
