@@ -3,6 +3,7 @@
 import functools
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -218,6 +219,15 @@ def test_a_run_checkpoints_logs_and_evaluates(uninterrupted):
   assert lines[-1]["test"] == result["test"]
   assert result["gap"] == pytest.approx(result["train"]["attack"] - result["test"]["attack"])
   assert json.loads((workdir / "results.json").read_text())["test"] == result["test"]
+
+
+def test_rerunning_a_finished_run_only_evaluates(uninterrupted, tmp_path):
+  workdir, result = uninterrupted
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy)
+  again = loop.train_and_evaluate(_config(), str(copy))
+  assert again["step"] == 6 and again["test"] == result["test"]
+  assert sorted(os.listdir(copy / "checkpoints")) == ["3", "6"]
 
 
 def test_a_signal_saves_and_stops_and_the_rerun_resumes_bit_identical(
