@@ -138,6 +138,28 @@ def test_the_step_compiles_once():
   assert len(traces) == 1
 
 
+def test_a_regularizer_adds_its_weighted_term_to_the_loss():
+  parallel = train.DataParallel(devices=jax.devices()[:1])
+  model, tx = Tiny(), optax.sgd(0.1)
+  state = train.create_train_state(model, tx, input_shape=(28, 28, 1), seed=0)
+  x, y = _batches(1, 8)[0]
+
+  def l2(logits_fn_of, params, x, y):
+    del logits_fn_of, x, y
+    return sum(jnp.sum(p**2) for p in jax.tree.leaves(params))
+
+  step = parallel.wrap(
+    functools.partial(train.train_step, model=model, tx=tx, regularizer=l2, regularizer_weight=0.5)
+  )
+  _, metrics = step(parallel.replicate(state), parallel.shard((x, y)))
+  variables = {"params": state.params, "spectral": state.spectral}
+  logits, _ = model.apply(variables, x, update_stats=True, mutable=["spectral"])
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  expected = l2(None, state.params, None, None)
+  np.testing.assert_allclose(metrics["regularizer"], expected, rtol=1e-6)
+  np.testing.assert_allclose(metrics["loss"], ce + 0.5 * expected, rtol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["shard_map", "pmap"])
 def test_a_batch_not_divisible_by_the_devices_is_a_clear_error(mode):
   parallel = train.DataParallel(mode=mode)
@@ -275,6 +297,7 @@ def test_a_signal_saves_and_stops_and_the_rerun_resumes_bit_identical(
     ("batch_size", 30, r"config.batch_size must be .*got 30"),
     ("optimizer", "lbfgs", r"config.optimizer must be one of \('adam', 'sgd'\), got 'lbfgs'"),
     ("adv_weight", 1.5, r"config.adv_weight must be in \[0, 1\], got 1.5"),
+    ("regularizer", {"name": "dropout", "weight": 1.0, "options": {}}, r"config.regularizer: "),
     (
       "model_options",
       {"depth": 3},
