@@ -72,7 +72,7 @@ def _random_configs(count, seed=0):
   return configs
 
 
-CONFIGS = _random_configs(12)
+CONFIGS = _random_configs(10)
 
 
 def _layer_attributes(config):
