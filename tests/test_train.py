@@ -220,15 +220,20 @@ def uninterrupted(tmp_path_factory):
   return workdir, result
 
 
-def test_one_real_step_on_mocked_tfds_mnist(tmp_path):
-  config = _config(dataset="mnist", num_steps=1, num_validation=8, eval_batch_size=8)
+def test_real_steps_on_mocked_tfds_mnist_until_early_stopping(tmp_path):
+  # 40 mocked training images in batches of 8: 5 steps per epoch. Any accuracy >= 0 meets the
+  # early-stopping rule after one epoch, so the run stops at step 5 of the 15 it could take.
+  config = _config(dataset="mnist", num_steps=0, num_epochs=3, batch_size=8, log_every=100)
+  config.update(num_validation=8, eval_batch_size=8, early_stop_epochs=1, early_stop_accuracy=0.0)
   with tfds.testing.mock_data(num_examples=40):
     result = loop.train_and_evaluate(config, str(tmp_path))
-  assert result["step"] == 1
+  assert result["step"] == 5 and result["stopped_early"]
   assert set(result) >= {"train", "validation", "test", "gap", "sigmas"}
   assert set(result["sigmas"]) == {"conv", "fc"}
   for name in ("clean", "attack", "eval_attack"):
     assert 0.0 <= result["test"][name] <= 1.0
+  epoch = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+  assert (epoch["step"], epoch["epoch"]) == (5, 0)
 
 
 def test_a_run_checkpoints_logs_and_evaluates(uninterrupted):
