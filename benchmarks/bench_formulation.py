@@ -24,29 +24,29 @@ import timing
 
 from sn_jax import convolution
 
-# (kernel, stride, dilation, C_in, C_out, spatial): ELU-Net's and ResNet-like strided layers,
-# a 1x1 projection, a stride-3 and a dilated one; each at the sizes where they occur.
+# (kernel, stride, dilation, (C_in, C_out), spatial, padding): ELU-Net's and ResNet-like strided
+# layers, a 1x1 projection, a stride-3 and a dilated one; each at the sizes where they occur.
 FULL_GRID = [
-  *((k, 2, 1, (1, 64), 28) for k in (1, 3, 5, 6, 8)),
-  *((k, 2, 1, (64, 128), 14) for k in (1, 3, 5, 6, 8)),
-  (3, 2, 2, (64, 128), 14),
-  *((k, 3, 1, (16, 32), 28) for k in (3, 5)),
-  (3, 2, 1, (128, 256), 8),
+  *((k, 2, 1, (1, 64), 28, "SAME") for k in (1, 3, 5, 6, 8)),
+  *((k, 2, 1, (64, 128), 14, p) for k in (1, 3, 5, 6, 8) for p in ("SAME", "VALID")),
+  (3, 2, 2, (64, 128), 14, "SAME"),
+  *((k, 3, 1, (16, 32), 28, "SAME") for k in (3, 5)),
+  (3, 2, 1, (128, 256), 8, "SAME"),
 ]
-QUICK_GRID = [(8, 2, 1, (1, 8), 12), (3, 2, 2, (4, 8), 9)]
+QUICK_GRID = [(8, 2, 1, (1, 8), 12, "SAME"), (3, 2, 2, (4, 8), 9, "VALID")]
 
 
-def loss(kernels, x, *, strides, dilation, formulation):
+def loss(kernels, x, *, strides, dilation, padding, formulation):
   """The strided layer behind a 1x1 layer, as in a network; a quadratic loss of its output."""
   pre, kernel = kernels
   h = jax.nn.elu(convolution.conv(x, pre))
   y = convolution.conv(
-    h, kernel, strides=strides, padding="SAME", kernel_dilation=dilation, formulation=formulation
+    h, kernel, strides=strides, padding=padding, kernel_dilation=dilation, formulation=formulation
   )
   return jnp.sum(jax.nn.elu(y) ** 2)
 
 
-def measure(kernel_size, stride, dilation, c_in, c_out, size, *, batch, repeats, rounds):
+def measure(kernel_size, stride, dilation, c_in, c_out, size, padding, *, batch, repeats, rounds):
   """Median seconds of the gradient in (kernels, input), per formulation, timed side by side."""
   keys = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(keys[0], (batch, size, size, c_in))
@@ -56,7 +56,9 @@ def measure(kernel_size, stride, dilation, c_in, c_out, size, *, batch, repeats,
   fns = {}
   for formulation in ("direct", "polyphase"):
     grad = jax.grad(
-      functools.partial(loss, strides=stride, dilation=dilation, formulation=formulation),
+      functools.partial(
+        loss, strides=stride, dilation=dilation, padding=padding, formulation=formulation
+      ),
       argnums=(0, 1),
     )
     compiled = jax.jit(grad).lower((pre, kernel), x).compile()
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
   batch = args.batch or (4 if args.quick else 128)
   repeats = 4 if args.quick else 6
   rows = []
-  for kernel_size, stride, dilation, (c_in, c_out), size in grid:
+  for kernel_size, stride, dilation, (c_in, c_out), size, padding in grid:
     direct, polyphase = measure(
       kernel_size,
       stride,
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
       c_in,
       c_out,
       size,
+      padding,
       batch=batch,
       repeats=repeats,
       rounds=2 if args.quick else 3,
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
       c_in,
       strides=stride,
       kernel_dilation=dilation,
-      padding="SAME",
+      padding=padding,
     )
     rows.append(
       [
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         dilation,
         f"{c_in}->{c_out}",
         f"{size}x{size}",
+        padding,
         direct * 1e3,
         polyphase * 1e3,
         direct / polyphase,
@@ -113,13 +117,14 @@ def main(argv: list[str] | None = None) -> None:
     "dilation",
     "channels",
     "input",
+    "padding",
     "direct ms",
     "polyphase ms",
     "speed-up",
     "auto picks",
   ]
   notes = (
-    f"Batch {batch}, SAME padding; gradient of sum(elu(conv_strided(elu(conv_1x1(x))))^2) in "
+    f"Batch {batch}; gradient of sum(elu(conv_strided(elu(conv_1x1(x))))^2) in "
     "the input and both kernels, jitted; medians of interleaved runs. speed-up = direct / "
     "polyphase."
   )
