@@ -72,8 +72,9 @@ def test_half_precision_kernels_are_computed_in_float32():
   assert sn_jax.clip_conv_operator_norm(kernel, (4, 4), 1.0).dtype == jnp.bfloat16
 
 
-@pytest.mark.parametrize("strides", [1, 2])
-@pytest.mark.parametrize("kernel_size,dilation", [((3, 3), 1), ((2, 3), 1), ((3, 2), (2, 1))])
+@pytest.mark.parametrize(
+  "kernel_size,dilation,strides", [((3, 3), 1, 1), ((2, 3), 1, 2), ((3, 2), (2, 1), 2)]
+)
 def test_circular_padding_is_the_fft_convolution_up_to_a_shift(kernel_size, dilation, strides):
   # Flax's CIRCULAR pads ((D-1)//2, D//2) with wrap; the FFT route computes
   # y[m] = sum_j x[m + j] h[j] on the circular grid (h: the dilated kernel at positions d*k).
@@ -144,7 +145,7 @@ def test_zero_padding_bound_tightens_as_the_input_grows():
     ((5, 4, 3), (16,), {"strides": 2}),
   ],
 )
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_gram_bound_is_above_and_within_one_percent(kernel_shape, spatial, attrs, seed):
   kernel = _kernel(kernel_shape, seed)
   exact = float(sn_jax.fourier_conv_operator_norm(kernel, spatial, **attrs))
@@ -178,8 +179,9 @@ def test_gram_bound_and_fourier_norm_are_differentiable():
   plus = sn_jax.fourier_conv_operator_norm(kernel + eps * direction, (6, 6))
   minus = sn_jax.fourier_conv_operator_norm(kernel - eps * direction, (6, 6))
   np.testing.assert_allclose(jnp.vdot(grad_exact, direction), (plus - minus) / (2 * eps), rtol=1e-2)
-  zero_grad = jax.grad(lambda k: sn_jax.gram_iteration_bound(k, (6, 6)))(jnp.zeros_like(kernel))
-  assert jnp.all(jnp.isfinite(zero_grad))
+  for norm_fn in (sn_jax.gram_iteration_bound, sn_jax.fourier_conv_operator_norm):
+    zero_grad = jax.grad(lambda k, f=norm_fn: f(k, (6, 6)))(jnp.zeros_like(kernel))
+    assert jnp.all(jnp.isfinite(zero_grad))
   assert sn_jax.gram_iteration_bound(jnp.zeros_like(kernel), (6, 6)) < 1e-15
 
 
