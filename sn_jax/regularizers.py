@@ -260,26 +260,34 @@ def data_dependent_penalty(
   return jnp.mean(_per_example_sq_norm(diff))
 
 
-def reshaped_kernel_sigmas(params: Any) -> dict[str, jax.Array]:
+def reshaped_kernel_sigmas(
+  params: Any, *, tol: float = 1e-5, num_iters: int = 500
+) -> dict[str, jax.Array]:
   """The spectral norm of every kernel in a parameter tree, reshaped to ``(-1, C_out)``.
 
   This is Yoshida & Miyato's per-layer quantity: dense kernels as they are, convolution kernels
-  reshaped to a matrix (which ignores stride, padding and input size). For the true operator
-  norms of an SN model use the sigmas its ``'spectral'`` state holds, or
-  :func:`sn_jax.analysis.layer_operator_norms`.
+  reshaped to a matrix (which ignores stride, padding and input size). Each norm comes from
+  Lanczos (:func:`sn_jax.operator_norm`, stopped at relative residual ``tol``), far cheaper than
+  an SVD of a large kernel; its gradient is ``u v^T`` with the converged singular vectors. For
+  the true operator norms use :func:`sn_jax.spectra.layer_operator_norms`.
 
   Args:
     params: a parameter pytree; every leaf whose key is ``'kernel'`` and has rank >= 2 counts.
+    tol, num_iters: the stopping test (> 0) and budget (>= 1) of the Lanczos iteration.
 
   Returns:
     A dict from the ``'/'``-joined path of each kernel to its sigma, a float scalar that is
     differentiable in the kernel.
 
+  Raises:
+    ValueError: for ``tol`` <= 0 or ``num_iters`` < 1.
+
   Example:
     >>> import jax.numpy as jnp
     >>> from sn_jax import regularizers
-    >>> regularizers.reshaped_kernel_sigmas({'Dense_0': {'kernel': 2 * jnp.eye(3)}})
-    {'Dense_0/kernel': Array(2., dtype=float32)}
+    >>> sigmas = regularizers.reshaped_kernel_sigmas({'Dense_0': {'kernel': 2 * jnp.eye(3)}})
+    >>> {name: round(float(s), 4) for name, s in sigmas.items()}
+    {'Dense_0/kernel': 2.0}
 
   References:
     Yoshida, Miyato. Spectral Norm Regularization for Improving the Generalizability of Deep
@@ -289,7 +297,11 @@ def reshaped_kernel_sigmas(params: Any) -> dict[str, jax.Array]:
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
     names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
     if names and names[-1] == "kernel" and jnp.ndim(leaf) >= 2:
-      sigmas["/".join(names)] = operators.reshaped_kernel_norm(leaf)
+      matrix = jnp.reshape(leaf, (-1, jnp.shape(leaf)[-1]))
+      op = operators.dense_operator(matrix)
+      sigmas["/".join(names)] = power.operator_norm(
+        op, matrix.shape[:1], tol=tol, num_iters=num_iters
+      )
   return sigmas
 
 
@@ -522,8 +534,8 @@ def make_regularizer(name: str, **options: Any) -> Regularizer:
     power method from a random vector each batch and never warm-start).
   - ``'spectral_norm'``: :func:`spectral_norm_penalty` of ``sigmas='reshaped'`` kernels
     (Yoshida & Miyato, the default) or ``sigmas='operator'``, the true operator norms of the
-    layers the model applies (:func:`sn_jax.spectra.layer_operator_norms`, Lanczos each step:
-    exact but costly), with ``tol`` and ``num_iters``.
+    layers the model applies (:func:`sn_jax.spectra.layer_operator_norms`: Lanczos on each
+    convolution's true map every step, costlier); both take ``tol`` and ``num_iters``.
   - ``'amm'``: :func:`amm_regularizer` with its options (``lmbd``, ``c``, ``d`` required); use
     weight 1, since ``lmbd`` is AMM's weight and its clip depends on it.
 
@@ -559,7 +571,7 @@ def make_regularizer(name: str, **options: Any) -> Regularizer:
     def regularizer(logits_fn_of, params, x, y):
       del y
       if sigmas == "reshaped":
-        return spectral_norm_penalty(reshaped_kernel_sigmas(params))
+        return spectral_norm_penalty(reshaped_kernel_sigmas(params, **options))
       layers = spectra.collect_layers(logits_fn_of(params), x)
       return spectral_norm_penalty(list(spectra.layer_operator_norms(layers, **options)))
 

@@ -189,6 +189,8 @@ def test_reshaped_kernel_sigmas_and_the_penalty_and_its_gradient():
 
 
 def test_spectral_norm_penalty_errors():
+  with pytest.raises(ValueError, match="`tol` must be > 0"):
+    regularizers.reshaped_kernel_sigmas({"Dense_0": {"kernel": jnp.eye(2)}}, tol=0.0)
   with pytest.raises(ValueError, match="`sigmas` must hold at least one"):
     regularizers.spectral_norm_penalty({})
   with pytest.raises(ValueError, match=r"`sigmas` must hold scalars .* \[\(2,\)\]"):
