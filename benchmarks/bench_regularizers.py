@@ -2,7 +2,7 @@
 
 ELU-Net on MNIST-shaped batches of the embedded digits, Adam, the full data-parallel train step
 of :mod:`sn_jax.train` (``shard_map`` over all devices), every step configured through
-:mod:`sn_jax.loop` exactly as ``sn-jax train`` would, and timed side by side with
+:mod:`sn_jax.config` exactly as ``sn-jax train`` would, and timed side by side with
 ``timing.time_side_by_side``. The reference is PGD with 10 steps (l2, ``eps = 0.05 C2``), the
 attack Roth et al. compare their data-dependent regularizer against.
 
@@ -17,7 +17,8 @@ import argparse
 import jax
 import timing
 
-from sn_jax import data, loop, train
+from sn_jax import config as config_lib
+from sn_jax import data, train
 
 # name -> (attack name, regularizer name, regularizer options); eps of d.d. SNR is set from C2.
 STEPS = {
@@ -41,19 +42,20 @@ REFERENCE = "PGD-10 adversarial"
 
 def step_runner(datasets, scale, parallel, *, attack, regularizer, options, batch_size):
   """A zero-argument function that runs one train step (state donated and carried along)."""
-  config = loop.default_config()
+  config = config_lib.default_config()
+  config.model, config.attack.eps = "elunet", 0.05  # the paper's MNIST network and l2 radius
   config.attack.name, config.attack.num_steps = attack, 10
   config.regularizer.name, config.regularizer.weight = regularizer, 1.0
   if regularizer == "data_dependent":
     options = {**options, "eps": 0.05 * scale}
   config.regularizer.options.update(options)
-  model, tx = loop.make_model(config), loop.make_optimizer(config)
+  model, tx = config_lib.make_model(config), config_lib.make_optimizer(config)
   step = train.parallel_train_step(
     parallel,
     model=model,
     tx=tx,
-    attack=loop.make_attack(config.attack, scale=scale),
-    regularizer=loop.make_regularizer(config.regularizer),
+    attack=config_lib.make_attack(config.attack, scale=scale),
+    regularizer=config_lib.make_regularizer(config.regularizer),
     regularizer_weight=config.regularizer.weight,
   )
   state = train.create_train_state(model, tx, input_shape=(28, 28, 1), seed=0)
