@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from sn_jax import attacks, operators, power, spectra
+from sn_jax._varying import varying_like
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -92,23 +93,6 @@ def _check_p(p: Any) -> float:
   if isinstance(p, bool) or not isinstance(p, (int, float)) or p not in (2, math.inf):
     raise ValueError(f"`p` must be 2 or jnp.inf (the input norm), got {p!r}.")
   return float(p)
-
-
-def _varying_axes(a: jax.Array) -> frozenset:
-  """The manual mesh axes ``a`` varies over (``.manual_axis_type.varying``; ``.vma`` before)."""
-  aval = jax.typeof(a)
-  axis_type = getattr(aval, "manual_axis_type", None)
-  return axis_type.varying if axis_type is not None else getattr(aval, "vma", frozenset())
-
-
-def _varying_like(v: jax.Array, x: jax.Array) -> jax.Array:
-  """``v`` marked as varying over the same manual mesh axes as ``x`` (inside ``shard_map``).
-
-  A tangent or cotangent must have its primal's type, and under ``shard_map`` that includes
-  the axes a value varies over; a fresh random start does not vary until told so.
-  """
-  missing = tuple(_varying_axes(x) - _varying_axes(v))
-  return lax.pcast(v, missing, to="varying") if missing else v
 
 
 def _frozen_logits_fn(logits_fn: LogitsFn, x: jax.Array) -> LogitsFn:
@@ -204,7 +188,7 @@ def data_dependent_operator_norm(
     moved = _per_example_sq_norm(v_new) > 0
     return jnp.where(_expand(moved, v), v_new, v)
 
-  v0 = _varying_like(_dual_map(lax.stop_gradient(v0), p), x_const)
+  v0 = varying_like(_dual_map(lax.stop_gradient(v0), p), x_const)
   v = lax.stop_gradient(lax.fori_loop(0, num_iters, step, v0))
   _, j_v = jax.jvp(logits_fn, (x,), (v,))
   return _safe_norm(j_v), v

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from sn_jax._varying import varying_like
 from sn_jax.attacks._common import (
   LogitsFn,
   _check_int,
@@ -101,7 +102,7 @@ def deepfool_perturbation(
 
   def step(_, r):
     g, pullback, logits = jax.vjp(margins, x + scale * r, has_aux=True)  # g: (B, K)
-    cotangents = jnp.broadcast_to(eye[:, None, :], (eye.shape[0], *g.shape))
+    cotangents = varying_like(jnp.broadcast_to(eye[:, None, :], (eye.shape[0], *g.shape)), g)
     (w,) = jax.vmap(pullback)(cotangents)  # (K, B, ...)
     w_sq = jnp.sum(jnp.square(w.reshape(*w.shape[:2], -1)), axis=-1).T  # (B, K)
     safe_w_sq = jnp.where(w_sq > 0, w_sq, 1)
