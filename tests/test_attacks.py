@@ -18,6 +18,13 @@ KEY = jax.random.key(0)
 RNG = np.random.default_rng(0)
 
 
+@pytest.fixture(autouse=True)
+def _reseed():
+  """Every test draws the same data whatever ran before it (pytest-xdist reorders tests)."""
+  global RNG
+  RNG = np.random.default_rng(0)
+
+
 def normal(*shape):
   return RNG.standard_normal(shape).astype(np.float32)
 
