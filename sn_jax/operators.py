@@ -152,7 +152,7 @@ def conv_operator_norm(
   padding: conv_lib.PaddingLike = "SAME",
   kernel_dilation: conv_lib.IntOrSequence = 1,
   feature_group_count: int = 1,
-  num_iters: int = 500,
+  num_iters: int = 2000,
   tol: float = 1e-5,
   key: jax.Array | None = None,
   method: str = "lanczos",
