@@ -19,7 +19,8 @@ power-iteration state is created for that size.
 ``'reshaped'`` (``flax.linen.SpectralNorm`` with ``n_steps=num_iters`` and its state in
 ``'spectral'``: the kernel reshaped to a matrix and always divided by its norm, so ``beta`` is
 ignored; Miyato et al.'s normalization) or ``'none'`` (the plain layers, ``params[name]``, no
-state, no power iteration: the cost floor).
+state, no power iteration: the cost floor). With ``'operator'``, ``method`` (``'power'``,
+``'fourier'``, ``'gram'``) picks how :class:`sn_jax.nn.SpectralNorm` computes sigma.
 
 The paper's quirks are kept by default and listed in each model's docstring. Build models by
 name with :func:`get_model`.
@@ -113,6 +114,7 @@ class _Model(nn.Module):
   num_iters: int = 1
   num_classes: int = 10
   normalization: str = "operator"
+  method: str = "power"
 
   def _layer(self, cls, kwargs, x, name, update_stats):
     """Builds ``cls(**kwargs)`` as the layer ``name``, wrapped as ``normalization`` asks."""
@@ -124,7 +126,9 @@ class _Model(nn.Module):
       return cls(**kwargs, name=name)(x)
     layer = cls(**kwargs, parent=None)
     if self.normalization == "operator":
-      wrapped = SpectralNorm(layer, beta=self.beta, num_iters=self.num_iters, name=name)
+      wrapped = SpectralNorm(
+        layer, beta=self.beta, num_iters=self.num_iters, method=self.method, name=name
+      )
     else:
       wrapped = nn.SpectralNorm(
         layer, n_steps=self.num_iters, collection_name="spectral", name=name
@@ -408,7 +412,8 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
     name: one of ``'mlp1'``, ``'mlp2'``, ``'softmax'``, ``'elunet'``, ``'alexnet'``,
       ``'inception'``, ``'resnet'``, ``'lenet'``, ``'mlp800'``, ``'tiny'``.
     **kwargs: the model's attributes: ``beta``, ``num_iters``, ``num_classes``,
-      ``normalization`` (``'operator'``, ``'reshaped'``, ``'none'``) for all, and
+      ``normalization`` (``'operator'``, ``'reshaped'``, ``'none'``) and ``method``
+      (``'power'``, ``'fourier'``, ``'gram'``, for ``'operator'``) for all, and
       ``activation`` (MLPs, AlexNet), ``hidden`` (MLPs), ``blocks_per_stage`` (ResNet),
       ``dropout_rate`` (MLP-800).
 

@@ -180,3 +180,23 @@ def test_normalization_modes():
   assert sorted(state["spectral"]) == ["conv", "fc"]
   with pytest.raises(ValueError, match=r"`normalization` must be one of .*got 'fourier'"):
     models.get_model("tiny", normalization="fourier").init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("method", ["fourier", "gram"])
+def test_method_reaches_every_spectral_norm_layer(method):
+  # Fourier and Gram norms are exact for dense kernels from the first call; one power-iteration
+  # step at init is not, so matching the SVD shows the model handed `method` down.
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
+  variables = models.get_model("tiny", method=method).init(jax.random.key(0), x)
+  dense = {
+    name: entry["layer"]["kernel"]
+    for name, entry in variables["params"].items()
+    if entry["layer"]["kernel"].ndim == 2
+  }
+  assert dense
+  norms = snn.spectral_norms(variables)
+  for name, kernel in dense.items():
+    (sigma,) = [v.sigma for path, v in norms.items() if name in str(path)]
+    np.testing.assert_allclose(
+      sigma, np.linalg.svd(np.asarray(kernel), compute_uv=False)[0], rtol=1e-4
+    )
