@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 
+import bench_train
 import jax
 import timing
 
-from sn_jax import config as config_lib
 from sn_jax import data, train
 
 # name -> (attack name, regularizer name, regularizer options); eps of d.d. SNR is set from C2.
@@ -40,33 +40,15 @@ STEPS = {
 REFERENCE = "PGD-10 adversarial"
 
 
-def step_runner(datasets, scale, parallel, *, attack, regularizer, options, batch_size):
-  """A zero-argument function that runs one train step (state donated and carried along)."""
-  config = config_lib.default_config()
-  config.model, config.attack.eps = "elunet", 0.05  # the paper's MNIST network and l2 radius
-  config.attack.name, config.attack.num_steps = attack, 10
+def regularizer_config(scale, *, attack, regularizer, options):
+  """ELU-Net's benchmark config with PGD at 10 steps and ``regularizer`` at weight 1."""
+  config = bench_train.elunet_config(attack=attack)
+  config.attack.num_steps = 10
   config.regularizer.name, config.regularizer.weight = regularizer, 1.0
   if regularizer == "data_dependent":
     options = {**options, "eps": 0.05 * scale}
   config.regularizer.options.update(options)
-  model, tx = config_lib.make_model(config), config_lib.make_optimizer(config)
-  step = train.parallel_train_step(
-    parallel,
-    model=model,
-    tx=tx,
-    attack=config_lib.make_attack(config.attack, scale=scale),
-    regularizer=config_lib.make_regularizer(config.regularizer),
-    regularizer_weight=config.regularizer.weight,
-  )
-  state = train.create_train_state(model, tx, input_shape=(28, 28, 1), seed=0)
-  carried = [parallel.replicate(state)]
-  batch = parallel.shard(next(data.batches(datasets.train, batch_size=batch_size, seed=0, epoch=0)))
-
-  def run():
-    carried[0], metrics = step(carried[0], batch)
-    return metrics
-
-  return run
+  return config
 
 
 def main() -> None:
@@ -79,13 +61,11 @@ def main() -> None:
   scale = data.mean_norm(datasets.train)
   parallel = train.DataParallel(mode=args.parallel)
   runners = {
-    name: step_runner(
+    name: bench_train.step_runner(
+      regularizer_config(scale, attack=attack, regularizer=regularizer, options=options),
       datasets,
       scale,
       parallel,
-      attack=attack,
-      regularizer=regularizer,
-      options=options,
       batch_size=batch_size,
     )
     for name, (attack, regularizer, options) in STEPS.items()

@@ -25,14 +25,25 @@ ATTACKS = ("none", "fgm", "pgm", "wrm")
 BETA_SN = 2.0  # any finite beta runs the same work: one power iteration per layer per step
 
 
-def step_runner(datasets, scale, parallel, *, attack, beta, batch_size):
-  """A zero-argument function that runs one train step (state donated and carried along)."""
+def elunet_config(*, attack: str, beta: float = math.inf):
+  """The config these benchmarks train: ELU-Net with Farnia et al.'s MNIST l2 radius."""
   config = config_lib.default_config()
   config.attack.name, config.beta = attack, beta
   config.model, config.attack.eps = "elunet", 0.05  # the paper's MNIST network and l2 radius
+  return config
+
+
+def step_runner(config, datasets, scale, parallel, *, batch_size):
+  """A zero-argument function that runs one train step of ``config`` as ``sn-jax train`` builds
+  it (model, optimizer, attack, regularizer), the state donated and carried along."""
   model, tx = config_lib.make_model(config), config_lib.make_optimizer(config)
   step = train.parallel_train_step(
-    parallel, model=model, tx=tx, attack=config_lib.make_attack(config.attack, scale=scale)
+    parallel,
+    model=model,
+    tx=tx,
+    attack=config_lib.make_attack(config.attack, scale=scale),
+    regularizer=config_lib.make_regularizer(config.regularizer),
+    regularizer_weight=config.regularizer.weight,
   )
   state = train.create_train_state(model, tx, input_shape=(28, 28, 1), seed=0)
   carried = [parallel.replicate(state)]
@@ -55,7 +66,7 @@ def main() -> None:
   parallel = train.DataParallel()
   runners = {
     (attack, beta): step_runner(
-      datasets, scale, parallel, attack=attack, beta=beta, batch_size=batch_size
+      elunet_config(attack=attack, beta=beta), datasets, scale, parallel, batch_size=batch_size
     )
     for attack in ATTACKS
     for beta in (math.inf, BETA_SN)
