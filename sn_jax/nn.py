@@ -208,8 +208,8 @@ class SpectralNorm(nn.Module):
       raise ValueError(
         f"`beta` must be a number > 0 (inf for no normalization), got {self.beta!r}."
       )
-    power._check_num_iters(self.num_iters)
-    power._check_num_iters(self.gram_iters, "gram_iters")
+    power.check_num_iters(self.num_iters)
+    power.check_num_iters(self.gram_iters, "gram_iters")
     if self.method not in _METHODS:
       raise ValueError(f"`method` must be one of {_METHODS}, got {self.method!r}.")
     if self.method != "power" and not isinstance(self.layer, (nn.Dense, *_CONV_TYPES)):

@@ -203,17 +203,14 @@ def conv_operator_norm(
     ("kernel_dilation", spec.kernel_dilation),
     ("feature_group_count", spec.feature_group_count),
   )
-  power._check_num_iters(num_iters)
+  # Checked before jit: the options are static, so they must be valid (and hashable) first.
+  power.check_norm_options(num_iters=num_iters, tol=tol, method=method)
   options = (
     ("num_iters", num_iters),
     ("tol", tol),
     ("method", method),
     ("return_info", return_info),
   )
-  if not tol > 0:
-    raise ValueError(f"`tol` must be > 0, got {tol!r}.")
-  if method not in ("lanczos", "power"):
-    raise ValueError(f"`method` must be 'lanczos' or 'power', got {method!r}.")
   key = jax.random.key(0) if key is None else key
   return _conv_operator_norm(
     kernel.astype(jnp.float32), key, input_shape, static_attributes, options

@@ -24,9 +24,18 @@ def _safe_normalize(x: jax.Array, eps: float) -> jax.Array:
   return x * lax.rsqrt(jnp.maximum(sq_norm, eps * eps)) * (sq_norm > eps * eps)
 
 
-def _check_num_iters(num_iters: int, name: str = "num_iters") -> None:
+def check_num_iters(num_iters: int, name: str = "num_iters") -> None:
   if isinstance(num_iters, bool) or not isinstance(num_iters, int) or num_iters < 1:
     raise ValueError(f"`{name}` must be an int >= 1, got {num_iters!r}.")
+
+
+def check_norm_options(*, num_iters: int, tol: float, method: str) -> None:
+  """Raises ``ValueError`` for the options of :func:`operator_norm` that it cannot use."""
+  check_num_iters(num_iters)
+  if not tol > 0:
+    raise ValueError(f"`tol` must be > 0, got {tol!r}.")
+  if method not in ("lanczos", "power"):
+    raise ValueError(f"`method` must be 'lanczos' or 'power', got {method!r}.")
 
 
 def transpose_of(op: LinearOp, example: jax.ShapeDtypeStruct | jax.Array) -> LinearOp:
@@ -138,7 +147,7 @@ def power_iteration(
     >>> float(sigma)
     4.0
   """
-  _check_num_iters(num_iters)
+  check_num_iters(num_iters)
   u = jnp.asarray(u)
   frozen, adjoint = _frozen_ops(op, jax.ShapeDtypeStruct(u.shape, u.dtype))
 
@@ -293,12 +302,8 @@ def operator_norm(
     >>> round(float(sn_jax.operator_norm(lambda x: w @ x, (3,))), 4)
     3.0
   """
-  _check_num_iters(num_iters)
-  _check_num_iters(check_every, "check_every")
-  if not tol > 0:
-    raise ValueError(f"`tol` must be > 0, got {tol!r}.")
-  if method not in ("lanczos", "power"):
-    raise ValueError(f"`method` must be 'lanczos' or 'power', got {method!r}.")
+  check_norm_options(num_iters=num_iters, tol=tol, method=method)
+  check_num_iters(check_every, "check_every")
   input_shape = tuple(input_shape)
   example = jax.ShapeDtypeStruct(input_shape, jnp.dtype(dtype))
   frozen, adjoint = _frozen_ops(op, example)

@@ -165,7 +165,7 @@ def data_dependent_operator_norm(
   x = jnp.asarray(x)
   _check_batch(x)
   p = _check_p(p)
-  power._check_num_iters(num_iters)
+  power.check_num_iters(num_iters)
   _check_logits_fn(logits_fn, x)
   if v0 is None:
     key = jax.random.key(0) if key is None else key

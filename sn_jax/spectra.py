@@ -288,7 +288,7 @@ def layer_singular_values(
     raise ValueError(
       f"`k` must be an int in [1, min(input size, output size)] = [1, {n}], got {k!r}."
     )
-  power._check_num_iters(num_iters)
+  power.check_num_iters(num_iters)
   attributes = ()
   if kernel.ndim > 2:
     spec = conv_lib.conv_spec(kernel.shape, input_shape[-1], **conv_attributes)
