@@ -10,11 +10,18 @@ Usage::
 ``FILE`` is an ``ml_collections`` config file (a ``get_config()`` function; see
 ``experiments/farnia2019/``); without ``--config`` the default of
 :func:`sn_jax.config.default_config` is used. ``train`` resumes from the latest checkpoint in
-``DIR``; ``eval`` evaluates it.
+``DIR``; ``eval`` evaluates it. A regularizer's options need not be in the config:
+``--config.regularizer.options.NAME=VALUE`` adds or sets one (``VALUE`` a Python literal, or
+``true``/``false``/``inf``, or else a string), e.g.
+
+  sn-jax train --workdir DIR --config.regularizer.name=amm --config.regularizer.weight=1 \
+    --config.regularizer.options.lmbd=32 --config.regularizer.options.c=2 \
+    --config.regularizer.options.d=1 --config.regularizer.options.aggregation=avg
 """
 
 from __future__ import annotations
 
+import ast
 import math
 import os
 import sys
@@ -29,6 +36,8 @@ from sn_jax import config as config_lib
 from sn_jax import loop
 
 COMMANDS = ("compare", "train", "eval")
+# ml_collections overrides only set fields that exist; regularizer options are added here.
+OPTION_PREFIX = "--config.regularizer.options."
 # The main job: no SN, and beta = 1.6, on the paper's grid for beta (REFERENCE 1.3).
 MAIN_BETAS = "inf,1.6"
 
@@ -39,6 +48,36 @@ class UsageError(Exception):
 
 class HelpRequested(Exception):
   """``-h``/``--help``: print the usage."""
+
+
+def _option_value(text: str) -> Any:
+  """A command-line option value: a Python literal, ``true``/``false``, a float, or the string."""
+  if text.strip().lower() in ("true", "false"):
+    return text.strip().lower() == "true"
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    pass
+  try:
+    return float(text)  # 'inf', 'nan'
+  except ValueError:
+    return text
+
+
+def _split_options(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+  """Takes the ``--config.regularizer.options.NAME=VALUE`` arguments out of ``argv``."""
+  rest, options = [], {}
+  for arg in argv:
+    if not arg.startswith(OPTION_PREFIX):
+      rest.append(arg)
+      continue
+    name, sep, text = arg[len(OPTION_PREFIX) :].partition("=")
+    if not name.isidentifier() or not sep:
+      raise UsageError(
+        f"expected {OPTION_PREFIX}NAME=VALUE with NAME a regularizer option, got {arg!r}."
+      )
+    options[name] = _option_value(text)
+  return rest, options
 
 
 def parse(argv: Sequence[str]) -> tuple[str, Any, str | None, list[float]]:
@@ -53,6 +92,7 @@ def parse(argv: Sequence[str]) -> tuple[str, Any, str | None, list[float]]:
   command = argv.pop(0) if argv and not argv[0].startswith("-") else "compare"
   if command not in COMMANDS:
     raise UsageError(f"unknown command {command!r}; expected one of {COMMANDS}.")
+  argv, options = _split_options(argv)
   values = flags.FlagValues()
   try:
     if any(a == "--config" or a.startswith("--config=") for a in argv):
@@ -69,7 +109,9 @@ def parse(argv: Sequence[str]) -> tuple[str, Any, str | None, list[float]]:
     betas = [float(b) for b in values.betas.split(",")]
     config = values.config
     config.get("beta")  # a config file that failed to load raises here
-  except (flags.Error, ValueError, KeyError, AttributeError, OSError) as e:
+    with config.unlocked():
+      config.regularizer.options.update(options)
+  except (flags.Error, ValueError, KeyError, AttributeError, OSError, TypeError) as e:
     raise UsageError(str(e)) from e
   if command != "compare" and values.workdir is None:
     raise UsageError(f"`sn-jax {command}` needs --workdir DIR.")

@@ -56,7 +56,11 @@ def default_config() -> ml_collections.ConfigDict:
     set, the paper's convention). ``eval_attack``: a second attack for evaluation, same fields.
   - ``adv_weight``: the loss is ``(1 - w) CE(clean) + w CE(adversarial)``; the paper uses 1.
   - ``regularizer``: ``name`` (``'none'`` or a :func:`sn_jax.regularizers.make_regularizer`
-    name), ``weight`` and ``options``.
+    name), ``weight`` and ``options`` (that regularizer's keyword options; on the command line
+    ``--config.regularizer.options.NAME=VALUE`` adds or sets one). With ``alternate`` (Roth et
+    al.'s schedule; needs an attack and a regularizer) even steps train on the adversarial batch
+    alone and odd steps on the clean batch plus the regularizer; otherwise every step adds the
+    regularizer, on the clean batch, to the attack's loss.
   - ``optimizer`` (``'adam'`` or ``'sgd'`` with ``momentum``), ``learning_rate``, ``batch_size``
     (global), ``num_epochs``, ``num_steps`` (> 0 overrides the epochs), early stopping once the
     mean train accuracy of the last ``early_stop_epochs`` epochs reaches ``early_stop_accuracy``.
@@ -80,7 +84,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.eval_attack = ml_collections.ConfigDict({**attack, "gamma": 0.04})
   config.adv_weight = 1.0
   config.regularizer = ml_collections.ConfigDict(
-    {"name": "none", "weight": 0.0, "options": ml_collections.ConfigDict()}
+    {"name": "none", "weight": 0.0, "options": ml_collections.ConfigDict(), "alternate": False}
   )
   config.optimizer = "adam"
   config.learning_rate = 1e-3
@@ -156,6 +160,12 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
       make_regularizer(config.regularizer)
     except ValueError as e:
       raise ConfigError(f"config.regularizer: {e}") from e
+  if config.regularizer.alternate and "none" in (config.attack.name, config.regularizer.name):
+    raise ConfigError(
+      "config.regularizer.alternate=True alternates adversarial and regularized steps, so it "
+      f"needs config.attack.name and config.regularizer.name set; got {config.attack.name!r} "
+      f"and {config.regularizer.name!r}."
+    )
 
 
 def make_model(config: ml_collections.ConfigDict) -> nn.Module:

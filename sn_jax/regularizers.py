@@ -502,20 +502,21 @@ def amm_regularizer(
   )
 
 
-# regularizer(logits_fn_of, params, x, y) -> scalar, the signature sn_jax.train.train_step calls.
-Regularizer = Callable[[Callable[[Any], LogitsFn], Any, jax.Array, jax.Array], jax.Array]
+# regularizer(logits_fn_of, params, x, y, key) -> scalar, what sn_jax.train.train_step calls.
+Regularizer = Callable[[Callable[[Any], LogitsFn], Any, jax.Array, jax.Array, jax.Array], jax.Array]
 REGULARIZERS = ("data_dependent", "spectral_norm", "amm")
 
 
 def make_regularizer(name: str, **options: Any) -> Regularizer:
-  """A regularizer by name, in the form the trainer calls: ``fn(logits_fn_of, params, x, y)``.
+  """A regularizer by name, in the form the trainer calls: ``fn(logits_fn_of, params, x, y, key)``.
 
-  ``logits_fn_of(params)`` is the model's logits function; ``x`` the clean batch and ``y`` its
-  labels. The trainer adds ``weight * fn(...)`` to the loss.
+  ``logits_fn_of(params)`` is the model's logits function; ``x`` the clean batch, ``y`` its
+  labels and ``key`` a PRNG key that the trainer draws afresh at every step (and on every
+  device). The trainer adds ``weight * fn(...)`` to the loss.
 
   - ``'data_dependent'``: :func:`data_dependent_penalty`; options ``eps`` (required), ``p``,
-    ``num_iters``, ``seed`` (the random start, the same every step: Roth et al. restart the
-    power method from a random vector each batch and never warm-start).
+    ``num_iters``. The power method starts from a random vector drawn from ``key``, a new one at
+    every step: Roth et al. restart it from ``N(0, 1)`` each batch and never warm-start.
   - ``'spectral_norm'``: :func:`spectral_norm_penalty` of ``sigmas='reshaped'`` kernels
     (Yoshida & Miyato, the default) or ``sigmas='operator'``, the true operator norms of the
     layers the model applies (:func:`sn_jax.spectra.layer_operator_norms`: Lanczos on each
@@ -538,12 +539,10 @@ def make_regularizer(name: str, **options: Any) -> Regularizer:
     >>> reg = regularizers.make_regularizer('data_dependent', eps=0.1, num_iters=5)
   """
   if name == "data_dependent":
-    _check_options(name, options, required={"eps"}, allowed={"eps", "p", "num_iters", "seed"})
-    seed = options.pop("seed", 0)
+    _check_options(name, options, required={"eps"}, allowed={"eps", "p", "num_iters"})
 
-    def regularizer(logits_fn_of, params, x, y):
+    def regularizer(logits_fn_of, params, x, y, key):
       del y
-      key = jax.random.key(seed)
       return data_dependent_penalty(logits_fn_of(params), x, key=key, **options)
 
   elif name == "spectral_norm":
@@ -552,8 +551,8 @@ def make_regularizer(name: str, **options: Any) -> Regularizer:
     if sigmas not in ("reshaped", "operator"):
       raise ValueError(f"`sigmas` must be 'reshaped' or 'operator', got {sigmas!r}.")
 
-    def regularizer(logits_fn_of, params, x, y):
-      del y
+    def regularizer(logits_fn_of, params, x, y, key):
+      del y, key
       if sigmas == "reshaped":
         return spectral_norm_penalty(reshaped_kernel_sigmas(params, **options))
       layers = spectra.collect_layers(logits_fn_of(params), x)
@@ -563,7 +562,8 @@ def make_regularizer(name: str, **options: Any) -> Regularizer:
     allowed = set(inspect.signature(amm_regularizer).parameters) - {"logits_fn", "x", "y"}
     _check_options(name, options, required={"lmbd", "c", "d"}, allowed=allowed)
 
-    def regularizer(logits_fn_of, params, x, y):
+    def regularizer(logits_fn_of, params, x, y, key):
+      del key
       return amm_regularizer(logits_fn_of(params), x, y, **options)
 
   else:

@@ -34,8 +34,9 @@ AXIS = "batch"
 LogitsFn = Callable[[jax.Array], jax.Array]
 # attack(logits_fn, x, key) -> x_adv; logits_fn reads the model with its 'spectral' state frozen.
 Attack = Callable[[LogitsFn, jax.Array, jax.Array], jax.Array]
-# regularizer(logits_fn_of, params, x, y) -> scalar; logits_fn_of(params)(x) are the logits.
-Regularizer = Callable[[Callable[[Any], LogitsFn], Any, jax.Array, jax.Array], jax.Array]
+# regularizer(logits_fn_of, params, x, y, key) -> scalar; logits_fn_of(params)(x) are the logits,
+# key is fresh each step and device.
+Regularizer = Callable[[Callable[[Any], LogitsFn], Any, jax.Array, jax.Array, jax.Array], jax.Array]
 Batch = tuple[jax.Array, jax.Array]
 
 
@@ -126,7 +127,8 @@ def train_step(
     tx: the optimizer.
     attack: ``attack(logits_fn, x, key) -> x_adv``, or ``None`` for ERM (clean inputs).
     adv_weight: the weight of the adversarial loss, in ``[0, 1]``.
-    regularizer: an extra loss term ``regularizer(logits_fn_of, params, x, y)``, or ``None``.
+    regularizer: an extra loss term ``regularizer(logits_fn_of, params, x, y, key)`` on the
+      clean batch, or ``None``; ``key`` differs at every step and on every device.
     regularizer_weight: its weight.
 
   Returns:
@@ -170,7 +172,10 @@ def train_step(
     loss = jnp.mean(weights * ce)
     aux = {"accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
     if regularizer is not None:
-      reg = regularizer(lambda p: _logits_fn(model, p, state.spectral), params, x, batch[1])
+      reg_key = jax.random.fold_in(key, 2)
+      reg = regularizer(
+        lambda p: _logits_fn(model, p, state.spectral), params, x, batch[1], reg_key
+      )
       loss = loss + regularizer_weight * reg
       aux["regularizer"] = reg
     return loss, (aux, updates.get("spectral", {}))

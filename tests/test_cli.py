@@ -1,5 +1,6 @@
 """Tests of the ``sn-jax`` command and the experiment configs."""
 
+import json
 import math
 import pathlib
 import subprocess
@@ -135,3 +136,59 @@ def test_farnia2019_config_follows_the_paper():
     ValueError, match=r"`spec` options must be 'linf' or 'runlocal', got \['fast'\]"
   ):
     config_lib.farnia2019_config("mnist", "elunet", "pgm,fast")
+
+
+@pytest.mark.parametrize(
+  ("name", "options", "expected"),
+  [
+    ("data_dependent", ["eps=0.25", "p=inf", "num_iters=3"], {"eps": 0.25, "p": math.inf}),
+    ("spectral_norm", ["sigmas=operator", "tol=1e-3", "num_iters=50"], {"sigmas": "operator"}),
+    (
+      "amm",
+      ["lmbd=32", "c=2.0", "d=1", "aggregation=avg", "use_failed=true", "num_candidates=3"],
+      {"lmbd": 32, "aggregation": "avg", "use_failed": True},
+    ),
+  ],
+)
+def test_regularizer_options_are_set_from_the_command_line(tmp_path, name, options, expected):
+  path = tmp_path / "tiny.py"
+  path.write_text(TINY_CONFIG)
+  for base in ([], ["--config", str(path)]):  # the default config and a locked config file
+    argv = [*base, f"--config.regularizer.name={name}", "--config.regularizer.weight=1"]
+    _, config, _, _ = cli.parse(argv + [f"--config.regularizer.options.{o}" for o in options])
+    for key, value in expected.items():
+      assert config.regularizer.options[key] == value
+      assert type(config.regularizer.options[key]) is type(value)
+    config_lib.validate_config(config, num_devices=4)
+
+
+def test_bad_regularizer_options_on_the_command_line(tmp_path, capsys):
+  with pytest.raises(cli.UsageError, match=r"expected --config.regularizer.options.NAME=VALUE"):
+    cli.parse(["--config.regularizer.options.eps", "0.1"])
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(
+      ["train", "--workdir", str(tmp_path), "--config.regularizer.name=amm"]
+      + [f"--config.regularizer.options.{o}" for o in ("lmbd=1", "c=1", "d=1", "gamma=2")]
+    )
+  assert exit_info.value.code == 2
+  assert "config.regularizer: regularizer 'amm' takes the options" in capsys.readouterr().err
+
+
+def test_train_with_roth_et_al_alternation_from_the_command_line(tmp_path, capsys):
+  path = tmp_path / "tiny.py"
+  path.write_text(TINY_CONFIG)
+  workdir = tmp_path / "run"
+  argv = ["train", "--config", str(path), "--workdir", str(workdir), "--config.num_steps=4"]
+  argv += ["--config.num_eval_train=32", "--config.eval_attack.name=none"]
+  argv += ["--config.attack.name=fgm", "--config.regularizer.name=data_dependent"]
+  argv += ["--config.regularizer.weight=1", "--config.regularizer.alternate=true"]
+  argv += ["--config.regularizer.options.eps=0.1", "--config.regularizer.options.num_iters=2"]
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(argv)
+  assert exit_info.value.code == 0, capsys.readouterr().err
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  steps = [r for r in records if "loss" in r]  # one per step (log_every = 1)
+  assert [r["step"] for r in steps] == [1, 2, 3, 4]
+  # Step 1 (index 0) is adversarial, step 2 regularized, and so on.
+  assert ["regularizer" in r for r in steps] == [False, True, False, True]
+  assert all(r["regularizer"] > 0 for r in steps if "regularizer" in r)

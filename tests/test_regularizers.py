@@ -10,7 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from sn_jax import analysis, attacks, regularizers, train
+from sn_jax import analysis, attacks, loop, regularizers, train
+from sn_jax import config as config_lib
 
 W = jax.random.normal(jax.random.key(0), (6, 4))  # a linear model x -> x @ W, 6 in, 4 out
 TOP = float(jnp.linalg.svd(W, compute_uv=False)[0])
@@ -337,3 +338,90 @@ def test_make_regularizer_errors():
     regularizers.make_regularizer("spectral_norm", beta=1.0)
   with pytest.raises(ValueError, match="`sigmas` must be 'reshaped' or 'operator'"):
     regularizers.make_regularizer("spectral_norm", sigmas="fourier")
+
+
+def test_the_data_dependent_regularizer_starts_from_the_key_it_is_given():
+  reg = regularizers.make_regularizer("data_dependent", eps=0.1, num_iters=1)
+  x = jax.random.normal(jax.random.key(20), (4, 6))
+
+  def value(seed):
+    return float(reg(lambda params: linear, None, x, None, jax.random.key(seed)))
+
+  assert value(0) == value(0)
+  assert value(0) != value(1)  # one power iteration: the start still shows
+  direct = regularizers.data_dependent_penalty(
+    linear, x, eps=0.1, num_iters=1, key=jax.random.key(3)
+  )
+  np.testing.assert_allclose(value(3), direct, rtol=1e-6)
+
+
+def test_the_trainer_gives_the_regularizer_a_fresh_key_at_every_step():
+  def draw(logits_fn_of, params, x, y, key):
+    del logits_fn_of, params, x, y
+    return jax.random.uniform(key)
+
+  model, tx = _MLP(), optax.sgd(0.01)
+  parallel = train.DataParallel(devices=jax.devices()[:1])
+  step = train.parallel_train_step(
+    parallel, model=model, tx=tx, regularizer=draw, regularizer_weight=1.0
+  )
+  state = parallel.replicate(train.create_train_state(model, tx, input_shape=(2,), seed=0))
+  x, y = _toy_problem()
+  draws = []
+  for _ in range(3):
+    state, metrics = step(state, parallel.shard((x[:8], y[:8])))
+    draws.append(float(metrics["regularizer"]))
+  assert len(set(draws)) == 3, draws
+
+
+def _alternating_config():
+  config = config_lib.default_config()
+  config.model, config.beta = "tiny", 1.0
+  config.attack.update(name="fgm", eps=0.5, relative=False)
+  config.regularizer.update(name="data_dependent", weight=1.0, alternate=True)
+  config.regularizer.options.eps = 0.1
+  return config
+
+
+def test_alternation_runs_an_adversarial_step_then_a_regularized_one():
+  config = _alternating_config()
+  config_lib.validate_config(config, num_devices=1)
+  parallel = train.DataParallel(devices=jax.devices()[:1])
+  model, tx = _MLP(), config_lib.make_optimizer(config)  # the steps take any model
+  steps = loop.make_train_steps(config, parallel, model, tx, scale=1.0)
+  assert len(steps) == 2
+  # The oracles: one step with the attack alone, one with the clean loss plus the regularizer.
+  adversarial = train.parallel_train_step(
+    parallel, model=model, tx=tx, attack=config_lib.make_attack(config.attack)
+  )
+  regularized = train.parallel_train_step(
+    parallel,
+    model=model,
+    tx=tx,
+    regularizer=config_lib.make_regularizer(config.regularizer),
+    regularizer_weight=1.0,
+  )
+  x, y = _toy_problem()
+  batch = parallel.shard((x[:8], y[:8]))
+  state = train.create_train_state(model, tx, input_shape=(2,), seed=0)
+  for step, oracle, has_regularizer in (
+    (steps[0], adversarial, False),
+    (steps[1], regularized, True),
+  ):
+    new_state, metrics = step(parallel.replicate(state), batch)
+    expected, _ = oracle(parallel.replicate(state), batch)
+    new_params = parallel.unreplicate(new_state.params)
+    chex.assert_trees_all_close(new_params, parallel.unreplicate(expected.params), rtol=1e-6)
+    assert ("regularizer" in metrics) == has_regularizer
+    moved = jax.tree_util.tree_map(
+      lambda a, b: float(jnp.abs(a - b).max()), new_params, state.params
+    )
+    assert max(jax.tree_util.tree_leaves(moved)) > 0
+    state = parallel.unreplicate(new_state)
+
+
+def test_alternation_needs_an_attack_and_a_regularizer():
+  config = _alternating_config()
+  config.attack.name = "none"
+  with pytest.raises(config_lib.ConfigError, match=r"config.regularizer.alternate=True .* 'none'"):
+    config_lib.validate_config(config, num_devices=1)

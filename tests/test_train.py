@@ -144,8 +144,8 @@ def test_a_regularizer_adds_its_weighted_term_to_the_loss():
   state = train.create_train_state(model, tx, input_shape=(28, 28, 1), seed=0)
   x, y = _batches(1, 8)[0]
 
-  def l2(logits_fn_of, params, x, y):
-    del logits_fn_of, x, y
+  def l2(logits_fn_of, params, x, y, key):
+    del logits_fn_of, x, y, key
     return sum(jnp.sum(p**2) for p in jax.tree.leaves(params))
 
   step = parallel.wrap(
@@ -155,7 +155,7 @@ def test_a_regularizer_adds_its_weighted_term_to_the_loss():
   variables = {"params": state.params, "spectral": state.spectral}
   logits, _ = model.apply(variables, x, update_stats=True, mutable=["spectral"])
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-  expected = l2(None, state.params, None, None)
+  expected = l2(None, state.params, None, None, None)
   np.testing.assert_allclose(metrics["regularizer"], expected, rtol=1e-6)
   np.testing.assert_allclose(metrics["loss"], ce + 0.5 * expected, rtol=1e-5)
 
