@@ -37,6 +37,50 @@ def test_normalized_margins_match_a_hand_computation():
   assert np.isnan(analysis.bound_terms(sigmas).frobenius_ratio)
 
 
+def test_attack_factors_match_a_hand_computation():
+  sigmas = jnp.array([2.0, 0.5, 3.0])
+  s = 3.0 * (2.0 + 2.0 * 0.5 + 2.0 * 0.5 * 3.0)  # prod sigma * sum_i prod_{j<=i} sigma_j = 18
+  assert float(analysis.gradient_lipschitz_bound(sigmas)) == pytest.approx(s)
+
+  def factor(attack, **kwargs):
+    return float(analysis.attack_factor(sigmas, attack, **kwargs))
+
+  assert factor("erm") == 1.0
+  assert factor("fgm", eps=0.2, kappa=1.5) == pytest.approx(1 + 0.2 / 1.5 * 18, rel=1e-6)
+  ratio = 2 * 0.01 * 18 / 1.5  # 2 alpha lip / kappa, lip = S by default
+  pgm = 1 + 0.01 / 1.5 * (1 + ratio + ratio**2) * 18
+  assert factor("pgm", step_size=0.01, num_steps=3, kappa=1.5) == pytest.approx(pgm, rel=1e-6)
+  assert factor("pgm", step_size=0.01, num_steps=3, kappa=1.5, grad_lipschitz=0.0) == (
+    pytest.approx(1 + 0.01 / 1.5 * 18, rel=1e-6)
+  )
+  # One PGM step of size alpha is FGM with eps = alpha.
+  assert factor("pgm", step_size=0.3, num_steps=1, kappa=2.0) == pytest.approx(
+    factor("fgm", eps=0.3, kappa=2.0), rel=1e-6
+  )
+  assert factor("wrm", gamma=30.0) == pytest.approx(1 + 18 / (30 - 18), rel=1e-6)
+  assert factor("wrm", gamma=10.0, grad_lipschitz=5.0) == pytest.approx(1 + 18 / 5, rel=1e-6)
+  assert np.isnan(factor("wrm", gamma=10.0))  # gamma <= lip: the theorem does not apply
+  terms = analysis.bound_terms(sigmas, frobenius_sq=jnp.array([8.0, 1.0, 18.0]), attack_factor=2.5)
+  assert float(terms.complexity) == pytest.approx((3.0 * 2.5) ** 2 * 8.0, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+  ("attack", "kwargs", "match"),
+  [
+    ("pgd", {}, r"`attack` must be one of \('erm', 'fgm', 'pgm', 'wrm'\), got 'pgd'"),
+    ("fgm", {"eps": 0.1}, r"attack='fgm' takes .* got missing \['kappa'\], unexpected \[\]"),
+    ("pgm", {"eps": 0.1, "step_size": 0.1, "num_steps": 2, "kappa": 1.0}, r"unexpected \['eps'\]"),
+    ("fgm", {"eps": 0.1, "kappa": 0.0}, r"`kappa` must be > 0, got 0.0"),
+    ("fgm", {"eps": -0.1, "kappa": 1.0}, r"`eps` must be >= 0, got -0.1"),
+    ("pgm", {"step_size": 0.1, "num_steps": 0, "kappa": 1.0}, r"`num_steps` must be an int >= 1"),
+    ("wrm", {"gamma": -1.0}, r"`gamma` must be > 0, got -1.0"),
+  ],
+)
+def test_attack_factor_errors(attack, kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    analysis.attack_factor(jnp.array([1.0, 2.0]), attack, **kwargs)
+
+
 def test_certified_radii_and_accuracy_by_hand():
   radii = analysis.certified_radii(LOGITS, LABELS, lipschitz=2.0)
   np.testing.assert_allclose(radii, np.array([0.5, -2.0, 0.0]) / (2 * np.sqrt(2)), rtol=1e-6)
