@@ -192,6 +192,31 @@ def evaluate_checkpoint(
     ValueError: for a bad config value.
     FileNotFoundError: if ``workdir`` holds no complete checkpoint.
   """
+  parallel, datasets, scale, model, state, progress = _load_checkpoint(config, workdir, model)
+  result = {"step": int(state.step), "stopped_early": progress.stopped_early, "interrupted": None}
+  result.update(
+    evaluate_state(config, parallel, model, parallel.replicate(state), datasets, scale=scale)
+  )
+  return result
+
+
+def restore_state(
+  config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module | None = None
+) -> TrainState:
+  """The train state (host arrays) of the latest checkpoint in ``workdir``, to analyse a run.
+
+  Example:
+    >>> state = restore_state(config, '/tmp/run')
+    >>> variables = {'params': state.params, 'spectral': state.spectral}
+
+  Raises:
+    ValueError: for a bad config value.
+    FileNotFoundError: if ``workdir`` holds no complete checkpoint.
+  """
+  return _load_checkpoint(config, workdir, model)[4]
+
+
+def _load_checkpoint(config: ml_collections.ConfigDict, workdir: str, model: nn.Module | None):
   validate_config(config, num_devices=len(jax.devices()))
   manager = _checkpoint_manager(workdir, config, create=False)
   if manager.latest_step() is None:
@@ -202,11 +227,7 @@ def evaluate_checkpoint(
   )
   state, progress = _restore(manager, jax.device_get(template))
   manager.close()
-  result = {"step": int(state.step), "stopped_early": progress.stopped_early, "interrupted": None}
-  result.update(
-    evaluate_state(config, parallel, model, parallel.replicate(state), datasets, scale=scale)
-  )
-  return result
+  return parallel, datasets, scale, model, state, progress
 
 
 def train_and_evaluate(

@@ -127,3 +127,73 @@ def curves(
   axes.set_title(title)
   axes.legend()
   return _save(figure, path)
+
+
+def layer_spectra(
+  spectra: Mapping[str, Mapping[str, jax.typing.ArrayLike]],
+  path: str | os.PathLike,
+  *,
+  title: str = "",
+  columns: int = 4,
+) -> str:
+  """Each layer's singular values, one panel per layer and one curve per run, log scale.
+
+  Wen et al.'s comparison of standard and adversarial training: a run whose curves lie lower and
+  flatter has layers that are smoother in all directions.
+
+  Args:
+    spectra: run label -> {layer name -> singular values, shape ``(k,)``, descending}; every run
+      names the same layers (:func:`sn_jax.spectra.layer_singular_values` gives the values).
+    path: the image file to write.
+    title: the figure's title.
+    columns: panels per row, >= 1.
+
+  Returns:
+    The path written.
+
+  Raises:
+    ValueError: for an empty ``spectra``, a run with other layers than the first run, an empty
+      value array, or ``columns`` < 1.
+
+  Example:
+    >>> import numpy as np
+    >>> from sn_jax import plots
+    >>> runs = {'ERM': {'conv1': [3.0, 2.0, 1.0]}, 'PGD': {'conv1': [2.0, 1.5, 1.2]}}
+    >>> plots.layer_spectra(runs, '/tmp/spectra.png')
+    '/tmp/spectra.png'
+
+  References:
+    Wen, Li, Jia. Towards Understanding the Regularization of Adversarial Robustness on Neural
+    Networks. ICML 2020. https://arxiv.org/abs/2011.07478
+  """
+  if not isinstance(spectra, Mapping) or not spectra:
+    raise ValueError(
+      f"`spectra` must be a non-empty dict from run label to layers, got {spectra!r}."
+    )
+  if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+    raise ValueError(f"`columns` must be an int >= 1, got {columns!r}.")
+  runs = {str(run): _check_series(layers, f"spectra[{run!r}]") for run, layers in spectra.items()}
+  names = list(next(iter(runs.values())))
+  for run, layers in runs.items():
+    if list(layers) != names:
+      raise ValueError(
+        f"every run must have the same layers; `spectra[{run!r}]` has {list(layers)}, the first "
+        f"run {names}."
+      )
+  rows = -(-len(names) // columns)
+  width = min(columns, len(names))
+  figure = Figure(figsize=(3.2 * width, 2.8 * rows))
+  for i, name in enumerate(names):
+    axes = figure.add_subplot(rows, width, i + 1)
+    for run, layers in runs.items():
+      values = layers[name]
+      axes.plot(np.arange(1, values.size + 1), values, marker="o", markersize=2, label=run)
+    axes.set_yscale("log")
+    axes.set_title(name, fontsize=9)
+    axes.set_xlabel("index")
+    if i % width == 0:
+      axes.set_ylabel("singular value")
+  figure.axes[0].legend(fontsize=8)
+  if title:
+    figure.suptitle(title)
+  return _save(figure, path)
