@@ -11,6 +11,8 @@ import optax
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from sn_jax import attacks, models
 
@@ -120,6 +122,29 @@ def test_one_pgd_step_of_size_eps_is_fgm(norm):
   np.testing.assert_allclose(one_step, fast, atol=1e-6)
 
 
+@pytest.mark.parametrize("norm", [jnp.inf, 2, 1])
+def test_fgm_with_a_random_start_is_one_pgd_step_of_size_eps(norm):
+  logits_fn = mlp((3, 3, 2))
+  x = normal(4, 3, 3, 2)
+  y = jnp.array([0, 1, 2, 0])
+  eps = jnp.array([0.1, 0.4])
+
+  @jax.jit
+  def run(x, key):
+    options = dict(norm=norm, random_start=True, key=key, clip_min=-1.5, clip_max=1.5)
+    return (
+      attacks.fgm(logits_fn, x, y, eps=eps, **options),
+      attacks.pgd(logits_fn, x, y, eps=eps, step_size=eps, num_steps=1, **options),
+      attacks.fgm(logits_fn, x, y, eps=eps, norm=norm, clip_min=-1.5, clip_max=1.5),
+    )
+
+  random, one_step, plain = run(x, KEY)
+  np.testing.assert_allclose(random, one_step, atol=1e-6)
+  # The key matters: another key, or no random start, gives another result.
+  assert not np.allclose(random, plain, atol=1e-3)
+  assert not np.allclose(random, run(x, jax.random.key(1))[0], atol=1e-3)
+
+
 def test_deepfool_finds_the_exact_minimal_l2_perturbation_of_a_linear_model():
   logits_fn, w, b = linear_model(num_features=6, num_classes=5)
   x = normal(8, 6)
@@ -167,6 +192,59 @@ def test_deepfool_targeted_reaches_the_target():
   )(x)
   assert bool(jnp.all(fooled))
   np.testing.assert_array_equal(np.argmax((x + np.asarray(r)) @ w + b, axis=-1), target)
+
+
+def clipped_deepfool(w, b, x, label, *, num_steps, scale, low, high, clip_each_step=True):
+  """DeepFool on a linear model with bounds, in float64 from the closed form: each step is the
+  minimal step of the linear model at the clipped point (``clip_each_step``), for examples not
+  yet fooled there; the result is clipped."""
+  r = np.zeros(x.shape)
+  for _ in range(num_steps):
+    point = x + scale * r
+    point = np.clip(point, low, high) if clip_each_step else point
+    _, step = nearest_boundary(w, b, point, label)
+    fooled = np.argmax(point @ w + b, axis=-1) != label
+    r = r + np.where(fooled[:, None], 0.0, step)
+  return np.clip(x + scale * r, low, high)
+
+
+def test_deepfool_with_bounds_linearizes_at_the_clipped_point():
+  logits_fn, w, b = linear_model(num_features=6, num_classes=5)
+  x = np.clip(RNG.uniform(-0.6, 0.6, (8, 6)), -0.5, 0.5).astype(np.float32)  # some on the bounds
+  label = np.argmax(x @ w + b, axis=-1)
+  options = dict(scale=1.02, low=-0.5, high=0.5)
+  expected = clipped_deepfool(w, b, x, label, num_steps=4, **options)
+  # The bounds bind: linearizing at the unclipped point, or one step, would give another result.
+  one_step = clipped_deepfool(w, b, x, label, num_steps=1, **options)
+  unclipped = clipped_deepfool(w, b, x, label, num_steps=4, clip_each_step=False, **options)
+  assert np.abs(one_step - expected).max() > 1e-3 and np.abs(unclipped - expected).max() > 1e-3
+
+  @jax.jit
+  def run(x):
+    options = dict(num_classes=5, num_steps=4, overshoot=0.02, clip_min=-0.5, clip_max=0.5)
+    return attacks.deepfool(logits_fn, x, **options), attacks.deepfool_perturbation(
+      logits_fn, x, **options
+    )
+
+  x_adv, (r, fooled) = run(x)
+  np.testing.assert_allclose(x_adv, expected, atol=1e-5)
+  np.testing.assert_allclose(x + r, x_adv, atol=1e-6)
+  np.testing.assert_array_equal(fooled, np.argmax(expected @ w + b, axis=-1) != label)
+
+
+def test_deepfool_lands_exactly_on_far_bounds():
+  # Two classes, a boundary far away: the step leaves the box in every coordinate, so x_adv is
+  # the corner sign(w_1 - w_0) of the box, exactly (x + (bound - x) can round past the bound).
+  w = 0.01 * normal(20, 2)
+  b = np.array([5.0, 0.0], np.float32)
+  x = RNG.uniform(-0.9, 0.9, (16, 20)).astype(np.float32)
+  x_adv = jax.jit(
+    lambda x: attacks.deepfool(
+      lambda z: z @ w + b[None], x, num_classes=2, num_steps=1, clip_min=-1.0, clip_max=1.0
+    )
+  )(x)
+  corner = np.where(w[:, 1] > w[:, 0], np.float32(1.0), np.float32(-1.0))
+  np.testing.assert_array_equal(x_adv, np.broadcast_to(corner, x.shape))
 
 
 def test_deepfool_computes_all_candidate_gradients_in_one_pass():
@@ -298,22 +376,59 @@ def test_radial_random_start_stays_in_the_l2_ball():
   assert 0.3 < np.mean(radius < 0.25) < 0.7
 
 
-@functools.partial(jax.jit, static_argnames="clip")
-def _fgm_all_norms(x, eps, *, clip):
-  bounds = dict(clip_min=-1.0, clip_max=1.0) if clip else {}
-  return [attacks.fgm(mlp(x.shape[1:]), x, eps=eps, norm=p, **bounds) for p in (jnp.inf, 2, 1)]
+@functools.partial(jax.jit, static_argnames=("clip", "random_start"))
+def _fgm_all_norms(x, eps, key, *, clip, random_start):
+  options = dict(clip_min=-1.0, clip_max=1.0) if clip else {}
+  options.update(random_start=random_start, key=key)
+  return [attacks.fgm(mlp(x.shape[1:]), x, eps=eps, norm=p, **options) for p in (jnp.inf, 2, 1)]
 
 
 @settings(max_examples=8, deadline=None)
-@given(eps=st.floats(0.0, 2.0), clip=st.booleans(), seed=st.integers(0, 2**16))
-def test_fgm_stays_in_the_ball_and_the_clip_range(eps, clip, seed):
-  x = np.random.default_rng(seed).uniform(-1.0, 1.0, (3, 2, 3)).astype(np.float32)
-  for norm, x_adv in zip((np.inf, 2, 1), _fgm_all_norms(x, eps, clip=clip), strict=True):
+@given(
+  shape=st.sampled_from([(3, 2, 3), (1, 5)]),
+  eps=st.floats(0.0, 2.0),
+  clip=st.booleans(),
+  random_start=st.booleans(),
+  seed=st.integers(0, 2**16),
+)
+def test_fgm_stays_in_the_ball_and_the_clip_range(shape, eps, clip, random_start, seed):
+  x = np.random.default_rng(seed).uniform(-1.0, 1.0, shape).astype(np.float32)
+  key = jax.random.key(seed)
+  results = _fgm_all_norms(x, eps, key, clip=clip, random_start=random_start)
+  for norm, x_adv in zip((np.inf, 2, 1), results, strict=True):
     x_adv = np.asarray(x_adv)
-    size = np.linalg.norm((x_adv - x).reshape(3, -1), ord=norm, axis=1)
+    size = np.linalg.norm((x_adv - x).reshape(shape[0], -1), ord=norm, axis=1)
     assert size.max() <= eps * (1 + (norm != np.inf) * 1e-5) + 1e-6
     if clip:
       assert x_adv.min() >= -1.0 and x_adv.max() <= 1.0
+  again = _fgm_all_norms(x, eps, key, clip=clip, random_start=random_start)
+  chex.assert_trees_all_equal(results, again)
+
+
+@jax.jit
+def _deepfool_and_wrm(x, clip_min, clip_max, overshoot, gamma):
+  logits_fn, bounds = mlp(x.shape[1:]), dict(clip_min=clip_min, clip_max=clip_max)
+  return (
+    attacks.deepfool(logits_fn, x, num_classes=3, num_steps=3, overshoot=overshoot, **bounds),
+    attacks.wrm(logits_fn, x, gamma=gamma, num_steps=3, **bounds),
+  )
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+  shape=st.sampled_from([(2, 4), (1, 3, 2, 2)]),
+  margins=st.tuples(st.floats(0.0, 0.2), st.floats(0.0, 0.2)),
+  overshoot=st.floats(0.0, 1.0),
+  gamma=st.floats(0.02, 2.0),
+  seed=st.integers(0, 2**16),
+)
+def test_deepfool_and_wrm_stay_in_the_clip_range(shape, margins, overshoot, gamma, seed):
+  x = np.random.default_rng(seed).uniform(-1.0, 1.0, shape).astype(np.float32)
+  clip_min, clip_max = np.float32(x.min() - margins[0]), np.float32(x.max() + margins[1])
+  for x_adv in _deepfool_and_wrm(x, clip_min, clip_max, overshoot, gamma):
+    x_adv = np.asarray(x_adv)
+    assert not np.any(np.isnan(x_adv))
+    assert x_adv.min() >= clip_min and x_adv.max() <= clip_max
 
 
 def test_random_restarts_keep_the_worst_case_per_example():
@@ -378,6 +493,11 @@ def test_vmapped_eps_curve_equals_separate_calls():
   curve = wrm(gammas)
   for i, g in enumerate(gammas):
     np.testing.assert_allclose(curve[i], wrm(g), atol=1e-6)
+  for random_start in (False, True):
+    fgm = jax.jit(functools.partial(attacks.fgm, logits_fn, x, random_start=random_start, key=KEY))
+    curve = fgm(eps=eps)
+    for i, e in enumerate(eps):
+      np.testing.assert_allclose(curve[i], fgm(eps=e), atol=1e-6)
 
 
 def test_pgd_memory_does_not_grow_with_the_number_of_steps():
@@ -404,8 +524,16 @@ def test_attacks_trace_once():
     "pgd": lambda w, x, y, e, k: attacks.pgd(
       lambda z: model(w, z), x, y, eps=e, num_steps=3, random_start=True, key=k
     ),
+    "pgd curve": lambda w, x, y, e, k: attacks.pgd(
+      lambda z: model(w, z), x, y, eps=jnp.stack([e, 2 * e]), num_steps=2, norm=2
+    ),
+    "fgm random start": lambda w, x, y, e, k: attacks.fgm(
+      lambda z: model(w, z), x, y, eps=e, random_start=True, key=k
+    ),
     "wrm": lambda w, x, y, e, k: attacks.wrm(lambda z: model(w, z), x, y, gamma=e + 1.0),
-    "deepfool": lambda w, x, y, e, k: attacks.deepfool(lambda z: model(w, z), x, num_classes=3),
+    "deepfool": lambda w, x, y, e, k: attacks.deepfool(
+      lambda z: model(w, z), x, num_classes=3, clip_min=-e, clip_max=e
+    ),
     "robust_accuracy": lambda w, x, y, e, k: attacks.robust_accuracy(
       lambda z: model(w, z), x, y, attack=attacks.fgm, eps=jnp.stack([e, 2 * e])
     ),
@@ -435,6 +563,32 @@ def test_attacks_run_on_a_spectrally_normalized_model_with_its_state_read_only()
   x_pgd, x_deepfool, clean_loss, pgd_loss = run(variables, x)
   assert np.all(np.isfinite(x_pgd)) and np.all(np.isfinite(x_deepfool))
   assert np.all(pgd_loss >= clean_loss)
+
+
+def test_differentiable_deepfool_under_shard_map_matches_each_shard_alone():
+  # AMM differentiates through DeepFool inside the data-parallel step: the cotangents must have
+  # the types shard_map gives the logits.
+  mesh = jax.make_mesh((4,), ("batch",))
+  w, x = jnp.asarray(normal(6, 5)), jnp.asarray(normal(8, 6))
+
+  def margin_sum(w, x):
+    r, _ = attacks.deepfool_perturbation(
+      lambda z: jnp.tanh(z @ w), x, num_classes=4, differentiable=True
+    )
+    return jnp.sum(jnp.linalg.norm(r, axis=1))
+
+  def per_device(w, x):  # the gradient in the replicated w is summed over devices by shard_map
+    value, grad = jax.value_and_grad(margin_sum)(w, x)
+    return jax.lax.psum(value, "batch"), grad
+
+  sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P("batch")), out_specs=P()))
+  value, grad = sharded(
+    jax.device_put(w, NamedSharding(mesh, P())), jax.device_put(x, NamedSharding(mesh, P("batch")))
+  )
+  one_shard = jax.jit(jax.value_and_grad(margin_sum))
+  shards = [one_shard(w, x[i : i + 2]) for i in range(0, 8, 2)]
+  np.testing.assert_allclose(value, sum(v for v, _ in shards), rtol=1e-5)
+  np.testing.assert_allclose(grad, sum(g for _, g in shards), atol=1e-5)
 
 
 # --- a small trained model ----------------------------------------------------------------------
@@ -575,6 +729,41 @@ _Y = jnp.array([0, 1])
       lambda: attacks.pgd(_F, _X, eps=0.1, random_start=True),
       ValueError,
       r"`random_start` needs a PRNG `key`",
+    ),
+    (
+      lambda: attacks.fgm(_F, _X, eps=0.1, random_start="ball"),
+      ValueError,
+      r"`random_start` needs a PRNG `key`",
+    ),
+    (
+      lambda: attacks.fgm(_F, _X, eps=0.1, norm=1, random_start="radial", key=KEY),
+      ValueError,
+      r"'radial' only with norm=2\), got 'radial' with norm=1.0",
+    ),
+    (
+      lambda: attacks.deepfool(_F, _X, clip_min=jnp.ones(4), clip_max=jnp.zeros(4)),
+      ValueError,
+      r"`clip_min` must be <= `clip_max`",
+    ),
+    (
+      lambda: attacks.wrm(_F, _X, gamma=1.0, clip_min=0.5, clip_max=-0.5),
+      ValueError,
+      r"`clip_min` must be <= `clip_max`, got clip_min=0.5 > clip_max=-0.5",
+    ),
+    (
+      lambda: attacks.deepfool(_F, _X, jnp.array([0])),
+      ValueError,
+      r"`y` must have shape \(batch,\) = \(2,\)",
+    ),
+    (
+      lambda: attacks.wrm(_F, _X, jnp.array([0, 1, 2]), gamma=1.0),
+      ValueError,
+      r"`y` must have shape \(batch,\) = \(2,\)",
+    ),
+    (
+      lambda: attacks.deepfool(_F, jnp.ones((2, 4), jnp.int32)),
+      TypeError,
+      r"`x` must be floating point, got dtype int32",
     ),
     (
       lambda: attacks.pgd(_F, _X, eps=0.1, random_start="gauss", key=KEY),

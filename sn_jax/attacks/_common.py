@@ -107,6 +107,20 @@ def _check_norm(norm: Any) -> float:
   return float(norm)
 
 
+def _check_start(random_start: Any, key: Any, norm: float) -> str | None:
+  """``random_start`` as None (no random start), ``'ball'`` or ``'radial'``; it needs a ``key``."""
+  starts = {False: None, True: "ball", "ball": "ball", "radial": "radial"}
+  start = starts.get(random_start, "?") if isinstance(random_start, (bool, str)) else "?"
+  if start == "?" or (start == "radial" and norm != 2.0):
+    raise ValueError(
+      "`random_start` must be False, True, 'ball' or 'radial' ('radial' only with norm=2), "
+      f"got {random_start!r} with norm={norm}."
+    )
+  if start is not None and key is None:
+    raise ValueError("`random_start` needs a PRNG `key`, e.g. key=jax.random.key(0); got None.")
+  return start
+
+
 def _check_clip(clip_min: Any, clip_max: Any) -> None:
   if clip_min is None or clip_max is None:
     return

@@ -7,15 +7,69 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from sn_jax._varying import varying_like
 from sn_jax.attacks._common import (
   LogitsFn,
+  _check_clip,
   _check_int,
   _check_x,
+  _clip,
   _concrete,
   _expand,
+  _finish,
   _labels,
 )
+
+
+def _is_fooled(logits: jax.Array, labels: jax.Array, targeted: bool) -> jax.Array:
+  """``(B, C), (B,) -> (B,)`` bool: classified away from ``labels`` (as ``labels`` if targeted)."""
+  return (jnp.argmax(logits, axis=-1) == labels) == targeted
+
+
+def _deepfool(
+  logits_fn, x, y, *, num_steps, num_classes, overshoot, clip_min, clip_max, targeted
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """:func:`deepfool_perturbation`'s checks and loop: ``(r, x_adv, labels)``, ``(B, ...)`` twice
+  and ``(B,)``, with ``x_adv = clip(x + r)`` exactly (``x + r`` may round off the bounds)."""
+  x = _check_x(x)
+  _check_int(num_steps, "num_steps", 1)
+  _check_int(num_classes, "num_classes", 2)
+  concrete_overshoot = _concrete(overshoot)
+  if concrete_overshoot is not None and np.any(concrete_overshoot < 0):
+    raise ValueError(f"`overshoot` must be >= 0, got {concrete_overshoot.tolist()}.")
+  _check_clip(clip_min, clip_max)
+  logits0 = lax.stop_gradient(logits_fn(x))
+  labels = _labels(lambda _: logits0, x, y, targeted)
+  num_total = logits0.shape[-1]
+  is_label = jax.nn.one_hot(labels, num_total, dtype=logits0.dtype)  # (B, C)
+  _, others = lax.top_k(jnp.where(is_label > 0, -jnp.inf, logits0), min(num_classes, num_total) - 1)
+  # Row k of example b is e_{others[b, k]} - e_{y_b}: pulled back through the logits, the input
+  # gradient of g_k = z_k - z_y, for every candidate at once.
+  candidates = jnp.moveaxis(jax.nn.one_hot(others, num_total, dtype=logits0.dtype), 1, 0)
+  cotangents = candidates - is_label[None]  # (K, B, C)
+  scale = 1.0 + jnp.asarray(overshoot, x.dtype)
+
+  def step(_, r):
+    logits, pullback = jax.vjp(logits_fn, _clip(x + scale * r, clip_min, clip_max))
+    (w,) = jax.vmap(pullback)(cotangents)  # (K, B, ...)
+    label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+    g = jnp.take_along_axis(logits, others, axis=-1) - label_logit  # (B, K)
+    w_sq = jnp.sum(jnp.square(w.reshape(*w.shape[:2], -1)), axis=-1).T  # (B, K)
+    safe_w_sq = jnp.where(w_sq > 0, w_sq, 1)
+    if targeted:
+      best = jnp.argmax(g, axis=-1)
+    else:
+      best = jnp.argmin(jnp.where(w_sq > 0, jnp.abs(g) * lax.rsqrt(safe_w_sq), jnp.inf), axis=-1)
+    pick = jax.nn.one_hot(best, g.shape[-1], dtype=x.dtype)  # (B, K)
+    size = jnp.sum(pick * jnp.abs(g) / safe_w_sq * (w_sq > 0), axis=-1)  # (B,)
+    w_best = jnp.einsum("bk,kb...->b...", pick, w)
+    size = jnp.where(_is_fooled(logits, labels, targeted), 0, -size if targeted else size)
+    return r + _expand(size, x) * w_best
+
+  r = scale * lax.fori_loop(0, num_steps, step, jnp.zeros_like(x))
+  if clip_min is None and clip_max is None:
+    return r, x + r, labels
+  x_adv = _clip(x + r, clip_min, clip_max)
+  return x_adv - x, x_adv, labels
 
 
 def deepfool_perturbation(
@@ -26,6 +80,8 @@ def deepfool_perturbation(
   num_steps: int = 5,
   num_classes: int = 10,
   overshoot: float = 0.02,
+  clip_min: jax.typing.ArrayLike | None = None,
+  clip_max: jax.typing.ArrayLike | None = None,
   differentiable: bool = False,
   targeted: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
@@ -33,14 +89,15 @@ def deepfool_perturbation(
 
   Candidates are the label and the ``num_classes - 1`` other classes with the largest logits at
   ``x``. Each step linearizes :math:`g_k = z_k - z_y` at :math:`x + (1 + \text{overshoot})\,r`
-  and adds the minimal step to the nearest linearized boundary,
-  :math:`|g_{k^*}|\,w_{k^*}/\|w_{k^*}\|_2^2` with :math:`w_k = \nabla_x g_k` and
+  (clipped to ``[clip_min, clip_max]``) and adds the minimal step to the nearest linearized
+  boundary, :math:`|g_{k^*}|\,w_{k^*}/\|w_{k^*}\|_2^2` with :math:`w_k = \nabla_x g_k` and
   :math:`k^* = \arg\min_k |g_k|/\|w_k\|_2`. All candidate gradients come from one ``jax.vjp``
-  (the backward pass vmapped over candidates). Examples already fooled are masked, not exited
-  early, so the loop has a fixed length and jits. For a linear model one step finds the exact
-  minimal L2 perturbation. ``targeted``: move toward class ``y`` (AMM uses it on misclassified
-  examples, toward the true label); each step crosses the linearized boundary of the candidate
-  with the largest :math:`g_k`.
+  of ``logits_fn``: one forward pass, and its backward pass vmapped over the cotangents
+  :math:`e_k - e_y`, so a step costs one forward and ``num_classes - 1`` backward passes.
+  Examples already fooled are masked, not exited early, so the loop has a fixed length and
+  jits. For a linear model one step finds the exact minimal L2 perturbation. ``targeted``: move
+  toward class ``y`` (AMM uses it on misclassified examples, toward the true label); each step
+  crosses the linearized boundary of the candidate with the largest :math:`g_k`.
 
   Args:
     logits_fn: pure function ``(B, ...) -> (B, C)``.
@@ -51,6 +108,10 @@ def deepfool_perturbation(
       mean all C classes.
     overshoot: >= 0; the returned perturbation is ``(1 + overshoot)`` times the accumulated
       steps, which pushes the example across the boundary.
+    clip_min: lower bound of the valid input range, or None (no clipping). With bounds, each
+      step linearizes at the clipped point and ``x + r`` is clipped, as in foolbox; ``x`` should
+      lie inside them.
+    clip_max: upper bound, or None.
     differentiable: let gradients flow through ``r`` (double backprop through the input
       gradients), for the AMM regularizer; otherwise ``r`` is a constant for differentiation.
     targeted: move toward ``y`` instead of away from it.
@@ -62,8 +123,8 @@ def deepfool_perturbation(
 
   Raises:
     TypeError: if ``x`` is not floating point or ``y`` not integer.
-    ValueError: for num_steps < 1, num_classes < 2, overshoot < 0, ``y`` of the wrong length or
-      ``targeted`` without ``y``.
+    ValueError: for num_steps < 1, num_classes < 2, overshoot < 0, ``y`` of the wrong length,
+      clip_min > clip_max, or ``targeted`` without ``y``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -78,48 +139,20 @@ def deepfool_perturbation(
     Moosavi-Dezfooli et al., https://arxiv.org/abs/1511.04599; Yan et al. (AMM),
     https://arxiv.org/abs/1911.05916.
   """
-  x = _check_x(x)
-  _check_int(num_steps, "num_steps", 1)
-  _check_int(num_classes, "num_classes", 2)
-  concrete_overshoot = _concrete(overshoot)
-  if concrete_overshoot is not None and np.any(concrete_overshoot < 0):
-    raise ValueError(f"`overshoot` must be >= 0, got {concrete_overshoot.tolist()}.")
-  logits0 = lax.stop_gradient(logits_fn(x))
-  labels = _labels(lambda _: logits0, x, y, targeted)
-  num_total = logits0.shape[-1]
-  is_label = jax.nn.one_hot(labels, num_total, dtype=jnp.bool_)
-  _, others = lax.top_k(jnp.where(is_label, -jnp.inf, logits0), min(num_classes, num_total) - 1)
-  scale = 1.0 + jnp.asarray(overshoot, x.dtype)
-  eye = jnp.eye(others.shape[1], dtype=x.dtype)
-
-  def margins(z):
-    logits = logits_fn(z)
-    label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
-    return jnp.take_along_axis(logits, others, axis=-1) - label_logit, logits
-
-  def is_fooled(logits):
-    return (jnp.argmax(logits, axis=-1) == labels) == targeted
-
-  def step(_, r):
-    g, pullback, logits = jax.vjp(margins, x + scale * r, has_aux=True)  # g: (B, K)
-    cotangents = varying_like(jnp.broadcast_to(eye[:, None, :], (eye.shape[0], *g.shape)), g)
-    (w,) = jax.vmap(pullback)(cotangents)  # (K, B, ...)
-    w_sq = jnp.sum(jnp.square(w.reshape(*w.shape[:2], -1)), axis=-1).T  # (B, K)
-    safe_w_sq = jnp.where(w_sq > 0, w_sq, 1)
-    if targeted:
-      best = jnp.argmax(g, axis=-1)
-    else:
-      best = jnp.argmin(jnp.where(w_sq > 0, jnp.abs(g) * lax.rsqrt(safe_w_sq), jnp.inf), axis=-1)
-    pick = jax.nn.one_hot(best, g.shape[-1], dtype=x.dtype)  # (B, K)
-    size = jnp.sum(pick * jnp.abs(g) / safe_w_sq * (w_sq > 0), axis=-1)  # (B,)
-    w_best = jnp.einsum("bk,kb...->b...", pick, w)
-    size = jnp.where(is_fooled(logits), 0, -size if targeted else size)
-    return r + _expand(size, x) * w_best
-
-  r = scale * lax.fori_loop(0, num_steps, step, jnp.zeros_like(x))
+  r, x_adv, labels = _deepfool(
+    logits_fn,
+    x,
+    y,
+    num_steps=num_steps,
+    num_classes=num_classes,
+    overshoot=overshoot,
+    clip_min=clip_min,
+    clip_max=clip_max,
+    targeted=targeted,
+  )
   if not differentiable:
     r = lax.stop_gradient(r)
-  return r, is_fooled(logits_fn(x + r))
+  return r, _is_fooled(logits_fn(x_adv), labels, targeted)
 
 
 def deepfool(
@@ -130,6 +163,8 @@ def deepfool(
   num_steps: int = 5,
   num_classes: int = 10,
   overshoot: float = 0.02,
+  clip_min: jax.typing.ArrayLike | None = None,
+  clip_max: jax.typing.ArrayLike | None = None,
   targeted: bool = False,
 ) -> jax.Array:
   """DeepFool's adversarial example ``x + r``; see :func:`deepfool_perturbation` for everything.
@@ -147,14 +182,16 @@ def deepfool(
   References:
     Moosavi-Dezfooli et al., https://arxiv.org/abs/1511.04599.
   """
-  x = _check_x(x)
-  r, _ = deepfool_perturbation(
+  x = jnp.asarray(x)
+  _, x_adv, _ = _deepfool(
     logits_fn,
     x,
     y,
     num_steps=num_steps,
     num_classes=num_classes,
     overshoot=overshoot,
+    clip_min=clip_min,
+    clip_max=clip_max,
     targeted=targeted,
   )
-  return x + r
+  return _finish(x, x_adv)

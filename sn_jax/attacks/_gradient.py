@@ -15,6 +15,7 @@ from sn_jax.attacks._common import (
   _check_int,
   _check_norm,
   _check_radius,
+  _check_start,
   _check_x,
   _clip,
   _finish,
@@ -28,6 +29,24 @@ from sn_jax.attacks._common import (
 )
 
 
+def _start(key, x, eps, norm, start, clip_min, clip_max) -> jax.Array:
+  """Where an attack starts, ``(B, ...)``: ``x``, or (``start`` not None) a random point of
+  its l_p ball of radius ``eps``; clipped to ``[clip_min, clip_max]``."""
+  if start is not None:
+    x = x + _random_start(key, x, eps, norm, start)
+  return _clip(x, clip_min, clip_max)
+
+
+def _ascent_step(x, x_adv, g, eps, step_size, norm, clip_min, clip_max) -> jax.Array:
+  """One projected ascent step, ``(B, ...)``: ``x + Pi(x_adv + step_size * u(g) - x)``, clipped.
+
+  ``u(g)`` is the unit steepest-ascent direction of the gradient ``g`` (:func:`_unit`) and ``Pi``
+  the projection onto the l_p ball of radius ``eps`` (:func:`_project`).
+  """
+  x_adv = x_adv + step_size * _unit(g, norm)
+  return _clip(x + _project(x_adv - x, eps, norm), clip_min, clip_max)
+
+
 def fgm(
   logits_fn: LogitsFn,
   x: jax.typing.ArrayLike,
@@ -35,6 +54,8 @@ def fgm(
   *,
   eps: jax.typing.ArrayLike,
   norm: float = 2,
+  random_start: bool | str = False,
+  key: jax.Array | None = None,
   clip_min: jax.typing.ArrayLike | None = None,
   clip_max: jax.typing.ArrayLike | None = None,
   targeted: bool = False,
@@ -44,7 +65,10 @@ def fgm(
 
   :math:`x' = x + \epsilon\, g/\|g\|_p` with ``g`` the per-example input gradient of the loss
   (``eps * sign(g)`` for l_inf, FGSM), then clipped to ``[clip_min, clip_max]``. A zero gradient
-  leaves the example unchanged.
+  leaves the example unchanged. With ``random_start`` the step is taken from a random point of
+  the ball, with the gradient there, and projected back onto the ball (FGSM with random
+  initialization, as Wong et al. train with, here with step ``eps``): :func:`pgd` with one step
+  of size ``eps``.
 
   Args:
     logits_fn: pure function ``(B, ...) -> (B, C)``.
@@ -53,6 +77,9 @@ def fgm(
       predictions.
     eps: radius, >= 0: a scalar, or ``(E,)`` for E attacks in one call.
     norm: ``jnp.inf``, 2 or 1.
+    random_start: False; True or ``'ball'``: start uniformly in the ball; ``'radial'`` (l_2
+      only): a Gaussian direction with radius ``eps * U(0, 1)``.
+    key: PRNG key, required with ``random_start``; the same key gives the same result.
     clip_min: lower bound of the valid input range, or None (no clipping, for whitened data).
     clip_max: upper bound, or None.
     targeted: descend the loss of ``y`` instead of ascending it.
@@ -64,8 +91,8 @@ def fgm(
 
   Raises:
     TypeError: if ``x`` is not floating point or ``y`` not integer.
-    ValueError: for eps < 0, an unknown norm or loss, ``y`` of the wrong length,
-      clip_min > clip_max, or ``targeted`` without ``y``.
+    ValueError: for eps < 0, an unknown norm, loss or random_start, ``random_start`` without a
+      ``key``, ``y`` of the wrong length, clip_min > clip_max, or ``targeted`` without ``y``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -76,19 +103,29 @@ def fgm(
 
   References:
     Goodfellow et al., https://arxiv.org/abs/1412.6572; Farnia et al.,
-    https://arxiv.org/abs/1811.07457 (per-example l_1/l_2 normalization).
+    https://arxiv.org/abs/1811.07457 (per-example l_1/l_2 normalization); Wong, Rice & Kolter,
+    Fast is better than free, https://arxiv.org/abs/2001.03994 (random initialization).
   """
   x = _check_x(x)
   eps = _check_radius(eps, "eps")
   norm = _check_norm(norm)
+  start = _check_start(random_start, key, norm)
   _check_clip(clip_min, clip_max)
   loss_fn = _loss(loss)
   labels = _labels(logits_fn, x, y, targeted)
-  g = _input_grad(logits_fn, loss_fn, labels, -1.0 if targeted else 1.0)(x)
-  direction = _unit(g, norm)
-  return _over_radii(
-    lambda e: _finish(x, _clip(x + e.astype(x.dtype) * direction, clip_min, clip_max)), eps
-  )
+  grad = _input_grad(logits_fn, loss_fn, labels, -1.0 if targeted else 1.0)
+  if start is None:  # One gradient, at x, serves every radius of a curve.
+    direction = _unit(grad(x), norm)
+    return _over_radii(
+      lambda e: _finish(x, _clip(x + e.astype(x.dtype) * direction, clip_min, clip_max)), eps
+    )
+
+  def attack_one(eps):
+    eps = eps.astype(x.dtype)
+    x_start = _start(key, x, eps, norm, start, clip_min, clip_max)
+    return _finish(x, _ascent_step(x, x_start, grad(x_start), eps, eps, norm, clip_min, clip_max))
+
+  return _over_radii(attack_one, eps)
 
 
 def pgd(
@@ -169,14 +206,7 @@ def pgd(
       f"`step_size` must be a scalar or shaped like `eps` {eps.shape}, got shape {step_size.shape}."
     )
   norm = _check_norm(norm)
-  start = {False: None, True: "ball", "ball": "ball", "radial": "radial"}.get(random_start, "?")
-  if start == "?" or (start == "radial" and norm != 2.0):
-    raise ValueError(
-      "`random_start` must be False, True, 'ball' or 'radial' ('radial' only with norm=2), "
-      f"got {random_start!r} with norm={norm}."
-    )
-  if start is not None and key is None:
-    raise ValueError("`random_start` needs a PRNG `key`, e.g. key=jax.random.key(0); got None.")
+  start = _check_start(random_start, key, norm)
   if num_restarts > 1 and start is None:
     raise ValueError(f"`num_restarts`={num_restarts} needs `random_start`; got False.")
   _check_clip(clip_min, clip_max)
@@ -186,13 +216,10 @@ def pgd(
   grad = _input_grad(logits_fn, loss_fn, labels, sign)
 
   def from_start(eps, step_size, key):
-    delta = jnp.zeros_like(x) if start is None else _random_start(key, x, eps, norm, start)
-
     def step(_, x_adv):
-      x_adv = x_adv + step_size * _unit(grad(x_adv), norm)
-      return _clip(x + _project(x_adv - x, eps, norm), clip_min, clip_max)
+      return _ascent_step(x, x_adv, grad(x_adv), eps, step_size, norm, clip_min, clip_max)
 
-    return lax.fori_loop(0, num_steps, step, _clip(x + delta, clip_min, clip_max))
+    return lax.fori_loop(0, num_steps, step, _start(key, x, eps, norm, start, clip_min, clip_max))
 
   def attack_one(eps, step_size):
     eps, step_size = eps.astype(x.dtype), step_size.astype(x.dtype)
