@@ -22,11 +22,8 @@ Writes the ``attacks`` section of benchmarks/README.md.
 
 from __future__ import annotations
 
-import argparse
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 import timing
 
 from sn_jax import attacks, models
@@ -70,61 +67,41 @@ def jax_fns(x: jax.Array, y: jax.Array) -> tuple[dict, dict]:
   return {"fns": fns, "logits_fn": jax.jit(logits_fn)}, memory
 
 
-def foolbox_fn(logits_fn, x: jax.Array, y: jax.Array):
-  """foolbox 3's LinfPGD on the same Flax model, or None when foolbox is not installed."""
-  try:
-    import foolbox as fb
-  except ImportError as error:
-    print(f"foolbox row skipped: {error}")
-    return None
+def foolbox_fns(logits_fn, x: jax.Array, y: jax.Array) -> dict:
+  """foolbox 3's LinfPGD on the same Flax model, or {} when foolbox is not installed."""
+  modules = timing.optional_modules("foolbox", rows="foolbox row")
+  if modules is None:
+    return {}
+  (fb,) = modules
   fmodel = fb.JAXModel(logits_fn, bounds=(0.0, 1.0))
   attack = fb.attacks.LinfPGD(abs_stepsize=STEP_SIZE, steps=NUM_STEPS, random_start=True)
-  return lambda: attack(fmodel, x, y, epsilons=EPS)[0]
+  return {f"foolbox LinfPGD, {NUM_STEPS} steps": lambda: attack(fmodel, x, y, epsilons=EPS)[0]}
 
 
-def torch_fns(x: np.ndarray, y: np.ndarray) -> dict:
+def torch_fns(x: jax.Array, y: jax.Array) -> dict:
   """torchattacks' PGD and one input gradient on the PyTorch ELU-Net, or {} if unavailable."""
-  try:
-    import torch
-    import torch_models
-    import torchattacks
-  except ImportError as error:
-    print(f"PyTorch rows skipped: {error}")
+  modules = timing.optional_modules("torch", "torch_models", "torchattacks", rows="PyTorch rows")
+  if modules is None:
     return {}
+  torch, torch_models, torchattacks = modules
   torch.manual_seed(0)
   net = torch_models.elu_net().eval()
-  xt = torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).copy())
-  yt = torch.from_numpy(y.astype(np.int64))
+  xt, yt = torch_models.to_torch(x, y)
   attack = torchattacks.PGD(net, eps=EPS, alpha=STEP_SIZE, steps=NUM_STEPS, random_start=True)
-  loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
-
-  def input_grad():
-    xg = xt.clone().requires_grad_(True)
-    return torch.autograd.grad(loss_fn(net(xg), yt), xg)[0]
-
   return {
-    "torch input gradient": input_grad,
+    "torch input gradient": torch_models.input_grad_fn(net, xt, yt),
     f"torchattacks PGD, {NUM_STEPS} steps": lambda: attack(xt, yt),
   }
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="tiny smoke run; records nothing")
-  parser.add_argument("--batch", type=int, default=128)
-  parser.add_argument("--repeats", type=int, default=20)
-  args = parser.parse_args()
-  batch, repeats = (8, 2) if args.quick else (args.batch, args.repeats)
-
+  args = timing.parse_args(__doc__, repeats=20)
+  batch = args.batch
   x = jax.random.uniform(jax.random.key(2), (batch, 28, 28, 1))
   y = jax.random.randint(jax.random.key(3), (batch,), 0, 10)
   jax_parts, memory = jax_fns(x, y)
-  fns = dict(jax_parts["fns"])
-  foolbox = foolbox_fn(jax_parts["logits_fn"], x, y)
-  if foolbox is not None:
-    fns[f"foolbox LinfPGD, {NUM_STEPS} steps"] = foolbox
-  fns.update(torch_fns(np.asarray(x), np.asarray(y)))
-  times = timing.time_side_by_side(fns, repeats=repeats, rounds=1 if args.quick else 5)
+  fns = {**jax_parts["fns"], **foolbox_fns(jax_parts["logits_fn"], x, y), **torch_fns(x, y)}
+  times = timing.time_side_by_side(fns, repeats=args.repeats, rounds=args.rounds)
 
   pgd_name = f"sn_jax pgd, {NUM_STEPS} steps"
   unit = times["input gradient"].median_s
@@ -134,18 +111,11 @@ def main() -> None:
       continue
     base = times["torch input gradient" if name.startswith("torch") else "input gradient"]
     steps = 1 if name.endswith("gradient") else NUM_STEPS
-    ratio = t.median_s / (steps * base.median_s)
-    rows.append([name, t.median_s * 1e3, (t.q75_s - t.q25_s) * 1e3, ratio, t.compile_s])
+    rows.append(timing.timing_row(name, t, t.median_s / (steps * base.median_s)))
   six, one = times["sn_jax deepfool, 6 steps"], times["sn_jax deepfool, 1 step"]
   deepfool_step = (six.median_s - one.median_s) / 5
   rows.append(["sn_jax deepfool, one step", deepfool_step * 1e3, "", deepfool_step / unit, ""])
-  header = [
-    "attack on ELU-Net",
-    f"median, batch {batch} (ms)",
-    "IQR (ms)",
-    "over steps x one input gradient",
-    "first call (s)",
-  ]
+  header = timing.timing_header("attack on ELU-Net", batch, "over steps x one input gradient")
   speedups = ", ".join(
     f"{times[peer].median_s / times[pgd_name].median_s:.2f}x faster than {peer}"
     for peer in times
@@ -162,11 +132,7 @@ def main() -> None:
     f"(ratio {memory[10 * NUM_STEPS] / memory[NUM_STEPS]:.3f}). "
     "`python benchmarks/bench_attacks.py`."
   )
-  if args.quick:
-    print(timing.markdown_table(header, rows))
-    print(notes)
-  else:
-    print(timing.record("attacks", header, rows, notes=notes))
+  timing.report("attacks", header, rows, notes=notes, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,9 @@ nothing). Writes the ``spectral_norm_step`` section of benchmarks/README.md.
 
 from __future__ import annotations
 
-import argparse
 import functools
 
 import jax
-import numpy as np
 import optax
 import timing
 
@@ -60,17 +58,14 @@ def jax_step(normalization: str, x: jax.Array, y: jax.Array):
   return run
 
 
-def torch_steps(x: np.ndarray, y: np.ndarray) -> dict:
+def torch_steps(x: jax.Array, y: jax.Array) -> dict:
   """PyTorch steps without and with spectral_norm, or {} when torch_models is not available."""
-  try:
-    import torch
-    import torch_models
-  except ImportError as error:
-    print(f"PyTorch rows skipped: {error}")
+  modules = timing.optional_modules("torch", "torch_models", rows="PyTorch rows")
+  if modules is None:
     return {}
+  torch, torch_models = modules
   torch.manual_seed(0)
-  xt = torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).copy())
-  yt = torch.from_numpy(np.array(y, np.int64))
+  xt, yt = torch_models.to_torch(x, y)
 
   def make(normalized: bool):
     net = torch_models.elu_net()
@@ -84,13 +79,8 @@ def torch_steps(x: np.ndarray, y: np.ndarray) -> dict:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="tiny smoke run; records nothing")
-  parser.add_argument("--batch", type=int, default=128)
-  parser.add_argument("--repeats", type=int, default=50)
-  args = parser.parse_args()
-  batch, repeats = (8, 2) if args.quick else (args.batch, args.repeats)
-
+  args = timing.parse_args(__doc__, repeats=50)
+  batch = args.batch
   x = jax.random.normal(jax.random.key(1), (batch, 28, 28, 1))
   y = jax.random.randint(jax.random.key(2), (batch,), 0, 10)
   fns = {
@@ -98,30 +88,20 @@ def main() -> None:
     "JAX, sn_jax SpectralNorm (operator norm)": jax_step("operator", x, y),
     "JAX, flax.linen.SpectralNorm (reshaped)": jax_step("reshaped", x, y),
   }
-  fns.update(torch_steps(np.asarray(x), np.asarray(y)))
-  times = timing.time_side_by_side(fns, repeats=repeats, rounds=1 if args.quick else 5)
+  fns.update(torch_steps(x, y))
+  times = timing.time_side_by_side(fns, repeats=args.repeats, rounds=args.rounds)
 
   rows = []
   for name, t in times.items():
     base = times["PyTorch, plain" if name.startswith("PyTorch") else "JAX, plain"]
-    iqr = (t.q75_s - t.q25_s) * 1e3
-    rows.append([name, t.median_s * 1e3, iqr, t.median_s / base.median_s, t.compile_s])
-  header = [
-    "ELU-Net training step",
-    f"median, batch {batch} (ms)",
-    "IQR (ms)",
-    "ratio",
-    "first call (s)",
-  ]
+    rows.append(timing.timing_row(name, t, t.median_s / base.median_s))
+  header = timing.timing_header("ELU-Net training step", batch, "ratio")
   notes = (
     f"One SGD step (softmax cross-entropy) on a {batch}x28x28x1 batch; ratio = median over the "
     f"plain step of the same framework; floor for the operator-norm step ~ "
     f"{1 + 2 / (3 * batch):.4f}. `python benchmarks/bench_spectral_norm.py`."
   )
-  if args.quick:
-    print(timing.markdown_table(header, rows))
-  else:
-    print(timing.record("spectral_norm_step", header, rows, notes=notes))
+  timing.report("spectral_norm_step", header, rows, notes=notes, quick=args.quick)
 
 
 if __name__ == "__main__":

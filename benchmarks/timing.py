@@ -8,13 +8,16 @@ the interquartile range. Results are written as JSON and as a markdown table int
 
 from __future__ import annotations
 
+import argparse
 import datetime
+import importlib
 import json
 import os
 import pathlib
 import platform
 import statistics
 import time
+import types
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -91,6 +94,54 @@ def time_side_by_side(
       compile_s[name], statistics.median(values), quartiles[0], quartiles[2], len(values)
     )
   return result
+
+
+def parse_args(description: str, *, batch: int = 128, repeats: int = 20) -> argparse.Namespace:
+  """The command line of a side-by-side benchmark: ``--quick``, ``--batch``, ``--repeats``.
+
+  ``--quick`` is a smoke run that records nothing: batch 8, 2 repeats. The namespace gains
+  ``rounds`` for :func:`time_side_by_side`: 5, or 1 with ``--quick``.
+  """
+  parser = argparse.ArgumentParser(description=description.split("\n")[0])
+  parser.add_argument("--quick", action="store_true", help="tiny smoke run; records nothing")
+  parser.add_argument("--batch", type=int, default=batch)
+  parser.add_argument("--repeats", type=int, default=repeats)
+  args = parser.parse_args()
+  if args.quick:
+    args.batch, args.repeats = 8, 2
+  args.rounds = 1 if args.quick else 5
+  return args
+
+
+def optional_modules(*names: str, rows: str) -> list[types.ModuleType] | None:
+  """The modules ``names`` imported, or None, after printing that ``rows`` are skipped, when one
+  of them is not installed (the peers of a benchmark are optional dependencies)."""
+  try:
+    return [importlib.import_module(name) for name in names]
+  except ImportError as error:
+    print(f"{rows} skipped: {error}")
+    return None
+
+
+def timing_header(title: str, batch: int, ratio: str) -> list[str]:
+  """The header of a table of :func:`timing_row` rows."""
+  return [title, f"median, batch {batch} (ms)", "IQR (ms)", ratio, "first call (s)"]
+
+
+def timing_row(name: str, t: Timing, ratio: float) -> list[Any]:
+  """``[name, median (ms), interquartile range (ms), ratio, first call (s)]``."""
+  return [name, t.median_s * 1e3, (t.q75_s - t.q25_s) * 1e3, ratio, t.compile_s]
+
+
+def report(
+  name: str, header: Sequence[str], rows: Sequence[Sequence[Any]], *, notes: str, quick: bool
+) -> None:
+  """Prints the table and notes of a ``--quick`` smoke run, or records them (:func:`record`)."""
+  if quick:
+    print(markdown_table(header, rows))
+    print(notes)
+  else:
+    print(record(name, header, rows, notes=notes))
 
 
 def machine() -> str:

@@ -20,6 +20,7 @@ References:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -71,6 +72,25 @@ def mini_alexnet(num_classes: int = 10, activation: type[nn.Module] = nn.ReLU) -
 
 
 MODELS = {"elunet": (elu_net, (1, 28, 28)), "alexnet": (mini_alexnet, (3, 28, 28))}
+
+
+def to_torch(x: np.typing.ArrayLike, y: np.typing.ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
+  """A channels-last batch ``(B, H, W, C)`` and its labels ``(B,)`` (NumPy or JAX arrays) as
+  PyTorch's ``(B, C, H, W)`` tensor and int64 labels, copied once outside any timed call."""
+  xt = torch.from_numpy(np.transpose(np.asarray(x), (0, 3, 1, 2)).copy())
+  return xt, torch.from_numpy(np.asarray(y).astype(np.int64))
+
+
+def input_grad_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+  """A zero-argument function returning the input gradient ``(B, C, H, W)`` of the summed
+  softmax cross-entropy on ``(x, y)``: one forward and one backward pass, an attack step's cost."""
+  loss_fn = nn.CrossEntropyLoss(reduction="sum")
+
+  def input_grad() -> torch.Tensor:
+    xg = x.clone().requires_grad_(True)
+    return torch.autograd.grad(loss_fn(model(xg), y), xg)[0]
+
+  return input_grad
 
 
 def train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: float = 0.01):
