@@ -26,7 +26,16 @@ def _is_fooled(logits: jax.Array, labels: jax.Array, targeted: bool) -> jax.Arra
 
 
 def _deepfool(
-  logits_fn, x, y, *, num_steps, num_classes, overshoot, clip_min, clip_max, targeted
+  logits_fn: LogitsFn,
+  x: jax.typing.ArrayLike,
+  y: jax.typing.ArrayLike | None,
+  *,
+  num_steps: int,
+  num_classes: int,
+  overshoot: jax.typing.ArrayLike,
+  clip_min: jax.typing.ArrayLike | None,
+  clip_max: jax.typing.ArrayLike | None,
+  targeted: bool,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """:func:`deepfool_perturbation`'s checks and loop: ``(r, x_adv, labels)``, ``(B, ...)`` twice
   and ``(B,)``, with ``x_adv = clip(x + r)`` exactly (``x + r`` may round off the bounds)."""
