@@ -7,7 +7,9 @@ of :mod:`sn_jax.train` (``shard_map`` over all devices), every step configured t
 attack Roth et al. compare their data-dependent regularizer against.
 
 Run: ``python benchmarks/bench_regularizers.py`` (``--quick``: a batch of 16, few repeats;
-records nothing).
+records nothing). Defaults: Roth et al.'s batch of 32; each row is probed with one step, then
+timed for up to ``--budget-s`` seconds (10 samples at most, 5 at least), so a full run takes a
+few minutes whatever a row costs, as long as it compiles and runs one step in that time.
 """
 
 from __future__ import annotations
@@ -51,12 +53,26 @@ def regularizer_config(scale, *, attack, regularizer, options):
   return config
 
 
+def sample_counts(probe_s, *, budget_s, repeats, rounds):
+  """Timed calls per row: as many as fit in ``budget_s`` (from one probed step), between
+  ``rounds`` and ``repeats``; 0 for a row whose one step already exceeds the budget (its probe
+  is its only sample)."""
+  return {
+    name: 0 if t > budget_s else max(rounds, min(repeats, int(budget_s / t)))
+    for name, t in probe_s.items()
+  }
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--quick", action="store_true", help="smoke run: small batch, no record")
   parser.add_argument("--parallel", default="shard_map", choices=("shard_map", "pmap"))
+  parser.add_argument("--batch", type=int, default=32, help="global batch (Roth et al.: 32)")
+  parser.add_argument(
+    "--budget-s", type=float, default=30.0, help="seconds of timed calls per row, at most"
+  )
   args = parser.parse_args()
-  batch_size, repeats = (16, 2) if args.quick else (128, 20)
+  batch_size, repeats, rounds = (16, 2, 1) if args.quick else (args.batch, 10, 5)
   datasets = data.load_embedded_mnist()
   scale = data.mean_norm(datasets.train)
   parallel = train.DataParallel(mode=args.parallel)
@@ -70,19 +86,33 @@ def main() -> None:
     )
     for name, (attack, regularizer, options) in STEPS.items()
   }
-  timings = timing.time_side_by_side(
-    runners, repeats=repeats, warmup=1, rounds=1 if args.quick else 5
+  # One call each (compile and run), then one timed step, to size each row's sample count.
+  probe = timing.time_side_by_side(runners, repeats=1, warmup=0, rounds=1)
+  counts = sample_counts(
+    {name: t.median_s for name, t in probe.items()},
+    budget_s=args.budget_s,
+    repeats=repeats,
+    rounds=rounds,
   )
+  timed = {name: fn for name, fn in runners.items() if counts[name]}
+  timings = dict(probe)
+  if timed:
+    warm = timing.time_side_by_side(timed, repeats=counts, warmup=0, rounds=rounds)
+    # Their first call here is a warm step: the compile time is the probe's.
+    timings.update({n: t._replace(compile_s=probe[n].compile_s) for n, t in warm.items()})
   reference = timings[REFERENCE].median_s
-  header = ["training step", "steps/s", "time / PGD-10 step", "compile s"]
+  header = ["training step", "steps/s", "time / PGD-10 step", "samples", "compile s"]
   rows = [
-    [name, 1 / t.median_s, t.median_s / reference, t.compile_s] for name, t in timings.items()
+    [name, 1 / t.median_s, t.median_s / reference, t.repeats, t.compile_s]
+    for name, t in timings.items()
   ]
   notes = (
     f"ELU-Net, batch {batch_size}, Adam, {parallel.num_devices} device(s) under "
-    f"{args.parallel}; median step time over interleaved rounds. PGD: l2, eps = 0.05 C2, 10 "
-    "steps of 2 eps / 10. d.d. SNR: eps = 0.05 C2, fresh start, penalty on the clean batch. "
-    "AMM: two differentiable DeepFool runs (untargeted and targeted) per step, double backprop."
+    f"{args.parallel}; median step time over interleaved rounds, at most {args.budget_s:g} s "
+    "of timed steps per row (a row whose one step exceeds that has its probe as only sample). "
+    "PGD: l2, eps = 0.05 C2, 10 steps of 2 eps / 10. d.d. SNR: eps = 0.05 C2, fresh start, "
+    "penalty on the clean batch. AMM: two differentiable DeepFool runs (untargeted and "
+    "targeted) per step, double backprop."
   )
   if args.quick:
     print(timing.markdown_table(header, rows))

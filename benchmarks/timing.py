@@ -65,12 +65,17 @@ def time_fn(
 
 
 def time_side_by_side(
-  fns: dict[str, Callable[[], Any]], *, repeats: int = 20, warmup: int = 2, rounds: int = 5
+  fns: dict[str, Callable[[], Any]],
+  *,
+  repeats: int | dict[str, int] = 20,
+  warmup: int = 2,
+  rounds: int = 5,
 ) -> dict[str, Timing]:
   """Times several zero-argument functions interleaved, so drift in the machine hits all alike.
 
   Each function is compiled and warmed up first; then ``rounds`` rounds each time every
-  function ``repeats // rounds`` times, in turn.
+  function ``max(1, repeats // rounds)`` times, in turn. ``repeats`` may be a dict by name, so
+  that slow functions take fewer samples.
   """
   compile_s = {}
   for name, fn in fns.items():
@@ -80,10 +85,11 @@ def time_side_by_side(
     for _ in range(warmup):
       jax.block_until_ready(fn())
   samples: dict[str, list[float]] = {name: [] for name in fns}
-  per_round = max(1, repeats // rounds)
+  counts = repeats if isinstance(repeats, dict) else dict.fromkeys(fns, repeats)
+  per_round = {name: max(1, counts[name] // rounds) for name in fns}
   for _ in range(rounds):
     for name, fn in fns.items():
-      for _ in range(per_round):
+      for _ in range(per_round[name]):
         start = time.perf_counter()
         jax.block_until_ready(fn())
         samples[name].append(time.perf_counter() - start)

@@ -20,10 +20,14 @@ temporary directory unless ``--out`` is given)::
 Defaults: ELU-Net (Farnia et al.'s MNIST network: three convolutions and a dense layer), Adam
 1e-3, batch 64, 400 steps (6.4 epochs), PGD with 5 steps, top 16 singular values per layer.
 
-Expected runtime: about 3-4 minutes on a quiet 2-core CPU (PGD training dominates).
-Expected result (Wen et al.'s claim, to check against ``spectra.json``): after PGD training the
-top singular values of most layers are smaller than after ERM, and the spectra flatter
-(smaller ``max``, condition number and spread), with lower clean but higher PGD accuracy.
+Expected runtime: 5.3 minutes wall (3.5 minutes CPU) on a shared 2-core CPU; PGD training
+dominates.
+Expected result: Wen et al.'s claim is that after PGD training the layers' spectra are lower and
+flatter than after ERM, and clean accuracy lower. Measured here (``results/spectra.json``): the
+first two convolutions' top singular values drop to 0.71x and 0.72x of ERM's and their spectra
+flatten (condition number of the top 16: 1.18 -> 1.06 and 1.38 -> 1.09); the dense layer drops
+to 0.92x; the last convolution stays (1.04x). Test accuracy clean .949 (ERM) vs .958 (PGD), under
+PGD .254 vs .681: at 400 steps adversarial training has not yet cost clean accuracy.
 """
 
 from __future__ import annotations
