@@ -143,11 +143,20 @@ def _spatial_axes(plan: _Plan) -> tuple[int, ...]:
   return tuple(range(0, 2 * len(plan.circular_shape), 2))
 
 
-def _symbol(kernel: jax.Array, plan: _Plan) -> jax.Array:
-  """The operator's symbol: shape ``(groups, *M, S * C_in/groups, C_out/groups)``.
+def _coarse_shape(plan: _Plan) -> tuple[int, ...]:
+  """The coarse grid ``M = L / strides`` on which the polyphase symbol lives."""
+  return tuple(n // s for n, s in zip(plan.circular_shape, plan.strides, strict=True))
 
-  ``M = L / strides`` is the coarse grid and ``S = prod(strides)`` the number of phases. The
-  singular values of the operator are those of all the blocks together.
+
+def _symbol(kernel: jax.Array, plan: _Plan) -> jax.Array:
+  """Half of the operator's symbol, shape ``(groups, *H, S * C_in/groups, C_out/groups)``.
+
+  ``M = L / strides`` is the coarse grid, ``S = prod(strides)`` the number of phases and
+  ``H = (*M[:-1], M[-1] // 2 + 1)``. The kernel is real, so the block at frequency ``-w`` is the
+  complex conjugate of the block at ``w`` and has the same singular values: a real FFT keeps
+  only the frequencies ``0 .. M[-1] // 2`` of the last coarse axis, half the blocks, and the
+  ``(M[-1] - 1) // 2`` interior ones stand for a conjugate pair. A dense kernel (no spatial
+  dimension) is its own single real block.
   """
   nd = len(plan.circular_shape)
   cin, cout = kernel.shape[-2:]
@@ -162,11 +171,13 @@ def _symbol(kernel: jax.Array, plan: _Plan) -> jax.Array:
   ]
   h = lax.pad(kernel, zero, [*config, (0, 0, 0), (0, 0, 0)])
   # Polyphase: position j = s*q + r becomes (q, r); the FFT runs over the coarse index q.
-  coarse = tuple(n // s for n, s in zip(plan.circular_shape, plan.strides, strict=True))
-  split = [v for m, s in zip(coarse, plan.strides, strict=True) for v in (m, s)]
-  h = jnp.fft.fftn(h.reshape(*split, cin, cout), axes=_spatial_axes(plan))
+  split = [v for m, s in zip(_coarse_shape(plan), plan.strides, strict=True) for v in (m, s)]
+  h = h.reshape(*split, cin, cout)
+  if nd:
+    h = jnp.fft.rfftn(h, axes=_spatial_axes(plan))
   order = (*range(0, 2 * nd, 2), *range(1, 2 * nd, 2), 2 * nd, 2 * nd + 1)
-  h = h.transpose(order).reshape(*coarse, math.prod(plan.strides) * cin, groups, cout // groups)
+  h = h.transpose(order)
+  h = h.reshape(*h.shape[:nd], math.prod(plan.strides) * cin, groups, cout // groups)
   return jnp.moveaxis(h, -2, 0)
 
 
@@ -174,11 +185,12 @@ def _kernel_from_symbol(blocks: jax.Array, plan: _Plan, kernel_shape: tuple[int,
   """Inverts :func:`_symbol` and truncates to the kernel's support (the taps ``d*k``)."""
   nd = len(plan.circular_shape)
   cin, cout = kernel_shape[-2:]
-  coarse = blocks.shape[1 : 1 + nd]
-  h = jnp.moveaxis(blocks, 0, -2).reshape(*coarse, *plan.strides, cin, cout)
+  h = jnp.moveaxis(blocks, 0, -2).reshape(*blocks.shape[1 : 1 + nd], *plan.strides, cin, cout)
   order = [v for i in range(nd) for v in (i, nd + i)]
   h = h.transpose(*order, 2 * nd, 2 * nd + 1)
-  h = jnp.fft.ifftn(h, axes=_spatial_axes(plan)).real.reshape(*plan.circular_shape, cin, cout)
+  if nd:
+    h = jnp.fft.irfftn(h, s=_coarse_shape(plan), axes=_spatial_axes(plan))
+  h = h.reshape(*plan.circular_shape, cin, cout)
   support = tuple(
     slice(0, (k - 1) * d + 1, d)
     for k, d in zip(kernel_shape[:nd], plan.kernel_dilation, strict=True)
@@ -188,26 +200,40 @@ def _kernel_from_symbol(blocks: jax.Array, plan: _Plan, kernel_shape: tuple[int,
 
 @functools.partial(jax.jit, static_argnames=("plan",))
 def _singular_values(kernel, plan):
+  # The SVD, not the Gram matrices' eigenvalues: squaring loses the small singular values to
+  # rounding (an absolute error near sqrt(eps) * sigma_max).
   svals = jnp.linalg.svd(_symbol(kernel, plan), compute_uv=False)
+  if plan.circular_shape:  # the interior frequencies of the rfft axis count twice
+    interior = svals[..., 1 : 1 + (_coarse_shape(plan)[-1] - 1) // 2, :]
+    svals = jnp.concatenate([svals.ravel(), interior.ravel()])
   return jnp.sort(svals.ravel(), descending=True)
 
 
 def _top_singular_value(blocks: jax.Array) -> jax.Array:
-  """The largest singular value over a batch of blocks, from the Gram matrix of the short side.
+  """The largest singular value over a batch of blocks ``(..., m, n)``, differentiable.
 
-  The top eigenvalue of ``G G^H`` is as accurate as the SVD for the top singular value (only the
-  small ones lose accuracy by squaring) and much cheaper. LAPACK's complex eigensolvers are far
-  slower than the real ones on CPU, so a complex Gram matrix ``R + iI`` is replaced by its real
-  symmetric embedding ``[[R, -I], [I, R]]``, which has the same eigenvalues, each twice.
+  Neither an SVD nor eigenvectors for the batch: the Gram matrix of each block's short side is
+  reduced to real tridiagonal form (LAPACK's Householder reduction) and bisection on Sturm
+  sequences finds its top eigenvalue to float precision. ``jnp.linalg.eigvalsh`` would compute
+  every eigenvector too, at several times the cost. Only the winning block gets an eigenvector
+  ``v``, and the value is ``||B v||``: exact up to rounding, and with ``v`` held constant its
+  gradient is ``Re(u v^H)``, the gradient of the top singular value.
   """
-  if blocks.shape[-2] > blocks.shape[-1]:
-    blocks = jnp.conj(blocks).swapaxes(-1, -2)
-  gram = blocks @ jnp.conj(blocks).swapaxes(-1, -2)
-  if jnp.iscomplexobj(gram):
-    re, im = gram.real, gram.imag
-    gram = jnp.concatenate([jnp.concatenate([re, -im], -1), jnp.concatenate([im, re], -1)], -2)
-  top = jnp.max(jnp.linalg.eigvalsh(gram)[..., -1])
-  return jnp.sqrt(jnp.maximum(top, jnp.finfo(top.dtype).tiny))  # finite gradient at zero
+  blocks = blocks.reshape(-1, *blocks.shape[-2:])
+  if blocks.shape[-2] < blocks.shape[-1]:
+    blocks = jnp.conj(blocks).swapaxes(-1, -2)  # tall, so that B^H B is the smaller Gram matrix
+  fixed = lax.stop_gradient(blocks)
+  gram = jnp.conj(fixed).swapaxes(-1, -2) @ fixed
+  _, diagonal, off_diagonal, _ = lax.linalg.tridiagonal(gram)
+  last = gram.shape[-1] - 1
+  top_eigenvalue = functools.partial(
+    jax.scipy.linalg.eigh_tridiagonal, eigvals_only=True, select="i", select_range=(last, last)
+  )
+  best = jnp.argmax(jax.vmap(top_eigenvalue)(diagonal, off_diagonal)[:, 0])
+  v = jnp.linalg.eigh(gram[best])[1][:, -1]
+  image = blocks[best] @ v
+  squared = jnp.sum(jnp.square(image.real) + jnp.square(image.imag))
+  return jnp.sqrt(jnp.maximum(squared, jnp.finfo(squared.dtype).tiny))  # finite gradient at 0
 
 
 @functools.partial(jax.jit, static_argnames=("plan",))
@@ -230,7 +256,9 @@ def circular_conv_singular_values(
   theirs. For ``strides`` ``s`` the input separates into ``prod(s)`` phases, and each of the
   ``prod(N / s)`` coarse frequencies carries a ``(prod(s) C_in) x C_out`` block. Dilation and
   feature groups are exact too. Cost: ``O(prod(N) C_in C_out log N)`` for the FFT plus one
-  small SVD per frequency. The result is differentiable in ``kernel``.
+  small SVD per pair of conjugate frequencies (the kernel is real, so the blocks at ``w`` and
+  ``-w`` are conjugate and share their singular values). The result is differentiable in
+  ``kernel``.
 
   The map is the one of ``flax.linen.Conv(..., padding='CIRCULAR')`` on inputs of spatial size
   ``spatial_shape`` (up to a circular shift of the input, which leaves singular values unchanged).
@@ -285,7 +313,9 @@ def fourier_conv_operator_norm(
 ) -> jax.Array:
   r"""The largest singular value of a convolution from its Fourier symbol: exact or a bound.
 
-  - ``padding='CIRCULAR'``: exact, the largest of :func:`circular_conv_singular_values`.
+  - ``padding='CIRCULAR'``: exact, the largest of :func:`circular_conv_singular_values`, at a
+    fraction of its cost: no SVD, only the top eigenvalue of each block's Gram matrix
+    (tridiagonal reduction and bisection) and one eigenvector for the largest block.
   - Zero padding (``'SAME'``, ``'VALID'``, ``'CAUSAL'``, ints or pairs, resolved as
     ``flax.linen.Conv`` does for this input size to ``(lo, hi)`` per dimension): a guaranteed
     upper bound, the exact norm of the circular convolution on the grid
@@ -449,6 +479,7 @@ def clip_conv_operator_norm(
   *,
   num_alternations: int = 1,
   strides: conv_lib.IntOrSequence = 1,
+  padding: conv_lib.PaddingLike = "CIRCULAR",
   kernel_dilation: conv_lib.IntOrSequence = 1,
   feature_group_count: int = 1,
 ) -> jax.Array:
@@ -465,6 +496,13 @@ def clip_conv_operator_norm(
   ``max(1, sigma / max_norm)``. Strided, dilated and grouped convolutions are clipped through
   their polyphase symbol.
 
+  The projection is defined for circular convolutions only: it is the circular operator whose
+  singular values are clipped. With ``padding='CIRCULAR'`` (the default) that is the layer
+  itself. With a zero padding it is the circular convolution on the padded grid ``L`` of
+  :func:`fourier_conv_operator_norm`, whose norm bounds the layer's: the layer's norm then ends
+  at most the clipped circular norm, and usually a little below it (conservative, more so for
+  small inputs), never the zero-padded layer's own nearest projection.
+
   Args:
     kernel: Flax layout ``(*kernel_size, C_in // feature_group_count, C_out)``, or a 2-D dense
       kernel with ``spatial_shape=()`` (then exact after one alternation).
@@ -473,13 +511,16 @@ def clip_conv_operator_norm(
     num_alternations: clip-and-truncate rounds, >= 1 (a ``lax.fori_loop``).
     strides, kernel_dilation, feature_group_count: as in
       :func:`circular_conv_singular_values`.
+    padding: ``'CIRCULAR'`` (default) or a zero padding, as in
+      :func:`fourier_conv_operator_norm` (then the circular operator on the padded grid is
+      clipped, see above).
 
   Returns:
     The new kernel, same shape and dtype as ``kernel``.
 
   Raises:
     ValueError: for ``max_norm`` <= 0 or not a scalar, ``num_alternations`` < 1, and as
-      :func:`circular_conv_singular_values`. TypeError: for a non-float kernel.
+      :func:`fourier_conv_operator_norm`. TypeError: for a non-float kernel.
 
   Example:
     >>> import jax, sn_jax
@@ -507,7 +548,7 @@ def clip_conv_operator_norm(
     kernel,
     spatial_shape,
     strides=strides,
-    padding="CIRCULAR",
+    padding=padding,
     kernel_dilation=kernel_dilation,
     feature_group_count=feature_group_count,
   )
