@@ -42,14 +42,15 @@ LAYERS = [
 @pytest.mark.parametrize("layer,shape,kind", LAYERS)
 def test_fourier_methods_normalize_to_beta(layer, shape, kind, method):
   wrapped = snn.SpectralNorm(layer, beta=BETA, method=method)
-  x = jax.random.normal(jax.random.key(1), shape)
+  x = jnp.asarray(np.random.default_rng(1).standard_normal(shape), jnp.float32)
   variables = wrapped.init(jax.random.key(0), x, update_stats=False)
   _, state = wrapped.apply(variables, x, update_stats=True, mutable=["spectral"])
   variables = {**variables, **state}
-  raw = sn_jax.exact_operator_norm(
-    sn_jax.layer_operator(variables["params"]["layer"]["kernel"], shape[1:], **_attrs(layer)),
-    shape[1:],
-  )
+  raw = jax.jit(  # one compilation instead of many eager ops
+    lambda kernel: sn_jax.exact_operator_norm(
+      sn_jax.layer_operator(kernel, shape[1:], **_attrs(layer)), shape[1:]
+    )
+  )(variables["params"]["layer"]["kernel"])
   assert raw > 2 * BETA  # the test is meaningful only if the layer needs normalizing
   if kind == "exact":
     np.testing.assert_allclose(
@@ -84,8 +85,8 @@ class _Net(nn.Module):
     return dense(x, update_stats=update_stats)
 
 
-@pytest.mark.parametrize("method", ["power", "fourier", "gram"])
-def test_every_method_trains_without_recompiling(method):
+@pytest.mark.parametrize("method", ["fourier", "gram"])  # 'power': tests/test_nn.py
+def test_fast_methods_train_without_recompiling(method):
   chex.clear_trace_counter()
   model = _Net(method)
   x = jax.random.normal(jax.random.key(1), (16, 8, 8, 2))
