@@ -10,15 +10,20 @@ Layouts follow Flax: inputs are channels-last ``(batch, *spatial, C_in)`` and ke
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.custom_derivatives import SymbolicZero
+
+from sn_jax._conv_formulations import (
+  ConvAttributes,
+  lax_conv,
+  matmul_conv,
+  output_spatial_shape,
+  polyphase_conv,
+)
 
 PaddingLike = str | int | Sequence[int | tuple[int, int]]
 IntOrSequence = int | Sequence[int]
@@ -173,73 +178,6 @@ def conv_spec(
   )
 
 
-def _dimension_numbers(ndim: int, *, kernel_out_first: bool = False) -> lax.ConvDimensionNumbers:
-  """Channels-last input and output; a ``(*spatial, in, out)`` kernel: Flax's convention.
-
-  ``kernel_out_first=True`` describes the same kernel stored as ``(*spatial, out, in)``.
-  """
-  lhs_spec = (0, ndim - 1, *tuple(range(1, ndim - 1)))
-  out_dim, in_dim = (ndim - 2, ndim - 1) if kernel_out_first else (ndim - 1, ndim - 2)
-  rhs_spec = (out_dim, in_dim, *tuple(range(0, ndim - 2)))
-  return lax.ConvDimensionNumbers(lhs_spec, rhs_spec, lhs_spec)
-
-
-class _ConvAttributes(NamedTuple):
-  """The static arguments of :func:`_lax_conv` (hashable, for ``jax.custom_jvp``)."""
-
-  strides: tuple[int, ...]
-  pads: tuple[tuple[int, int], ...]
-  dilation: tuple[int, ...]
-  feature_group_count: int
-  precision: lax.PrecisionLike
-
-
-def _conv_general(
-  x: jax.Array, kernel: jax.Array, attrs: _ConvAttributes, *, kernel_out_first: bool = False
-) -> jax.Array:
-  return lax.conv_general_dilated(
-    x,
-    kernel,
-    window_strides=attrs.strides,
-    padding=attrs.pads,
-    rhs_dilation=attrs.dilation,
-    dimension_numbers=_dimension_numbers(x.ndim, kernel_out_first=kernel_out_first),
-    feature_group_count=attrs.feature_group_count,
-    precision=attrs.precision,
-  )
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _lax_conv(x: jax.Array, kernel: jax.Array, attrs: _ConvAttributes) -> jax.Array:
-  """``lax.conv_general_dilated`` in Flax's layout, with an input gradient XLA runs fast.
-
-  The value and the derivatives are those of ``lax.conv_general_dilated``; only the form of
-  the input gradient differs. JAX transposes a convolution into one whose kernel dimensions
-  are ``(*spatial, out, in)``. XLA's CPU backend rearranges such a kernel only in the entry
-  computation: inside a ``while`` loop or a ``cond`` (PGD's steps, a power iteration's
-  ``fori_loop``) it runs the convolution on a slow generic path, 2-5x slower. Here the tangent
-  in ``x`` is a convolution with the kernel stored as ``(*spatial, out, in)`` by an explicit
-  transpose, so its JAX transpose, the input gradient, is a convolution in the canonical
-  layout wherever it is placed.
-  """
-  return _conv_general(x, kernel, attrs)
-
-
-def _lax_conv_jvp(attrs: _ConvAttributes, primals, tangents):
-  x, kernel = primals
-  x_dot, kernel_dot = tangents
-  terms = []
-  if not isinstance(x_dot, SymbolicZero):
-    terms.append(_conv_general(x_dot, jnp.swapaxes(kernel, -1, -2), attrs, kernel_out_first=True))
-  if not isinstance(kernel_dot, SymbolicZero):
-    terms.append(_conv_general(x, kernel_dot, attrs))
-  y = _conv_general(x, kernel, attrs)
-  return y, functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(y)
-
-
-_lax_conv.defjvp(_lax_conv_jvp, symbolic_zeros=True)
-
-
 def explicit_padding(
   spec: ConvSpec, spatial_shape: Sequence[int]
 ) -> tuple[str | None, tuple[tuple[int, int], ...]]:
@@ -263,81 +201,15 @@ def explicit_padding(
   return None, padding
 
 
-FORMULATIONS = ("auto", "direct", "polyphase")
+FORMULATIONS = ("auto", "direct", "polyphase", "matmul")
 
 
 def _check_formulation(formulation: str) -> None:
   if formulation not in FORMULATIONS:
     raise ValueError(
-      f"`formulation` must be one of {FORMULATIONS}, got {formulation!r}; use 'direct' or "
-      "'polyphase' to force one, or 'auto' to let sn_jax choose the faster one."
+      f"`formulation` must be one of {FORMULATIONS}, got {formulation!r}; use 'direct', "
+      "'polyphase' or 'matmul' to force one, or 'auto' to let sn_jax choose the fastest."
     )
-
-
-def _kept_phases(kernel_size: int, stride: int, dilation: int) -> tuple[int, int, int]:
-  """``(taps, phases, step)`` of one spatial dimension's polyphase decomposition.
-
-  The dilated kernel, zero-filled to ``stride * taps`` taps, splits into ``stride`` phases of
-  ``taps`` taps each. Only phases ``0, step, 2 * step, ... < phases`` hold a nonzero tap: the
-  tap offsets ``dilation * k`` are multiples of ``step = gcd(dilation, stride)`` and smaller
-  than the dilated kernel size; the others are dropped from input and kernel alike.
-  """
-  dilated = (kernel_size - 1) * dilation + 1
-  return -(-dilated // stride), min(stride, dilated), math.gcd(dilation, stride)
-
-
-def _polyphase_conv(
-  x: jax.Array,
-  kernel: jax.Array,
-  spec: ConvSpec,
-  pads: Sequence[tuple[int, int]],
-  precision: lax.PrecisionLike,
-) -> jax.Array:
-  """The convolution of the zero-padded ``x`` as a stride-1 convolution of its phases.
-
-  With ``t = stride * q + r``, ``y[o] = sum_t xp[stride * o + t] w[t]`` becomes
-  ``sum_{q, r} X[o + q, r] W[q, r]``: space-to-depth ``X`` of the padded input (phases ``r``
-  stacked behind each channel, so feature groups stay contiguous) convolved at stride 1 with
-  the rearranged kernel ``W``. Dimensions with stride 1 keep their kernel and dilation.
-  """
-  rank = spec.num_spatial_dims
-  x_pads, k_pads, x_shape, k_shape, slices, rhs_dilation = [], [], [], [], [], []
-  for n, k, s, d, (lo, hi) in zip(
-    x.shape[1:-1], spec.kernel_size, spec.strides, spec.kernel_dilation, pads, strict=True
-  ):
-    if s == 1:
-      x_pads.append((lo, hi, 0))
-      k_pads.append((0, 0, 0))
-      x_shape += [n + lo + hi, 1]
-      k_shape += [k, 1]
-      slices += [slice(None), slice(None)]
-      rhs_dilation.append(d)
-      continue
-    taps, phases, step = _kept_phases(k, s, d)
-    out = (n + lo + hi - (k - 1) * d - 1) // s + 1
-    length = out + taps - 1
-    # Zero-fill (or crop: the high pad may be negative) to exactly the samples the output reads.
-    x_pads.append((lo, s * length - n - lo, 0))
-    k_pads.append((0, s * taps - (k - 1) * d - 1, d - 1))
-    x_shape += [length, s]
-    k_shape += [taps, s]
-    slices += [slice(None), slice(0, phases, step)]
-    rhs_dilation.append(1)
-  zero = jnp.zeros((), x.dtype)
-  x = lax.pad(x, zero, [(0, 0, 0), *x_pads, (0, 0, 0)])
-  x = x.reshape(x.shape[0], *x_shape, x.shape[-1])[(slice(None), *slices)]
-  # (batch, M_1, s_1, ..., M_n, s_n, C) -> (batch, M_1, ..., M_n, C, s_1, ..., s_n).
-  x = x.transpose(0, *range(1, 2 * rank, 2), 2 * rank + 1, *range(2, 2 * rank + 1, 2))
-  x = x.reshape(*x.shape[: rank + 1], -1)
-  kernel = lax.pad(kernel, jnp.zeros((), kernel.dtype), [*k_pads, (0, 0, 0), (0, 0, 0)])
-  kernel = kernel.reshape(*k_shape, *kernel.shape[-2:])[tuple(slices)]
-  # (q_1, r_1, ..., q_n, r_n, C_in/g, C_out) -> (q_1, ..., q_n, C_in/g, r_1, ..., r_n, C_out).
-  kernel = kernel.transpose(*range(0, 2 * rank, 2), 2 * rank, *range(1, 2 * rank, 2), 2 * rank + 1)
-  kernel = kernel.reshape(*kernel.shape[:rank], -1, kernel.shape[-1])
-  attrs = _ConvAttributes(
-    (1,) * rank, ((0, 0),) * rank, tuple(rhs_dilation), spec.feature_group_count, precision
-  )
-  return _lax_conv(x, kernel, attrs)
 
 
 # The 'auto' rule's thresholds, measured with benchmarks/bench_formulation.py (see its table in
@@ -346,13 +218,20 @@ POLYPHASE_MIN_KERNEL_STRIDES = 3
 POLYPHASE_MIN_GROUP_CHANNELS = 16
 
 
-def choose_formulation(spec: ConvSpec, *, backend: str | None = None) -> str:
-  """The faster exact formulation of a convolution on a backend: ``'direct'`` or ``'polyphase'``.
+def choose_formulation(
+  spec: ConvSpec, *, backend: str | None = None, spatial_shape: Sequence[int] | None = None
+) -> str:
+  """The fastest exact formulation of a convolution on a backend.
 
   The rule, measured on XLA's CPU backend (2 cores, JAX 0.10.2, batch 128, the strided layer
   behind another layer as in a network; ``benchmarks/bench_formulation.py``):
 
-  - stride 1 in every dimension: ``'direct'`` (the two forms are the same computation);
+  - CPU, with ``spatial_shape`` given: ``'matmul'`` if the output has one position in every
+    spatial dimension, as when a kernel covers the whole (padded) input: the convolution is
+    then a dense layer, one matrix product of the flattened input. ELU-Net's last
+    convolution (5x5 VALID, 128 -> 128 channels on a 5x5 input) took 16.0 ms direct and
+    3.6 ms as a product for its value and both gradients.
+  - stride 1 in every dimension: ``'direct'`` (polyphase is the same computation);
   - CPU: ``'polyphase'`` if, in some strided dimension, the dilated kernel spans at least
     ``POLYPHASE_MIN_KERNEL_STRIDES`` (3) strides, and the kernel has at least
     ``POLYPHASE_MIN_GROUP_CHANNELS`` (16) input channels per group; else ``'direct'``.
@@ -374,9 +253,11 @@ def choose_formulation(spec: ConvSpec, *, backend: str | None = None) -> str:
   Args:
     spec: the convolution, from :func:`conv_spec`.
     backend: ``'cpu'``, ``'gpu'``, ``'tpu'``; defaults to ``jax.default_backend()``.
+    spatial_shape: the input's spatial shape ``(*spatial,)``, if known; without it the rule
+      never picks ``'matmul'``.
 
   Returns:
-    ``'direct'`` or ``'polyphase'``.
+    ``'direct'``, ``'polyphase'`` or ``'matmul'``.
 
   Example:
     >>> from sn_jax import convolution
@@ -385,6 +266,10 @@ def choose_formulation(spec: ConvSpec, *, backend: str | None = None) -> str:
     'polyphase'
   """
   backend = jax.default_backend() if backend is None else backend
+  if backend == "cpu" and spatial_shape is not None:
+    _, pads = explicit_padding(spec, spatial_shape)
+    if all(n == 1 for n in output_spatial_shape(spec, spatial_shape, pads)):
+      return "matmul"
   if backend != "cpu" or spec.in_features // spec.feature_group_count < (
     POLYPHASE_MIN_GROUP_CHANNELS
   ):
@@ -416,7 +301,9 @@ def conv(
   (``ceil(dilated_size / stride)`` taps per dimension), and convolves at stride 1; its
   gradients are stride-1 convolutions too, which XLA's CPU backend runs far faster than the
   input-dilated convolution that transposes a strided one. ``'auto'`` (the default) picks the
-  faster for the backend by :func:`choose_formulation`. Both give the same linear map, so
+  faster for the backend by :func:`choose_formulation`. ``'matmul'`` multiplies the input's
+  patches (im2col) with the flattened kernel, which ``'auto'`` takes on CPU when the output has
+  one position (a kernel covering its input: a dense layer). All give the same linear map, so
   values, gradients and operator norms agree up to float rounding.
 
   Args:
@@ -428,8 +315,8 @@ def conv(
     kernel_dilation: int or one int per spatial dimension.
     feature_group_count: number of feature groups; divides ``C_in`` and ``C_out``.
     precision: passed to ``lax.conv_general_dilated``.
-    formulation: ``'auto'``, ``'direct'`` or ``'polyphase'``. A stride-1 convolution is always
-      computed directly.
+    formulation: ``'auto'``, ``'direct'``, ``'polyphase'`` or ``'matmul'``. ``'polyphase'``
+      computes a stride-1 convolution directly.
 
   Returns:
     The output, shape ``(batch, *out_spatial, C_out)``.
@@ -490,10 +377,12 @@ def conv_with_spec(
     x = jnp.pad(x, ((0, 0), *pads, (0, 0)), mode=mode)
     pads = ((0, 0),) * spec.num_spatial_dims
   if formulation == "auto":
-    formulation = choose_formulation(spec)
+    formulation = choose_formulation(spec, spatial_shape=x.shape[1:-1])
+  if formulation == "matmul":
+    return matmul_conv(x, kernel, spec, pads, precision)
   if formulation == "polyphase" and any(s > 1 for s in spec.strides):
-    return _polyphase_conv(x, kernel, spec, pads, precision)
-  attrs = _ConvAttributes(
+    return polyphase_conv(x, kernel, spec, pads, precision)
+  attrs = ConvAttributes(
     spec.strides, tuple(pads), spec.kernel_dilation, spec.feature_group_count, precision
   )
-  return _lax_conv(x, kernel, attrs)
+  return lax_conv(x, kernel, attrs)

@@ -376,14 +376,14 @@ class Conv(nn.Conv):
   ``(features,)``), the same initializers, the same outputs and gradients up to float rounding,
   so a checkpoint moves between the two. It is a subclass of ``flax.linen.Conv``, so
   :class:`SpectralNorm` and ``isinstance`` checks treat it as one. The one extra attribute,
-  ``formulation``, chooses how a strided convolution is computed (see :func:`sn_jax.conv`):
-  ``'auto'`` (the default) takes the faster exact form for the backend.
+  ``formulation``, chooses how the convolution is computed (see :func:`sn_jax.conv`):
+  ``'auto'`` (the default) takes the fastest exact form for the backend and the shape.
 
   Input dilation (a transposed convolution, ``flax.linen.ConvTranspose``) and the deprecated
   ``conv_general_dilated`` hooks are not supported.
 
   Attributes:
-    formulation: ``'auto'``, ``'direct'`` or ``'polyphase'``.
+    formulation: ``'auto'``, ``'direct'``, ``'polyphase'`` or ``'matmul'``.
 
   Example:
     >>> import jax, jax.numpy as jnp

@@ -1,0 +1,217 @@
+"""The exact formulations of a convolution: direct, polyphase and matrix product.
+
+Each computes the same linear map as ``lax.conv_general_dilated`` on an already padded input
+(Flax's layout: ``(batch, *spatial, C_in)`` inputs, ``(*kernel_size, C_in // groups, C_out)``
+kernels); :func:`sn_jax.convolution.conv_with_spec` resolves the padding and picks one. They
+differ only in which XLA operations run, and so in speed on a given backend.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
+
+if TYPE_CHECKING:
+  from sn_jax.convolution import ConvSpec
+
+
+def dimension_numbers(ndim: int, *, kernel_out_first: bool = False) -> lax.ConvDimensionNumbers:
+  """Channels-last input and output; a ``(*spatial, in, out)`` kernel: Flax's convention.
+
+  ``kernel_out_first=True`` describes the same kernel stored as ``(*spatial, out, in)``.
+  """
+  lhs_spec = (0, ndim - 1, *tuple(range(1, ndim - 1)))
+  out_dim, in_dim = (ndim - 2, ndim - 1) if kernel_out_first else (ndim - 1, ndim - 2)
+  rhs_spec = (out_dim, in_dim, *tuple(range(0, ndim - 2)))
+  return lax.ConvDimensionNumbers(lhs_spec, rhs_spec, lhs_spec)
+
+
+class ConvAttributes(NamedTuple):
+  """The static arguments of :func:`lax_conv` (hashable, for ``jax.custom_jvp``)."""
+
+  strides: tuple[int, ...]
+  pads: tuple[tuple[int, int], ...]
+  dilation: tuple[int, ...]
+  feature_group_count: int
+  precision: lax.PrecisionLike
+
+
+def _conv_general(
+  x: jax.Array, kernel: jax.Array, attrs: ConvAttributes, *, kernel_out_first: bool = False
+) -> jax.Array:
+  return lax.conv_general_dilated(
+    x,
+    kernel,
+    window_strides=attrs.strides,
+    padding=attrs.pads,
+    rhs_dilation=attrs.dilation,
+    dimension_numbers=dimension_numbers(x.ndim, kernel_out_first=kernel_out_first),
+    feature_group_count=attrs.feature_group_count,
+    precision=attrs.precision,
+  )
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def lax_conv(x: jax.Array, kernel: jax.Array, attrs: ConvAttributes) -> jax.Array:
+  """``lax.conv_general_dilated`` in Flax's layout, with an input gradient XLA runs fast.
+
+  The value and the derivatives are those of ``lax.conv_general_dilated``; only the form of
+  the input gradient differs. JAX transposes a convolution into one whose kernel dimensions
+  are ``(*spatial, out, in)``. XLA's CPU backend rearranges such a kernel only in the entry
+  computation: inside a ``while`` loop or a ``cond`` (PGD's steps, a power iteration's
+  ``fori_loop``) it runs the convolution on a slow generic path, 2-5x slower. Here the tangent
+  in ``x`` is a convolution with the kernel stored as ``(*spatial, out, in)`` by an explicit
+  transpose, so its JAX transpose, the input gradient, is a convolution in the canonical
+  layout wherever it is placed.
+  """
+  return _conv_general(x, kernel, attrs)
+
+
+def lax_conv_jvp(attrs: ConvAttributes, primals, tangents):
+  x, kernel = primals
+  x_dot, kernel_dot = tangents
+  terms = []
+  if not isinstance(x_dot, SymbolicZero):
+    terms.append(_conv_general(x_dot, jnp.swapaxes(kernel, -1, -2), attrs, kernel_out_first=True))
+  if not isinstance(kernel_dot, SymbolicZero):
+    terms.append(_conv_general(x, kernel_dot, attrs))
+  y = _conv_general(x, kernel, attrs)
+  return y, functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(y)
+
+
+lax_conv.defjvp(lax_conv_jvp, symbolic_zeros=True)
+
+
+def _kept_phases(kernel_size: int, stride: int, dilation: int) -> tuple[int, int, int]:
+  """``(taps, phases, step)`` of one spatial dimension's polyphase decomposition.
+
+  The dilated kernel, zero-filled to ``stride * taps`` taps, splits into ``stride`` phases of
+  ``taps`` taps each. Only phases ``0, step, 2 * step, ... < phases`` hold a nonzero tap: the
+  tap offsets ``dilation * k`` are multiples of ``step = gcd(dilation, stride)`` and smaller
+  than the dilated kernel size; the others are dropped from input and kernel alike.
+  """
+  dilated = (kernel_size - 1) * dilation + 1
+  return -(-dilated // stride), min(stride, dilated), math.gcd(dilation, stride)
+
+
+def polyphase_conv(
+  x: jax.Array,
+  kernel: jax.Array,
+  spec: ConvSpec,
+  pads: Sequence[tuple[int, int]],
+  precision: lax.PrecisionLike,
+) -> jax.Array:
+  """The convolution of the zero-padded ``x`` as a stride-1 convolution of its phases.
+
+  With ``t = stride * q + r``, ``y[o] = sum_t xp[stride * o + t] w[t]`` becomes
+  ``sum_{q, r} X[o + q, r] W[q, r]``: space-to-depth ``X`` of the padded input (phases ``r``
+  stacked behind each channel, so feature groups stay contiguous) convolved at stride 1 with
+  the rearranged kernel ``W``. Dimensions with stride 1 keep their kernel and dilation.
+  """
+  rank = spec.num_spatial_dims
+  x_pads, k_pads, x_shape, k_shape, slices, rhs_dilation = [], [], [], [], [], []
+  for n, k, s, d, (lo, hi) in zip(
+    x.shape[1:-1], spec.kernel_size, spec.strides, spec.kernel_dilation, pads, strict=True
+  ):
+    if s == 1:
+      x_pads.append((lo, hi, 0))
+      k_pads.append((0, 0, 0))
+      x_shape += [n + lo + hi, 1]
+      k_shape += [k, 1]
+      slices += [slice(None), slice(None)]
+      rhs_dilation.append(d)
+      continue
+    taps, phases, step = _kept_phases(k, s, d)
+    out = (n + lo + hi - (k - 1) * d - 1) // s + 1
+    length = out + taps - 1
+    # Zero-fill (or crop: the high pad may be negative) to exactly the samples the output reads.
+    x_pads.append((lo, s * length - n - lo, 0))
+    k_pads.append((0, s * taps - (k - 1) * d - 1, d - 1))
+    x_shape += [length, s]
+    k_shape += [taps, s]
+    slices += [slice(None), slice(0, phases, step)]
+    rhs_dilation.append(1)
+  zero = jnp.zeros((), x.dtype)
+  x = lax.pad(x, zero, [(0, 0, 0), *x_pads, (0, 0, 0)])
+  x = x.reshape(x.shape[0], *x_shape, x.shape[-1])[(slice(None), *slices)]
+  # (batch, M_1, s_1, ..., M_n, s_n, C) -> (batch, M_1, ..., M_n, C, s_1, ..., s_n).
+  x = x.transpose(0, *range(1, 2 * rank, 2), 2 * rank + 1, *range(2, 2 * rank + 1, 2))
+  x = x.reshape(*x.shape[: rank + 1], -1)
+  kernel = lax.pad(kernel, jnp.zeros((), kernel.dtype), [*k_pads, (0, 0, 0), (0, 0, 0)])
+  kernel = kernel.reshape(*k_shape, *kernel.shape[-2:])[tuple(slices)]
+  # (q_1, r_1, ..., q_n, r_n, C_in/g, C_out) -> (q_1, ..., q_n, C_in/g, r_1, ..., r_n, C_out).
+  kernel = kernel.transpose(*range(0, 2 * rank, 2), 2 * rank, *range(1, 2 * rank, 2), 2 * rank + 1)
+  kernel = kernel.reshape(*kernel.shape[:rank], -1, kernel.shape[-1])
+  attrs = ConvAttributes(
+    (1,) * rank, ((0, 0),) * rank, tuple(rhs_dilation), spec.feature_group_count, precision
+  )
+  return lax_conv(x, kernel, attrs)
+
+
+def output_spatial_shape(
+  spec: ConvSpec, spatial_shape: Sequence[int], pads: Sequence[tuple[int, int]]
+) -> tuple[int, ...]:
+  """The output's spatial shape for an input of ``spatial_shape`` padded by ``pads``."""
+  return tuple(
+    max(0, (n + lo + hi - (k - 1) * d - 1) // s + 1)
+    for n, k, s, d, (lo, hi) in zip(
+      spatial_shape, spec.kernel_size, spec.strides, spec.kernel_dilation, pads, strict=True
+    )
+  )
+
+
+def matmul_conv(
+  x: jax.Array,
+  kernel: jax.Array,
+  spec: ConvSpec,
+  pads: Sequence[tuple[int, int]],
+  precision: lax.PrecisionLike,
+) -> jax.Array:
+  """The convolution as one matrix product of the input's patches with the flattened kernel.
+
+  Each kernel tap ``t`` reads a strided slice of the zero-padded input; the slices, stacked
+  as channels, are the ``(batch * out_positions, taps * C_in)`` patch matrix (im2col), and
+  the output is its product with the kernel reshaped to ``(taps * C_in, C_out)`` (one product
+  per feature group). With one output position (a kernel that covers the whole padded input)
+  the patch matrix is the input's window itself, flattened: the convolution is a dense layer.
+  """
+  rank = spec.num_spatial_dims
+  groups = spec.feature_group_count
+  x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)])
+  out = output_spatial_shape(spec, x.shape[1:-1], ((0, 0),) * rank)
+  if not all(out):  # the kernel does not fit: no position to read
+    return jnp.zeros((x.shape[0], *out, spec.features), jnp.result_type(x, kernel))
+  num_taps = math.prod(spec.kernel_size)
+  if all(o == 1 for o in out):
+    # One output position: the taps are the input's first (dilated) window, read at once.
+    limit = [(k - 1) * d + 1 for k, d in zip(spec.kernel_size, spec.kernel_dilation, strict=True)]
+    window = lax.slice(
+      x, (0,) * x.ndim, (x.shape[0], *limit, x.shape[-1]), (1, *spec.kernel_dilation, 1)
+    )
+    patches = window.reshape(x.shape[0], *out, -1)
+  else:
+    taps = []
+    for tap in itertools.product(*(range(k) for k in spec.kernel_size)):
+      start = [t * d for t, d in zip(tap, spec.kernel_dilation, strict=True)]
+      limit = [b + s * (o - 1) + 1 for b, s, o in zip(start, spec.strides, out, strict=True)]
+      taps.append(
+        lax.slice(x, (0, *start, 0), (x.shape[0], *limit, x.shape[-1]), (1, *spec.strides, 1))
+      )
+    patches = jnp.concatenate(taps, axis=-1)
+  # (batch, *out, taps, groups, C_in/g) -> (groups, batch * out, taps * C_in/g), matching the
+  # kernel (*kernel_size, C_in/g, C_out) -> (groups, taps * C_in/g, C_out/g).
+  group_in = x.shape[-1] // groups
+  patches = patches.reshape(-1, num_taps, groups, group_in).transpose(2, 0, 1, 3)
+  patches = patches.reshape(groups, -1, num_taps * group_in)
+  kernel = kernel.reshape(num_taps * group_in, groups, -1).transpose(1, 0, 2)
+  y = lax.dot_general(patches, kernel, (((2,), (1,)), ((0,), (0,))), precision=precision)
+  # (groups, batch * out, C_out/g) -> (batch, *out, C_out), groups outermost in the channels.
+  return y.transpose(1, 0, 2).reshape(x.shape[0], *out, spec.features)
