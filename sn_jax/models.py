@@ -46,6 +46,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from sn_jax.nn import Conv, SpectralNorm
+from sn_jax.pooling import max_pool
 
 # The plain convolution every model uses: sn_jax.nn.Conv, a drop-in of flax.linen.Conv (same
 # parameters) that computes strided convolutions in the faster exact formulation.
@@ -220,7 +221,7 @@ class AlexNet(_Model):
     act = _activation(self.activation)
     for i, features in enumerate((96, 256)):
       x = act(self.conv(x, features, 5, f"conv{i + 1}", update_stats, padding="SAME"))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+      x = max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
       x = local_response_normalization(x)
     x = _flatten(x)
     x = act(self.dense(x, 384, "linear1", update_stats))
@@ -249,7 +250,7 @@ class Inception(_Model):
       return jnp.concatenate([conv(x, ch1, 1, f"{name}_ch1"), conv(x, ch3, 3, f"{name}_ch3")], -1)
 
     def downsample(x, ch3, name):
-      pool = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+      pool = max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
       return jnp.concatenate([conv(x, ch3, 3, f"{name}_ch3", strides=2), pool], -1)
 
     x = conv(x, 96, 3, "conv1")
@@ -340,7 +341,7 @@ class LeNet(_Model):
       x = self.conv(
         x, features, 5, f"conv{i + 1}", update_stats, padding="VALID", kernel_init=_KAIMING
       )
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool(x, (2, 2), strides=(2, 2))
     x = nn.relu(self.dense(_flatten(x), 500, "fc1", update_stats, kernel_init=_KAIMING))
     return self.dense(x, self.num_classes, "fc2", update_stats, kernel_init=_KAIMING)
 
