@@ -36,9 +36,14 @@ def _deepfool(
   clip_min: jax.typing.ArrayLike | None,
   clip_max: jax.typing.ArrayLike | None,
   targeted: bool,
+  differentiable: bool,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """:func:`deepfool_perturbation`'s checks and loop: ``(r, x_adv, labels)``, ``(B, ...)`` twice
-  and ``(B,)``, with ``x_adv = clip(x + r)`` exactly (``x + r`` may round off the bounds)."""
+  and ``(B,)``, with ``x_adv = clip(x + r)`` exactly (``x + r`` may round off the bounds).
+
+  ``differentiable``: recompute each step's chosen gradient ``w_{k*}`` with a pullback of its
+  own cotangent, so that double backprop runs through one ``(B, ...)`` pullback per step
+  instead of all ``num_classes - 1`` candidates' ``(K * B, ...)`` ones."""
   x = _check_x(x)
   _check_int(num_steps, "num_steps", 1)
   _check_int(num_classes, "num_classes", 2)
@@ -59,19 +64,25 @@ def _deepfool(
 
   def step(_, r):
     logits, pullback = jax.vjp(logits_fn, _clip(x + scale * r, clip_min, clip_max))
-    (w,) = jax.vmap(pullback)(cotangents)  # (K, B, ...)
+    # The candidates' gradients only choose k*, which is a constant for differentiation.
+    (w,) = lax.stop_gradient(jax.vmap(pullback)(cotangents))  # (K, B, ...)
     label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
     g = jnp.take_along_axis(logits, others, axis=-1) - label_logit  # (B, K)
     w_sq = jnp.sum(jnp.square(w.reshape(*w.shape[:2], -1)), axis=-1).T  # (B, K)
-    safe_w_sq = jnp.where(w_sq > 0, w_sq, 1)
     if targeted:
       best = jnp.argmax(g, axis=-1)
     else:
+      safe_w_sq = jnp.where(w_sq > 0, w_sq, 1)
       best = jnp.argmin(jnp.where(w_sq > 0, jnp.abs(g) * lax.rsqrt(safe_w_sq), jnp.inf), axis=-1)
     pick = jax.nn.one_hot(best, g.shape[-1], dtype=x.dtype)  # (B, K)
-    size = jnp.sum(pick * jnp.abs(g) / safe_w_sq * (w_sq > 0), axis=-1)  # (B,)
-    w_best = jnp.einsum("bk,kb...->b...", pick, w)
-    size = jnp.where(_is_fooled(logits, labels, targeted), 0, -size if targeted else size)
+    if differentiable:
+      (w_best,) = pullback(jnp.einsum("bk,kbc->bc", pick, cotangents))
+    else:
+      w_best = jnp.einsum("bk,kb...->b...", pick, w)
+    w_best_sq = jnp.sum(jnp.square(w_best.reshape(w_best.shape[0], -1)), axis=-1)  # (B,)
+    size = jnp.abs(jnp.sum(pick * g, axis=-1)) / jnp.where(w_best_sq > 0, w_best_sq, 1)
+    size = jnp.where(_is_fooled(logits, labels, targeted) | (w_best_sq == 0), 0, size)
+    size = -size if targeted else size
     return r + _expand(size, x) * w_best
 
   r = scale * lax.fori_loop(0, num_steps, step, jnp.zeros_like(x))
@@ -123,6 +134,8 @@ def deepfool_perturbation(
     clip_max: upper bound, or None.
     differentiable: let gradients flow through ``r`` (double backprop through the input
       gradients), for the AMM regularizer; otherwise ``r`` is a constant for differentiation.
+      The choice of :math:`k^*` is a constant either way, so each step recomputes
+      :math:`w_{k^*}` with one more backward pass and differentiates only that one.
     targeted: move toward ``y`` instead of away from it.
 
   Returns:
@@ -158,6 +171,7 @@ def deepfool_perturbation(
     clip_min=clip_min,
     clip_max=clip_max,
     targeted=targeted,
+    differentiable=differentiable,
   )
   if not differentiable:
     r = lax.stop_gradient(r)
@@ -202,5 +216,6 @@ def deepfool(
     clip_min=clip_min,
     clip_max=clip_max,
     targeted=targeted,
+    differentiable=False,
   )
   return _finish(x, x_adv)
