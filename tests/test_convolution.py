@@ -180,13 +180,36 @@ def test_choose_formulation_rule():
 def test_choose_formulation_takes_the_matrix_product_for_one_output_position():
   """ELU-Net's last convolution covers its 5x5 input: a dense layer, measured 4.4x faster."""
   spec = convolution.conv_spec((5, 5, 128, 128), 128, padding="VALID")
-  assert convolution.choose_formulation(spec, backend="cpu", spatial_shape=(5, 5)) == "matmul"
-  assert convolution.choose_formulation(spec, backend="cpu", spatial_shape=(6, 5)) == "direct"
+  assert (
+    convolution.choose_formulation(spec, backend="cpu", input_shape=(128, 5, 5, 128)) == "matmul"
+  )
+  assert (
+    convolution.choose_formulation(spec, backend="cpu", input_shape=(128, 9, 5, 128)) == "direct"
+  )
   assert convolution.choose_formulation(spec, backend="cpu") == "direct"  # shape unknown
-  assert convolution.choose_formulation(spec, backend="gpu", spatial_shape=(5, 5)) == "direct"
+  assert (
+    convolution.choose_formulation(spec, backend="gpu", input_shape=(128, 5, 5, 128)) == "direct"
+  )
   # SAME padding keeps the size, so only a 1x1 input (or a stride that leaves one position).
   strided = convolution.conv_spec((3, 3, 4, 4), 4, strides=4, padding="SAME")
-  assert convolution.choose_formulation(strided, backend="cpu", spatial_shape=(3, 4)) == "matmul"
+  assert (
+    convolution.choose_formulation(strided, backend="cpu", input_shape=(128, 3, 4, 4)) == "matmul"
+  )
+
+
+def test_choose_formulation_takes_the_matrix_product_for_few_output_rows():
+  """A power-iteration step convolves one example: few rows, where one product wins."""
+  spec = convolution.conv_spec((6, 6, 64, 128), 64, strides=2, padding="VALID")
+  assert convolution.choose_formulation(spec, backend="cpu", input_shape=(1, 14, 14, 64)) == (
+    "matmul"
+  )  # 25 rows
+  assert convolution.choose_formulation(spec, backend="cpu", input_shape=(128, 14, 14, 64)) == (
+    "polyphase"
+  )  # a training batch: 3200 rows
+  thin = convolution.conv_spec((8, 8, 1, 64), 1, strides=2)
+  assert convolution.choose_formulation(thin, backend="cpu", input_shape=(1, 28, 28, 1)) == (
+    "direct"
+  )  # one input channel: thin patches
 
 
 def test_one_position_matmul_is_one_dot_of_the_flattened_window():
