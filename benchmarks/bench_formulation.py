@@ -1,14 +1,18 @@
-"""Measures the 'direct' and 'polyphase' formulations of strided convolutions, to set the rule.
+"""Measures the 'direct', 'polyphase' and 'matmul' formulations of convolutions, to set the rule.
 
-For each shape of a grid (kernel size, stride, dilation, channels, input size) it times, for
-both formulations side by side on the default backend, the gradient of a two-layer network
+Two tables. ``conv_formulation_<backend>``: for each shape of a grid (kernel size, stride,
+dilation, channels, input size) it times, for every formulation side by side on the default
+backend, at a training batch, the gradient of a two-layer network
 ``sum(elu(conv_strided(elu(conv_1x1(x)))) ** 2)`` with respect to the input and both kernels:
 what a training step and an attack step pay for the strided layer. The strided convolution
 sits behind another convolution on purpose: that is where it sits in a network, and XLA's CPU
 backend computes the gradient of a strided convolution whose input is a network intermediate
 several times slower than that of one whose input is an argument of the jitted function, so a
-layer timed alone misleads. The 1x1 stride-1 layer is the same in both formulations.
-``sn_jax.convolution.choose_formulation`` states the rule derived from these ratios.
+layer timed alone misleads. The 1x1 stride-1 layer is the same in every formulation.
+``conv_power_step_<backend>``: at batch 1, what spectral normalization pays per layer and
+training step, one ``sn_jax.power_iteration`` step on the layer's map of one example and the
+gradient of its sigma in the kernel. ``sn_jax.convolution.choose_formulation`` states the rule
+derived from both; the 'auto / fastest' column says what the rule loses where it misses.
 
 Run: ``python benchmarks/bench_formulation.py`` (``--quick``: two tiny shapes, nothing recorded).
 """
@@ -22,7 +26,9 @@ import jax
 import jax.numpy as jnp
 import timing
 
-from sn_jax import convolution
+from sn_jax import convolution, power
+
+FORMULATIONS = ("direct", "polyphase", "matmul")
 
 # (kernel, stride, dilation, (C_in, C_out), spatial, padding): ELU-Net's and ResNet-like strided
 # layers, a 1x1 projection, a stride-3 and a dilated one; each at the sizes where they occur.
@@ -32,8 +38,23 @@ FULL_GRID = [
   (3, 2, 2, (64, 128), 14, "SAME"),
   *((k, 3, 1, (16, 32), 28, "SAME") for k in (3, 5)),
   (3, 2, 1, (128, 256), 8, "SAME"),
+  (5, 1, 1, (128, 128), 5, "VALID"),  # ELU-Net's last layer: one output position
+  (5, 1, 1, (96, 256), 13, "SAME"),  # the mini AlexNet's second layer
 ]
 QUICK_GRID = [(8, 2, 1, (1, 8), 12, "SAME"), (3, 2, 2, (4, 8), 9, "VALID")]
+# The layers whose one-example maps a power-iteration step applies: ELU-Net's three, the mini
+# AlexNet's two, ResNet-like stride-1 and stride-2 layers.
+POWER_GRID = [
+  (8, 2, 1, (1, 64), 28, "SAME"),
+  (6, 2, 1, (64, 128), 14, "VALID"),
+  (5, 1, 1, (128, 128), 5, "VALID"),
+  (5, 1, 1, (3, 96), 28, "SAME"),
+  (5, 1, 1, (96, 256), 13, "SAME"),
+  (3, 1, 1, (16, 16), 32, "SAME"),
+  (3, 2, 1, (32, 64), 14, "SAME"),
+  (3, 1, 1, (128, 128), 8, "SAME"),
+]
+QUICK_POWER_GRID = [(3, 2, 1, (4, 8), 9, "SAME")]
 
 
 def loss(kernels, x, *, strides, dilation, padding, formulation):
@@ -46,15 +67,19 @@ def loss(kernels, x, *, strides, dilation, padding, formulation):
   return jnp.sum(jax.nn.elu(y) ** 2)
 
 
-def measure(kernel_size, stride, dilation, c_in, c_out, size, padding, *, batch, repeats, rounds):
-  """Median seconds of the gradient in (kernels, input), per formulation, timed side by side."""
+def _inputs(kernel_size, c_in, c_out, size, batch):
   keys = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(keys[0], (batch, size, size, c_in))
   pre = jax.random.normal(keys[1], (1, 1, c_in, c_in)) / c_in**0.5
   kernel = jax.random.normal(keys[2], (kernel_size, kernel_size, c_in, c_out))
-  kernel = kernel / (kernel_size * c_in**0.5)
+  return x, pre, kernel / (kernel_size * c_in**0.5)
+
+
+def network_gradient(kernel_size, stride, dilation, c_in, c_out, size, padding, *, batch):
+  """Per formulation, the compiled gradient in (kernels, input) of :func:`loss`."""
+  x, pre, kernel = _inputs(kernel_size, c_in, c_out, size, batch)
   fns = {}
-  for formulation in ("direct", "polyphase"):
+  for formulation in FORMULATIONS:
     grad = jax.grad(
       functools.partial(
         loss, strides=stride, dilation=dilation, padding=padding, formulation=formulation
@@ -63,32 +88,41 @@ def measure(kernel_size, stride, dilation, c_in, c_out, size, padding, *, batch,
     )
     compiled = jax.jit(grad).lower((pre, kernel), x).compile()
     fns[formulation] = functools.partial(compiled, (pre, kernel), x)
-  times = timing.time_side_by_side(fns, repeats=repeats, rounds=rounds, warmup=1)
-  return times["direct"].median_s, times["polyphase"].median_s
+  return fns
 
 
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true", help="two tiny shapes, few repeats")
-  parser.add_argument("--batch", type=int, default=None)
-  args = parser.parse_args(argv)
-  grid = QUICK_GRID if args.quick else FULL_GRID
-  batch = args.batch or (4 if args.quick else 128)
-  repeats = 4 if args.quick else 6
+def power_step(kernel_size, stride, dilation, c_in, c_out, size, padding, *, batch):
+  """Per formulation, one power-iteration step on one example's map and sigma's gradient."""
+  del batch  # one example
+  x, _, kernel = _inputs(kernel_size, c_in, c_out, size, 1)
+  fns = {}
+  for formulation in FORMULATIONS:
+
+    def sigma(kernel, u, formulation=formulation):
+      def op(z):
+        return convolution.conv(
+          z[None],
+          kernel,
+          strides=stride,
+          padding=padding,
+          kernel_dilation=dilation,
+          formulation=formulation,
+        )[0]
+
+      return power.power_iteration(op, u, num_iters=1)[0]
+
+    compiled = jax.jit(jax.grad(sigma)).lower(kernel, x[0]).compile()
+    fns[formulation] = functools.partial(compiled, kernel, x[0])
+  return fns
+
+
+def table(grid, build, *, batch, repeats, rounds):
+  """One row per shape: each formulation's median ms, the fastest, and the rule's choice."""
   rows = []
   for kernel_size, stride, dilation, (c_in, c_out), size, padding in grid:
-    direct, polyphase = measure(
-      kernel_size,
-      stride,
-      dilation,
-      c_in,
-      c_out,
-      size,
-      padding,
-      batch=batch,
-      repeats=repeats,
-      rounds=2 if args.quick else 3,
-    )
+    fns = build(kernel_size, stride, dilation, c_in, c_out, size, padding, batch=batch)
+    times = timing.time_side_by_side(fns, repeats=repeats, rounds=rounds, warmup=1)
+    ms = {name: t.median_s * 1e3 for name, t in times.items()}
     spec = convolution.conv_spec(
       (kernel_size, kernel_size, c_in, c_out),
       c_in,
@@ -96,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
       kernel_dilation=dilation,
       padding=padding,
     )
+    auto = convolution.choose_formulation(spec, input_shape=(batch, size, size, c_in))
+    fastest = min(ms, key=ms.get)
     rows.append(
       [
         f"{kernel_size}x{kernel_size}",
@@ -104,34 +140,55 @@ def main(argv: list[str] | None = None) -> None:
         f"{c_in}->{c_out}",
         f"{size}x{size}",
         padding,
-        direct * 1e3,
-        polyphase * 1e3,
-        direct / polyphase,
-        convolution.choose_formulation(spec),
+        *(ms[name] for name in FORMULATIONS),
+        fastest,
+        auto,
+        ms[auto] / ms[fastest],
       ]
     )
     print(rows[-1], flush=True)
-  header = [
-    "kernel",
-    "stride",
-    "dilation",
-    "channels",
-    "input",
-    "padding",
-    "direct ms",
-    "polyphase ms",
-    "speed-up",
-    "auto picks",
-  ]
-  notes = (
-    f"Batch {batch}; gradient of sum(elu(conv_strided(elu(conv_1x1(x))))^2) in "
-    "the input and both kernels, jitted; medians of interleaved runs. speed-up = direct / "
-    "polyphase."
+  return rows
+
+
+HEADER = [
+  "kernel",
+  "stride",
+  "dilation",
+  "channels",
+  "input",
+  "padding",
+  *(f"{name} ms" for name in FORMULATIONS),
+  "fastest",
+  "auto picks",
+  "auto / fastest",
+]
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="tiny shapes, few repeats")
+  parser.add_argument("--batch", type=int, default=None)
+  args = parser.parse_args(argv)
+  batch = args.batch or (4 if args.quick else 128)
+  options = dict(repeats=4, rounds=2) if args.quick else dict(repeats=6, rounds=3)
+  network = table(QUICK_GRID if args.quick else FULL_GRID, network_gradient, batch=batch, **options)
+  steps = table(QUICK_POWER_GRID if args.quick else POWER_GRID, power_step, batch=1, **options)
+  network_notes = (
+    f"Batch {batch}; gradient of sum(elu(conv(elu(conv_1x1(x))))^2) in the input and both "
+    "kernels, jitted; medians of interleaved runs."
   )
-  if args.quick:  # A smoke run: print, never overwrite the recorded table.
-    print(timing.markdown_table(header, rows))
+  step_notes = (
+    "One example; the gradient in the kernel of the sigma of one sn_jax.power_iteration step "
+    "on the layer's map (three applications of the map or its transpose), jitted; medians of "
+    "interleaved runs."
+  )
+  if args.quick:  # A smoke run: print, never overwrite the recorded tables.
+    print(timing.markdown_table(HEADER, network))
+    print(timing.markdown_table(HEADER, steps))
   else:
-    print(timing.record(f"conv_formulation_{jax.default_backend()}", header, rows, notes=notes))
+    backend = jax.default_backend()
+    print(timing.record(f"conv_formulation_{backend}", HEADER, network, notes=network_notes))
+    print(timing.record(f"conv_power_step_{backend}", HEADER, steps, notes=step_notes))
 
 
 if __name__ == "__main__":
