@@ -1,4 +1,4 @@
-"""The cost of strided convolutions: flax.linen.Conv against sn_jax.nn.Conv, and PyTorch.
+"""The cost of convolutions: flax.linen.Conv against sn_jax.nn.Conv, and PyTorch.
 
 Farnia et al.'s ELU-Net (28x28x1) and mini AlexNet (28x28x3) from ``sn_jax.models`` with plain
 layers (``normalization='none'``: the convolutions are the subject), at batch 128, timed side
@@ -9,9 +9,10 @@ by side in one run:
 - ``train step``: softmax cross-entropy, gradient, SGD update (``optax.sgd(0.01)``);
 - ``PGD-10``: ``sn_jax.attacks.pgd`` with 10 l_inf steps (ELU-Net).
 
-Each is run with the models' convolutions as ``flax.linen.Conv`` (the direct formulation, what
-sn_jax did before the polyphase form), as ``sn_jax.nn.Conv`` forced to ``'polyphase'``, and as
-``sn_jax.nn.Conv`` with ``'auto'`` (the rule of ``sn_jax.convolution.choose_formulation``). The
+Each is run with the models built from ``flax.linen.Conv`` and ``flax.linen.max_pool`` (the
+direct formulation and XLA's own pooling gradient: sn_jax before its formulations), from
+``sn_jax.nn.Conv`` forced to ``'polyphase'``, and from ``sn_jax.nn.Conv`` with ``'auto'`` (the
+rule of ``sn_jax.convolution.choose_formulation``), both with ``sn_jax.pooling.max_pool``. The
 PyTorch column is the same model in PyTorch (``benchmarks/torch_models.py``) on the same CPU.
 
 Run: ``python benchmarks/bench_conv.py`` (``--quick``: batch 8, few repeats, nothing recorded).
@@ -28,37 +29,42 @@ import jax
 import optax
 import timing
 
-from sn_jax import attacks, models
+from sn_jax import attacks, models, pooling
 from sn_jax import nn as snn
 
-CONVS = {
-  "flax.linen.Conv": nn.Conv,
-  "sn_jax polyphase": functools.partial(snn.Conv, formulation="polyphase"),
-  "sn_jax auto": snn.Conv,
+# name -> (convolution, max pooling) the zoo's models are built with.
+VARIANTS = {
+  "flax.linen": (nn.Conv, nn.max_pool),
+  "sn_jax polyphase": (functools.partial(snn.Conv, formulation="polyphase"), pooling.max_pool),
+  "sn_jax auto": (snn.Conv, pooling.max_pool),
 }
+BASELINE = "flax.linen"
 
 
 @contextlib.contextmanager
-def model_conv(conv_cls):
-  """Builds the zoo's models with ``conv_cls`` as their convolution, within the block.
+def model_layers(conv_cls, max_pool):
+  """Builds the zoo's models with ``conv_cls`` and ``max_pool``, within the block.
 
-  ``sn_jax.models`` takes its convolution from the module attribute ``_Conv`` at trace time;
-  swapping it is how this benchmark compares the convolutions inside the same models.
+  ``sn_jax.models`` takes them from its module attributes ``_Conv`` and ``max_pool`` at trace
+  time; swapping them is how this benchmark compares the layers inside the same models.
   """
-  saved = models._Conv
-  models._Conv = conv_cls
+  saved = models._Conv, models.max_pool
+  models._Conv, models.max_pool = conv_cls, max_pool
   try:
     yield
   finally:
-    models._Conv = saved
+    models._Conv, models.max_pool = saved
 
 
-def jax_tasks(name: str, batch: int, pgd_steps: int) -> dict[str, dict[str, object]]:
-  """Compiled zero-argument functions, per task, per convolution."""
+def variant_tasks(name: str, x: jax.Array, y: jax.Array, pgd_steps: int) -> dict[str, tuple]:
+  """Per task, the function and its arguments, traced with the layers swapped in now.
+
+  Every call defines new functions: ``jax.jit`` caches traces by function, so functions shared
+  between variants would all run the first variant's trace.
+  """
   model = models.get_model(name, normalization="none")
-  x = jax.random.uniform(jax.random.key(0), (batch, *models.INPUT_SHAPES[name]))
-  y = jax.random.randint(jax.random.key(1), (batch,), 0, 10)
   optimizer = optax.sgd(0.01)
+  params = model.init(jax.random.key(2), x)["params"]
 
   def loss(params, x):
     logits = model.apply({"params": params}, x)
@@ -73,22 +79,27 @@ def jax_tasks(name: str, batch: int, pgd_steps: int) -> dict[str, dict[str, obje
     logits_fn = lambda x: model.apply({"params": params}, x)
     return attacks.pgd(logits_fn, x, y, eps=0.3, num_steps=pgd_steps, clip_min=0.0, clip_max=1.0)
 
+  tasks = {
+    "forward": (lambda p, x: model.apply({"params": p}, x), (params, x)),
+    "input grad": (jax.grad(loss, argnums=1), (params, x)),
+    "train step": (train_step, (params, optimizer.init(params), x)),
+  }
+  if name == "elunet":
+    tasks[f"PGD-{pgd_steps}"] = (pgd, (params, x))
+  return tasks
+
+
+def jax_tasks(name: str, batch: int, pgd_steps: int) -> dict[str, dict[str, object]]:
+  """Compiled zero-argument functions, per task, per variant of the layers."""
+  x = jax.random.uniform(jax.random.key(0), (batch, *models.INPUT_SHAPES[name]))
+  y = jax.random.randint(jax.random.key(1), (batch,), 0, 10)
   tasks: dict[str, dict[str, object]] = {}
-  for conv_name, conv_cls in CONVS.items():
-    with model_conv(conv_cls):
-      params = model.init(jax.random.key(2), x)["params"]
-      opt_state = optimizer.init(params)
-      # Compiled ahead of time, inside the block, so the swapped class is what gets traced.
-      compiled = {
-        "forward": (lambda p, x: model.apply({"params": p}, x), (params, x)),
-        "input grad": (jax.grad(loss, argnums=1), (params, x)),
-        "train step": (train_step, (params, opt_state, x)),
-      }
-      if name == "elunet":
-        compiled[f"PGD-{pgd_steps}"] = (pgd, (params, x))
-      for task, (fn, args) in compiled.items():
+  for variant, layers in VARIANTS.items():
+    with model_layers(*layers):
+      # Compiled ahead of time, inside the block, so the swapped layers are what gets traced.
+      for task, (fn, args) in variant_tasks(name, x, y, pgd_steps).items():
         executable = jax.jit(fn).lower(*args).compile()
-        tasks.setdefault(task, {})[conv_name] = functools.partial(executable, *args)
+        tasks.setdefault(task, {})[variant] = functools.partial(executable, *args)
   return tasks
 
 
@@ -114,23 +125,24 @@ def main(argv: list[str] | None = None) -> None:
   repeats = 4 if args.quick else 10
   rounds = 2 if args.quick else 5
   pgd_steps = 2 if args.quick else 10
-  header = ["model", "task", *(f"{c} ms" for c in CONVS), "PyTorch ms", "flax / auto"]
+  header = ["model", "task", *(f"{c} ms" for c in VARIANTS), "PyTorch ms", "flax / auto"]
   rows = []
   for name in ("elunet", "alexnet"):
     for task, fns in jax_tasks(name, batch, pgd_steps).items():
       torch_step = torch_train_step(name, batch) if task == "train step" else None
-      if torch_step is not None:
-        fns = {**fns, "PyTorch": torch_step}
-      times = timing.time_side_by_side(fns, repeats=repeats, rounds=rounds)
+      peers = {} if torch_step is None else {"PyTorch": torch_step}
+      times = timing.time_frameworks([fns, peers], repeats=repeats, rounds=rounds)
       ms = {c: t.median_s * 1e3 for c, t in times.items()}
       torch_ms = ms.get("PyTorch", "")
-      ratio = ms["flax.linen.Conv"] / ms["sn_jax auto"]
-      rows.append([name, task, *(ms[c] for c in CONVS), torch_ms, ratio])
+      ratio = ms[BASELINE] / ms["sn_jax auto"]
+      rows.append([name, task, *(ms[c] for c in VARIANTS), torch_ms, ratio])
       print(rows[-1], flush=True)
   notes = (
     f"Batch {batch}, float32, plain layers (no spectral normalization); medians of interleaved "
-    "runs, compile time excluded. 'sn_jax auto' is what sn_jax's layers use by default on this "
-    "backend; flax.linen.Conv computes every convolution directly."
+    "runs, compile time excluded. 'flax.linen' builds the models with flax.linen.Conv and "
+    "flax.linen.max_pool (every convolution direct, as before sn_jax's formulations); "
+    "'sn_jax auto' is what sn_jax's models use by default on this backend: sn_jax.nn.Conv "
+    "and sn_jax.pooling.max_pool."
   )
   if args.quick:  # A smoke run: print, never overwrite the recorded table.
     print(timing.markdown_table(header, rows))

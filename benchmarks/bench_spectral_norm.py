@@ -88,8 +88,7 @@ def main() -> None:
     "JAX, sn_jax SpectralNorm (operator norm)": jax_step("operator", x, y),
     "JAX, flax.linen.SpectralNorm (reshaped)": jax_step("reshaped", x, y),
   }
-  fns.update(torch_steps(x, y))
-  times = timing.time_side_by_side(fns, repeats=args.repeats, rounds=args.rounds)
+  times = timing.time_frameworks([fns, torch_steps(x, y)], repeats=args.repeats, rounds=args.rounds)
 
   rows = []
   for name, t in times.items():

@@ -102,6 +102,23 @@ def time_side_by_side(
   return result
 
 
+def time_frameworks(
+  groups: Sequence[dict[str, Callable[[], Any]]], **options: Any
+) -> dict[str, Timing]:
+  """:func:`time_side_by_side` for each framework's functions in turn, merged.
+
+  Functions of different frameworks are not interleaved: each framework's thread pool spins
+  for a while after its work, and the other's calls then compete with it for the cores (a
+  PyTorch step of 12 ms timed 312 ms interleaved with XLA's steps on a 2-core machine).
+  Compare across frameworks by ratios to a baseline of the same framework.
+  """
+  merged: dict[str, Timing] = {}
+  for fns in groups:
+    if fns:
+      merged.update(time_side_by_side(fns, **options))
+  return merged
+
+
 def parse_args(description: str, *, batch: int = 128, repeats: int = 20) -> argparse.Namespace:
   """The command line of a side-by-side benchmark: ``--quick``, ``--batch``, ``--repeats``.
 
