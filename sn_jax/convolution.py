@@ -213,12 +213,10 @@ def _check_formulation(formulation: str) -> None:
     )
 
 
-# The 'auto' rule's thresholds, measured with benchmarks/bench_formulation.py (see its table in
-# benchmarks/README.md and choose_formulation's docstring).
-POLYPHASE_MIN_KERNEL_STRIDES = 3
-POLYPHASE_MIN_GROUP_CHANNELS = 16
-MATMUL_MAX_ROWS = 256
+# The 'auto' rule's thresholds, measured with benchmarks/bench_formulation.py (its tables are in
+# benchmarks/README.md; choose_formulation's docstring quotes them).
 MATMUL_MIN_GROUP_CHANNELS = 16
+MATMUL_MAX_ROWS = 1024
 
 
 def choose_formulation(
@@ -226,37 +224,34 @@ def choose_formulation(
 ) -> str:
   """The fastest exact formulation of a convolution on a backend.
 
-  The rule, measured on XLA's CPU backend (2 cores, JAX 0.10.2, batch 128, the strided layer
-  behind another layer as in a network; ``benchmarks/bench_formulation.py``):
+  The rule, measured on XLA's CPU backend (AMD EPYC, 2 cores, JAX 0.10.2) by
+  ``benchmarks/bench_formulation.py``: at batch 128 the gradient of a small network around the
+  layer (the layer behind another one, as in a model), and a one-example power-iteration step
+  with its sigma gradient. Times below are direct / polyphase / matmul.
 
-  - CPU, with ``input_shape`` given: ``'matmul'`` if the output has one position in every
-    spatial dimension, as when a kernel covers the whole (padded) input: the convolution is
-    then a dense layer, one matrix product of the flattened input. ELU-Net's last
-    convolution (5x5 VALID, 128 -> 128 channels on a 5x5 input) took 16.0 ms direct and
-    3.6 ms as a product for its value and both gradients.
-  - CPU, with ``input_shape`` given: ``'matmul'`` if the output has at most
-    ``MATMUL_MAX_ROWS`` (256) rows (batch times positions) and the kernel at least
-    ``MATMUL_MIN_GROUP_CHANNELS`` (16) input channels per group: a power-iteration step
-    (one example) with its sigma gradient took 1.48 -> 1.00 ms on ELU-Net's 6x6 stride-2
-    layer (25 rows), 0.21 -> 0.16 ms on a 3x3 stride-2 32 -> 64 layer (49 rows) and
-    20.7 -> 9.8 ms on the mini AlexNet's 5x5 96 -> 256 layer (169 rows); with one input
-    channel (ELU-Net's first layer) the patches are too thin and direct won 0.25 to 0.53 ms.
-  - stride 1 in every dimension: ``'direct'`` (polyphase is the same computation);
-  - CPU: ``'polyphase'`` if, in some strided dimension, the dilated kernel spans at least
-    ``POLYPHASE_MIN_KERNEL_STRIDES`` (3) strides, and the kernel has at least
-    ``POLYPHASE_MIN_GROUP_CHANNELS`` (16) input channels per group; else ``'direct'``.
-    There XLA's gradient of the direct form can take a slow path: ELU-Net's 6x6 stride-2 VALID
-    layer (64 -> 128 channels at 14x14) took 3.2 s direct and 0.48 s polyphase, an 8x8
-    stride-2 SAME layer 13.8 s and 2.9 s. Smaller kernels (3x3, 5x5 at stride 2; 3x3, 5x5 at
-    stride 3) and single-channel input layers ran 1.1-3x faster directly. Known misses of the
-    rule: a 6x6 stride-2 SAME layer (polyphase 1.6x slower) and a 1x1 stride-2 projection
-    (polyphase 1.5x faster). The slow path depends on the surrounding program, not only on the
-    layer: ELU-Net's jitted input gradient (batch 128) took 1.0 s with both strided layers
-    direct and 0.09 s with both polyphase, but inside PGD's ``fori_loop`` and a whole optax
-    training step the formulations were within the (large) noise of a shared machine.
-    ``benchmarks/bench_conv.py`` measures both.
-  - GPU, TPU: ``'direct'``; cuDNN and the TPU compiler handle strided convolutions natively
-    (not measured here: re-run the benchmark on the device and revise).
+  - GPU, TPU: ``'direct'``; cuDNN and the TPU compiler run convolutions natively (not
+    measured here: re-run the benchmark on the device and revise).
+  - CPU, the output has one position in every spatial dimension (a kernel covering its whole
+    padded input; needs ``input_shape``): ``'matmul'``, which is then a dense layer on the
+    flattened input. ELU-Net's last layer (5x5 VALID, 128 -> 128 on 5x5): 18.4 / 18.5 / 5.8 ms.
+  - CPU, fewer than ``MATMUL_MIN_GROUP_CHANNELS`` (16) input channels per group:
+    ``'direct'``. The patches of a thin input are many thin copies: ELU-Net's 8x8 stride-2
+    first layer (1 -> 64 at 28x28) took 14.0 / 20.8 / 38.5 ms.
+  - CPU, strided: ``'matmul'``. XLA's CPU gradient of a strided convolution is slow, and a
+    matrix product's gradient is two products: the 8x8 stride-2 SAME 64 -> 128 layer at
+    14x14 took 813 / 355 / 185 ms, ELU-Net's 6x6 stride-2 VALID layer 327 / 75 / 71 ms, a 3x3
+    stride-2 one 50 / 67 / 37 ms. Misses: 5x5 stride-2 VALID (47 / 70 / 55 ms) and 5x5
+    stride-3 16 -> 32 at 28x28 (28 / 40 / 40 ms). The patch matrix holds about
+    ``prod(kernel_size / strides)`` times the input's entries.
+  - CPU, stride 1, at most ``MATMUL_MAX_ROWS`` (1024) output rows (batch times positions;
+    needs ``input_shape``): ``'matmul'``, the power iteration's case: one example of a 3x3
+    16 -> 16 layer at 32x32 took 2.6 / 1.9 / 0.67 ms, of the mini AlexNet's 5x5 96 -> 256
+    layer 12.7 / 13.2 / 5.8 ms.
+  - CPU, otherwise (stride 1, many rows): ``'direct'``; the mini AlexNet's 5x5 96 -> 256
+    layer at batch 128 took 597 / 588 / 607 ms, the same within noise.
+
+  ``'polyphase'`` is never picked on CPU since the matrix product beat it wherever it beat
+  the direct form; it stays available for forcing and for other backends.
 
   The rule decides at trace time from the shapes alone, so it never causes a recompile.
 
@@ -273,28 +268,23 @@ def choose_formulation(
     >>> from sn_jax import convolution
     >>> spec = convolution.conv_spec((6, 6, 64, 128), 64, strides=2, padding='VALID')
     >>> convolution.choose_formulation(spec, backend='cpu')
-    'polyphase'
+    'matmul'
   """
   backend = jax.default_backend() if backend is None else backend
   if backend != "cpu":
     return "direct"
-  group_channels = spec.in_features // spec.feature_group_count
+  rows = None
   if input_shape is not None:
     spatial = tuple(input_shape[1:-1])
     out = output_spatial_shape(spec, spatial, explicit_padding(spec, spatial)[1])
-    rows = input_shape[0] * math.prod(out)
-    if all(n == 1 for n in out) or (
-      rows <= MATMUL_MAX_ROWS and group_channels >= MATMUL_MIN_GROUP_CHANNELS
-    ):
+    if all(n == 1 for n in out):
       return "matmul"
-  if group_channels < POLYPHASE_MIN_GROUP_CHANNELS:
+    rows = input_shape[0] * math.prod(out)
+  if spec.in_features // spec.feature_group_count < MATMUL_MIN_GROUP_CHANNELS:
     return "direct"
-  spans = [
-    ((k - 1) * d + 1) / s
-    for k, s, d in zip(spec.kernel_size, spec.strides, spec.kernel_dilation, strict=True)
-    if s > 1
-  ]
-  return "polyphase" if spans and max(spans) >= POLYPHASE_MIN_KERNEL_STRIDES else "direct"
+  if any(s > 1 for s in spec.strides) or (rows is not None and rows <= MATMUL_MAX_ROWS):
+    return "matmul"
+  return "direct"
 
 
 def conv(
@@ -310,16 +300,16 @@ def conv(
 ) -> jax.Array:
   """Applies a convolution exactly as ``flax.linen.Conv`` does (without bias).
 
-  A strided convolution can be computed in two exact ways. ``'direct'`` hands it to
+  A convolution can be computed in three exact ways. ``'direct'`` hands it to
   ``lax.conv_general_dilated`` with its strides. ``'polyphase'`` rearranges the padded input by
   space-to-depth (the ``prod(strides)`` phases stacked as channels) and the kernel accordingly
   (``ceil(dilated_size / stride)`` taps per dimension), and convolves at stride 1; its
   gradients are stride-1 convolutions too, which XLA's CPU backend runs far faster than the
-  input-dilated convolution that transposes a strided one. ``'auto'`` (the default) picks the
-  faster for the backend by :func:`choose_formulation`. ``'matmul'`` multiplies the input's
-  patches (im2col) with the flattened kernel, which ``'auto'`` takes on CPU when the output has
-  one position (a kernel covering its input: a dense layer). All give the same linear map, so
-  values, gradients and operator norms agree up to float rounding.
+  input-dilated convolution that transposes a strided one. ``'matmul'`` multiplies the input's
+  patches (im2col: one strided slice per kernel tap, stacked as channels) with the flattened
+  kernel, so that the value and both gradients are matrix products. ``'auto'`` (the default)
+  picks the fastest for the backend and the shapes by :func:`choose_formulation`. All give the
+  same linear map, so values, gradients and operator norms agree up to float rounding.
 
   Args:
     x: input, shape ``(batch, *spatial, C_in)``.
