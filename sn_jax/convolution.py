@@ -217,6 +217,7 @@ def _check_formulation(formulation: str) -> None:
 # benchmarks/README.md; choose_formulation's docstring quotes them).
 MATMUL_MIN_GROUP_CHANNELS = 16
 MATMUL_MAX_ROWS = 1024
+POLYPHASE_MIN_KERNEL_STRIDES = 3
 
 
 def choose_formulation(
@@ -233,25 +234,27 @@ def choose_formulation(
     measured here: re-run the benchmark on the device and revise).
   - CPU, the output has one position in every spatial dimension (a kernel covering its whole
     padded input; needs ``input_shape``): ``'matmul'``, which is then a dense layer on the
-    flattened input. ELU-Net's last layer (5x5 VALID, 128 -> 128 on 5x5): 18.4 / 18.5 / 5.8 ms.
+    flattened input. ELU-Net's last layer (5x5 VALID, 128 -> 128 on 5x5): 20 / 20 / 6.8 ms.
   - CPU, fewer than ``MATMUL_MIN_GROUP_CHANNELS`` (16) input channels per group:
-    ``'direct'``. The patches of a thin input are many thin copies: ELU-Net's 8x8 stride-2
-    first layer (1 -> 64 at 28x28) took 14.0 / 20.8 / 38.5 ms.
-  - CPU, strided: ``'matmul'``. XLA's CPU gradient of a strided convolution is slow, and a
-    matrix product's gradient is two products: the 8x8 stride-2 SAME 64 -> 128 layer at
-    14x14 took 813 / 355 / 185 ms, ELU-Net's 6x6 stride-2 VALID layer 327 / 75 / 71 ms, a 3x3
-    stride-2 one 50 / 67 / 37 ms. Misses: 5x5 stride-2 VALID (47 / 70 / 55 ms) and 5x5
-    stride-3 16 -> 32 at 28x28 (28 / 40 / 40 ms). The patch matrix holds about
-    ``prod(kernel_size / strides)`` times the input's entries.
-  - CPU, stride 1, at most ``MATMUL_MAX_ROWS`` (1024) output rows (batch times positions;
-    needs ``input_shape``): ``'matmul'``, the power iteration's case: one example of a 3x3
-    16 -> 16 layer at 32x32 took 2.6 / 1.9 / 0.67 ms, of the mini AlexNet's 5x5 96 -> 256
-    layer 12.7 / 13.2 / 5.8 ms.
-  - CPU, otherwise (stride 1, many rows): ``'direct'``; the mini AlexNet's 5x5 96 -> 256
-    layer at batch 128 took 597 / 588 / 607 ms, the same within noise.
+    ``'direct'``. The patches of a thin input are many thin copies, and a thin polyphase
+    input gains nothing: ELU-Net's 8x8 stride-2 first layer (1 -> 64 at 28x28) took
+    13 / 21 / 43 ms.
+  - CPU, at most ``MATMUL_MAX_ROWS`` (1024) output rows (batch times positions; needs
+    ``input_shape``): ``'matmul'``, the power iteration's case. One example of a 3x3
+    16 -> 16 layer at 32x32 took 1.5 / 1.5 / 0.64 ms, of the mini AlexNet's 5x5 96 -> 256
+    layer 13.6 / 13.2 / 5.8 ms, of ELU-Net's 6x6 stride-2 layer 1.4 / 1.5 / 1.1 ms.
+  - CPU, strided, the dilated kernel spanning at least ``POLYPHASE_MIN_KERNEL_STRIDES`` (3)
+    strides in some dimension: ``'polyphase'``. XLA's CPU gradient of such a strided
+    convolution is slow: ELU-Net's 6x6 stride-2 VALID layer took 322 / 75 / 74 ms, an 8x8
+    stride-2 SAME one 809 / 361 / 193 ms.
+  - CPU, otherwise: ``'direct'`` (3x3 and 5x5 stride-2 layers: 41-95 / 57-199 / 33-85 ms).
 
-  ``'polyphase'`` is never picked on CPU since the matrix product beat it wherever it beat
-  the direct form; it stays available for forcing and for other backends.
+  The matrix product was often fastest at a training batch too (see the table), but a
+  program that runs a batch-sized product beside LAPACK calls (``SpectralNorm(method=
+  'fourier')``'s eigenvalues) hung in XLA's CPU runtime with its concurrency-optimized
+  scheduler (JAX 0.10.2), so the rule keeps it to few rows. Known misses at batch 128: a 6x6
+  stride-2 SAME layer (polyphase 1.5x slower than direct) and 3x3 stride-2 layers (matmul up
+  to 1.4x faster than direct).
 
   The rule decides at trace time from the shapes alone, so it never causes a recompile.
 
@@ -268,7 +271,7 @@ def choose_formulation(
     >>> from sn_jax import convolution
     >>> spec = convolution.conv_spec((6, 6, 64, 128), 64, strides=2, padding='VALID')
     >>> convolution.choose_formulation(spec, backend='cpu')
-    'matmul'
+    'polyphase'
   """
   backend = jax.default_backend() if backend is None else backend
   if backend != "cpu":
@@ -282,9 +285,14 @@ def choose_formulation(
     rows = input_shape[0] * math.prod(out)
   if spec.in_features // spec.feature_group_count < MATMUL_MIN_GROUP_CHANNELS:
     return "direct"
-  if any(s > 1 for s in spec.strides) or (rows is not None and rows <= MATMUL_MAX_ROWS):
+  if rows is not None and rows <= MATMUL_MAX_ROWS:
     return "matmul"
-  return "direct"
+  spans = [
+    ((k - 1) * d + 1) / s
+    for k, s, d in zip(spec.kernel_size, spec.strides, spec.kernel_dilation, strict=True)
+    if s > 1
+  ]
+  return "polyphase" if spans and max(spans) >= POLYPHASE_MIN_KERNEL_STRIDES else "direct"
 
 
 def conv(

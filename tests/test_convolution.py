@@ -159,15 +159,19 @@ def test_polyphase_really_differs_from_direct_in_the_computation():
 
 
 def test_choose_formulation_rule():
-  def choose(kernel_size, strides, channels=(64, 128), groups=1, backend="cpu", input_shape=None):
+  def choose(kernel_size, strides, channels=(64, 128), dilation=1, groups=1, backend="cpu"):
     shape = (kernel_size, kernel_size, channels[0] // groups, channels[1])
-    spec = convolution.conv_spec(shape, channels[0], strides=strides, feature_group_count=groups)
-    return convolution.choose_formulation(spec, backend=backend, input_shape=input_shape)
+    spec = convolution.conv_spec(
+      shape, channels[0], strides=strides, kernel_dilation=dilation, feature_group_count=groups
+    )
+    return convolution.choose_formulation(spec, backend=backend, input_shape=(128, 14, 14, 64))
 
-  assert choose(6, 2) == "matmul"  # ELU-Net's second layer: measured 4.6x faster than direct
-  assert choose(3, 2) == "matmul"
-  assert choose(3, 1) == "direct"  # stride 1, rows unknown
-  assert choose(8, 2, channels=(1, 64)) == "direct"  # single-channel input: thin patches
+  assert choose(6, 2) == "polyphase"  # ELU-Net's second layer: measured 4.3x faster
+  assert choose(8, 2) == "polyphase"
+  assert choose(3, 2, dilation=3) == "polyphase"  # the dilated extent counts
+  assert choose(3, 2) == "direct"  # small kernels: direct measured faster than polyphase
+  assert choose(3, 1) == "direct"  # stride 1: one computation
+  assert choose(8, 2, channels=(1, 64)) == "direct"  # single-channel input layers
   assert choose(8, 2, groups=8) == "direct"  # 8 channels per group
   for backend in ("gpu", "tpu"):
     assert choose(8, 2, backend=backend) == "direct"
