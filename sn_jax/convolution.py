@@ -215,7 +215,7 @@ def _check_formulation(formulation: str) -> None:
 
 # The 'auto' rule's thresholds, measured with benchmarks/bench_formulation.py (its tables are in
 # benchmarks/README.md; choose_formulation's docstring quotes them).
-MATMUL_MIN_GROUP_CHANNELS = 16
+MIN_GROUP_CHANNELS = 16
 MATMUL_MAX_ROWS = 1024
 POLYPHASE_MIN_KERNEL_STRIDES = 3
 
@@ -235,7 +235,7 @@ def choose_formulation(
   - CPU, the output has one position in every spatial dimension (a kernel covering its whole
     padded input; needs ``input_shape``): ``'matmul'``, which is then a dense layer on the
     flattened input. ELU-Net's last layer (5x5 VALID, 128 -> 128 on 5x5): 19 / 20 / 6.2 ms.
-  - CPU, fewer than ``MATMUL_MIN_GROUP_CHANNELS`` (16) input channels per group:
+  - CPU, fewer than ``MIN_GROUP_CHANNELS`` (16) input channels per group:
     ``'direct'``. The patches of a thin input are many thin copies, and a thin polyphase
     input gains nothing: ELU-Net's 8x8 stride-2 first layer (1 -> 64 at 28x28) took
     13 / 21 / 40 ms.
@@ -283,7 +283,7 @@ def choose_formulation(
     if all(n == 1 for n in out):
       return "matmul"
     rows = input_shape[0] * math.prod(out)
-  if spec.in_features // spec.feature_group_count < MATMUL_MIN_GROUP_CHANNELS:
+  if spec.in_features // spec.feature_group_count < MIN_GROUP_CHANNELS:
     return "direct"
   if rows is not None and rows <= MATMUL_MAX_ROWS:
     return "matmul"
