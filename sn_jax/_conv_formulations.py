@@ -102,6 +102,18 @@ def _kept_phases(kernel_size: int, stride: int, dilation: int) -> tuple[int, int
   return -(-dilated // stride), min(stride, dilated), math.gcd(dilation, stride)
 
 
+def output_spatial_shape(
+  spec: ConvSpec, spatial_shape: Sequence[int], pads: Sequence[tuple[int, int]]
+) -> tuple[int, ...]:
+  """The output's spatial shape for an input of ``spatial_shape`` padded by ``pads``."""
+  return tuple(
+    max(0, (n + lo + hi - (k - 1) * d - 1) // s + 1)
+    for n, k, s, d, (lo, hi) in zip(
+      spatial_shape, spec.kernel_size, spec.strides, spec.kernel_dilation, pads, strict=True
+    )
+  )
+
+
 def polyphase_conv(
   x: jax.Array,
   kernel: jax.Array,
@@ -118,8 +130,9 @@ def polyphase_conv(
   """
   rank = spec.num_spatial_dims
   x_pads, k_pads, x_shape, k_shape, slices, rhs_dilation = [], [], [], [], [], []
-  for n, k, s, d, (lo, hi) in zip(
-    x.shape[1:-1], spec.kernel_size, spec.strides, spec.kernel_dilation, pads, strict=True
+  outs = output_spatial_shape(spec, x.shape[1:-1], pads)
+  for n, k, s, d, (lo, hi), out in zip(
+    x.shape[1:-1], spec.kernel_size, spec.strides, spec.kernel_dilation, pads, outs, strict=True
   ):
     if s == 1:
       x_pads.append((lo, hi, 0))
@@ -130,7 +143,6 @@ def polyphase_conv(
       rhs_dilation.append(d)
       continue
     taps, phases, step = _kept_phases(k, s, d)
-    out = (n + lo + hi - (k - 1) * d - 1) // s + 1
     length = out + taps - 1
     # Zero-fill (or crop: the high pad may be negative) to exactly the samples the output reads.
     x_pads.append((lo, s * length - n - lo, 0))
@@ -154,18 +166,6 @@ def polyphase_conv(
     (1,) * rank, ((0, 0),) * rank, tuple(rhs_dilation), spec.feature_group_count, precision
   )
   return lax_conv(x, kernel, attrs)
-
-
-def output_spatial_shape(
-  spec: ConvSpec, spatial_shape: Sequence[int], pads: Sequence[tuple[int, int]]
-) -> tuple[int, ...]:
-  """The output's spatial shape for an input of ``spatial_shape`` padded by ``pads``."""
-  return tuple(
-    max(0, (n + lo + hi - (k - 1) * d - 1) // s + 1)
-    for n, k, s, d, (lo, hi) in zip(
-      spatial_shape, spec.kernel_size, spec.strides, spec.kernel_dilation, pads, strict=True
-    )
-  )
 
 
 def matmul_conv(
