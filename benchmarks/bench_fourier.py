@@ -31,7 +31,7 @@ import statistics
 import time
 
 import jax
-import optax
+import sgd_steps
 import timing
 
 import sn_jax
@@ -184,50 +184,20 @@ def bench_norms(cases, repeats, rounds, record):
 
 
 def train_step(name, method, batch):
-  """A zero-argument function running one jitted SGD step, and its first call's time (s)."""
+  """A zero-argument function running one jitted SGD step of ``name`` normalized by ``method``."""
   normalization = "none" if method == "none" else "operator"
   method_kwargs = {} if method == "none" else {"method": method}
   model = models.get_model(name, normalization=normalization, beta=1.0, **method_kwargs)
   x = jax.random.normal(jax.random.key(1), (batch, *models.INPUT_SHAPES[name]))
   y = jax.random.randint(jax.random.key(2), (batch,), 0, 10)
-  tx = optax.sgd(0.01)
-  mutable = [] if method == "none" else ["spectral"]
-
-  def step(state, x, y):
-    variables, opt_state = state
-
-    def loss_fn(params):
-      logits, new_state = model.apply(
-        {**variables, "params": params}, x, update_stats=True, mutable=mutable
-      )
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new_state
-
-    (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
-    updates, opt_state = tx.update(grads, opt_state)
-    params = optax.apply_updates(variables["params"], updates)
-    return ({**variables, **new_state, "params": params}, opt_state), loss
-
-  step = jax.jit(step)
-  variables = jax.jit(model.init)(jax.random.key(0), x)
-  state = [(variables, tx.init(variables["params"]))]
-  start = time.perf_counter()
-  state[0], loss = step(state[0], x, y)
-  jax.block_until_ready(loss)
-  compile_s = time.perf_counter() - start
-
-  def run():
-    state[0], loss = step(state[0], x, y)
-    return loss
-
-  return run, compile_s
+  return sgd_steps.sgd_step(model, x, y)
 
 
 def bench_train(batch, repeats, rounds, record):
   rows = []
   for name in ("elunet", "alexnet"):
-    fns, compile_s = {}, {}
-    for method in ("none", "power", "fourier", "gram"):
-      fns[method], compile_s[method] = train_step(name, method, batch)
+    methods = ("none", "power", "fourier", "gram")
+    fns = {method: train_step(name, method, batch) for method in methods}
     times = timing.time_side_by_side(fns, repeats=repeats, rounds=rounds)
     for method, t in times.items():
       rows.append(
@@ -238,7 +208,7 @@ def bench_train(batch, repeats, rounds, record):
           (t.q75_s - t.q25_s) * 1e3,
           t.median_s / times["power"].median_s,
           t.median_s / times["none"].median_s,
-          compile_s[method],
+          t.compile_s,
         ]
       )
   header = [

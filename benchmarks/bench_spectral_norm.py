@@ -5,7 +5,9 @@ on every layer (true operator norms, 1 power-iteration step per training step); 
 ``flax.linen.SpectralNorm`` on every layer (reshaped kernels, ``n_steps=1``); and, when
 ``benchmarks/torch_models.py`` provides it, the same network in PyTorch without and with
 ``torch.nn.utils.parametrizations.spectral_norm``. Ratios are against the plain step of the same
-framework. The floor for the true-norm step is about ``1 + 2 / (3 * batch)``: one power step is
+framework, compiled the same way: with ``sn_jax.compiler_options()`` as sn_jax's trainer
+compiles, and, where those differ from XLA's defaults (CPU), again with the defaults. The
+floor for the true-norm step is about ``1 + 2 / (3 * batch)``: one power step is
 a forward and a transposed pass on ONE example, against a training step's three passes on a
 batch.
 
@@ -15,47 +17,25 @@ nothing). Writes the ``spectral_norm_step`` section of benchmarks/README.md.
 
 from __future__ import annotations
 
-import functools
-
 import jax
-import optax
+import sgd_steps
 import timing
 
+import sn_jax
 from sn_jax import models
 
 LEARNING_RATE = 0.01
+# Row suffix -> the compiler options the steps of one comparison compile with: sn_jax's (None),
+# and XLA's defaults where sn_jax's differ from them.
+SCHEDULES = {"": None, ", XLA default schedule": {}}
 
 
-def jax_step(normalization: str, x: jax.Array, y: jax.Array):
+def jax_step(normalization: str, x: jax.Array, y: jax.Array, compiler_options=None):
   """A zero-argument function that runs one jitted SGD step of ELU-Net and returns the loss."""
   model = models.get_model("elunet", normalization=normalization, beta=1.0, num_iters=1)
-  variables = jax.jit(model.init)(jax.random.key(0), x)
-  tx = optax.sgd(LEARNING_RATE)
-  mutable = [] if normalization == "none" else ["spectral"]
-
-  @functools.partial(jax.jit, donate_argnums=0)
-  def step(state, x, y):
-    variables, opt_state = state
-
-    def loss_fn(params):
-      logits, new_state = model.apply(
-        {**variables, "params": params}, x, update_stats=True, mutable=mutable
-      )
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-      return loss, new_state
-
-    (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
-    updates, opt_state = tx.update(grads, opt_state)
-    params = optax.apply_updates(variables["params"], updates)
-    return ({**variables, **new_state, "params": params}, opt_state), loss
-
-  state = [(variables, tx.init(variables["params"]))]
-
-  def run():
-    state[0], loss = step(state[0], x, y)
-    return loss
-
-  return run
+  return sgd_steps.sgd_step(
+    model, x, y, learning_rate=LEARNING_RATE, compiler_options=compiler_options
+  )
 
 
 def torch_steps(x: jax.Array, y: jax.Array) -> dict:
@@ -83,22 +63,29 @@ def main() -> None:
   batch = args.batch
   x = jax.random.normal(jax.random.key(1), (batch, 28, 28, 1))
   y = jax.random.randint(jax.random.key(2), (batch,), 0, 10)
-  fns = {
-    "JAX, plain": jax_step("none", x, y),
-    "JAX, sn_jax SpectralNorm (operator norm)": jax_step("operator", x, y),
-    "JAX, flax.linen.SpectralNorm (reshaped)": jax_step("reshaped", x, y),
-  }
-  times = timing.time_frameworks([fns, torch_steps(x, y)], repeats=args.repeats, rounds=args.rounds)
+  fns, baselines = {}, {}
+  schedules = SCHEDULES if sn_jax.compiler_options() else {"": None}
+  for schedule, options in schedules.items():
+    plain = f"JAX, plain{schedule}"
+    fns[plain] = jax_step("none", x, y, options)
+    fns[f"JAX, sn_jax SpectralNorm (operator norm){schedule}"] = jax_step("operator", x, y, options)
+    fns[f"JAX, flax.linen.SpectralNorm (reshaped){schedule}"] = jax_step("reshaped", x, y, options)
+    baselines.update(dict.fromkeys(list(fns)[-3:], plain))
+  torch_fns = torch_steps(x, y)
+  baselines.update(dict.fromkeys(torch_fns, "PyTorch, plain"))
+  times = timing.time_frameworks([fns, torch_fns], repeats=args.repeats, rounds=args.rounds)
 
   rows = []
   for name, t in times.items():
-    base = times["PyTorch, plain" if name.startswith("PyTorch") else "JAX, plain"]
-    rows.append(timing.timing_row(name, t, t.median_s / base.median_s))
+    rows.append(timing.timing_row(name, t, t.median_s / times[baselines[name]].median_s))
   header = timing.timing_header("ELU-Net training step", batch, "ratio")
   notes = (
     f"One SGD step (softmax cross-entropy) on a {batch}x28x28x1 batch; ratio = median over the "
     f"plain step of the same framework; floor for the operator-norm step ~ "
-    f"{1 + 2 / (3 * batch):.4f}. `python benchmarks/bench_spectral_norm.py`."
+    f"{1 + 2 / (3 * batch):.4f}. JAX rows compile with sn_jax.compiler_options() "
+    f"({sn_jax.compiler_options() or 'none on this backend'}), as sn_jax's trainer does, or with "
+    "XLA's default schedule where the row says so; each ratio is against the plain step "
+    "compiled the same way. `python benchmarks/bench_spectral_norm.py`."
   )
   timing.report("spectral_norm_step", header, rows, notes=notes, quick=args.quick)
 

@@ -150,6 +150,10 @@ class SpectralNorm(nn.Module):
   bf16/f16 parameters work: the norm is computed in float32 and the effective kernel is cast
   back to the parameter dtype.
 
+  On CPU, jit the training step with ``compiler_options=sn_jax.compiler_options()``: with
+  XLA's default schedule the normalized step ran up to 1.15x the plain one, with sn_jax's
+  options at most 1.02x (:func:`sn_jax.compiler_options`).
+
   The wrapped layer keeps its own parameters where Flax puts them: created inside a compact
   ``__call__`` it is a child of the enclosing module (as with ``flax.linen.SpectralNorm``);
   passed unbound it becomes this module's child ``'layer'``.

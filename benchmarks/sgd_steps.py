@@ -1,0 +1,64 @@
+"""The training step that the normalization benchmarks time: one jitted SGD step of a model."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import optax
+
+import sn_jax
+
+
+def sgd_step(
+  model: nn.Module,
+  x: jax.Array,
+  y: jax.Array,
+  *,
+  learning_rate: float = 0.01,
+  compiler_options: dict[str, str] | None = None,
+) -> Callable[[], jax.Array]:
+  """A zero-argument function running one SGD step of softmax cross-entropy on ``(x, y)``.
+
+  Each call advances the parameters and, for a spectrally normalized model, the ``'spectral'``
+  state (``update_stats=True``, one power step per training step), donating the old ones, and
+  returns the loss. The first call compiles.
+
+  Args:
+    model: a zoo model (``sn_jax.models.get_model``).
+    x: the batch, ``(batch, *input_shape)``.
+    y: integer labels, ``(batch,)``.
+    learning_rate: SGD's.
+    compiler_options: for ``jax.jit``; ``None`` means ``sn_jax.compiler_options()``, what
+      sn_jax's trainer compiles with. ``{}`` is XLA's defaults.
+  """
+  if compiler_options is None:
+    compiler_options = sn_jax.compiler_options()
+  variables = jax.jit(model.init)(jax.random.key(0), x)
+  mutable = [name for name in variables if name != "params"]
+  tx = optax.sgd(learning_rate)
+
+  @functools.partial(jax.jit, donate_argnums=0, compiler_options=compiler_options)
+  def step(state, x, y):
+    variables, opt_state = state
+
+    def loss_fn(params):
+      logits, new_state = model.apply(
+        {**variables, "params": params}, x, update_stats=True, mutable=mutable
+      )
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new_state
+
+    (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
+    updates, opt_state = tx.update(grads, opt_state)
+    params = optax.apply_updates(variables["params"], updates)
+    return ({**variables, **new_state, "params": params}, opt_state), loss
+
+  state = [(variables, tx.init(variables["params"]))]
+
+  def run():
+    state[0], loss = step(state[0], x, y)
+    return loss
+
+  return run
