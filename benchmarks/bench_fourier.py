@@ -225,8 +225,8 @@ def bench_train(batch, repeats, rounds, record):
     "'power' runs 1 power step per training step, 'fourier' the exact top singular value of "
     f"the Fourier symbol of every layer, 'gram' {GRAM_ITERS} Gram steps; 'none' is the plain "
     "model. Both models use "
-    "zero padding, so 'fourier' and 'gram' normalize by upper bounds. "
-    "`python benchmarks/bench_fourier.py`."
+    "zero padding, so 'fourier' and 'gram' normalize by upper bounds. Every step compiles "
+    "with sn_jax.compiler_options(). `python benchmarks/bench_fourier.py`."
   )
   record("fourier_train_step", header, rows, notes)
 

@@ -29,15 +29,15 @@ def compiler_options(backend: str | None = None) -> dict[str, str]:
 
   - CPU: ``xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED``. With XLA's default
     schedule, the ELU-Net training step with :class:`sn_jax.nn.SpectralNorm` on every layer
-    took 1.03x, 1.14x and 1.15x the plain step at batch 128 in three runs, varying from one
-    process to the next, although the normalization's own work is about 2 ms of 63. A profile
-    showed the batch's large matrix products waiting for the second core while an unrelated
-    copy ran on it, in an order that the normalization's extra operations had shifted. With
-    the memory-optimized schedule the same runs measured 1.02x, 1.005x and 0.998x, and the
-    plain steps did not change beyond noise (ELU-Net 63.9 / 61.9 ms, its PGD-10 406 / 402 ms,
-    the mini AlexNet 732 / 734 ms; default / memory-optimized). The default schedule also
-    hung a program that runs batch-sized matrix products beside LAPACK eigenvalue calls (see
-    :func:`sn_jax.convolution.choose_formulation`); this one did not.
+    took 1.03x, 1.14x, 1.15x and 1.20x the plain step at batch 128 in four runs, varying from
+    one process to the next, although the normalization's own work is about 2 ms of 63. A
+    profile showed the batch's large matrix products waiting for the second core while an
+    unrelated copy ran on it, in an order that the normalization's extra operations had
+    shifted. With the memory-optimized schedule the same runs measured 1.02x, 1.005x, 0.998x
+    and 1.003x, and the plain steps did not change beyond noise (ELU-Net 63.9 / 61.9 ms, its
+    PGD-10 406 / 402 ms, the mini AlexNet 732 / 734 ms; default / memory-optimized). The
+    default schedule also hung a program that runs batch-sized matrix products beside LAPACK
+    eigenvalue calls (see :func:`sn_jax.convolution.choose_formulation`); this one did not.
     ``python benchmarks/bench_spectral_norm.py`` measures both schedules side by side.
 
   An option that the installed jaxlib does not know is dropped, with a warning, so the result

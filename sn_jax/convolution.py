@@ -253,9 +253,10 @@ def choose_formulation(
   program that runs a batch-sized product beside LAPACK calls (``SpectralNorm(method=
   'fourier')``'s eigenvalues) hung in XLA's CPU runtime with its default schedule (JAX
   0.10.2). It ran with the memory-optimized schedule of :func:`sn_jax.compiler_options`, but a
-  user's own ``jax.jit`` compiles with the default, so the rule keeps it to few rows. Known misses at batch 128: a 6x6
-  stride-2 SAME layer (polyphase 1.6x slower than direct), wide strided kernels (matmul up to
-  1.9x faster than polyphase) and 3x3 stride-2 layers (matmul up to 1.4x faster than direct).
+  user's own ``jax.jit`` compiles with the default, so the rule keeps it to few rows. Known
+  misses at batch 128: a 6x6 stride-2 SAME layer (polyphase 1.6x slower than direct), wide
+  strided kernels (matmul up to 1.9x faster than polyphase) and 3x3 stride-2 layers (matmul up
+  to 1.4x faster than direct).
 
   The rule decides at trace time from the shapes alone, so it never causes a recompile.
 
