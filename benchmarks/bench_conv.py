@@ -89,18 +89,30 @@ def variant_tasks(name: str, x: jax.Array, y: jax.Array, pgd_steps: int) -> dict
   return tasks
 
 
-def jax_tasks(name: str, batch: int, pgd_steps: int) -> dict[str, dict[str, object]]:
-  """Compiled zero-argument functions, per task, per variant of the layers."""
+def jax_tasks(name: str, batch: int, pgd_steps: int):
+  """Compiled zero-argument functions, per task, per variant of the layers; and per task the
+  floating-point operations of the ``'sn_jax auto'`` program by XLA's cost analysis (None for
+  PGD, whose loop body XLA counts once)."""
   x = jax.random.uniform(jax.random.key(0), (batch, *models.INPUT_SHAPES[name]))
   y = jax.random.randint(jax.random.key(1), (batch,), 0, 10)
   tasks: dict[str, dict[str, object]] = {}
+  flops: dict[str, float | None] = {}
   for variant, layers in VARIANTS.items():
     with model_layers(*layers):
       # Compiled ahead of time, inside the block, so the swapped layers are what gets traced.
       for task, (fn, args) in variant_tasks(name, x, y, pgd_steps).items():
         executable = jax.jit(fn).lower(*args).compile()
         tasks.setdefault(task, {})[variant] = functools.partial(executable, *args)
-  return tasks
+        if variant == "sn_jax auto":
+          flops[task] = None if task.startswith("PGD") else timing.compiled_flops(executable)
+  return tasks, flops
+
+
+def matmul_peak_flops(n: int = 2048) -> float:
+  """FLOP/s of one n x n x n float32 matrix product: the machine's practical peak, for scale."""
+  a = jax.random.normal(jax.random.key(0), (n, n))
+  t = timing.time_fn(jax.jit(lambda a: a @ a), a, repeats=10)
+  return 2 * n**3 / t.median_s
 
 
 def torch_train_step(name: str, batch: int):
@@ -125,24 +137,36 @@ def main(argv: list[str] | None = None) -> None:
   repeats = 4 if args.quick else 10
   rounds = 2 if args.quick else 5
   pgd_steps = 2 if args.quick else 10
-  header = ["model", "task", *(f"{c} ms" for c in VARIANTS), "PyTorch ms", "flax / auto"]
+  header = [
+    "model",
+    "task",
+    *(f"{c} ms" for c in VARIANTS),
+    "PyTorch ms",
+    "flax / auto",
+    "auto GFLOP/s",
+  ]
   rows = []
+  peak = matmul_peak_flops()
   for name in ("elunet", "alexnet"):
-    for task, fns in jax_tasks(name, batch, pgd_steps).items():
+    tasks, flops = jax_tasks(name, batch, pgd_steps)
+    for task, fns in tasks.items():
       torch_step = torch_train_step(name, batch) if task == "train step" else None
       peers = {} if torch_step is None else {"PyTorch": torch_step}
       times = timing.time_frameworks([fns, peers], repeats=repeats, rounds=rounds)
       ms = {c: t.median_s * 1e3 for c, t in times.items()}
       torch_ms = ms.get("PyTorch", "")
       ratio = ms[BASELINE] / ms["sn_jax auto"]
-      rows.append([name, task, *(ms[c] for c in VARIANTS), torch_ms, ratio])
+      rate = "" if flops[task] is None else flops[task] / ms["sn_jax auto"] / 1e6
+      rows.append([name, task, *(ms[c] for c in VARIANTS), torch_ms, ratio, rate])
       print(rows[-1], flush=True)
   notes = (
     f"Batch {batch}, float32, plain layers (no spectral normalization); medians of interleaved "
     "runs, compile time excluded. 'flax.linen' builds the models with flax.linen.Conv and "
     "flax.linen.max_pool (every convolution direct, as before sn_jax's formulations); "
     "'sn_jax auto' is what sn_jax's models use by default on this backend: sn_jax.nn.Conv "
-    "and sn_jax.pooling.max_pool."
+    "and sn_jax.pooling.max_pool. 'auto GFLOP/s' is XLA's count of the auto program's "
+    f"floating-point operations over its median; for scale, a 2048^3 matrix product ran at "
+    f"{peak / 1e9:.0f} GFLOP/s in the same run."
   )
   if args.quick:  # A smoke run: print, never overwrite the recorded table.
     print(timing.markdown_table(header, rows))

@@ -64,6 +64,18 @@ def time_fn(
   return Timing(compile_s, statistics.median(samples), quartiles[0], quartiles[2], len(samples))
 
 
+def compiled_flops(executable: Any) -> float | None:
+  """XLA's count of the floating-point operations of a compiled program, or None if it has none.
+
+  A loop's body is counted once, whatever its trip count.
+  """
+  analysis = executable.cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # older jaxlibs: one dict per program
+    analysis = analysis[0] if analysis else {}
+  flops = (analysis or {}).get("flops")
+  return None if flops is None or flops <= 0 else float(flops)
+
+
 def time_side_by_side(
   fns: dict[str, Callable[[], Any]],
   *,
