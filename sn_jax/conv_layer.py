@@ -16,6 +16,20 @@ def is_trivial_dilation(value: Any) -> bool:
   return value is None or all(v == 1 for v in ((value,) if isinstance(value, int) else value))
 
 
+def conv_attributes(layer: nn.Conv) -> dict[str, Any]:
+  """The keyword arguments of :func:`sn_jax.convolution.conv_spec` and the operators for a conv.
+
+  ``strides``, ``padding``, ``kernel_dilation`` and ``feature_group_count``, with Flax's
+  ``None`` defaults resolved to 1.
+  """
+  return dict(
+    strides=1 if layer.strides is None else layer.strides,
+    padding=layer.padding,
+    kernel_dilation=1 if layer.kernel_dilation is None else layer.kernel_dilation,
+    feature_group_count=layer.feature_group_count,
+  )
+
+
 class Conv(nn.Conv):
   """``flax.linen.Conv`` computed by :func:`sn_jax.conv`, with the fast strided formulation.
 
@@ -86,14 +100,7 @@ class Conv(nn.Conv):
     x = inputs.reshape(-1, *inputs.shape[len(batch_shape) :])
     in_features = x.shape[-1]
     kernel_shape = (*kernel_size, in_features // self.feature_group_count, self.features)
-    spec = convolution.conv_spec(
-      kernel_shape,
-      in_features,
-      strides=1 if self.strides is None else self.strides,
-      padding=self.padding,
-      kernel_dilation=1 if self.kernel_dilation is None else self.kernel_dilation,
-      feature_group_count=self.feature_group_count,
-    )
+    spec = convolution.conv_spec(kernel_shape, in_features, **conv_attributes(self))
     if self.mask is not None and self.mask.shape != kernel_shape:
       raise ValueError(
         f"`mask` must have the kernel's shape {kernel_shape}, got {self.mask.shape}."

@@ -19,7 +19,7 @@ from jax import lax
 
 from sn_jax import fourier, operators, power
 from sn_jax.conv_layer import Conv as Conv
-from sn_jax.conv_layer import is_trivial_dilation
+from sn_jax.conv_layer import conv_attributes, is_trivial_dilation
 
 # Layers whose kernel SpectralNorm maps through sn_jax.operators.layer_operator.
 _CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv,)
@@ -78,14 +78,7 @@ def _linear_map(layer: nn.Module, kernel: jax.Array, input_shape: tuple[int, ...
   if isinstance(layer, _CONV_TYPES):
     if layer.mask is not None:
       kernel = kernel * layer.mask
-    return operators.layer_operator(
-      kernel,
-      input_shape,
-      strides=1 if layer.strides is None else layer.strides,
-      padding=layer.padding,
-      kernel_dilation=1 if layer.kernel_dilation is None else layer.kernel_dilation,
-      feature_group_count=layer.feature_group_count,
-    )
+    return operators.layer_operator(kernel, input_shape, **conv_attributes(layer))
   plain = layer.clone(parent=None, use_bias=False, dtype=kernel.dtype, param_dtype=kernel.dtype)
   return lambda x: plain.apply({"params": {"kernel": kernel}}, x[None])[0]
 
@@ -98,12 +91,7 @@ def _fourier_sigma(
   if isinstance(layer, _CONV_TYPES):
     kernel = kernel if layer.mask is None else kernel * layer.mask
     spatial_shape = input_shape[:-1]
-    attributes = dict(
-      strides=1 if layer.strides is None else layer.strides,
-      padding=layer.padding,
-      kernel_dilation=1 if layer.kernel_dilation is None else layer.kernel_dilation,
-      feature_group_count=layer.feature_group_count,
-    )
+    attributes = conv_attributes(layer)
   if method == "fourier":
     return fourier.fourier_conv_operator_norm(kernel, spatial_shape, **attributes)
   return fourier.gram_iteration_bound(kernel, spatial_shape, num_iters=gram_iters, **attributes)
