@@ -44,14 +44,15 @@ def compiler_options(backend: str | None = None) -> dict[str, str]:
   always compiles.
 
   Args:
-    backend: ``'cpu'``, ``'gpu'`` or ``'tpu'``; defaults to ``jax.default_backend()``.
+    backend: ``'cpu'``, ``'gpu'``, ``'tpu'`` or the platform of an installed plugin; defaults
+      to ``jax.default_backend()``. Backends sn_jax has not measured get no options.
 
   Returns:
     A new dict of option name to value, for ``jax.jit(..., compiler_options=...)``; empty
     where XLA's defaults are best.
 
   Raises:
-    ValueError: for an unknown ``backend``.
+    ValueError: for a ``backend`` that is none of these.
 
   Example:
     >>> import jax, sn_jax
@@ -59,8 +60,9 @@ def compiler_options(backend: str | None = None) -> dict[str, str]:
     >>> sn_jax.compiler_options("gpu")
     {}
   """
-  backend = jax.default_backend() if backend is None else backend
-  if backend not in BACKENDS:
+  if backend is None:
+    backend = jax.default_backend()  # a plugin's platform is valid too: it gets no options
+  elif backend not in BACKENDS and backend != jax.default_backend():
     raise ValueError(f"`backend` must be one of {BACKENDS} or None, got {backend!r}.")
   return dict(_accepted(backend, tuple(_MEASURED.get(backend, {}).items())))
 

@@ -40,6 +40,13 @@ def test_returns_a_fresh_dict():
   assert "extra" not in sn_jax.compiler_options("cpu")
 
 
+def test_plugin_platform_gets_no_options(monkeypatch):
+  """A default backend outside cpu/gpu/tpu (a PJRT plugin's) is valid and unmeasured."""
+  monkeypatch.setattr(jax, "default_backend", lambda: "METAL")
+  assert sn_jax.compiler_options() == {}
+  assert sn_jax.compiler_options("METAL") == {}
+
+
 def test_unknown_backend_is_refused():
   with pytest.raises(ValueError, match="`backend` must be one of"):
     sn_jax.compiler_options("cuda")
