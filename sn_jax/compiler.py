@@ -15,9 +15,17 @@ from jax.sharding import SingleDeviceSharding
 
 BACKENDS = ("cpu", "gpu", "tpu")
 
+# YNNPACK's fusion kinds in XLA's CPU defaults (this jaxlib) without INDIVIDUAL_CONVOLUTION:
+# the compiled programs equal those of XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=
+# -individual_convolution, which compiler options cannot spell (they take whole lists).
+_YNN_WITHOUT_CONVOLUTIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+
 # backend -> the options measured to help there (see compiler_options's docstring).
 _MEASURED: dict[str, dict[str, str]] = {
-  "cpu": {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"},
+  "cpu": {
+    "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
+    "xla_cpu_experimental_ynn_fusion_type": _YNN_WITHOUT_CONVOLUTIONS,
+  },
 }
 
 
@@ -25,9 +33,14 @@ def compiler_options(backend: str | None = None) -> dict[str, str]:
   """The XLA options to compile sn_jax's programs with on ``backend``, for ``jax.jit``.
 
   Measured on XLA's CPU backend (AMD EPYC, 2 cores, JAX 0.10.2); GPU and TPU get none (XLA's
-  defaults; not measured).
+  defaults; not measured). On CPU:
 
-  - CPU: ``xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED``. With XLA's default
+  - ``xla_cpu_experimental_ynn_fusion_type``: matrix products and reductions still go to
+    YNNPACK, convolutions no longer do: XLA's own (Eigen) convolutions were faster, forward
+    and backward. At batch 128, YNNPACK's / XLA's: ELU-Net training step 64.5 / 50.3 ms,
+    its PGD-10 414 / 377 ms, the mini AlexNet's training step 753 / 545 ms
+    (``python benchmarks/bench_conv.py`` measures both).
+  - ``xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED``. With XLA's default
     schedule, the ELU-Net training step with :class:`sn_jax.nn.SpectralNorm` on every layer
     took 1.03x, 1.14x, 1.15x and 1.20x the plain step at batch 128 in four runs, varying from
     one process to the next, although the normalization's own work is about 2 ms of 63. A
@@ -40,8 +53,9 @@ def compiler_options(backend: str | None = None) -> dict[str, str]:
     eigenvalue calls (see :func:`sn_jax.convolution.choose_formulation`); this one did not.
     ``python benchmarks/bench_spectral_norm.py`` measures both schedules side by side.
 
-  An option that the installed jaxlib does not know is dropped, with a warning, so the result
-  always compiles.
+  The options change which kernels compute a convolution, so results agree with XLA's
+  defaults up to float rounding, not bit for bit. An option that the installed jaxlib does
+  not know is dropped, with a warning, so the result always compiles.
 
   Args:
     backend: ``'cpu'``, ``'gpu'``, ``'tpu'`` or the platform of an installed plugin; defaults
@@ -69,7 +83,8 @@ def compiler_options(backend: str | None = None) -> dict[str, str]:
 
 @functools.cache
 def _accepted(backend: str, options: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
-  """``options`` if a tiny program compiles with them on ``backend``, else ``()`` (and a warning).
+  """Those of ``options`` with which a tiny program compiles on ``backend``; a warning names
+  the others.
 
   Options for a backend that is not present cannot be checked and are returned unchanged.
   """
@@ -80,14 +95,17 @@ def _accepted(backend: str, options: tuple[tuple[str, str], ...]) -> tuple[tuple
   except RuntimeError:
     return options
   example = jax.ShapeDtypeStruct((), jnp.float32, sharding=SingleDeviceSharding(device))
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(example).compile()
-  except jax.errors.JaxRuntimeError as error:
-    warnings.warn(
-      f"this jaxlib ({jax.__version__}) does not accept the XLA options {dict(options)} that "
-      f"sn_jax measured as faster on {backend!r}; compiling with XLA's defaults ({error}).",
-      RuntimeWarning,
-      stacklevel=3,
-    )
-    return ()
-  return options
+  kept = []
+  for name, value in options:
+    try:
+      jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(example).compile()
+    except jax.errors.JaxRuntimeError as error:
+      warnings.warn(
+        f"this jaxlib ({jax.__version__}) does not accept the XLA option {name}={value!r} that "
+        f"sn_jax measured as faster on {backend!r}; compiling without it ({error}).",
+        RuntimeWarning,
+        stacklevel=3,
+      )
+    else:
+      kept.append((name, value))
+  return tuple(kept)
