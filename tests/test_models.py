@@ -149,6 +149,34 @@ def test_local_response_normalization_matches_direct_computation():
     models.local_response_normalization(x, depth_radius=-1)
 
 
+@pytest.mark.parametrize("beta", [0.25, 0.5, 0.75, 1, 1.25, 2.0, 0.6, 3.0])
+def test_local_response_normalization_power_and_gradient(beta):
+  """Quarter exponents (raised by square roots) and others (pow) against float64 NumPy."""
+  x = np.asarray(jax.random.normal(jax.random.key(1), (2, 2, 2, 7))) * 3
+  radius, bias, alpha = 2, 0.5, 0.3
+
+  def reference(x):  # float64: value, and the vector-Jacobian product with ones
+    padded = np.pad(x**2, ((0, 0),) * 3 + ((radius, radius),))
+    d = bias + alpha * sum(padded[..., i : i + x.shape[-1]] for i in range(2 * radius + 1))
+    y = x / d**beta
+    weight = np.pad(-2 * alpha * beta * y / d, ((0, 0),) * 3 + ((radius, radius),))
+    window = sum(weight[..., i : i + x.shape[-1]] for i in range(2 * radius + 1))
+    return y, 1 / d**beta + x * window
+
+  def lrn(x):
+    return models.local_response_normalization(
+      x, depth_radius=radius, bias=bias, alpha=alpha, beta=beta
+    )
+
+  expected, expected_grad = reference(x.astype(np.float64))
+  np.testing.assert_allclose(jax.jit(lrn)(x), expected, rtol=2e-6)
+  grad = jax.grad(lambda x: lrn(x).sum())(x)
+  # Its two terms nearly cancel in places: absolute error relative to the largest entry.
+  np.testing.assert_allclose(
+    grad, expected_grad, rtol=1e-5, atol=1e-6 * np.abs(expected_grad).max()
+  )
+
+
 def test_registry_errors():
   with pytest.raises(ValueError, match=r"`name` must be one of .*'elunet'.*got 'vgg'"):
     models.get_model("vgg")
