@@ -14,7 +14,9 @@ Memory: the compiled PGD's ``memory_analysis()`` at 10 and at 100 steps (the loo
 ``lax.fori_loop``, so it should not grow).
 
 The model is ELU-Net without normalization (``normalization='none'``), so that the three
-frameworks run the same computation.
+frameworks run the same computation. sn_jax's programs compile with ``sn_jax.compiler_options()``,
+as sn_jax's trainer does; foolbox's forward pass cannot (it differentiates through it, and JAX
+takes compiler options only on an outermost ``jax.jit``).
 
 Run: ``python benchmarks/bench_attacks.py`` (``--quick`` for a smoke run that records nothing).
 Writes the ``attacks`` section of benchmarks/README.md.
@@ -22,10 +24,13 @@ Writes the ``attacks`` section of benchmarks/README.md.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import timing
 
+import sn_jax
 from sn_jax import attacks, models
 
 EPS, STEP_SIZE, NUM_STEPS = 0.3, 0.01, 10
@@ -36,8 +41,9 @@ def jax_fns(x: jax.Array, y: jax.Array) -> tuple[dict, dict]:
   model = models.get_model("elunet", normalization="none")
   variables = jax.jit(model.init)(jax.random.key(0), x)
   logits_fn = lambda z: model.apply(variables, z, update_stats=False)
+  options = sn_jax.compiler_options()  # as sn_jax's trainer compiles
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=options)
   def input_grad(x, y):
     return jax.grad(lambda z: jnp.sum(attacks.cross_entropy(logits_fn(z), y)))(x)
 
@@ -48,10 +54,13 @@ def jax_fns(x: jax.Array, y: jax.Array) -> tuple[dict, dict]:
     )  # fmt: skip
 
   def deepfool(num_steps):
-    return jax.jit(lambda x: attacks.deepfool(logits_fn, x, num_steps=num_steps, num_classes=10))
+    return jax.jit(
+      lambda x: attacks.deepfool(logits_fn, x, num_steps=num_steps, num_classes=10),
+      compiler_options=options,
+    )
 
   key = jax.random.key(1)
-  pgd_jit = jax.jit(pgd, static_argnames="num_steps")
+  pgd_jit = jax.jit(pgd, static_argnames="num_steps", compiler_options=options)
   deepfool_1, deepfool_6 = deepfool(1), deepfool(6)
   fns = {
     "input gradient": lambda: input_grad(x, y),
@@ -64,6 +73,7 @@ def jax_fns(x: jax.Array, y: jax.Array) -> tuple[dict, dict]:
     stats = pgd_jit.lower(x, y, key, num_steps=steps).compile().memory_analysis()
     memory[steps] = stats.temp_size_in_bytes + stats.argument_size_in_bytes
     memory[steps] += stats.output_size_in_bytes - stats.alias_size_in_bytes
+  # foolbox differentiates through the forward pass, so it must be a nested jit: no options.
   return {"fns": fns, "logits_fn": jax.jit(logits_fn)}, memory
 
 
@@ -129,7 +139,9 @@ def main() -> None:
     f"(6 steps - 1 step) / 5. Compiled PGD memory (temp + arguments + outputs): "
     f"{memory[NUM_STEPS] / 2**20:.2f} MiB at {NUM_STEPS} steps, "
     f"{memory[10 * NUM_STEPS] / 2**20:.2f} MiB at {10 * NUM_STEPS} steps "
-    f"(ratio {memory[10 * NUM_STEPS] / memory[NUM_STEPS]:.3f}). "
+    f"(ratio {memory[10 * NUM_STEPS] / memory[NUM_STEPS]:.3f}). sn_jax's programs compile "
+    f"with sn_jax.compiler_options() ({sn_jax.compiler_options() or 'none on this backend'}), "
+    "foolbox's forward pass with XLA's defaults (it is differentiated inside foolbox). "
     "`python benchmarks/bench_attacks.py`."
   )
   timing.report("attacks", header, rows, notes=notes, quick=args.quick)

@@ -39,7 +39,7 @@ from sn_jax import nn as snn
 VARIANTS = {
   "flax.linen": (nn.Conv, nn.max_pool, False),
   "flax.linen, sn_jax options": (nn.Conv, nn.max_pool, True),
-  "sn_jax, XLA options": (snn.Conv, pooling.max_pool, False),
+  "sn_jax, XLA defaults": (snn.Conv, pooling.max_pool, False),
   "sn_jax": (snn.Conv, pooling.max_pool, True),
 }
 BASELINE = "flax.linen"  # sn_jax before its formulations and compiler options
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     "'sn_jax' with what sn_jax's models use by default: sn_jax.nn.Conv and "
     "sn_jax.pooling.max_pool. Each is compiled with XLA's default options or with "
     f"sn_jax.compiler_options() ({sn_jax.compiler_options() or 'none on this backend'}), "
-    "as sn_jax's trainer does; 'sn_jax, XLA options' is a program of your own that jits "
+    "as sn_jax's trainer does; 'sn_jax, XLA defaults' is a program of your own that jits "
     "sn_jax's models without them. 'GFLOP/s' is XLA's count of the program's floating-point "
     f"operations over its median; for scale, a 2048^3 matrix product ran at "
     f"{peak / 1e9:.0f} GFLOP/s in the same run."

@@ -12,7 +12,8 @@ layer timed alone misleads. The 1x1 stride-1 layer is the same in every formulat
 ``conv_power_step_<backend>``: at batch 1, what spectral normalization pays per layer and
 training step, one ``sn_jax.power_iteration`` step on the layer's map of one example and the
 gradient of its sigma in the kernel. ``sn_jax.convolution.choose_formulation`` states the rule
-derived from both; the 'auto / fastest' column says what the rule loses where it misses.
+derived from both; the 'auto / fastest' column says what the rule loses where it misses. Every
+program compiles with ``sn_jax.compiler_options()``, as sn_jax's trainer does.
 
 Run: ``python benchmarks/bench_formulation.py`` (``--quick``: two tiny shapes, nothing recorded).
 """
@@ -26,9 +27,11 @@ import jax
 import jax.numpy as jnp
 import timing
 
+import sn_jax
 from sn_jax import convolution, power
 
 FORMULATIONS = ("direct", "polyphase", "matmul")
+OPTIONS = sn_jax.compiler_options()  # as sn_jax's trainer compiles
 
 # (kernel, stride, dilation, (C_in, C_out), spatial, padding): ELU-Net's and ResNet-like strided
 # layers, a 1x1 projection, a stride-3 and a dilated one; each at the sizes where they occur.
@@ -86,7 +89,7 @@ def network_gradient(kernel_size, stride, dilation, c_in, c_out, size, padding, 
       ),
       argnums=(0, 1),
     )
-    compiled = jax.jit(grad).lower((pre, kernel), x).compile()
+    compiled = jax.jit(grad, compiler_options=OPTIONS).lower((pre, kernel), x).compile()
     fns[formulation] = functools.partial(compiled, (pre, kernel), x)
   return fns
 
@@ -111,7 +114,7 @@ def power_step(kernel_size, stride, dilation, c_in, c_out, size, padding, *, bat
 
       return power.power_iteration(op, u, num_iters=1)[0]
 
-    compiled = jax.jit(jax.grad(sigma)).lower(kernel, x[0]).compile()
+    compiled = jax.jit(jax.grad(sigma), compiler_options=OPTIONS).lower(kernel, x[0]).compile()
     fns[formulation] = functools.partial(compiled, kernel, x[0])
   return fns
 
@@ -175,12 +178,13 @@ def main(argv: list[str] | None = None) -> None:
   steps = table(QUICK_POWER_GRID if args.quick else POWER_GRID, power_step, batch=1, **options)
   network_notes = (
     f"Batch {batch}; gradient of sum(elu(conv(elu(conv_1x1(x))))^2) in the input and both "
-    "kernels, jitted; medians of interleaved runs."
+    f"kernels, jitted with sn_jax.compiler_options() ({OPTIONS or 'none'}); medians of "
+    "interleaved runs."
   )
   step_notes = (
     "One example; the gradient in the kernel of the sigma of one sn_jax.power_iteration step "
-    "on the layer's map (three applications of the map or its transpose), jitted; medians of "
-    "interleaved runs."
+    "on the layer's map (three applications of the map or its transpose), jitted with "
+    "sn_jax.compiler_options(); medians of interleaved runs."
   )
   if args.quick:  # A smoke run: print, never overwrite the recorded tables.
     print(timing.markdown_table(HEADER, network))

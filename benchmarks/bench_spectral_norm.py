@@ -27,7 +27,7 @@ from sn_jax import models
 LEARNING_RATE = 0.01
 # Row suffix -> the compiler options the steps of one comparison compile with: sn_jax's (None),
 # and XLA's defaults where sn_jax's differ from them.
-SCHEDULES = {"": None, ", XLA default schedule": {}}
+SCHEDULES = {"": None, ", XLA default options": {}}
 
 
 def jax_step(normalization: str, x: jax.Array, y: jax.Array, compiler_options=None):
@@ -84,7 +84,7 @@ def main() -> None:
     f"plain step of the same framework; floor for the operator-norm step ~ "
     f"{1 + 2 / (3 * batch):.4f}. JAX rows compile with sn_jax.compiler_options() "
     f"({sn_jax.compiler_options() or 'none on this backend'}), as sn_jax's trainer does, or with "
-    "XLA's default schedule where the row says so; each ratio is against the plain step "
+    "XLA's default options where the row says so; each ratio is against the plain step "
     "compiled the same way. `python benchmarks/bench_spectral_norm.py`."
   )
   timing.report("spectral_norm_step", header, rows, notes=notes, quick=args.quick)
