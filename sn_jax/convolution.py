@@ -226,37 +226,39 @@ def choose_formulation(
   """The fastest exact formulation of a convolution on a backend.
 
   The rule, measured on XLA's CPU backend (AMD EPYC, 2 cores, JAX 0.10.2) by
-  ``benchmarks/bench_formulation.py``: at batch 128 the gradient of a small network around the
-  layer (the layer behind another one, as in a model), and a one-example power-iteration step
-  with its sigma gradient. Times below are direct / polyphase / matmul.
+  ``benchmarks/bench_formulation.py``, compiled with :func:`sn_jax.compiler_options`: at
+  batch 128 the gradient of a small network around the layer (the layer behind another one,
+  as in a model), and a one-example power-iteration step with its sigma gradient. Times below
+  are direct / polyphase / matmul. With XLA's default options (YNNPACK's convolutions) the
+  times differed but the rule's choices were the same.
 
   - GPU, TPU: ``'direct'``; cuDNN and the TPU compiler run convolutions natively (not
     measured here: re-run the benchmark on the device and revise).
   - CPU, the output has one position in every spatial dimension (a kernel covering its whole
     padded input; needs ``input_shape``): ``'matmul'``, which is then a dense layer on the
-    flattened input. ELU-Net's last layer (5x5 VALID, 128 -> 128 on 5x5): 19 / 20 / 6.2 ms.
+    flattened input. ELU-Net's last layer (5x5 VALID, 128 -> 128 on 5x5): 15.6 / 15.7 / 3.9 ms.
   - CPU, fewer than ``MIN_GROUP_CHANNELS`` (16) input channels per group:
     ``'direct'``. The patches of a thin input are many thin copies, and a thin polyphase
     input gains nothing: ELU-Net's 8x8 stride-2 first layer (1 -> 64 at 28x28) took
-    13 / 21 / 40 ms.
+    12.5 / 14.7 / 40.9 ms.
   - CPU, at most ``MATMUL_MAX_ROWS`` (1024) output rows (batch times positions; needs
     ``input_shape``): ``'matmul'``, the power iteration's case. One example of a 3x3
-    16 -> 16 layer at 32x32 took 2.2 / 1.5 / 0.67 ms, of the mini AlexNet's 5x5 96 -> 256
-    layer 12.4 / 12.3 / 5.6 ms, of ELU-Net's 6x6 stride-2 layer 1.0 / 1.6 / 0.81 ms.
+    16 -> 16 layer at 32x32 took 1.46 / 1.49 / 0.64 ms, of the mini AlexNet's 5x5 96 -> 256
+    layer 12.2 / 12.6 / 5.8 ms, of ELU-Net's 6x6 stride-2 layer 1.86 / 1.43 / 1.03 ms.
   - CPU, strided, the dilated kernel spanning at least ``POLYPHASE_MIN_KERNEL_STRIDES`` (3)
     strides in some dimension: ``'polyphase'``. XLA's CPU gradient of such a strided
-    convolution is slow: ELU-Net's 6x6 stride-2 VALID layer took 320 / 71 / 69 ms, an 8x8
-    stride-2 SAME one 805 / 353 / 181 ms.
-  - CPU, otherwise: ``'direct'`` (3x3 and 5x5 stride-2 layers: 36-88 / 56-193 / 30-85 ms).
+    convolution is slow: ELU-Net's 6x6 stride-2 VALID layer took 295 / 47 / 58 ms, an 8x8
+    stride-2 SAME one 784 / 143 / 172 ms.
+  - CPU, otherwise: ``'direct'`` (3x3 and 5x5 stride-2 layers: 20-74 / 31-78 / 19-72 ms).
 
   The matrix product was often fastest at a training batch too (see the table), but a
   program that runs a batch-sized product beside LAPACK calls (``SpectralNorm(method=
   'fourier')``'s eigenvalues) hung in XLA's CPU runtime with its default schedule (JAX
   0.10.2). It ran with the memory-optimized schedule of :func:`sn_jax.compiler_options`, but a
   user's own ``jax.jit`` compiles with the default, so the rule keeps it to few rows. Known
-  misses at batch 128: a 6x6 stride-2 SAME layer (polyphase 1.6x slower than direct), wide
-  strided kernels (matmul up to 1.9x faster than polyphase) and 3x3 stride-2 layers (matmul up
-  to 1.4x faster than direct).
+  misses at batch 128: 3x3 and 1x1 stride-2 layers and a 3x3 stride-3 one (matmul up to 1.6x
+  faster than direct), a 5x5 stride-3 one (polyphase 1.1x faster), and at one example the
+  thin 8x8 stride-2 first layer (polyphase 0.32 ms, direct 0.44).
 
   The rule decides at trace time from the shapes alone, so it never causes a recompile.
 
