@@ -37,8 +37,8 @@ def compiler_options(backend: str | None = None) -> dict[str, str]:
 
   - ``xla_cpu_experimental_ynn_fusion_type``: matrix products and reductions still go to
     YNNPACK, convolutions no longer do: XLA's own (Eigen) convolutions were faster, forward
-    and backward. At batch 128, YNNPACK's / XLA's: ELU-Net training step 64.5 / 50.3 ms,
-    its PGD-10 414 / 377 ms, the mini AlexNet's training step 753 / 545 ms
+    and backward. At batch 128, XLA's defaults / these options: ELU-Net training step 66.6 /
+    51.1 ms, its PGD-10 417 / 379 ms, the mini AlexNet's training step 744 / 533 ms
     (``python benchmarks/bench_conv.py`` measures both).
   - ``xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED``. With XLA's default
     schedule, the ELU-Net training step with :class:`sn_jax.nn.SpectralNorm` on every layer
