@@ -205,9 +205,10 @@ def restore_state(
 ) -> TrainState:
   """The train state (host arrays) of the latest checkpoint in ``workdir``, to analyse a run.
 
-  Example:
-    >>> state = restore_state(config, '/tmp/run')
-    >>> variables = {'params': state.params, 'spectral': state.spectral}
+  Usage, with the run's ``config``::
+
+      state = restore_state(config, '/tmp/run')
+      variables = {'params': state.params, 'spectral': state.spectral}
 
   Raises:
     ValueError: for a bad config value.
@@ -255,11 +256,12 @@ def train_and_evaluate(
     ConfigError: for a bad config value (before any data is read or anything compiled).
     FileNotFoundError: if a tfds dataset is not prepared (the message says how).
 
-  Example:
-    >>> config = default_config()
-    >>> config.beta, config.num_epochs = 2.0, 5
-    >>> result = train_and_evaluate(config, '/tmp/run')
-    >>> result['test']['attack'], result['gap']
+  Usage (a whole training run)::
+
+      config = default_config()
+      config.beta, config.num_epochs = 2.0, 5
+      result = train_and_evaluate(config, '/tmp/run')
+      result['test']['attack'], result['gap']
 
   References:
     Farnia, Zhang & Tse, ICLR 2019, https://arxiv.org/abs/1811.07457 (the protocol).

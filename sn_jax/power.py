@@ -144,7 +144,7 @@ def power_iteration(
   Example:
     >>> import jax.numpy as jnp, sn_jax
     >>> sigma, u = sn_jax.power_iteration(lambda x: 4.0 * x, jnp.ones(3), num_iters=2)
-    >>> float(sigma)
+    >>> round(float(sigma), 5)
     4.0
   """
   check_num_iters(num_iters)

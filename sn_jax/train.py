@@ -135,10 +135,11 @@ def train_step(
     ``(new_state, metrics)``; metrics (``loss``, ``accuracy`` on the inputs the loss sees, and
     ``regularizer`` if any) are averaged over all devices.
 
-  Example:
-    >>> parallel = DataParallel()
-    >>> step = parallel_train_step(parallel, model=model, tx=tx, attack=attack)
-    >>> state, metrics = step(parallel.replicate(state), parallel.shard((images, labels)))
+  Usage, with a model, an optax transformation, an attack and a train state::
+
+      parallel = DataParallel()
+      step = parallel_train_step(parallel, model=model, tx=tx, attack=attack)
+      state, metrics = step(parallel.replicate(state), parallel.shard((images, labels)))
 
   References:
     Farnia, Zhang & Tse, ICLR 2019, https://arxiv.org/abs/1811.07457 (adversarial-only loss,
@@ -238,10 +239,11 @@ class DataParallel:
   Raises:
     ValueError: if ``mode`` is unknown.
 
-  Example:
-    >>> parallel = DataParallel()
-    >>> step = parallel.wrap(functools.partial(train_step, model=model, tx=tx), donate_state=True)
-    >>> state, metrics = step(parallel.replicate(state), parallel.shard(batch))
+  Usage, with a model, an optax transformation, a train state and a batch::
+
+      parallel = DataParallel()
+      step = parallel.wrap(functools.partial(train_step, model=model, tx=tx), donate_state=True)
+      state, metrics = step(parallel.replicate(state), parallel.shard(batch))
   """
 
   def __init__(self, *, mode: str = "shard_map", devices: Sequence[jax.Device] | None = None):
