@@ -27,7 +27,7 @@ from sn_jax import models
 LEARNING_RATE = 0.01
 # Row suffix -> the compiler options the steps of one comparison compile with: sn_jax's (None),
 # and XLA's defaults where sn_jax's differ from them.
-SCHEDULES = {"": None, ", XLA default options": {}}
+OPTION_SETS = {"": None, ", XLA default options": {}}
 
 
 def jax_step(normalization: str, x: jax.Array, y: jax.Array, compiler_options=None):
@@ -64,12 +64,12 @@ def main() -> None:
   x = jax.random.normal(jax.random.key(1), (batch, 28, 28, 1))
   y = jax.random.randint(jax.random.key(2), (batch,), 0, 10)
   fns, baselines = {}, {}
-  schedules = SCHEDULES if sn_jax.compiler_options() else {"": None}
-  for schedule, options in schedules.items():
-    plain = f"JAX, plain{schedule}"
+  option_sets = OPTION_SETS if sn_jax.compiler_options() else {"": None}
+  for suffix, options in option_sets.items():
+    plain = f"JAX, plain{suffix}"
     fns[plain] = jax_step("none", x, y, options)
-    fns[f"JAX, sn_jax SpectralNorm (operator norm){schedule}"] = jax_step("operator", x, y, options)
-    fns[f"JAX, flax.linen.SpectralNorm (reshaped){schedule}"] = jax_step("reshaped", x, y, options)
+    fns[f"JAX, sn_jax SpectralNorm (operator norm){suffix}"] = jax_step("operator", x, y, options)
+    fns[f"JAX, flax.linen.SpectralNorm (reshaped){suffix}"] = jax_step("reshaped", x, y, options)
     baselines.update(dict.fromkeys(list(fns)[-3:], plain))
   torch_fns = torch_steps(x, y)
   baselines.update(dict.fromkeys(torch_fns, "PyTorch, plain"))
