@@ -4,6 +4,10 @@ Rules it enforces: compile time is measured apart (the first call), then warm-up
 ``repeats`` timed calls, each ended by ``jax.block_until_ready``; the median is reported with
 the interquartile range. Results are written as JSON and as a markdown table into
 ``benchmarks/README.md`` between markers named after the benchmark, with the machine it ran on.
+
+Importing it keeps freed host memory for reuse (``sn_jax.host_memory.retain``), as sn_jax's
+command line does, before any computation; ``SN_JAX_BENCH_MALLOC=system`` leaves glibc's
+defaults, to measure without. The machine line of every record says which it was.
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
+
+from sn_jax import host_memory
+
+if os.environ.get("SN_JAX_BENCH_MALLOC") != "system":
+  host_memory.retain()
 
 BENCH_DIR = pathlib.Path(__file__).resolve().parent
 README = BENCH_DIR / "README.md"
@@ -194,7 +203,8 @@ def machine() -> str:
     pass
   return (
     f"{jax.default_backend()} ({len(devices)} x {kind}); CPU {cpu}, {os.cpu_count()} cores; "
-    f"jax {jax.__version__}; python {platform.python_version()}"
+    f"jax {jax.__version__}; python {platform.python_version()}; host memory "
+    f"{'retained' if host_memory.retained() else 'not retained (glibc defaults)'}"
   )
 
 

@@ -1,5 +1,6 @@
 """sn_jax: spectral normalization and adversarial training in JAX/Flax."""
 
+from sn_jax import host_memory as host_memory
 from sn_jax.compiler import compiler_options as compiler_options
 from sn_jax.convolution import conv as conv
 from sn_jax.fourier import circular_conv_singular_values as circular_conv_singular_values

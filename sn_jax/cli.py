@@ -33,7 +33,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from sn_jax import config as config_lib
-from sn_jax import loop
+from sn_jax import host_memory, loop
 
 COMMANDS = ("compare", "train", "eval")
 # ml_collections overrides only set fields that exist; regularizer options are added here.
@@ -188,7 +188,12 @@ def run(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  """The console entry point of ``sn-jax`` (and of ``python3 -m sn_jax``)."""
+  """The console entry point of ``sn-jax`` (and of ``python3 -m sn_jax``).
+
+  It owns the process, so it first keeps freed host memory for reuse
+  (:func:`sn_jax.host_memory.retain`), before any computation.
+  """
+  host_memory.retain()
   try:
     status = run(sys.argv[1:] if argv is None else argv)
   except HelpRequested:
