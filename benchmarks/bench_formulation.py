@@ -1,6 +1,6 @@
 """Measures the 'direct', 'polyphase' and 'matmul' formulations of convolutions, to set the rule.
 
-Two tables. ``conv_formulation_<backend>``: for each shape of a grid (kernel size, stride,
+Three tables. ``conv_formulation_<backend>``: for each shape of a grid (kernel size, stride,
 dilation, channels, input size) it times, for every formulation side by side on the default
 backend, at a training batch, the gradient of a two-layer network
 ``sum(elu(conv_strided(elu(conv_1x1(x)))) ** 2)`` with respect to the input and both kernels:
@@ -12,8 +12,13 @@ layer timed alone misleads. The 1x1 stride-1 layer is the same in every formulat
 ``conv_power_step_<backend>``: at batch 1, what spectral normalization pays per layer and
 training step, one ``sn_jax.power_iteration`` step on the layer's map of one example and the
 gradient of its sigma in the kernel. ``sn_jax.convolution.choose_formulation`` states the rule
-derived from both; the 'auto / fastest' column says what the rule loses where it misses. Every
-program compiles with ``sn_jax.compiler_options()``, as sn_jax's trainer does.
+derived from both; the 'auto / fastest' column says what the rule loses where it misses.
+``conv_input_gradient_<backend>``: for layers computed 'direct' or 'polyphase', the two forms
+of the input gradient ('conv', 'matmul'), in the same network at a training batch: the
+gradient in the input alone (an attack step) and in the input and both kernels (a training
+step); ``sn_jax.convolution.choose_input_gradient`` states the rule. Every program compiles
+with ``sn_jax.compiler_options()``, as sn_jax's trainer does, in a process that retains freed
+host memory (see ``timing``).
 
 Run: ``python benchmarks/bench_formulation.py`` (``--quick``: two tiny shapes, nothing recorded).
 """
@@ -31,6 +36,7 @@ import sn_jax
 from sn_jax import convolution, power
 
 FORMULATIONS = ("direct", "polyphase", "matmul")
+INPUT_GRADIENTS = ("conv", "matmul")
 OPTIONS = sn_jax.compiler_options()  # as sn_jax's trainer compiles
 
 # (kernel, stride, dilation, (C_in, C_out), spatial, padding): ELU-Net's and ResNet-like strided
@@ -58,14 +64,36 @@ POWER_GRID = [
   (3, 1, 1, (128, 128), 8, "SAME"),
 ]
 QUICK_POWER_GRID = [(3, 2, 1, (4, 8), 9, "SAME")]
+# (kernel, stride, dilation, (C_in, C_out), spatial, padding, formulation): ELU-Net's strided
+# layers as polyphase runs them, the mini AlexNet's, VALID layers on either side of the rule's
+# ratio of input to output positions (1.31, 1.78, 1.96), stride-1 layers of 16 and 8 channels.
+INPUT_GRADIENT_GRID = [
+  (8, 2, 1, (1, 64), 28, "SAME", "polyphase"),
+  (6, 2, 1, (64, 128), 14, "VALID", "polyphase"),
+  (5, 2, 1, (64, 128), 14, "VALID", "polyphase"),
+  (3, 2, 1, (64, 128), 14, "SAME", "polyphase"),
+  (5, 1, 1, (3, 96), 28, "SAME", "direct"),
+  (5, 1, 1, (96, 256), 13, "SAME", "direct"),
+  (3, 1, 1, (64, 64), 16, "VALID", "direct"),
+  (3, 1, 1, (64, 64), 8, "VALID", "direct"),
+  (3, 1, 1, (16, 16), 32, "SAME", "direct"),
+  (3, 1, 1, (8, 16), 28, "SAME", "direct"),
+]
+QUICK_INPUT_GRADIENT_GRID = [(3, 1, 1, (4, 8), 7, "VALID", "direct")]
 
 
-def loss(kernels, x, *, strides, dilation, padding, formulation):
+def loss(kernels, x, *, strides, dilation, padding, formulation, input_gradient="auto"):
   """The strided layer behind a 1x1 layer, as in a network; a quadratic loss of its output."""
   pre, kernel = kernels
   h = jax.nn.elu(convolution.conv(x, pre))
   y = convolution.conv(
-    h, kernel, strides=strides, padding=padding, kernel_dilation=dilation, formulation=formulation
+    h,
+    kernel,
+    strides=strides,
+    padding=padding,
+    kernel_dilation=dilation,
+    formulation=formulation,
+    input_gradient=input_gradient,
   )
   return jnp.sum(jax.nn.elu(y) ** 2)
 
@@ -153,6 +181,69 @@ def table(grid, build, *, batch, repeats, rounds):
   return rows
 
 
+def input_gradient_table(grid, *, batch, repeats, rounds):
+  """One row per layer: per task and form of the input gradient, the median ms; the rule's pick.
+
+  'auto' picks the form whose jaxpr its own program's equals.
+  """
+  tasks = {"input grad": 1, "all grads": (0, 1)}
+  rows = []
+  for kernel_size, stride, dilation, (c_in, c_out), size, padding, formulation in grid:
+    x, pre, kernel = _inputs(kernel_size, c_in, c_out, size, batch)
+    attributes = dict(strides=stride, dilation=dilation, padding=padding, formulation=formulation)
+
+    def gradient(form, argnums, attributes=attributes):
+      return jax.grad(functools.partial(loss, **attributes, input_gradient=form), argnums)
+
+    jaxpr = {
+      f: str(jax.make_jaxpr(gradient(f, 1))((pre, kernel), x)) for f in ("auto", *INPUT_GRADIENTS)
+    }
+    auto = next(f for f in INPUT_GRADIENTS if jaxpr[f] == jaxpr["auto"])
+    ms = {}
+    for task, argnums in tasks.items():
+      fns = {
+        form: functools.partial(
+          jax.jit(gradient(form, argnums), compiler_options=OPTIONS)
+          .lower((pre, kernel), x)
+          .compile(),
+          (pre, kernel),
+          x,
+        )
+        for form in INPUT_GRADIENTS
+      }
+      times = timing.time_side_by_side(fns, repeats=repeats, rounds=rounds, warmup=1)
+      ms[task] = {form: t.median_s * 1e3 for form, t in times.items()}
+    rows.append(
+      [
+        f"{kernel_size}x{kernel_size}",
+        stride,
+        f"{c_in}->{c_out}",
+        f"{size}x{size}",
+        padding,
+        formulation,
+        *(ms[task][form] for task in tasks for form in INPUT_GRADIENTS),
+        auto,
+        *(ms[task][auto] / min(ms[task].values()) for task in tasks),
+      ]
+    )
+    print(rows[-1], flush=True)
+  return rows
+
+
+INPUT_GRADIENT_HEADER = [
+  "kernel",
+  "stride",
+  "channels",
+  "input",
+  "padding",
+  "formulation",
+  *(f"{task}: {form} ms" for task in ("input grad", "all grads") for form in INPUT_GRADIENTS),
+  "auto picks",
+  "auto / fastest, input grad",
+  "auto / fastest, all grads",
+]
+
+
 HEADER = [
   "kernel",
   "stride",
@@ -176,6 +267,9 @@ def main(argv: list[str] | None = None) -> None:
   options = dict(repeats=4, rounds=2) if args.quick else dict(repeats=6, rounds=3)
   network = table(QUICK_GRID if args.quick else FULL_GRID, network_gradient, batch=batch, **options)
   steps = table(QUICK_POWER_GRID if args.quick else POWER_GRID, power_step, batch=1, **options)
+  input_gradients = input_gradient_table(
+    QUICK_INPUT_GRADIENT_GRID if args.quick else INPUT_GRADIENT_GRID, batch=batch, **options
+  )
   network_notes = (
     f"Batch {batch}; gradient of sum(elu(conv(elu(conv_1x1(x))))^2) in the input and both "
     f"kernels, jitted with sn_jax.compiler_options() ({OPTIONS or 'none'}); medians of "
@@ -186,13 +280,28 @@ def main(argv: list[str] | None = None) -> None:
     "on the layer's map (three applications of the map or its transpose), jitted with "
     "sn_jax.compiler_options(); medians of interleaved runs."
   )
+  input_gradient_notes = (
+    f"Batch {batch}; the network of the first table, the layer computed as 'formulation' says; "
+    "'input grad' is the gradient in x alone, 'all grads' in x and both kernels; "
+    "'conv' / 'matmul' the form of the layer's input gradient; jitted with "
+    "sn_jax.compiler_options(); medians of interleaved runs."
+  )
   if args.quick:  # A smoke run: print, never overwrite the recorded tables.
     print(timing.markdown_table(HEADER, network))
     print(timing.markdown_table(HEADER, steps))
+    print(timing.markdown_table(INPUT_GRADIENT_HEADER, input_gradients))
   else:
     backend = jax.default_backend()
     print(timing.record(f"conv_formulation_{backend}", HEADER, network, notes=network_notes))
     print(timing.record(f"conv_power_step_{backend}", HEADER, steps, notes=step_notes))
+    print(
+      timing.record(
+        f"conv_input_gradient_{backend}",
+        INPUT_GRADIENT_HEADER,
+        input_gradients,
+        notes=input_gradient_notes,
+      )
+    )
 
 
 if __name__ == "__main__":

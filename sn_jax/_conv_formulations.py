@@ -12,15 +12,39 @@ import functools
 import itertools
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-if TYPE_CHECKING:
-  from sn_jax.convolution import ConvSpec
+
+class ConvSpec(NamedTuple):
+  """A validated, canonical description of a convolution with Flax semantics.
+
+  Attributes:
+    kernel_size: spatial size of the kernel, one int per spatial dimension.
+    strides: one int per spatial dimension.
+    padding: ``'SAME'``, ``'VALID'``, ``'CIRCULAR'``, ``'REFLECT'``, ``'CAUSAL'`` or a tuple of
+      ``(low, high)`` pairs, one per spatial dimension.
+    kernel_dilation: one int per spatial dimension.
+    feature_group_count: number of feature groups.
+    in_features: input channels ``C_in``.
+    features: output channels ``C_out``.
+  """
+
+  kernel_size: tuple[int, ...]
+  strides: tuple[int, ...]
+  padding: str | tuple[tuple[int, int], ...]
+  kernel_dilation: tuple[int, ...]
+  feature_group_count: int
+  in_features: int
+  features: int
+
+  @property
+  def num_spatial_dims(self) -> int:
+    return len(self.kernel_size)
 
 
 def dimension_numbers(ndim: int, *, kernel_out_first: bool = False) -> lax.ConvDimensionNumbers:
@@ -34,14 +58,37 @@ def dimension_numbers(ndim: int, *, kernel_out_first: bool = False) -> lax.ConvD
   return lax.ConvDimensionNumbers(lhs_spec, rhs_spec, lhs_spec)
 
 
+INPUT_GRADIENTS = ("conv", "matmul")
+
+
 class ConvAttributes(NamedTuple):
-  """The static arguments of :func:`lax_conv` (hashable, for ``jax.custom_jvp``)."""
+  """The static arguments of :func:`lax_conv` (hashable, for ``jax.custom_jvp``).
+
+  ``input_gradient`` is the form of the tangent in ``x``, and so of the gradient with respect
+  to the input (its transpose): ``'conv'``, a convolution (transposed, a convolution of the
+  output's cotangent with the flipped kernel over the whole input); ``'matmul'``,
+  :func:`matmul_conv` (transposed, one matrix product with the kernel and a sum of the
+  products' shifted slices, so that no product falls on padding).
+  """
 
   strides: tuple[int, ...]
   pads: tuple[tuple[int, int], ...]
   dilation: tuple[int, ...]
   feature_group_count: int
   precision: lax.PrecisionLike
+  input_gradient: str = "conv"
+
+  def spec(self, kernel_shape: Sequence[int], in_features: int) -> ConvSpec:
+    """The :class:`ConvSpec` of this convolution, zero padding given as pairs."""
+    return ConvSpec(
+      tuple(kernel_shape[:-2]),
+      self.strides,
+      self.pads,
+      self.dilation,
+      self.feature_group_count,
+      in_features,
+      kernel_shape[-1],
+    )
 
 
 def _conv_general(
@@ -64,13 +111,14 @@ def lax_conv(x: jax.Array, kernel: jax.Array, attrs: ConvAttributes) -> jax.Arra
   """``lax.conv_general_dilated`` in Flax's layout, with an input gradient XLA runs fast.
 
   The value and the derivatives are those of ``lax.conv_general_dilated``; only the form of
-  the input gradient differs. JAX transposes a convolution into one whose kernel dimensions
-  are ``(*spatial, out, in)``. XLA's CPU backend rearranges such a kernel only in the entry
-  computation: inside a ``while`` loop or a ``cond`` (PGD's steps, a power iteration's
-  ``fori_loop``) it runs the convolution on a slow generic path, 2-5x slower. Here the tangent
-  in ``x`` is a convolution with the kernel stored as ``(*spatial, out, in)`` by an explicit
-  transpose, so its JAX transpose, the input gradient, is a convolution in the canonical
-  layout wherever it is placed.
+  the input gradient differs, as ``attrs.input_gradient`` says. With ``'conv'``: JAX
+  transposes a convolution into one whose kernel dimensions are ``(*spatial, out, in)``.
+  XLA's CPU backend rearranges such a kernel only in the entry computation: inside a
+  ``while`` loop or a ``cond`` (PGD's steps, a power iteration's ``fori_loop``) it runs the
+  convolution on a slow generic path, 2-5x slower. Here the tangent in ``x`` is a
+  convolution with the kernel stored as ``(*spatial, out, in)`` by an explicit transpose, so
+  its JAX transpose, the input gradient, is a convolution in the canonical layout wherever it
+  is placed. With ``'matmul'`` the tangent in ``x`` is :func:`matmul_conv`.
   """
   return _conv_general(x, kernel, attrs)
 
@@ -80,7 +128,7 @@ def lax_conv_jvp(attrs: ConvAttributes, primals, tangents):
   x_dot, kernel_dot = tangents
   terms = []
   if not isinstance(x_dot, SymbolicZero):
-    terms.append(_conv_general(x_dot, jnp.swapaxes(kernel, -1, -2), attrs, kernel_out_first=True))
+    terms.append(_input_tangent(x_dot, kernel, attrs))
   if not isinstance(kernel_dot, SymbolicZero):
     terms.append(_conv_general(x, kernel_dot, attrs))
   y = _conv_general(x, kernel, attrs)
@@ -88,6 +136,14 @@ def lax_conv_jvp(attrs: ConvAttributes, primals, tangents):
 
 
 lax_conv.defjvp(lax_conv_jvp, symbolic_zeros=True)
+
+
+def _input_tangent(x_dot: jax.Array, kernel: jax.Array, attrs: ConvAttributes) -> jax.Array:
+  """The convolution of the tangent ``x_dot``, in the form ``attrs.input_gradient`` names."""
+  if attrs.input_gradient == "matmul":
+    spec = attrs.spec(kernel.shape, x_dot.shape[-1])
+    return matmul_conv(x_dot, kernel, spec, attrs.pads, attrs.precision)
+  return _conv_general(x_dot, jnp.swapaxes(kernel, -1, -2), attrs, kernel_out_first=True)
 
 
 def _kept_phases(kernel_size: int, stride: int, dilation: int) -> tuple[int, int, int]:
@@ -114,19 +170,20 @@ def output_spatial_shape(
   )
 
 
-def polyphase_conv(
-  x: jax.Array,
-  kernel: jax.Array,
-  spec: ConvSpec,
-  pads: Sequence[tuple[int, int]],
-  precision: lax.PrecisionLike,
-) -> jax.Array:
-  """The convolution of the zero-padded ``x`` as a stride-1 convolution of its phases.
+def polyphase_operands(
+  x: jax.Array, kernel: jax.Array, spec: ConvSpec, pads: Sequence[tuple[int, int]]
+) -> tuple[jax.Array, jax.Array, tuple[int, ...]]:
+  """The stride-1 convolution of phases that equals the convolution of the zero-padded ``x``.
 
   With ``t = stride * q + r``, ``y[o] = sum_t xp[stride * o + t] w[t]`` becomes
   ``sum_{q, r} X[o + q, r] W[q, r]``: space-to-depth ``X`` of the padded input (phases ``r``
   stacked behind each channel, so feature groups stay contiguous) convolved at stride 1 with
   the rearranged kernel ``W``. Dimensions with stride 1 keep their kernel and dilation.
+
+  Returns:
+    ``(X, W, rhs_dilation)``: ``X`` of shape ``(batch, *M, C_in * phases)``, ``W`` of shape
+    ``(*taps, C_in // groups * phases, C_out)``, to be convolved with stride 1, no padding,
+    ``spec``'s feature groups and kernel dilation ``rhs_dilation``.
   """
   rank = spec.num_spatial_dims
   x_pads, k_pads, x_shape, k_shape, slices, rhs_dilation = [], [], [], [], [], []
@@ -162,10 +219,7 @@ def polyphase_conv(
   # (q_1, r_1, ..., q_n, r_n, C_in/g, C_out) -> (q_1, ..., q_n, C_in/g, r_1, ..., r_n, C_out).
   kernel = kernel.transpose(*range(0, 2 * rank, 2), 2 * rank, *range(1, 2 * rank, 2), 2 * rank + 1)
   kernel = kernel.reshape(*kernel.shape[:rank], -1, kernel.shape[-1])
-  attrs = ConvAttributes(
-    (1,) * rank, ((0, 0),) * rank, tuple(rhs_dilation), spec.feature_group_count, precision
-  )
-  return lax_conv(x, kernel, attrs)
+  return x, kernel, tuple(rhs_dilation)
 
 
 def matmul_conv(

@@ -37,15 +37,17 @@ class Conv(nn.Conv):
   ``(*kernel_size, C_in // feature_group_count, features)``, ``bias`` of shape
   ``(features,)``), the same initializers, the same outputs and gradients up to float rounding,
   so a checkpoint moves between the two. It is a subclass of ``flax.linen.Conv``, so
-  :class:`SpectralNorm` and ``isinstance`` checks treat it as one. The one extra attribute,
-  ``formulation``, chooses how the convolution is computed (see :func:`sn_jax.conv`):
-  ``'auto'`` (the default) takes the fastest exact form for the backend and the shape.
+  :class:`SpectralNorm` and ``isinstance`` checks treat it as one. The two extra attributes,
+  ``formulation`` and ``input_gradient``, choose how the convolution and its gradient with
+  respect to the input are computed (see :func:`sn_jax.conv`): ``'auto'`` (the default) takes
+  the fastest exact form for the backend and the shape.
 
   Input dilation (a transposed convolution, ``flax.linen.ConvTranspose``) and the deprecated
   ``conv_general_dilated`` hooks are not supported.
 
   Attributes:
     formulation: ``'auto'``, ``'direct'``, ``'polyphase'`` or ``'matmul'``.
+    input_gradient: ``'auto'``, ``'conv'`` or ``'matmul'``.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -62,6 +64,7 @@ class Conv(nn.Conv):
   """
 
   formulation: str = "auto"
+  input_gradient: str = "auto"
 
   @nn.compact
   def __call__(self, inputs: jax.typing.ArrayLike) -> jax.Array:
@@ -75,7 +78,8 @@ class Conv(nn.Conv):
 
     Raises:
       ValueError: for inconsistent attributes or input channels, a ``mask`` of the wrong
-        shape, ``input_dilation`` other than 1, or an unknown ``formulation``.
+        shape, ``input_dilation`` other than 1, or an unknown ``formulation`` or
+        ``input_gradient``.
     """
     if self.conv_general_dilated is not None or self.conv_general_dilated_cls is not None:
       raise ValueError(
@@ -115,7 +119,12 @@ class Conv(nn.Conv):
     )
     x, kernel, bias = self.promote_dtype(x, kernel, bias, dtype=self.dtype)
     y = convolution.conv_with_spec(
-      x, kernel, spec, precision=self.precision, formulation=self.formulation
+      x,
+      kernel,
+      spec,
+      precision=self.precision,
+      formulation=self.formulation,
+      input_gradient=self.input_gradient,
     )
     if bias is not None:
       y = y + bias.reshape((1,) * (y.ndim - 1) + bias.shape)

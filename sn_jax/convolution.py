@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from sn_jax import host_memory
 from sn_jax._conv_formulations import (
+  INPUT_GRADIENTS,
   ConvAttributes,
+  ConvSpec,
   lax_conv,
   matmul_conv,
   output_spatial_shape,
-  polyphase_conv,
+  polyphase_operands,
 )
 
 PaddingLike = str | int | Sequence[int | tuple[int, int]]
@@ -31,33 +33,6 @@ IntOrSequence = int | Sequence[int]
 
 _PADDING_STRINGS = ("SAME", "VALID", "CIRCULAR", "REFLECT", "CAUSAL")
 _PAD_MODES = {"CIRCULAR": "wrap", "REFLECT": "reflect"}
-
-
-class ConvSpec(NamedTuple):
-  """A validated, canonical description of a convolution with Flax semantics.
-
-  Attributes:
-    kernel_size: spatial size of the kernel, one int per spatial dimension.
-    strides: one int per spatial dimension.
-    padding: ``'SAME'``, ``'VALID'``, ``'CIRCULAR'``, ``'REFLECT'``, ``'CAUSAL'`` or a tuple of
-      ``(low, high)`` pairs, one per spatial dimension.
-    kernel_dilation: one int per spatial dimension.
-    feature_group_count: number of feature groups.
-    in_features: input channels ``C_in``.
-    features: output channels ``C_out``.
-  """
-
-  kernel_size: tuple[int, ...]
-  strides: tuple[int, ...]
-  padding: str | tuple[tuple[int, int], ...]
-  kernel_dilation: tuple[int, ...]
-  feature_group_count: int
-  in_features: int
-  features: int
-
-  @property
-  def num_spatial_dims(self) -> int:
-    return len(self.kernel_size)
 
 
 def _broadcast_ints(value: IntOrSequence, rank: int, name: str, minimum: int) -> tuple[int, ...]:
@@ -205,11 +180,15 @@ def explicit_padding(
 FORMULATIONS = ("auto", "direct", "polyphase", "matmul")
 
 
-def _check_formulation(formulation: str) -> None:
-  if formulation not in FORMULATIONS:
+INPUT_GRADIENT_CHOICES = ("auto", *INPUT_GRADIENTS)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+  if value not in choices:
     raise ValueError(
-      f"`formulation` must be one of {FORMULATIONS}, got {formulation!r}; use 'direct', "
-      "'polyphase' or 'matmul' to force one, or 'auto' to let sn_jax choose the fastest."
+      f"`{name}` must be one of {choices}, got {value!r}; use "
+      f"{' or '.join(repr(c) for c in choices[1:])} to force one, or 'auto' to let sn_jax "
+      "choose the fastest."
     )
 
 
@@ -218,6 +197,8 @@ def _check_formulation(formulation: str) -> None:
 MIN_GROUP_CHANNELS = 16
 MATMUL_MAX_ROWS = 1024
 POLYPHASE_MIN_KERNEL_STRIDES = 3
+MATMUL_INPUT_GRADIENT_MIN_RATIO = 1.25
+MATMUL_INPUT_GRADIENT_MAX_CHANNELS = 7
 
 
 def choose_formulation(
@@ -226,41 +207,48 @@ def choose_formulation(
   """The fastest exact formulation of a convolution on a backend.
 
   The rule, measured on XLA's CPU backend (AMD EPYC, 2 cores, JAX 0.10.2) by
-  ``benchmarks/bench_formulation.py``, compiled with :func:`sn_jax.compiler_options`: at
-  batch 128 the gradient of a small network around the layer (the layer behind another one,
-  as in a model), and a one-example power-iteration step with its sigma gradient. Times below
-  are direct / polyphase / matmul. With XLA's default options (YNNPACK's convolutions) the
-  times differed but the rule's choices were the same.
+  ``benchmarks/bench_formulation.py``, compiled with :func:`sn_jax.compiler_options` in a
+  process that retains host memory (:func:`sn_jax.host_memory.retain`): at batch 128 the
+  gradient of a small network around the layer (the layer behind another one, as in a
+  model), and a one-example power-iteration step with its sigma gradient. Times below are
+  direct / polyphase / matmul, each direct and polyphase one with the input gradient that
+  :func:`choose_input_gradient` picks.
 
   - GPU, TPU: ``'direct'``; cuDNN and the TPU compiler run convolutions natively (not
     measured here: re-run the benchmark on the device and revise).
   - CPU, the output has one position in every spatial dimension (a kernel covering its whole
     padded input; needs ``input_shape``): ``'matmul'``, which is then a dense layer on the
-    flattened input. ELU-Net's last layer (5x5 VALID, 128 -> 128 on 5x5): 15.6 / 15.7 / 3.9 ms.
-  - CPU, fewer than ``MIN_GROUP_CHANNELS`` (16) input channels per group:
-    ``'direct'``. The patches of a thin input are many thin copies, and a thin polyphase
-    input gains nothing: ELU-Net's 8x8 stride-2 first layer (1 -> 64 at 28x28) took
-    12.5 / 14.7 / 40.9 ms.
+    flattened input. ELU-Net's last layer (5x5 VALID, 128 -> 128 on 5x5): 4.83 / 4.91 /
+    4.71 ms (with a convolution as input gradient: 15.6 / 15.7 / 3.9 ms in an earlier run).
+  - CPU, fewer than ``MIN_GROUP_CHANNELS`` (16) input channels per group: never
+    ``'matmul'`` at a batch, whose patches are many thin copies (ELU-Net's 8x8 stride-2
+    first layer, 1 -> 64 at 28x28: 14.8 / 14.8 / 29.5 ms). Without retained host memory,
+    ``'direct'``: polyphase's gain on such a layer is its input gradient by a matrix product,
+    which :func:`choose_input_gradient` then does not take (12.5 / 14.7 / 40.9 ms in an
+    earlier run). With it, the strided rule below: in ELU-Net, polyphase for that layer made
+    PGD-10 1.14x faster (331 / 290 ms) and the training step 1.05x (45.7 / 43.6 ms).
   - CPU, at most ``MATMUL_MAX_ROWS`` (1024) output rows (batch times positions; needs
     ``input_shape``): ``'matmul'``, the power iteration's case. One example of a 3x3
-    16 -> 16 layer at 32x32 took 1.46 / 1.49 / 0.64 ms, of the mini AlexNet's 5x5 96 -> 256
-    layer 12.2 / 12.6 / 5.8 ms, of ELU-Net's 6x6 stride-2 layer 1.86 / 1.43 / 1.03 ms.
+    16 -> 16 layer at 32x32 took 1.55 / 1.53 / 0.71 ms, of the mini AlexNet's 5x5 96 -> 256
+    layer 12.7 / 12.6 / 6.5 ms, of ELU-Net's 6x6 stride-2 layer 1.70 / 1.76 / 1.05 ms.
   - CPU, strided, the dilated kernel spanning at least ``POLYPHASE_MIN_KERNEL_STRIDES`` (3)
     strides in some dimension: ``'polyphase'``. XLA's CPU gradient of such a strided
-    convolution is slow: ELU-Net's 6x6 stride-2 VALID layer took 295 / 47 / 58 ms, an 8x8
-    stride-2 SAME one 784 / 143 / 172 ms.
-  - CPU, otherwise: ``'direct'`` (3x3 and 5x5 stride-2 layers: 20-74 / 31-78 / 19-72 ms).
+    convolution is slow: ELU-Net's 6x6 stride-2 VALID layer took 295 / 46 / 45 ms, an 8x8
+    stride-2 SAME one 780 / 123 / 129 ms.
+  - CPU, otherwise: ``'direct'`` (3x3 and 5x5 stride-2 layers: 26-54 / 35-79 / 22-59 ms).
 
   The matrix product was often fastest at a training batch too (see the table), but a
   program that runs a batch-sized product beside LAPACK calls (``SpectralNorm(method=
   'fourier')``'s eigenvalues) hung in XLA's CPU runtime with its default schedule (JAX
   0.10.2). It ran with the memory-optimized schedule of :func:`sn_jax.compiler_options`, but a
   user's own ``jax.jit`` compiles with the default, so the rule keeps it to few rows. Known
-  misses at batch 128: 3x3 and 1x1 stride-2 layers and a 3x3 stride-3 one (matmul up to 1.6x
-  faster than direct), a 5x5 stride-3 one (polyphase 1.1x faster), and at one example the
-  thin 8x8 stride-2 first layer (polyphase 0.32 ms, direct 0.44).
+  misses at batch 128: 1x1 stride-2 layers (matmul or polyphase up to 1.5x faster than
+  direct), 3x3 stride-2 VALID and stride-3 layers (matmul 1.2x), a 3x3 stride-2 layer of
+  dilation 2 (polyphase 1.56x), a 5x5 stride-3 one (polyphase 1.13x), and a 6x6 stride-2
+  SAME one (direct 1.07x faster than polyphase).
 
-  The rule decides at trace time from the shapes alone, so it never causes a recompile.
+  The rule decides at trace time, from the shapes (and for thin layers whether host memory is
+  retained), so it never causes a recompile.
 
   Args:
     spec: the convolution, from :func:`conv_spec`.
@@ -287,9 +275,10 @@ def choose_formulation(
     if all(n == 1 for n in out):
       return "matmul"
     rows = input_shape[0] * math.prod(out)
-  if spec.in_features // spec.feature_group_count < MIN_GROUP_CHANNELS:
+  thin = spec.in_features // spec.feature_group_count < MIN_GROUP_CHANNELS
+  if thin and not host_memory.retained():
     return "direct"
-  if rows is not None and rows <= MATMUL_MAX_ROWS:
+  if not thin and rows is not None and rows <= MATMUL_MAX_ROWS:
     return "matmul"
   spans = [
     ((k - 1) * d + 1) / s
@@ -297,6 +286,70 @@ def choose_formulation(
     if s > 1
   ]
   return "polyphase" if spans and max(spans) >= POLYPHASE_MIN_KERNEL_STRIDES else "direct"
+
+
+def choose_input_gradient(
+  spec: ConvSpec, input_shape: Sequence[int], *, backend: str | None = None
+) -> str:
+  """The faster form of a convolution's input gradient on a backend: ``'conv'`` or ``'matmul'``.
+
+  ``spec`` and ``input_shape`` describe the convolution as it is run: for ``'polyphase'``,
+  the stride-1 convolution of the phases. The rule, measured on XLA's CPU backend (AMD EPYC,
+  2 cores, JAX 0.10.2) by ``benchmarks/bench_formulation.py``'s third table: at batch 128,
+  the gradient in the input alone (an attack step) and in the input and the kernels (a
+  training step) of a small network around the layer. Times below are conv / matmul, the
+  input alone.
+
+  - GPU, TPU: ``'conv'`` (not measured).
+  - CPU, host memory not retained (:func:`sn_jax.host_memory.retain`): ``'conv'``. The
+    product's result is as large as the layer's patch matrix; once the program's scratch
+    buffer outgrows glibc's mmap threshold (32 MiB), XLA's CPU runtime faults it in at every
+    call. ELU-Net's input gradient at batch 128 took 39.1 ms with ``'conv'`` and 45.1 with
+    ``'matmul'`` for its two strided layers (a 47 MiB buffer faulted in per call), its
+    training step 51.0 and 59.6 ms; with memory retained, 38.8 / 29.2 and 51.8 / 44.9 ms.
+  - CPU, strided or grouped (as run): ``'conv'`` (not measured).
+  - CPU, at most ``MATMUL_INPUT_GRADIENT_MAX_CHANNELS`` (7) input channels: ``'matmul'``:
+    the transposed convolution has as few output channels, which leave XLA's convolution
+    little to vectorize. ELU-Net's first layer as polyphase (4 phases of 1 channel, 4x4 taps)
+    took 13.5 / 4.4 ms, the mini AlexNet's (3 channels, 5x5 SAME) 89.9 / 33.3 ms; with 8
+    channels (3x3 SAME) 9.3 / 8.8 ms, but 13.5 / 14.4 ms with the kernels' gradients.
+  - CPU, ``prod(input positions) / prod(output positions)`` at least
+    ``MATMUL_INPUT_GRADIENT_MIN_RATIO`` (1.25): ``'matmul'``. The transpose computes that
+    many times the forward's products, the excess on the padding around the cotangent, as in
+    VALID layers whose output is much smaller than their input. ELU-Net's second layer as
+    polyphase (7x7 phases to 5x5, ratio 1.96) took 32.1 / 27.2 ms, a 3x3 VALID layer at 8x8
+    (1.78) 6.6 / 5.4 ms, at 16x16 (1.31) 29.2 / 28.6 ms.
+  - CPU, otherwise: ``'conv'``. The mini AlexNet's 5x5 SAME 96 -> 256 layer (ratio 1) took
+    275 / 298 ms, a 3x3 SAME 16 -> 16 one 16.0 / 25.3 ms.
+
+  The rule decides at trace time, from the shapes and whether host memory is retained.
+
+  Args:
+    spec: the convolution, from :func:`conv_spec`.
+    input_shape: its input's shape ``(batch, *spatial, C_in)``.
+    backend: ``'cpu'``, ``'gpu'``, ``'tpu'``; defaults to ``jax.default_backend()``.
+
+  Returns:
+    ``'conv'`` or ``'matmul'`` (see ``input_gradient`` in :func:`conv`).
+
+  Example:
+    >>> from sn_jax import convolution
+    >>> spec = convolution.conv_spec((3, 3, 256, 128), 256, padding='VALID')
+    >>> convolution.choose_input_gradient(spec, (128, 7, 7, 256), backend='gpu')
+    'conv'
+  """
+  backend = jax.default_backend() if backend is None else backend
+  if backend != "cpu" or not host_memory.retained():
+    return "conv"
+  if spec.feature_group_count > 1 or any(s > 1 for s in spec.strides):
+    return "conv"
+  spatial = tuple(input_shape[1:-1])
+  out = output_spatial_shape(spec, spatial, explicit_padding(spec, spatial)[1])
+  if not all(out):
+    return "conv"
+  thin = spec.in_features <= MATMUL_INPUT_GRADIENT_MAX_CHANNELS
+  ratio = math.prod(spatial) / math.prod(out)
+  return "matmul" if thin or ratio >= MATMUL_INPUT_GRADIENT_MIN_RATIO else "conv"
 
 
 def conv(
@@ -309,6 +362,7 @@ def conv(
   feature_group_count: int = 1,
   precision: lax.PrecisionLike = None,
   formulation: str = "auto",
+  input_gradient: str = "auto",
 ) -> jax.Array:
   """Applies a convolution exactly as ``flax.linen.Conv`` does (without bias).
 
@@ -320,8 +374,16 @@ def conv(
   input-dilated convolution that transposes a strided one. ``'matmul'`` multiplies the input's
   patches (im2col: one strided slice per kernel tap, stacked as channels) with the flattened
   kernel, so that the value and both gradients are matrix products. ``'auto'`` (the default)
-  picks the fastest for the backend and the shapes by :func:`choose_formulation`. All give the
-  same linear map, so values, gradients and operator norms agree up to float rounding.
+  picks the fastest for the backend and the shapes by :func:`choose_formulation`.
+
+  The gradient with respect to the input of a ``'direct'`` or ``'polyphase'`` convolution has
+  two exact forms too. ``input_gradient='conv'`` is the convolution's transpose: a
+  convolution of the output's cotangent with the flipped kernel, over every input position
+  (for a VALID convolution whose output is much smaller than its input, most of those
+  products fall on padding). ``'matmul'`` is one matrix product of the cotangent with the
+  kernel, then a sum of the product's shifted slices (the transpose of im2col). ``'auto'``
+  (the default) picks by :func:`choose_input_gradient`. All give the same linear map, so
+  values, gradients and operator norms agree up to float rounding.
 
   Args:
     x: input, shape ``(batch, *spatial, C_in)``.
@@ -334,13 +396,16 @@ def conv(
     precision: passed to ``lax.conv_general_dilated``.
     formulation: ``'auto'``, ``'direct'``, ``'polyphase'`` or ``'matmul'``. ``'polyphase'``
       computes a stride-1 convolution directly.
+    input_gradient: ``'auto'``, ``'conv'`` or ``'matmul'``; the form of the gradient with
+      respect to ``x`` (and of forward-mode tangents in ``x``). With ``formulation='matmul'``
+      every derivative is a matrix product already and this is not used.
 
   Returns:
     The output, shape ``(batch, *out_spatial, C_out)``.
 
   Raises:
-    ValueError: if the shapes, attributes or ``formulation`` are invalid (the message names the
-      argument).
+    ValueError: if the shapes, attributes, ``formulation`` or ``input_gradient`` are invalid
+      (the message names the argument).
 
   Example:
     >>> import jax, sn_jax
@@ -356,7 +421,8 @@ def conv(
     Dumoulin, Visin. A guide to convolution arithmetic for deep learning.
     https://arxiv.org/abs/1603.07285
   """
-  _check_formulation(formulation)
+  _check_choice("formulation", formulation, FORMULATIONS)
+  _check_choice("input_gradient", input_gradient, INPUT_GRADIENT_CHOICES)
   x = jnp.asarray(x)
   kernel = jnp.asarray(kernel)
   spec = conv_spec(
@@ -372,7 +438,9 @@ def conv(
       f"`x` must have rank {spec.num_spatial_dims + 2}, (batch, *spatial, C_in) for a kernel "
       f"with {spec.num_spatial_dims} spatial dimensions; got shape {x.shape}."
     )
-  return conv_with_spec(x, kernel, spec, precision=precision, formulation=formulation)
+  return conv_with_spec(
+    x, kernel, spec, precision=precision, formulation=formulation, input_gradient=input_gradient
+  )
 
 
 def conv_with_spec(
@@ -382,13 +450,15 @@ def conv_with_spec(
   *,
   precision: lax.PrecisionLike = None,
   formulation: str = "auto",
+  input_gradient: str = "auto",
 ) -> jax.Array:
   """:func:`conv` for an already validated :class:`ConvSpec` (no shape checks).
 
   Raises:
-    ValueError: for an unknown ``formulation``.
+    ValueError: for an unknown ``formulation`` or ``input_gradient``.
   """
-  _check_formulation(formulation)
+  _check_choice("formulation", formulation, FORMULATIONS)
+  _check_choice("input_gradient", input_gradient, INPUT_GRADIENT_CHOICES)
   if formulation == "auto":
     formulation = choose_formulation(spec, input_shape=x.shape)
   mode, pads = explicit_padding(spec, x.shape[1:-1])
@@ -397,9 +467,11 @@ def conv_with_spec(
     pads = ((0, 0),) * spec.num_spatial_dims
   if formulation == "matmul":
     return matmul_conv(x, kernel, spec, pads, precision)
-  if formulation == "polyphase" and any(s > 1 for s in spec.strides):
-    return polyphase_conv(x, kernel, spec, pads, precision)
-  attrs = ConvAttributes(
-    spec.strides, tuple(pads), spec.kernel_dilation, spec.feature_group_count, precision
-  )
-  return lax_conv(x, kernel, attrs)
+  strides, dilation = spec.strides, spec.kernel_dilation
+  if formulation == "polyphase" and any(s > 1 for s in strides):
+    x, kernel, dilation = polyphase_operands(x, kernel, spec, pads)
+    strides, pads = (1,) * spec.num_spatial_dims, ((0, 0),) * spec.num_spatial_dims
+  attrs = ConvAttributes(strides, tuple(pads), dilation, spec.feature_group_count, precision)
+  if input_gradient == "auto":
+    input_gradient = choose_input_gradient(attrs.spec(kernel.shape, x.shape[-1]), x.shape)
+  return lax_conv(x, kernel, attrs._replace(input_gradient=input_gradient))

@@ -15,11 +15,22 @@ import numpy as np
 import pytest
 
 import sn_jax
-from sn_jax import convolution
+from sn_jax import convolution, host_memory
 from sn_jax import nn as snn
 
 FORMULATIONS = ("auto", "direct", "polyphase", "matmul")
 RTOL = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def memory_not_retained(monkeypatch):
+  """The rule reads whether host memory is retained (process-wide state that sn_jax's command
+  line sets); each test here starts from 'not retained' and sets it when it needs to."""
+  monkeypatch.setattr(host_memory, "retained", lambda: False)
+
+
+def _retain(monkeypatch):
+  monkeypatch.setattr(host_memory, "retained", lambda: True)
 
 
 def _random_configs(count, seed=0):
@@ -108,6 +119,10 @@ def test_every_formulation_matches_flax_conv_values_and_gradients(config):
   layers = {"flax": reference} | {
     f: snn.Conv(**attributes, formulation=f) for f in FORMULATIONS[1:]
   }
+  for f in ("direct", "polyphase"):  # the other form of the input gradient
+    layers[f"{f}, matmul input gradient"] = snn.Conv(
+      **attributes, formulation=f, input_gradient="matmul"
+    )
 
   @jax.jit  # one compilation per configuration keeps the test fast
   def outputs_and_gradients(x, params, cotangent):
@@ -127,16 +142,16 @@ def test_every_formulation_matches_flax_conv_values_and_gradients(config):
       _assert_close(a, e)
 
 
-def _conv_equations(jaxpr) -> list:
-  """The ``conv_general_dilated`` equations of ``jaxpr``, inside called jaxprs too."""
+def _equations(jaxpr, primitive: str = "conv_general_dilated") -> list:
+  """The equations of ``primitive`` in ``jaxpr``, inside called jaxprs too."""
   found = []
   for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "conv_general_dilated":
+    if eqn.primitive.name == primitive:
       found.append(eqn)
     for param in eqn.params.values():
       inner = getattr(param, "jaxpr", param)
       if hasattr(inner, "eqns"):
-        found += _conv_equations(inner)
+        found += _equations(inner, primitive)
   return found
 
 
@@ -147,7 +162,7 @@ def test_polyphase_really_differs_from_direct_in_the_computation():
 
   def convs(formulation):
     jaxpr = jax.make_jaxpr(lambda x: sn_jax.conv(x, kernel, strides=2, formulation=formulation))
-    return _conv_equations(jaxpr(x).jaxpr)
+    return _equations(jaxpr(x).jaxpr)
 
   (direct,) = convs("direct")
   (polyphase,) = convs("polyphase")
@@ -175,6 +190,89 @@ def test_choose_formulation_rule():
   assert choose(8, 2, groups=8) == "direct"  # 8 channels per group
   for backend in ("gpu", "tpu"):
     assert choose(8, 2, backend=backend) == "direct"
+
+
+def test_choose_formulation_takes_polyphase_for_thin_strided_layers_once_memory_is_retained(
+  monkeypatch,
+):
+  """ELU-Net's 8x8 stride-2 first layer: its phases' input gradient by a matrix product needs a
+  scratch buffer past glibc's mmap threshold, measured a loss unless memory is retained."""
+  spec = convolution.conv_spec((8, 8, 1, 64), 1, strides=2)
+  assert convolution.choose_formulation(spec, backend="cpu", input_shape=(128, 28, 28, 1)) == (
+    "direct"
+  )
+  _retain(monkeypatch)
+  for batch in (1, 128):  # thin: never the patches of the matrix product
+    assert convolution.choose_formulation(spec, backend="cpu", input_shape=(batch, 28, 28, 1)) == (
+      "polyphase"
+    )
+  small_kernel = convolution.conv_spec((3, 3, 1, 64), 1, strides=2)
+  assert convolution.choose_formulation(small_kernel, backend="cpu") == "direct"
+  assert convolution.choose_formulation(spec, backend="gpu") == "direct"
+
+
+def test_choose_input_gradient_rule(monkeypatch):
+  def choose(kernel_size, size, channels, padding="VALID", strides=1, groups=1, backend="cpu"):
+    shape = (kernel_size, kernel_size, channels // groups, 8)
+    spec = convolution.conv_spec(
+      shape, channels, strides=strides, padding=padding, feature_group_count=groups
+    )
+    return convolution.choose_input_gradient(spec, (128, size, size, channels), backend=backend)
+
+  phases_of_conv2 = dict(kernel_size=3, size=7, channels=256)  # ELU-Net's, 49 / 25 positions
+  phases_of_conv1 = dict(kernel_size=4, size=17, channels=4)  # ELU-Net's first layer, thin
+  assert choose(**phases_of_conv2) == "conv"  # memory not retained
+  _retain(monkeypatch)
+  assert choose(**phases_of_conv2) == "matmul"
+  assert choose(**phases_of_conv1) == "matmul"
+  assert choose(5, 28, 3, padding="SAME") == "matmul"  # the mini AlexNet's thin first layer
+  assert choose(5, 13, 96, padding="SAME") == "conv"  # its second: as many inputs as outputs
+  assert choose(3, 16, 64) == "matmul"  # 256 / 196 positions: 1.31
+  assert choose(3, 20, 64) == "conv"  # 400 / 324: 1.23
+  assert choose(3, 28, 8, padding="SAME") == "conv"  # 8 channels: not thin enough
+  assert choose(3, 8, 64, groups=2) == "conv"
+  assert choose(3, 8, 64, strides=2) == "conv"
+  assert choose(3, 2, 64) == "conv"  # no output position
+  for backend in ("gpu", "tpu"):
+    assert choose(**phases_of_conv2, backend=backend) == "conv"
+
+
+def test_auto_input_gradient_is_taken_in_the_gradient(monkeypatch):
+  """ELU-Net's second layer (channels reduced): with memory retained, 'auto' transposes a
+  matrix product (no convolution of the cotangent); forcing 'conv' keeps the convolution."""
+  _retain(monkeypatch)
+  x = jnp.ones((48, 14, 14, 16))  # 1200 output rows: polyphase, not the product, runs it
+  kernel = jnp.ones((6, 6, 16, 8))
+
+  def input_gradient_jaxpr(input_gradient):
+    def loss(x):
+      y = sn_jax.conv(x, kernel, strides=2, padding="VALID", input_gradient=input_gradient)
+      return jnp.sum(y**2)
+
+    return jax.make_jaxpr(jax.grad(loss))(x).jaxpr
+
+  auto, conv = input_gradient_jaxpr("auto"), input_gradient_jaxpr("conv")
+  assert len(_equations(auto, "dot_general")) == 1
+  assert len(_equations(auto)) == 1  # the forward
+  assert not _equations(conv, "dot_general")
+  assert len(_equations(conv)) == 2
+
+
+@pytest.mark.parametrize("config", CONFIGS[::3], ids=[str(i) for i in range(len(CONFIGS[::3]))])
+def test_matmul_input_gradient_forward_tangents_match_flax(config):
+  """The form of the input gradient is the form of the tangent in x: jvp agrees too."""
+  attributes = _layer_attributes(config)
+  x = jax.random.normal(jax.random.key(0), config["input_shape"])
+  tangent = jax.random.normal(jax.random.key(1), x.shape)
+  params = nn.Conv(**attributes).init(jax.random.key(2), x)
+  expected = jax.jvp(lambda x: nn.Conv(**attributes).apply(params, x), (x,), (tangent,))
+  for formulation in ("direct", "polyphase"):
+    layer = snn.Conv(**attributes, formulation=formulation, input_gradient="matmul")
+    actual = jax.jit(
+      lambda x, t, layer=layer: jax.jvp(lambda x: layer.apply(params, x), (x,), (t,))
+    )
+    for a, e in zip(actual(x, tangent), expected, strict=True):
+      _assert_close(a, e)
 
 
 def test_choose_formulation_takes_the_matrix_product_for_one_output_position():
@@ -335,6 +433,18 @@ def test_unknown_formulation_is_a_clear_error():
     convolution.conv_with_spec(x, kernel, spec, formulation="fast")
   with pytest.raises(ValueError, match=message):
     snn.Conv(2, (3, 3), formulation="fast").init(jax.random.key(0), x)
+
+
+def test_unknown_input_gradient_is_a_clear_error():
+  x, kernel = jnp.ones((1, 6, 6, 2)), jnp.ones((3, 3, 2, 2))
+  message = r"`input_gradient` must be one of \('auto', 'conv', 'matmul'\), got 'dot'"
+  with pytest.raises(ValueError, match=message):
+    sn_jax.conv(x, kernel, input_gradient="dot")
+  spec = convolution.conv_spec(kernel.shape, 2)
+  with pytest.raises(ValueError, match=message):
+    convolution.conv_with_spec(x, kernel, spec, input_gradient="dot")
+  with pytest.raises(ValueError, match=message):
+    snn.Conv(2, (3, 3), input_gradient="dot").init(jax.random.key(0), x)
 
 
 # Messages of conv/conv_spec not already exercised through the operators in test_operators.py.
