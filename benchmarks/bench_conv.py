@@ -16,6 +16,11 @@ direct formulation and XLA's own pooling gradient: sn_jax before its formulation
 ``sn_jax.compiler_options()``. The PyTorch column is the same model in PyTorch
 (``benchmarks/torch_models.py``) on the same CPU.
 
+The process retains freed host memory, as sn_jax's command line does (see ``timing``); with
+``SN_JAX_BENCH_MALLOC=system`` it runs on glibc's defaults and records the table
+``conv_<backend>_system_malloc`` instead, whose 'flax.linen' column is sn_jax before this
+work in every respect.
+
 Run: ``python benchmarks/bench_conv.py`` (``--quick``: batch 8, few repeats, nothing recorded).
 """
 
@@ -31,7 +36,7 @@ import optax
 import timing
 
 import sn_jax
-from sn_jax import attacks, models, pooling
+from sn_jax import attacks, host_memory, models, pooling
 from sn_jax import nn as snn
 
 # name -> (convolution, max pooling) the zoo's models are built with, and whether the programs
@@ -183,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
   if args.quick:  # A smoke run: print, never overwrite the recorded table.
     print(timing.markdown_table(header, rows))
   else:
-    print(timing.record(f"conv_{jax.default_backend()}", header, rows, notes=notes))
+    suffix = "" if host_memory.retained() else "_system_malloc"
+    print(timing.record(f"conv_{jax.default_backend()}{suffix}", header, rows, notes=notes))
 
 
 if __name__ == "__main__":
