@@ -106,6 +106,11 @@ def _inputs(kernel_size, c_in, c_out, size, batch):
   return x, pre, kernel / (kernel_size * c_in**0.5)
 
 
+def _compiled(fn, *args):
+  """``fn`` compiled for ``args`` with sn_jax's options, as a zero-argument function."""
+  return functools.partial(jax.jit(fn, compiler_options=OPTIONS).lower(*args).compile(), *args)
+
+
 def network_gradient(kernel_size, stride, dilation, c_in, c_out, size, padding, *, batch):
   """Per formulation, the compiled gradient in (kernels, input) of :func:`loss`."""
   x, pre, kernel = _inputs(kernel_size, c_in, c_out, size, batch)
@@ -117,8 +122,7 @@ def network_gradient(kernel_size, stride, dilation, c_in, c_out, size, padding, 
       ),
       argnums=(0, 1),
     )
-    compiled = jax.jit(grad, compiler_options=OPTIONS).lower((pre, kernel), x).compile()
-    fns[formulation] = functools.partial(compiled, (pre, kernel), x)
+    fns[formulation] = _compiled(grad, (pre, kernel), x)
   return fns
 
 
@@ -142,8 +146,7 @@ def power_step(kernel_size, stride, dilation, c_in, c_out, size, padding, *, bat
 
       return power.power_iteration(op, u, num_iters=1)[0]
 
-    compiled = jax.jit(jax.grad(sigma), compiler_options=OPTIONS).lower(kernel, x[0]).compile()
-    fns[formulation] = functools.partial(compiled, kernel, x[0])
+    fns[formulation] = _compiled(jax.grad(sigma), kernel, x[0])
   return fns
 
 
@@ -201,16 +204,7 @@ def input_gradient_table(grid, *, batch, repeats, rounds):
     auto = next(f for f in INPUT_GRADIENTS if jaxpr[f] == jaxpr["auto"])
     ms = {}
     for task, argnums in tasks.items():
-      fns = {
-        form: functools.partial(
-          jax.jit(gradient(form, argnums), compiler_options=OPTIONS)
-          .lower((pre, kernel), x)
-          .compile(),
-          (pre, kernel),
-          x,
-        )
-        for form in INPUT_GRADIENTS
-      }
+      fns = {form: _compiled(gradient(form, argnums), (pre, kernel), x) for form in INPUT_GRADIENTS}
       times = timing.time_side_by_side(fns, repeats=repeats, rounds=rounds, warmup=1)
       ms[task] = {form: t.median_s * 1e3 for form, t in times.items()}
     rows.append(

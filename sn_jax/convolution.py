@@ -421,8 +421,6 @@ def conv(
     Dumoulin, Visin. A guide to convolution arithmetic for deep learning.
     https://arxiv.org/abs/1603.07285
   """
-  _check_choice("formulation", formulation, FORMULATIONS)
-  _check_choice("input_gradient", input_gradient, INPUT_GRADIENT_CHOICES)
   x = jnp.asarray(x)
   kernel = jnp.asarray(kernel)
   spec = conv_spec(

@@ -61,8 +61,7 @@ def retain() -> bool:
     host_memory.retain()
   """
   global _retained
-  if _retained or _set_by_environment():
-    _retained = True
+  if retained():
     return True
   if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
     return False
