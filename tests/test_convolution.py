@@ -5,6 +5,8 @@ rules): outputs and both gradients must agree to a relative 1e-5 for every formu
 linear map (its materialized matrix, its adjoint, its operator norm) must not depend on it.
 """
 
+import itertools
+import math
 import random
 
 import chex
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 
 import sn_jax
+from sn_jax import _conv_formulations as formulations
 from sn_jax import convolution, host_memory
 from sn_jax import nn as snn
 
@@ -171,6 +174,35 @@ def test_polyphase_really_differs_from_direct_in_the_computation():
   assert polyphase.params["window_strides"] == (1, 1)
   assert polyphase.invars[0].aval.shape == (1, 5, 5, 12)  # 4 phases of 3 channels
   assert polyphase.invars[1].aval.shape == (2, 2, 12, 5)  # ceil(3 / 2) taps
+
+
+@pytest.mark.parametrize(
+  "shape",
+  [(2, 3, 2, 1, 5), (2, 3, 2, 4, 3, 1, 6), (1, 2, 2, 3, 1, 2, 2, 2, 3), (2, 3, 3, 2, 2)],
+  ids=["1d", "2d", "3d-two-groups", "1d-three-phases-two-groups"],
+)
+def test_space_to_depth_value_tangent_and_transpose_are_one_copy(shape):
+  """Both forms of the rearrangement put every sample at the same place, forward and back.
+
+  Expected: ``(batch, M..., (group, phase, channel))`` read off by explicit indexing.
+  """
+  x = jnp.arange(math.prod(shape), dtype=jnp.float32).reshape(shape)
+  rank = (len(shape) - 3) // 2
+  expected = np.stack(
+    [
+      np.asarray(x)[(slice(None), *itertools.chain(*((slice(None), r) for r in phase)))]
+      for phase in itertools.product(*(range(n) for n in shape[2 : 2 * rank + 1 : 2]))
+    ],
+    axis=-2,
+  ).reshape(*(shape[0], *shape[1 : 2 * rank : 2]), -1)
+  value, tangent = jax.jvp(formulations.space_to_depth, (x,), (2 * x,))
+  np.testing.assert_array_equal(value, expected)
+  np.testing.assert_array_equal(tangent, 2 * expected)
+  cotangent = jnp.arange(expected.size, dtype=jnp.float32).reshape(expected.shape)
+  (transposed,) = jax.vjp(formulations.space_to_depth, x)[1](cotangent)
+  (by_form,) = jax.linear_transpose(formulations._stacked_phases, x)(cotangent)
+  np.testing.assert_array_equal(transposed, by_form)
+  np.testing.assert_array_equal(jnp.sort(transposed.ravel()), jnp.sort(cotangent.ravel()))
 
 
 def test_choose_formulation_rule():
