@@ -66,10 +66,13 @@ def model_layers(conv_cls, max_pool):
     models._Conv, models.max_pool = saved
 
 
-def variant_tasks(name: str, x: jax.Array, y: jax.Array, pgd_steps: int) -> dict[str, tuple]:
+def variant_tasks(
+  name: str, x: jax.Array, y: jax.Array, pgd_steps: int, *, pgd_for_every_model: bool = False
+) -> dict[str, tuple]:
   """Per task, the function and its arguments, traced with the layers swapped in now.
 
-  Every call defines new functions: ``jax.jit`` caches traces by function, so functions shared
+  PGD is among the tasks for ELU-Net, or for every model with ``pgd_for_every_model``. Every
+  call defines new functions: ``jax.jit`` caches traces by function, so functions shared
   between variants would all run the first variant's trace.
   """
   model = models.get_model(name, normalization="none")
@@ -94,7 +97,7 @@ def variant_tasks(name: str, x: jax.Array, y: jax.Array, pgd_steps: int) -> dict
     "input grad": (jax.grad(loss, argnums=1), (params, x)),
     "train step": (train_step, (params, optimizer.init(params), x)),
   }
-  if name == "elunet":
+  if name == "elunet" or pgd_for_every_model:
     tasks[f"PGD-{pgd_steps}"] = (pgd, (params, x))
   return tasks
 
