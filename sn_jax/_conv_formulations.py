@@ -248,8 +248,9 @@ def space_to_depth(x: jax.Array) -> jax.Array:
   of the same copy: the value stacks the phases' slices, and the tangent (whose transpose is
   the input gradient's depth-to-space) is one reshape and transpose. XLA's CPU backend runs
   each fast where the other is slow. ELU-Net at batch 128 with the stacked form alone / the
-  transposed form alone / this pair: forward 15.1 / 21.5 / 15.2 ms, PGD-10 336 / 278 / 278 ms,
-  training step 45.6 / 43.9 / 40.9 ms (``python benchmarks/bench_space_to_depth.py``).
+  transposed form alone / this pair, in two runs (``python benchmarks/bench_space_to_depth.py``):
+  forward 15.1 / 21.5 / 15.2 and 14.8 / 21.2 / 14.9 ms, PGD-10 336 / 278 / 278 and 380 / 317 /
+  319 ms, training step 45.6 / 43.9 / 40.9 and 49.7 / 50.0 / 48.8 ms.
   """
   return _stacked_phases(x)
 

@@ -218,34 +218,34 @@ def choose_formulation(
     measured here: re-run the benchmark on the device and revise).
   - CPU, the output has one position in every spatial dimension (a kernel covering its whole
     padded input; needs ``input_shape``): ``'matmul'``, which is then a dense layer on the
-    flattened input. ELU-Net's last layer (5x5 VALID, 128 -> 128 on 5x5): 4.83 / 4.91 /
-    4.71 ms (with a convolution as input gradient: 15.6 / 15.7 / 3.9 ms in an earlier run).
+    flattened input. ELU-Net's last layer (5x5 VALID, 128 -> 128 on 5x5): 4.25 / 4.39 /
+    4.27 ms (with a convolution as input gradient: 15.6 / 15.7 / 3.9 ms in an earlier run).
   - CPU, fewer than ``MIN_GROUP_CHANNELS`` (16) input channels per group: never
     ``'matmul'`` at a batch, whose patches are many thin copies (ELU-Net's 8x8 stride-2
-    first layer, 1 -> 64 at 28x28: 14.8 / 14.8 / 29.5 ms). Without retained host memory,
+    first layer, 1 -> 64 at 28x28: 12.7 / 10.1 / 25.7 ms). Without retained host memory,
     ``'direct'``: polyphase's gain on such a layer is its input gradient by a matrix product,
     which :func:`choose_input_gradient` then does not take (12.5 / 14.7 / 40.9 ms in an
     earlier run). With it, the strided rule below: in ELU-Net, polyphase for that layer made
     PGD-10 1.14x faster (331 / 290 ms) and the training step 1.05x (45.7 / 43.6 ms).
   - CPU, at most ``MATMUL_MAX_ROWS`` (1024) output rows (batch times positions; needs
     ``input_shape``): ``'matmul'``, the power iteration's case. One example of a 3x3
-    16 -> 16 layer at 32x32 took 1.55 / 1.53 / 0.71 ms, of the mini AlexNet's 5x5 96 -> 256
-    layer 12.7 / 12.6 / 6.5 ms, of ELU-Net's 6x6 stride-2 layer 1.70 / 1.76 / 1.05 ms.
+    16 -> 16 layer at 32x32 took 1.58 / 1.51 / 0.74 ms, of the mini AlexNet's 5x5 96 -> 256
+    layer 12.3 / 12.3 / 5.7 ms, of ELU-Net's 6x6 stride-2 layer 1.82 / 1.66 / 1.08 ms.
   - CPU, strided, the dilated kernel spanning at least ``POLYPHASE_MIN_KERNEL_STRIDES`` (3)
     strides in some dimension: ``'polyphase'``. XLA's CPU gradient of such a strided
-    convolution is slow: ELU-Net's 6x6 stride-2 VALID layer took 295 / 46 / 45 ms, an 8x8
-    stride-2 SAME one 780 / 123 / 129 ms.
-  - CPU, otherwise: ``'direct'`` (3x3 and 5x5 stride-2 layers: 26-54 / 35-79 / 22-59 ms).
+    convolution is slow: ELU-Net's 6x6 stride-2 VALID layer took 295 / 41 / 44 ms, an 8x8
+    stride-2 SAME one 778 / 115 / 130 ms.
+  - CPU, otherwise: ``'direct'`` (3x3 and 5x5 stride-2 layers: 21-52 / 30-72 / 21-56 ms).
 
   The matrix product was often fastest at a training batch too (see the table), but a
   program that runs a batch-sized product beside LAPACK calls (``SpectralNorm(method=
   'fourier')``'s eigenvalues) hung in XLA's CPU runtime with its default schedule (JAX
   0.10.2). It ran with the memory-optimized schedule of :func:`sn_jax.compiler_options`, but a
   user's own ``jax.jit`` compiles with the default, so the rule keeps it to few rows. Known
-  misses at batch 128: 1x1 stride-2 layers (matmul or polyphase up to 1.5x faster than
-  direct), 3x3 stride-2 VALID and stride-3 layers (matmul 1.2x), a 3x3 stride-2 layer of
-  dilation 2 (polyphase 1.56x), a 5x5 stride-3 one (polyphase 1.13x), and a 6x6 stride-2
-  SAME one (direct 1.07x faster than polyphase).
+  misses at batch 128: 1x1 stride-2 layers (matmul up to 1.47x faster than direct), a 3x3
+  stride-3 layer (matmul 1.22x), a 3x3 stride-2 layer of dilation 2 (polyphase 1.62x), a 5x5
+  stride-3 one (polyphase 1.18x), a thin 3x3 stride-2 one (polyphase 1.05x), and 3x3
+  stride-2 layers of 64 channels and a 6x6 stride-2 SAME one (1.01-1.02x).
 
   The rule decides at trace time, from the shapes (and for thin layers whether host memory is
   retained), so it never causes a recompile.
@@ -306,21 +306,22 @@ def choose_input_gradient(
     buffer outgrows glibc's mmap threshold (32 MiB), XLA's CPU runtime faults it in at every
     call. ELU-Net's input gradient at batch 128 took 39.1 ms with ``'conv'`` and 45.1 with
     ``'matmul'`` for its two strided layers (a 47 MiB buffer faulted in per call), its
-    training step 51.0 and 59.6 ms; with memory retained, 38.8 / 29.2 and 51.8 / 44.9 ms.
+    training step 51.0 and 59.6 ms; with memory retained, 38.8 / 29.2 and 51.8 / 44.9 ms (an
+    earlier run, with the polyphase channels then ordered (channel, phase)).
   - CPU, strided or grouped (as run): ``'conv'`` (not measured).
   - CPU, at most ``MATMUL_INPUT_GRADIENT_MAX_CHANNELS`` (7) input channels: ``'matmul'``:
     the transposed convolution has as few output channels, which leave XLA's convolution
     little to vectorize. ELU-Net's first layer as polyphase (4 phases of 1 channel, 4x4 taps)
-    took 13.5 / 4.4 ms, the mini AlexNet's (3 channels, 5x5 SAME) 89.9 / 33.3 ms; with 8
-    channels (3x3 SAME) 9.3 / 8.8 ms, but 13.5 / 14.4 ms with the kernels' gradients.
+    took 13.1 / 4.3 ms, the mini AlexNet's (3 channels, 5x5 SAME) 88.4 / 33.3 ms; with 8
+    channels (3x3 SAME) 9.2 / 8.7 ms, but 13.3 / 14.0 ms with the kernels' gradients.
   - CPU, ``prod(input positions) / prod(output positions)`` at least
     ``MATMUL_INPUT_GRADIENT_MIN_RATIO`` (1.25): ``'matmul'``. The transpose computes that
     many times the forward's products, the excess on the padding around the cotangent, as in
     VALID layers whose output is much smaller than their input. ELU-Net's second layer as
-    polyphase (7x7 phases to 5x5, ratio 1.96) took 32.1 / 27.2 ms, a 3x3 VALID layer at 8x8
-    (1.78) 6.6 / 5.4 ms, at 16x16 (1.31) 29.2 / 28.6 ms.
+    polyphase (7x7 phases to 5x5, ratio 1.96) took 31.3 / 24.7 ms, a 3x3 VALID layer at 8x8
+    (1.78) 6.6 / 5.5 ms, at 16x16 (1.31) 29.0 / 28.6 ms.
   - CPU, otherwise: ``'conv'``. The mini AlexNet's 5x5 SAME 96 -> 256 layer (ratio 1) took
-    275 / 298 ms, a 3x3 SAME 16 -> 16 one 16.0 / 25.3 ms.
+    269 / 287 ms, a 3x3 SAME 16 -> 16 one 18.7 / 27.9 ms.
 
   The rule decides at trace time, from the shapes and whether host memory is retained.
 
