@@ -6,12 +6,12 @@ MLP (``mlp1``)'s training step and PGD-10, as ``bench_conv`` defines them. Each 
 compiled with all of sn_jax's options, with all but one (one column per option), and with
 XLA's defaults. A ratio above 1 in an option's column means the program is slower without it.
 
-Run: ``python benchmarks/bench_compiler_options.py`` (``--quick``: batch 8, nothing recorded).
+Run: ``python benchmarks/bench_compiler_options.py`` (``--quick``: a smoke run,
+recording nothing).
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 
 import bench_conv
@@ -41,12 +41,10 @@ def option_sets() -> dict[str, dict[str, str]]:
   return sets
 
 
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true", help="batch 8, few repeats, no record")
-  args = parser.parse_args(argv)
-  batch = 8 if args.quick else 128
-  repeats, rounds, pgd_steps = (4, 2, 2) if args.quick else (10, 5, 10)
+def main() -> None:
+  args = timing.parse_args(__doc__, repeats=10)
+  batch, repeats, rounds = args.batch, args.repeats, args.rounds
+  pgd_steps = 2 if args.quick else 10
   sets = option_sets()
   header = ["model", "task", f"{ALL} ms", *(f"{name} / {ALL}" for name in sets if name != ALL)]
   rows = []
@@ -73,10 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     f"sn_jax.compiler_options() ({sn_jax.compiler_options() or 'none on this backend'}); "
     "each 'without' column is the time with that option left out over the time with all."
   )
-  if args.quick:  # A smoke run: print, never overwrite the recorded table.
-    print(timing.markdown_table(header, rows))
-  else:
-    print(timing.record(f"compiler_options_{jax.default_backend()}", header, rows, notes=notes))
+  timing.report(
+    f"compiler_options_{jax.default_backend()}", header, rows, notes=notes, quick=args.quick
+  )
 
 
 if __name__ == "__main__":

@@ -7,12 +7,12 @@ each form alone and with the pair, at batch 128, and times them side by side in 
 forward, input gradient, training step and PGD-10, as ``bench_conv`` defines them, compiled
 with ``sn_jax.compiler_options()``.
 
-Run: ``python benchmarks/bench_space_to_depth.py`` (``--quick``: batch 8, nothing recorded).
+Run: ``python benchmarks/bench_space_to_depth.py`` (``--quick``: a smoke run,
+recording nothing).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 
@@ -43,12 +43,10 @@ def space_to_depth_form(form):
     formulations.space_to_depth = saved
 
 
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true", help="batch 8, few repeats, no record")
-  args = parser.parse_args(argv)
-  batch = 8 if args.quick else 128
-  repeats, rounds, pgd_steps = (4, 2, 2) if args.quick else (10, 5, 10)
+def main() -> None:
+  args = timing.parse_args(__doc__, repeats=10)
+  batch, repeats, rounds = args.batch, args.repeats, args.rounds
+  pgd_steps = 2 if args.quick else 10
   x = jax.random.uniform(jax.random.key(0), (batch, 28, 28, 1))
   y = jax.random.randint(jax.random.key(1), (batch,), 0, 10)
   tasks: dict[str, dict[str, object]] = {}
@@ -73,10 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     "Each column traces the polyphase formulation with that space-to-depth; the last is the "
     "best single form's time over sn_jax's."
   )
-  if args.quick:  # A smoke run: print, never overwrite the recorded table.
-    print(timing.markdown_table(header, rows))
-  else:
-    print(timing.record(f"space_to_depth_{jax.default_backend()}", header, rows, notes=notes))
+  timing.report(
+    f"space_to_depth_{jax.default_backend()}", header, rows, notes=notes, quick=args.quick
+  )
 
 
 if __name__ == "__main__":
