@@ -44,7 +44,7 @@ import ml_collections
 import numpy as np
 
 from sn_jax import config as config_lib
-from sn_jax import data, loop, plots, spectra
+from sn_jax import data, host_memory, loop, plots, spectra
 
 RUNS = {"ERM": "none", "PGD": "pgm"}
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -167,6 +167,7 @@ def save(result: dict[str, Any], out: str) -> tuple[str, str]:
 
 
 def main() -> None:
+  host_memory.retain()  # before any computation, as sn_jax's command line does
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--out", default=None, help=f"output directory (default {RESULTS_DIR})")
   parser.add_argument("--quick", action="store_true", help="smoke run: 4 steps, k = 4")
