@@ -36,7 +36,7 @@ import sn_jax
 from sn_jax import convolution, power
 
 FORMULATIONS = ("direct", "polyphase", "matmul")
-INPUT_GRADIENTS = ("conv", "matmul")
+INPUT_GRADIENTS = convolution.INPUT_GRADIENTS  # 'conv', 'matmul'
 OPTIONS = sn_jax.compiler_options()  # as sn_jax's trainer compiles
 
 # (kernel, stride, dilation, (C_in, C_out), spatial, padding): ELU-Net's and ResNet-like strided

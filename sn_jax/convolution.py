@@ -177,6 +177,12 @@ def explicit_padding(
   return None, padding
 
 
+def _output_spatial(spec: ConvSpec, input_shape: Sequence[int]) -> tuple[int, ...]:
+  """The output's spatial shape for an input of ``input_shape`` ``(batch, *spatial, C_in)``."""
+  spatial = tuple(input_shape[1:-1])
+  return output_spatial_shape(spec, spatial, explicit_padding(spec, spatial)[1])
+
+
 FORMULATIONS = ("auto", "direct", "polyphase", "matmul")
 
 
@@ -270,8 +276,7 @@ def choose_formulation(
     return "direct"
   rows = None
   if input_shape is not None:
-    spatial = tuple(input_shape[1:-1])
-    out = output_spatial_shape(spec, spatial, explicit_padding(spec, spatial)[1])
+    out = _output_spatial(spec, input_shape)
     if all(n == 1 for n in out):
       return "matmul"
     rows = input_shape[0] * math.prod(out)
@@ -344,12 +349,11 @@ def choose_input_gradient(
     return "conv"
   if spec.feature_group_count > 1 or any(s > 1 for s in spec.strides):
     return "conv"
-  spatial = tuple(input_shape[1:-1])
-  out = output_spatial_shape(spec, spatial, explicit_padding(spec, spatial)[1])
+  out = _output_spatial(spec, input_shape)
   if not all(out):
     return "conv"
   thin = spec.in_features <= MATMUL_INPUT_GRADIENT_MAX_CHANNELS
-  ratio = math.prod(spatial) / math.prod(out)
+  ratio = math.prod(input_shape[1:-1]) / math.prod(out)
   return "matmul" if thin or ratio >= MATMUL_INPUT_GRADIENT_MIN_RATIO else "conv"
 
 

@@ -5,7 +5,6 @@ rules): outputs and both gradients must agree to a relative 1e-5 for every formu
 linear map (its materialized matrix, its adjoint, its operator norm) must not depend on it.
 """
 
-import itertools
 import math
 import random
 
@@ -188,13 +187,16 @@ def test_space_to_depth_value_tangent_and_transpose_are_one_copy(shape):
   """
   x = jnp.arange(math.prod(shape), dtype=jnp.float32).reshape(shape)
   rank = (len(shape) - 3) // 2
-  expected = np.stack(
-    [
-      np.asarray(x)[(slice(None), *itertools.chain(*((slice(None), r) for r in phase)))]
-      for phase in itertools.product(*(range(n) for n in shape[2 : 2 * rank + 1 : 2]))
-    ],
-    axis=-2,
-  ).reshape(*(shape[0], *shape[1 : 2 * rank : 2]), -1)
+  blocks, phases, (groups, channels) = (
+    shape[1 : 2 * rank : 2],
+    shape[2 : 2 * rank + 1 : 2],
+    shape[-2:],
+  )
+  expected = np.zeros((shape[0], *blocks, groups * math.prod(phases) * channels), np.float32)
+  for index in np.ndindex(shape):  # (b, m_1, r_1, ..., m_n, r_n, g, c), one sample at a time
+    m, r, (g, c) = index[1 : 2 * rank : 2], index[2 : 2 * rank + 1 : 2], index[-2:]
+    phase = np.ravel_multi_index(r, phases)
+    expected[(index[0], *m, (g * math.prod(phases) + phase) * channels + c)] = x[index]
   value, tangent = jax.jvp(formulations.space_to_depth, (x,), (2 * x,))
   np.testing.assert_array_equal(value, expected)
   np.testing.assert_array_equal(tangent, 2 * expected)
