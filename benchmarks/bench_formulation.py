@@ -1,4 +1,4 @@
-"""Measures the 'direct', 'polyphase' and 'matmul' formulations of convolutions, to set the rule.
+"""Measures the convolutions' formulations (direct, polyphase, matmul, fourier), to set the rule.
 
 Three tables. ``conv_formulation_<backend>``: for each shape of a grid (kernel size, stride,
 dilation, channels, input size) it times, for every formulation side by side on the default
@@ -35,7 +35,7 @@ import timing
 import sn_jax
 from sn_jax import convolution, power
 
-FORMULATIONS = ("direct", "polyphase", "matmul")
+FORMULATIONS = ("direct", "polyphase", "matmul", "fourier")
 INPUT_GRADIENTS = convolution.INPUT_GRADIENTS  # 'conv', 'matmul'
 OPTIONS = sn_jax.compiler_options()  # as sn_jax's trainer compiles
 
@@ -49,6 +49,12 @@ FULL_GRID = [
   (3, 2, 1, (128, 256), 8, "SAME"),
   (5, 1, 1, (128, 128), 5, "VALID"),  # ELU-Net's last layer: one output position
   (5, 1, 1, (96, 256), 13, "SAME"),  # the mini AlexNet's second layer
+  # Stride-1 layers around the Fourier rule's ratio of multiplications (0.66 to 1.02).
+  (7, 1, 1, (64, 64), 14, "SAME"),
+  (3, 1, 1, (256, 256), 4, "SAME"),
+  (3, 1, 1, (128, 128), 8, "SAME"),
+  (5, 1, 1, (64, 64), 14, "SAME"),
+  (3, 1, 1, (64, 64), 8, "VALID"),
 ]
 QUICK_GRID = [(8, 2, 1, (1, 8), 12, "SAME"), (3, 2, 2, (4, 8), 9, "VALID")]
 # The layers whose one-example maps a power-iteration step applies: ELU-Net's three, the mini
@@ -164,7 +170,9 @@ def table(grid, build, *, batch, repeats, rounds):
       kernel_dilation=dilation,
       padding=padding,
     )
-    auto = convolution.choose_formulation(spec, input_shape=(batch, size, size, c_in))
+    input_shape = (batch, size, size, c_in)
+    auto = convolution.choose_formulation(spec, input_shape=input_shape)
+    fourier, direct = convolution.fourier_multiplications(spec, input_shape)
     fastest = min(ms, key=ms.get)
     rows.append(
       [
@@ -175,6 +183,7 @@ def table(grid, build, *, batch, repeats, rounds):
         f"{size}x{size}",
         padding,
         *(ms[name] for name in FORMULATIONS),
+        fourier / direct,
         fastest,
         auto,
         ms[auto] / ms[fastest],
@@ -246,6 +255,7 @@ HEADER = [
   "input",
   "padding",
   *(f"{name} ms" for name in FORMULATIONS),
+  "fourier / direct multiplications",
   "fastest",
   "auto picks",
   "auto / fastest",

@@ -170,6 +170,33 @@ def output_spatial_shape(
   )
 
 
+def stride_one_shape(
+  spec: ConvSpec, spatial_shape: Sequence[int], pads: Sequence[tuple[int, int]]
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int]:
+  """The stride-1 VALID convolution that runs a convolution: itself, padded, or its phases.
+
+  Returns:
+    ``(spatial, kernel_size, dilation, in_features)`` of the convolution that
+    :func:`polyphase_operands` returns (for a stride-1 layer, the layer on its padded input).
+  """
+  spatial, kernel, dilation, phases = [], [], [], 1
+  outs = output_spatial_shape(spec, spatial_shape, pads)
+  for n, k, s, d, (lo, hi), out in zip(
+    spatial_shape, spec.kernel_size, spec.strides, spec.kernel_dilation, pads, outs, strict=True
+  ):
+    if s == 1:
+      spatial.append(n + lo + hi)
+      kernel.append(k)
+      dilation.append(d)
+      continue
+    taps, kept, step = _kept_phases(k, s, d)
+    spatial.append(out + taps - 1)
+    kernel.append(taps)
+    dilation.append(1)
+    phases *= len(range(0, kept, step))
+  return tuple(spatial), tuple(kernel), tuple(dilation), spec.in_features * phases
+
+
 def polyphase_operands(
   x: jax.Array, kernel: jax.Array, spec: ConvSpec, pads: Sequence[tuple[int, int]]
 ) -> tuple[jax.Array, jax.Array, tuple[int, ...]]:

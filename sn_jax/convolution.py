@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sn_jax import host_memory
+from sn_jax import _fourier_conv, host_memory
 from sn_jax._conv_formulations import (
   INPUT_GRADIENTS,
   ConvAttributes,
@@ -26,6 +26,7 @@ from sn_jax._conv_formulations import (
   matmul_conv,
   output_spatial_shape,
   polyphase_operands,
+  stride_one_shape,
 )
 
 PaddingLike = str | int | Sequence[int | tuple[int, int]]
@@ -183,7 +184,7 @@ def _output_spatial(spec: ConvSpec, input_shape: Sequence[int]) -> tuple[int, ..
   return output_spatial_shape(spec, spatial, explicit_padding(spec, spatial)[1])
 
 
-FORMULATIONS = ("auto", "direct", "polyphase", "matmul")
+FORMULATIONS = ("auto", "direct", "polyphase", "matmul", "fourier")
 
 
 INPUT_GRADIENT_CHOICES = ("auto", *INPUT_GRADIENTS)
@@ -205,6 +206,23 @@ MATMUL_MAX_ROWS = 1024
 POLYPHASE_MIN_KERNEL_STRIDES = 3
 MATMUL_INPUT_GRADIENT_MIN_RATIO = 1.25
 MATMUL_INPUT_GRADIENT_MAX_CHANNELS = 7
+FOURIER_MAX_MULTIPLICATIONS = 0.7
+
+
+def fourier_multiplications(spec: ConvSpec, input_shape: Sequence[int]) -> tuple[int, int]:
+  """Real multiplications per example of ``'fourier'`` and of the convolution itself, each
+  kernel tap times each output position and channel pair: ``(fourier, direct)``.
+
+  Args:
+    spec: the convolution, from :func:`conv_spec`.
+    input_shape: its input's shape ``(batch, *spatial, C_in)``.
+  """
+  spatial = tuple(input_shape[1:-1])
+  run = stride_one_shape(spec, spatial, explicit_padding(spec, spatial)[1])
+  fourier = _fourier_conv.multiplications(*run, spec.features, spec.feature_group_count)
+  pairs = spec.in_features * spec.features // spec.feature_group_count
+  direct = math.prod(spec.kernel_size) * math.prod(_output_spatial(spec, input_shape)) * pairs
+  return fourier, direct
 
 
 def choose_formulation(
@@ -285,6 +303,16 @@ def choose_formulation(
     return "direct"
   if not thin and rows is not None and rows <= MATMUL_MAX_ROWS:
     return "matmul"
+  if (
+    rows is not None
+    and spec.feature_group_count == 1
+    and _fourier_conv.fits(
+      stride_one_shape(spec, input_shape[1:-1], explicit_padding(spec, input_shape[1:-1])[1])[0]
+    )
+  ):
+    fourier, direct = fourier_multiplications(spec, input_shape)
+    if fourier <= FOURIER_MAX_MULTIPLICATIONS * direct:
+      return "fourier"
   spans = [
     ((k - 1) * d + 1) / s
     for k, s, d in zip(spec.kernel_size, spec.strides, spec.kernel_dilation, strict=True)
@@ -471,9 +499,17 @@ def conv_with_spec(
   if formulation == "matmul":
     return matmul_conv(x, kernel, spec, pads, precision)
   strides, dilation = spec.strides, spec.kernel_dilation
-  if formulation == "polyphase" and any(s > 1 for s in strides):
+  if formulation in ("polyphase", "fourier") and any(s > 1 for s in strides):
     x, kernel, dilation = polyphase_operands(x, kernel, spec, pads)
     strides, pads = (1,) * spec.num_spatial_dims, ((0, 0),) * spec.num_spatial_dims
+  if formulation == "fourier":
+    x = lax.pad(
+      x, jnp.zeros((), x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)]
+    )
+    attrs = _fourier_conv.FourierAttributes(
+      kernel.shape[:-2], dilation, spec.feature_group_count, precision
+    )
+    return _fourier_conv.fourier_conv(x, kernel, attrs)
   attrs = ConvAttributes(strides, tuple(pads), dilation, spec.feature_group_count, precision)
   if input_gradient == "auto":
     input_gradient = choose_input_gradient(attrs.spec(kernel.shape, x.shape[-1]), x.shape)

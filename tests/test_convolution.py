@@ -20,7 +20,7 @@ from sn_jax import _conv_formulations as formulations
 from sn_jax import convolution, host_memory
 from sn_jax import nn as snn
 
-FORMULATIONS = ("auto", "direct", "polyphase", "matmul")
+FORMULATIONS = ("auto", "direct", "polyphase", "matmul", "fourier")
 RTOL = 1e-5
 
 
@@ -208,16 +208,21 @@ def test_space_to_depth_value_tangent_and_transpose_are_one_copy(shape):
 
 
 def test_choose_formulation_rule():
-  def choose(kernel_size, strides, channels=(64, 128), dilation=1, groups=1, backend="cpu"):
+  def choose(
+    kernel_size, strides, channels=(64, 128), dilation=1, groups=1, backend="cpu", size=14
+  ):
     shape = (kernel_size, kernel_size, channels[0] // groups, channels[1])
     spec = convolution.conv_spec(
       shape, channels[0], strides=strides, kernel_dilation=dilation, feature_group_count=groups
     )
-    return convolution.choose_formulation(spec, backend=backend, input_shape=(128, 14, 14, 64))
+    input_shape = (128, size, size, channels[0])
+    return convolution.choose_formulation(spec, backend=backend, input_shape=input_shape)
 
-  assert choose(6, 2) == "polyphase"  # ELU-Net's second layer: measured 4.3x faster
-  assert choose(8, 2) == "polyphase"
-  assert choose(3, 2, dilation=3) == "polyphase"  # the dilated extent counts
+  assert choose(6, 2) == "fourier"  # ELU-Net's second layer: 0.64 of the multiplications
+  assert choose(6, 2, size=56) == "polyphase"  # a larger input: its transform costs more
+  assert choose(8, 2, size=56) == "polyphase"
+  assert choose(3, 2, dilation=3, size=56) == "polyphase"  # the dilated extent counts
+  assert choose(6, 2, groups=2) == "polyphase"  # grouped: 'fourier' is not measured
   assert choose(3, 2) == "direct"  # small kernels: direct measured faster than polyphase
   assert choose(3, 1) == "direct"  # stride 1: one computation
   assert choose(8, 2, channels=(1, 64)) == "direct"  # single-channel input layers
@@ -293,20 +298,44 @@ def test_auto_input_gradient_is_taken_in_the_gradient(monkeypatch):
 
 
 @pytest.mark.parametrize("config", CONFIGS[::3], ids=[str(i) for i in range(len(CONFIGS[::3]))])
-def test_matmul_input_gradient_forward_tangents_match_flax(config):
-  """The form of the input gradient is the form of the tangent in x: jvp agrees too."""
+def test_custom_tangents_match_flax_in_forward_mode(config):
+  """The form of the input gradient is the form of the tangent in x (the matrix product's, and
+  'fourier''s stacked product): jvp in the input and in the parameters agrees too."""
   attributes = _layer_attributes(config)
   x = jax.random.normal(jax.random.key(0), config["input_shape"])
   tangent = jax.random.normal(jax.random.key(1), x.shape)
   params = nn.Conv(**attributes).init(jax.random.key(2), x)
-  expected = jax.jvp(lambda x: nn.Conv(**attributes).apply(params, x), (x,), (tangent,))
-  for formulation in ("direct", "polyphase"):
-    layer = snn.Conv(**attributes, formulation=formulation, input_gradient="matmul")
-    actual = jax.jit(
-      lambda x, t, layer=layer: jax.jvp(lambda x: layer.apply(params, x), (x,), (t,))
-    )
-    for a, e in zip(actual(x, tangent), expected, strict=True):
+  params_tangent = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+  flax_layer = nn.Conv(**attributes)
+  expected = jax.jvp(flax_layer.apply, (params, x), (params_tangent, tangent))
+  layers = [
+    snn.Conv(**attributes, formulation="direct", input_gradient="matmul"),
+    snn.Conv(**attributes, formulation="polyphase", input_gradient="matmul"),
+    snn.Conv(**attributes, formulation="fourier"),
+  ]
+  for layer in layers:
+    actual = jax.jit(lambda *args, layer=layer: jax.jvp(layer.apply, args[:2], args[2:]))
+    for a, e in zip(actual(params, x, params_tangent, tangent), expected, strict=True):
       _assert_close(a, e)
+
+
+def test_fourier_computes_by_matrix_products_alone():
+  """The Fourier path is taken: no convolution in its value or its gradients."""
+  x, kernel = jnp.ones((2, 9, 9, 3)), jnp.ones((3, 3, 3, 4))
+
+  def loss(x, kernel):
+    return jnp.sum(sn_jax.conv(x, kernel, strides=2, formulation="fourier") ** 2)
+
+  jaxpr = jax.make_jaxpr(jax.value_and_grad(loss, argnums=(0, 1)))(x, kernel).jaxpr
+  assert not _equations(jaxpr)
+  assert _equations(jaxpr, "dot_general")
+
+
+def test_fourier_refuses_an_input_too_large_to_transform():
+  x, kernel = jnp.ones((1, 300, 300, 1)), jnp.ones((3, 3, 1, 1))
+  with pytest.raises(ValueError, match=r"`formulation`='fourier' .* spatial shape \(302, 302\)"):
+    sn_jax.conv(x, kernel, formulation="fourier")
+  assert sn_jax.conv(x, kernel).shape == (1, 300, 300, 1)  # 'auto' does not pick it
 
 
 def test_choose_formulation_takes_the_matrix_product_for_one_output_position():
@@ -459,7 +488,10 @@ def test_spectral_norm_wraps_the_fast_conv():
 
 def test_unknown_formulation_is_a_clear_error():
   x, kernel = jnp.ones((1, 6, 6, 2)), jnp.ones((3, 3, 2, 2))
-  message = r"`formulation` must be one of \('auto', 'direct', 'polyphase', 'matmul'\), got 'fast'"
+  message = (
+    r"`formulation` must be one of \('auto', 'direct', 'polyphase', 'matmul', 'fourier'\), "
+    "got 'fast'"
+  )
   with pytest.raises(ValueError, match=message):
     sn_jax.conv(x, kernel, strides=2, formulation="fast")
   spec = convolution.conv_spec(kernel.shape, 2, strides=2)
