@@ -133,10 +133,25 @@ def _constants(attrs: FourierAttributes, spatial: Sequence[int], dtype) -> tuple
 
 def _input_spectrum(x: jax.Array, forward: jax.Array, precision) -> jax.Array:
   """``(batch, *n, C)`` -> ``(F, 2 * batch, C)``: the real parts of every example, then the
-  imaginary ones."""
+  imaginary ones. The samples are moved behind the batch first, so that the transposed map
+  (in the input gradient) ends in the input's own layout."""
   batch, channels = x.shape[0], x.shape[-1]
   samples = x.reshape(batch, -1, channels).transpose(1, 0, 2).reshape(forward.shape[-1], -1)
   spectrum = lax.dot(forward.reshape(-1, forward.shape[-1]), samples, precision=precision)
+  return spectrum.reshape(forward.shape[0], 2 * batch, channels)
+
+
+def _input_spectrum_per_example(x: jax.Array, forward: jax.Array, precision) -> jax.Array:
+  """:func:`_input_spectrum` as one product per example, moving the spectrum instead of the
+  input: XLA's CPU backend fuses a rearrangement of the input with the activation that
+  produced it into one slow loop."""
+  batch, channels = x.shape[0], x.shape[-1]
+  transform = forward.reshape(-1, forward.shape[-1])
+  transform = jnp.broadcast_to(transform, (batch, *transform.shape))
+  spectrum = lax.dot_general(
+    transform, x.reshape(batch, -1, channels), (((2,), (1,)), ((0,), (0,))), precision=precision
+  )  # (batch, F * 2, C)
+  spectrum = spectrum.reshape(batch, forward.shape[0], 2, channels).transpose(1, 2, 0, 3)
   return spectrum.reshape(forward.shape[0], 2 * batch, channels)
 
 
@@ -194,12 +209,19 @@ def _outputs(products: Sequence[jax.Array], inverse: jax.Array, out_shape, preci
   return y.reshape(batch, *out_shape, -1)
 
 
-def _apply(x: jax.Array, kernel: jax.Array, attrs: FourierAttributes) -> jax.Array:
-  """The convolution as the primal and the kernel's tangent compute it: one product per
+def _apply(
+  x: jax.Array, kernel: jax.Array, attrs: FourierAttributes, *, differentiated: bool
+) -> jax.Array:
+  """The convolution as the value and the kernel's tangent compute it: one product per
   frequency and part of the kernel's spectrum, ``(2 * batch, C) x (C, C_out)``, each part's
-  inverse transform a product that reads it as it is stored."""
+  inverse transform a product that reads it as it is stored. Undifferentiated, the input's
+  spectrum is taken per example (:func:`_input_spectrum_per_example`); differentiated, where
+  the activation before the layer is kept for the gradient anyway, by one product
+  (:func:`_input_spectrum`): ELU-Net's PGD-10 took 286 ms with the first form, 254 with the
+  second, and its forward pass 15.0 and 25.0 ms (separate runs of the same programs)."""
   forward, kernel_transform, inverse = _constants(attrs, x.shape[1:-1], _dtype(x, kernel))
-  spectrum = _input_spectrum(x, forward, attrs.precision)
+  spectrum_of = _input_spectrum if differentiated else _input_spectrum_per_example
+  spectrum = spectrum_of(x, forward, attrs.precision)
   kernel_parts = _kernel_spectrum(kernel, kernel_transform, attrs.precision)
   products = [
     _products(spectrum, part, attrs.feature_group_count, attrs.precision) for part in kernel_parts
@@ -261,18 +283,18 @@ def _dtype(x: jax.Array, kernel: jax.Array):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _fourier_conv(x: jax.Array, kernel: jax.Array, attrs: FourierAttributes) -> jax.Array:
-  return _apply(x, kernel, attrs)
+  return _apply(x, kernel, attrs, differentiated=False)
 
 
 def _fourier_conv_jvp(attrs, primals, tangents):
   x, kernel = primals
   x_dot, kernel_dot = tangents
-  y = _apply(x, kernel, attrs)
+  y = _apply(x, kernel, attrs, differentiated=True)
   terms = []
   if not isinstance(x_dot, SymbolicZero):
     terms.append(_input_tangent(x_dot, kernel, attrs))
   if not isinstance(kernel_dot, SymbolicZero):
-    terms.append(_apply(x, kernel_dot, attrs))
+    terms.append(_apply(x, kernel_dot, attrs, differentiated=True))
   return y, functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(y)
 
 

@@ -46,7 +46,7 @@ class Conv(nn.Conv):
   ``conv_general_dilated`` hooks are not supported.
 
   Attributes:
-    formulation: ``'auto'``, ``'direct'``, ``'polyphase'`` or ``'matmul'``.
+    formulation: ``'auto'``, ``'direct'``, ``'polyphase'``, ``'matmul'`` or ``'fourier'``.
     input_gradient: ``'auto'``, ``'conv'`` or ``'matmul'``.
 
   Example:

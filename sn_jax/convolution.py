@@ -235,8 +235,8 @@ def choose_formulation(
   process that retains host memory (:func:`sn_jax.host_memory.retain`): at batch 128 the
   gradient of a small network around the layer (the layer behind another one, as in a
   model), and a one-example power-iteration step with its sigma gradient. Times below are
-  direct / polyphase / matmul, each direct and polyphase one with the input gradient that
-  :func:`choose_input_gradient` picks.
+  direct / polyphase / matmul (/ fourier, in its rule), each direct and polyphase one with the
+  input gradient that :func:`choose_input_gradient` picks. The rules apply in this order.
 
   - GPU, TPU: ``'direct'``; cuDNN and the TPU compiler run convolutions natively (not
     measured here: re-run the benchmark on the device and revise).
@@ -255,10 +255,20 @@ def choose_formulation(
     ``input_shape``): ``'matmul'``, the power iteration's case. One example of a 3x3
     16 -> 16 layer at 32x32 took 1.58 / 1.51 / 0.74 ms, of the mini AlexNet's 5x5 96 -> 256
     layer 12.3 / 12.3 / 5.7 ms, of ELU-Net's 6x6 stride-2 layer 1.82 / 1.66 / 1.08 ms.
+  - CPU, one feature group, ``'fourier'`` needing at most ``FOURIER_MAX_MULTIPLICATIONS``
+    (0.7) of the layer's own multiplications (:func:`fourier_multiplications`; needs
+    ``input_shape``): ``'fourier'``. ELU-Net's 6x6 stride-2 VALID layer (0.64; its 7x7
+    phases to 5x5) took 293 / 41.4 / 44.4 / 35.7 ms (fourier last), the 8x8 stride-2 SAME
+    one (0.48) 776 / 120 / 130 / 78.0 ms, the mini AlexNet's 5x5 96 -> 256 layer (0.48) 411 /
+    411 / 470 / 351 ms, a 7x7 64 -> 64 one at 14x14 (0.66) 194 / 196 / 255 / 158 ms; above
+    the bound, a 3x3 256 -> 256 layer at 4x4 (0.76) 49.7 / 49.6 / 51.2 / 65.3 ms and ELU-Net's
+    5x5 stride-2 VALID shape (0.92: 25 taps, not polyphase's 36) 32.5 / 41.8 / 32.5 /
+    36.0 ms. Grouped layers are not measured.
   - CPU, strided, the dilated kernel spanning at least ``POLYPHASE_MIN_KERNEL_STRIDES`` (3)
     strides in some dimension: ``'polyphase'``. XLA's CPU gradient of such a strided
-    convolution is slow: ELU-Net's 6x6 stride-2 VALID layer took 295 / 41 / 44 ms, an 8x8
-    stride-2 SAME one 778 / 115 / 130 ms.
+    convolution is slow: ELU-Net's 6x6 stride-2 VALID layer took 293 / 41.4 / 44.4 ms, an 8x8
+    stride-2 SAME one 776 / 120 / 130 ms (both 'fourier''s, above, at batch 128 and 14x14;
+    polyphase's on larger inputs, whose transforms cost more).
   - CPU, otherwise: ``'direct'`` (3x3 and 5x5 stride-2 layers: 21-52 / 30-72 / 21-56 ms).
 
   The matrix product was often fastest at a training batch too (see the table), but a
@@ -281,13 +291,15 @@ def choose_formulation(
       never picks ``'matmul'``.
 
   Returns:
-    ``'direct'``, ``'polyphase'`` or ``'matmul'``.
+    ``'direct'``, ``'polyphase'``, ``'matmul'`` or ``'fourier'``.
 
   Example:
     >>> from sn_jax import convolution
     >>> spec = convolution.conv_spec((6, 6, 64, 128), 64, strides=2, padding='VALID')
     >>> convolution.choose_formulation(spec, backend='cpu')
     'polyphase'
+    >>> convolution.choose_formulation(spec, backend='cpu', input_shape=(128, 14, 14, 64))
+    'fourier'
   """
   backend = jax.default_backend() if backend is None else backend
   if backend != "cpu":
@@ -406,8 +418,14 @@ def conv(
   gradients are stride-1 convolutions too, which XLA's CPU backend runs far faster than the
   input-dilated convolution that transposes a strided one. ``'matmul'`` multiplies the input's
   patches (im2col: one strided slice per kernel tap, stacked as channels) with the flattened
-  kernel, so that the value and both gradients are matrix products. ``'auto'`` (the default)
-  picks the fastest for the backend and the shapes by :func:`choose_formulation`.
+  kernel, so that the value and both gradients are matrix products. ``'fourier'`` computes
+  the stride-1 convolution that ``'polyphase'`` (or, at stride 1, the padded layer) runs
+  through the discrete Fourier transform of its input's size, where a VALID convolution's
+  outputs never wrap: one ``(batch, C_in) x (C_in, C_out)`` complex product per frequency,
+  every transform a product with a constant real matrix, so that the value and both gradients
+  are matrix products with fewer multiplications when the kernel is large against its input
+  (:func:`fourier_multiplications`). ``'auto'`` (the default) picks the fastest for the
+  backend and the shapes by :func:`choose_formulation`.
 
   The gradient with respect to the input of a ``'direct'`` or ``'polyphase'`` convolution has
   two exact forms too. ``input_gradient='conv'`` is the convolution's transpose: a
@@ -427,18 +445,19 @@ def conv(
     kernel_dilation: int or one int per spatial dimension.
     feature_group_count: number of feature groups; divides ``C_in`` and ``C_out``.
     precision: passed to ``lax.conv_general_dilated``.
-    formulation: ``'auto'``, ``'direct'``, ``'polyphase'`` or ``'matmul'``. ``'polyphase'``
-      computes a stride-1 convolution directly.
+    formulation: ``'auto'``, ``'direct'``, ``'polyphase'``, ``'matmul'`` or ``'fourier'``.
+      ``'polyphase'`` computes a stride-1 convolution directly.
     input_gradient: ``'auto'``, ``'conv'`` or ``'matmul'``; the form of the gradient with
       respect to ``x`` (and of forward-mode tangents in ``x``). With ``formulation='matmul'``
-      every derivative is a matrix product already and this is not used.
+      or ``'fourier'`` every derivative is a matrix product already and this is not used.
 
   Returns:
     The output, shape ``(batch, *out_spatial, C_out)``.
 
   Raises:
     ValueError: if the shapes, attributes, ``formulation`` or ``input_gradient`` are invalid
-      (the message names the argument).
+      (the message names the argument), or if ``'fourier'`` would transform an input with a
+      matrix of more than ``2**24`` entries.
 
   Example:
     >>> import jax, sn_jax
@@ -451,6 +470,8 @@ def conv(
 
   References:
     Vaidyanathan. Multirate Systems and Filter Banks (the polyphase decomposition). 1993.
+    Mathieu, Henaff, LeCun. Fast Training of Convolutional Networks through FFTs.
+    https://arxiv.org/abs/1312.5851
     Dumoulin, Visin. A guide to convolution arithmetic for deep learning.
     https://arxiv.org/abs/1603.07285
   """
