@@ -1,4 +1,5 @@
-"""The exact formulations of a convolution: direct, polyphase and matrix product.
+"""The exact formulations of a convolution: direct, polyphase and matrix product (the Fourier
+one is :mod:`sn_jax._fourier_conv`).
 
 Each computes the same linear map as ``lax.conv_general_dilated`` on an already padded input
 (Flax's layout: ``(batch, *spatial, C_in)`` inputs, ``(*kernel_size, C_in // groups, C_out)``
@@ -275,9 +276,11 @@ def space_to_depth(x: jax.Array) -> jax.Array:
   of the same copy: the value stacks the phases' slices, and the tangent (whose transpose is
   the input gradient's depth-to-space) is one reshape and transpose. XLA's CPU backend runs
   each fast where the other is slow. ELU-Net at batch 128 with the stacked form alone / the
-  transposed form alone / this pair, in two runs (``python benchmarks/bench_space_to_depth.py``):
-  forward 15.1 / 21.5 / 15.2 and 14.8 / 21.2 / 14.9 ms, PGD-10 336 / 278 / 278 and 380 / 317 /
-  319 ms, training step 45.6 / 43.9 / 40.9 and 49.7 / 50.0 / 48.8 ms.
+  transposed form alone / this pair (``python benchmarks/bench_space_to_depth.py``), with its
+  second layer then computed 'polyphase', in two runs: forward 15.1 / 21.5 / 15.2 and 14.8 /
+  21.2 / 14.9 ms, PGD-10 336 / 278 / 278 and 380 / 317 / 319 ms, training step 45.6 / 43.9 /
+  40.9 and 49.7 / 50.0 / 48.8 ms; now 'fourier' (whose input is the phases too): forward 16.3
+  / 22.3 / 16.2 ms, PGD-10 259 / 247 / 254 ms, training step 36.2 / 36.4 / 36.5 ms.
   """
   return _stacked_phases(x)
 

@@ -38,10 +38,13 @@ def compiler_options(backend: str | None = None) -> dict[str, str]:
   - ``xla_cpu_experimental_ynn_fusion_type``: matrix products and reductions still go to
     YNNPACK, convolutions no longer do: XLA's own (Eigen) convolutions were faster, forward
     and backward. At batch 128, with host memory retained (:mod:`sn_jax.host_memory`), XLA's
-    defaults / these options: ELU-Net training step 55.6 / 38.9 ms, its PGD-10 324 / 264 ms,
-    the mini AlexNet's training step 625 / 459 ms (``python benchmarks/bench_conv.py``
+    defaults / these options: ELU-Net training step 41.8 / 34.7 ms, its PGD-10 264 / 245 ms,
+    the mini AlexNet's training step 395 / 381 ms (``python benchmarks/bench_conv.py``
     measures both; ``python benchmarks/bench_compiler_options.py`` leaves each option out in
-    turn: without this one ELU-Net's PGD-10 took 1.19x as long, an MLP's 0.99x).
+    turn: without this one ELU-Net's PGD-10 took 1.08x as long, its training step 1.16x, an
+    MLP's PGD-10 0.99x). Before the ``'fourier'`` formulation took ELU-Net's and the mini
+    AlexNet's large layers, which run as matrix products either way, the gain was larger
+    (PGD-10 324 / 264 ms, the AlexNet step 625 / 459 ms).
   - ``xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED``. With XLA's default
     schedule, the ELU-Net training step with :class:`sn_jax.nn.SpectralNorm` on every layer
     took 1.03x, 1.14x, 1.15x and 1.20x the plain step at batch 128 in four runs, varying from

@@ -258,16 +258,16 @@ def choose_formulation(
   - CPU, one feature group, ``'fourier'`` needing at most ``FOURIER_MAX_MULTIPLICATIONS``
     (0.7) of the layer's own multiplications (:func:`fourier_multiplications`; needs
     ``input_shape``): ``'fourier'``. ELU-Net's 6x6 stride-2 VALID layer (0.64; its 7x7
-    phases to 5x5) took 293 / 41.4 / 44.4 / 35.7 ms (fourier last), the 8x8 stride-2 SAME
-    one (0.48) 776 / 120 / 130 / 78.0 ms, the mini AlexNet's 5x5 96 -> 256 layer (0.48) 411 /
-    411 / 470 / 351 ms, a 7x7 64 -> 64 one at 14x14 (0.66) 194 / 196 / 255 / 158 ms; above
-    the bound, a 3x3 256 -> 256 layer at 4x4 (0.76) 49.7 / 49.6 / 51.2 / 65.3 ms and ELU-Net's
-    5x5 stride-2 VALID shape (0.92: 25 taps, not polyphase's 36) 32.5 / 41.8 / 32.5 /
-    36.0 ms. Grouped layers are not measured.
+    phases to 5x5) took 301 / 40.8 / 44.3 / 37.0 ms (fourier last), the 8x8 stride-2 SAME
+    one (0.48) 833 / 137 / 163 / 111 ms, the mini AlexNet's 5x5 96 -> 256 layer (0.48) 431 /
+    425 / 495 / 384 ms, a 7x7 64 -> 64 one at 14x14 (0.66) 215 / 207 / 271 / 165 ms; above
+    the bound, a 3x3 256 -> 256 layer at 4x4 (0.76) 42.9 / 42.3 / 45.2 / 48.9 ms and ELU-Net's
+    5x5 stride-2 VALID shape (0.92: 25 taps, not polyphase's 36) 33.2 / 41.7 / 33.6 /
+    37.3 ms. Grouped layers are not measured.
   - CPU, strided, the dilated kernel spanning at least ``POLYPHASE_MIN_KERNEL_STRIDES`` (3)
     strides in some dimension: ``'polyphase'``. XLA's CPU gradient of such a strided
-    convolution is slow: ELU-Net's 6x6 stride-2 VALID layer took 293 / 41.4 / 44.4 ms, an 8x8
-    stride-2 SAME one 776 / 120 / 130 ms (both 'fourier''s, above, at batch 128 and 14x14;
+    convolution is slow: ELU-Net's 6x6 stride-2 VALID layer took 301 / 40.8 / 44.3 ms, an 8x8
+    stride-2 SAME one 833 / 137 / 163 ms (both 'fourier''s, above, at batch 128 and 14x14;
     polyphase's on larger inputs, whose transforms cost more).
   - CPU, otherwise: ``'direct'`` (3x3 and 5x5 stride-2 layers: 21-52 / 30-72 / 21-56 ms).
 
@@ -411,7 +411,7 @@ def conv(
 ) -> jax.Array:
   """Applies a convolution exactly as ``flax.linen.Conv`` does (without bias).
 
-  A convolution can be computed in three exact ways. ``'direct'`` hands it to
+  A convolution can be computed in four exact ways. ``'direct'`` hands it to
   ``lax.conv_general_dilated`` with its strides. ``'polyphase'`` rearranges the padded input by
   space-to-depth (the ``prod(strides)`` phases stacked as channels) and the kernel accordingly
   (``ceil(dilated_size / stride)`` taps per dimension), and convolves at stride 1; its

@@ -139,10 +139,10 @@ class SpectralNorm(nn.Module):
 
   On CPU, jit the training step with ``compiler_options=sn_jax.compiler_options()``: with
   XLA's default options the normalized ELU-Net step ran 1.03-1.20x the plain one, its
-  schedule varying from process to process, with sn_jax's options 1.00-1.04x, the plain step
+  schedule varying from process to process, with sn_jax's options 1.00-1.06x, the plain step
   itself faster (:func:`sn_jax.compiler_options`). What is left is the power step's
-  one-example convolutions, about 2 ms per training step at batch 128 (1.041x, 1.044x and
-  1.047x the plain step of 42-48 ms, host memory retained, in three runs).
+  one-example convolutions, about 2 ms per training step at batch 128 (1.041x, 1.044x,
+  1.047x and 1.061x the plain step of 42-48 ms, host memory retained, in four runs).
 
   The wrapped layer keeps its own parameters where Flax puts them: created inside a compact
   ``__call__`` it is a child of the enclosing module (as with ``flax.linen.SpectralNorm``);
