@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -124,16 +124,26 @@ def lax_conv(x: jax.Array, kernel: jax.Array, attrs: ConvAttributes) -> jax.Arra
   return _conv_general(x, kernel, attrs)
 
 
+def bilinear_tangent(value: Callable[[], jax.Array], terms) -> jax.Array:
+  """The tangent of a map linear in each of its operands: the sum of ``fn(tangent)`` over the
+  ``(tangent, fn)`` pairs of ``terms`` whose tangent is not a symbolic zero, or zeros shaped
+  like ``value()`` if none is (``value`` is called only then, so the map's value may be
+  traced after its tangents)."""
+  parts = [fn(tangent) for tangent, fn in terms if not isinstance(tangent, SymbolicZero)]
+  return functools.reduce(jnp.add, parts) if parts else jnp.zeros_like(value())
+
+
 def lax_conv_jvp(attrs: ConvAttributes, primals, tangents):
   x, kernel = primals
   x_dot, kernel_dot = tangents
-  terms = []
-  if not isinstance(x_dot, SymbolicZero):
-    terms.append(_input_tangent(x_dot, kernel, attrs))
-  if not isinstance(kernel_dot, SymbolicZero):
-    terms.append(_conv_general(x, kernel_dot, attrs))
-  y = _conv_general(x, kernel, attrs)
-  return y, functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(y)
+  tangent = bilinear_tangent(
+    lambda: _conv_general(x, kernel, attrs),
+    [
+      (x_dot, lambda t: _input_tangent(t, kernel, attrs)),
+      (kernel_dot, lambda t: _conv_general(x, t, attrs)),
+    ],
+  )
+  return _conv_general(x, kernel, attrs), tangent
 
 
 lax_conv.defjvp(lax_conv_jvp, symbolic_zeros=True)
@@ -290,6 +300,14 @@ def _space_to_depth_jvp(primals, tangents):
   return _stacked_phases(primals[0]), _transposed_phases(tangents[0])
 
 
+def zero_pad(x: jax.Array, pads: Sequence[tuple[int, int]]) -> jax.Array:
+  """``x`` ``(batch, *spatial, C)`` padded with zeros by ``(low, high)`` per spatial dimension
+  (negative values crop, as in ``lax.pad``)."""
+  return lax.pad(
+    x, jnp.zeros((), x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)]
+  )
+
+
 def matmul_conv(
   x: jax.Array,
   kernel: jax.Array,
@@ -307,7 +325,7 @@ def matmul_conv(
   """
   rank = spec.num_spatial_dims
   groups = spec.feature_group_count
-  x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)])
+  x = zero_pad(x, pads)
   out = output_spatial_shape(spec, x.shape[1:-1], ((0, 0),) * rank)
   if not all(out):  # the kernel does not fit: no position to read
     return jnp.zeros((x.shape[0], *out, spec.features), jnp.result_type(x, kernel))

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.custom_derivatives import SymbolicZero
+
+from sn_jax._conv_formulations import bilinear_tangent
 
 # The largest transform matrix (entries) that fourier_conv builds: 2^24, 64 MiB in float32.
 MAX_TRANSFORM_ENTRIES = 1 << 24
@@ -290,12 +291,13 @@ def _fourier_conv_jvp(attrs, primals, tangents):
   x, kernel = primals
   x_dot, kernel_dot = tangents
   y = _apply(x, kernel, attrs, differentiated=True)
-  terms = []
-  if not isinstance(x_dot, SymbolicZero):
-    terms.append(_input_tangent(x_dot, kernel, attrs))
-  if not isinstance(kernel_dot, SymbolicZero):
-    terms.append(_apply(x, kernel_dot, attrs, differentiated=True))
-  return y, functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(y)
+  return y, bilinear_tangent(
+    lambda: y,
+    [
+      (x_dot, lambda t: _input_tangent(t, kernel, attrs)),
+      (kernel_dot, lambda t: _apply(x, t, attrs, differentiated=True)),
+    ],
+  )
 
 
 _fourier_conv.defjvp(_fourier_conv_jvp, symbolic_zeros=True)

@@ -27,6 +27,7 @@ from sn_jax._conv_formulations import (
   output_spatial_shape,
   polyphase_operands,
   stride_one_shape,
+  zero_pad,
 )
 
 PaddingLike = str | int | Sequence[int | tuple[int, int]]
@@ -184,6 +185,12 @@ def _output_spatial(spec: ConvSpec, input_shape: Sequence[int]) -> tuple[int, ..
   return output_spatial_shape(spec, spatial, explicit_padding(spec, spatial)[1])
 
 
+def _stride_one(spec: ConvSpec, input_shape: Sequence[int]):
+  """:func:`stride_one_shape` for an input of ``input_shape`` ``(batch, *spatial, C_in)``."""
+  spatial = tuple(input_shape[1:-1])
+  return stride_one_shape(spec, spatial, explicit_padding(spec, spatial)[1])
+
+
 FORMULATIONS = ("auto", "direct", "polyphase", "matmul", "fourier")
 
 
@@ -217,8 +224,7 @@ def fourier_multiplications(spec: ConvSpec, input_shape: Sequence[int]) -> tuple
     spec: the convolution, from :func:`conv_spec`.
     input_shape: its input's shape ``(batch, *spatial, C_in)``.
   """
-  spatial = tuple(input_shape[1:-1])
-  run = stride_one_shape(spec, spatial, explicit_padding(spec, spatial)[1])
+  run = _stride_one(spec, input_shape)
   fourier = _fourier_conv.multiplications(*run, spec.features, spec.feature_group_count)
   pairs = spec.in_features * spec.features // spec.feature_group_count
   direct = math.prod(spec.kernel_size) * math.prod(_output_spatial(spec, input_shape)) * pairs
@@ -315,15 +321,10 @@ def choose_formulation(
     return "direct"
   if not thin and rows is not None and rows <= MATMUL_MAX_ROWS:
     return "matmul"
-  if (
-    rows is not None
-    and spec.feature_group_count == 1
-    and _fourier_conv.fits(
-      stride_one_shape(spec, input_shape[1:-1], explicit_padding(spec, input_shape[1:-1])[1])[0]
-    )
-  ):
+  if rows is not None and spec.feature_group_count == 1:
     fourier, direct = fourier_multiplications(spec, input_shape)
-    if fourier <= FOURIER_MAX_MULTIPLICATIONS * direct:
+    spatial_as_run = _stride_one(spec, input_shape)[0]
+    if fourier <= FOURIER_MAX_MULTIPLICATIONS * direct and _fourier_conv.fits(spatial_as_run):
       return "fourier"
   spans = [
     ((k - 1) * d + 1) / s
@@ -524,9 +525,7 @@ def conv_with_spec(
     x, kernel, dilation = polyphase_operands(x, kernel, spec, pads)
     strides, pads = (1,) * spec.num_spatial_dims, ((0, 0),) * spec.num_spatial_dims
   if formulation == "fourier":
-    x = lax.pad(
-      x, jnp.zeros((), x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)]
-    )
+    x = zero_pad(x, pads)
     attrs = _fourier_conv.FourierAttributes(
       kernel.shape[:-2], dilation, spec.feature_group_count, precision
     )
