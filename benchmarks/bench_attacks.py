@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import timing
 
 import sn_jax
-from sn_jax import attacks, models
+from sn_jax import attacks
+from sn_jax.nn import models
 
 EPS, STEP_SIZE, NUM_STEPS = 0.3, 0.01, 10
 

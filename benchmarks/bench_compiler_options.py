@@ -19,7 +19,7 @@ import jax
 import timing
 
 import sn_jax
-from sn_jax import models
+from sn_jax.nn import models
 
 # model -> the tasks of bench_conv.variant_tasks timed for it.
 PROGRAMS = {
@@ -66,7 +66,7 @@ def main() -> None:
       rows.append([model, task, ms[ALL], *(ms[name] / ms[ALL] for name in sets if name != ALL)])
       print(rows[-1], flush=True)
   notes = (
-    f"Batch {batch}, float32, sn_jax.nn.Conv and sn_jax.pooling.max_pool layers, no spectral "
+    f"Batch {batch}, float32, sn_jax.nn.Conv and sn_jax.ops.pooling.max_pool layers, no spectral "
     f"normalization; medians of interleaved runs, compile time excluded. '{ALL}' is "
     f"sn_jax.compiler_options() ({sn_jax.compiler_options() or 'none on this backend'}); "
     "each 'without' column is the time with that option left out over the time with all."

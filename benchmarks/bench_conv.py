@@ -11,8 +11,8 @@ by side in one run:
 
 Each is run with the models built from ``flax.linen.Conv`` and ``flax.linen.max_pool`` (the
 direct formulation and XLA's own pooling gradient: sn_jax before its formulations) and from
-``sn_jax.nn.Conv`` with ``'auto'`` (the rule of ``sn_jax.convolution.choose_formulation``) and
-``sn_jax.pooling.max_pool``, each compiled with XLA's default options and with
+``sn_jax.nn.Conv`` with ``'auto'`` (the rule of ``sn_jax.ops.convolution.choose_formulation``) and
+``sn_jax.ops.pooling.max_pool``, each compiled with XLA's default options and with
 ``sn_jax.compiler_options()``. The PyTorch column is the same model in PyTorch
 (``benchmarks/torch_models.py``) on the same CPU.
 
@@ -36,8 +36,11 @@ import optax
 import timing
 
 import sn_jax
-from sn_jax import attacks, host_memory, models, pooling
+from sn_jax import attacks
 from sn_jax import nn as snn
+from sn_jax._backend import host_memory
+from sn_jax.nn import models
+from sn_jax.ops import pooling
 
 # name -> (convolution, max pooling) the zoo's models are built with, and whether the programs
 # compile with sn_jax.compiler_options() (else with XLA's defaults).
@@ -181,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     "runs, compile time excluded. 'flax.linen' builds the models with flax.linen.Conv and "
     "flax.linen.max_pool (every convolution direct, as before sn_jax's formulations); "
     "'sn_jax' with what sn_jax's models use by default: sn_jax.nn.Conv and "
-    "sn_jax.pooling.max_pool. Each is compiled with XLA's default options or with "
+    "sn_jax.ops.pooling.max_pool. Each is compiled with XLA's default options or with "
     f"sn_jax.compiler_options() ({sn_jax.compiler_options() or 'none on this backend'}), "
     "as sn_jax's trainer does; 'sn_jax, XLA defaults' is a program of your own that jits "
     "sn_jax's models without them. 'GFLOP/s' is XLA's count of the program's floating-point "

@@ -11,12 +11,12 @@ several times slower than that of one whose input is an argument of the jitted f
 layer timed alone misleads. The 1x1 stride-1 layer is the same in every formulation.
 ``conv_power_step_<backend>``: at batch 1, what spectral normalization pays per layer and
 training step, one ``sn_jax.power_iteration`` step on the layer's map of one example and the
-gradient of its sigma in the kernel. ``sn_jax.convolution.choose_formulation`` states the rule
+gradient of its sigma in the kernel. ``sn_jax.ops.convolution.choose_formulation`` states the rule
 derived from both; the 'auto / fastest' column says what the rule loses where it misses.
 ``conv_input_gradient_<backend>``: for layers computed 'direct' or 'polyphase', the two forms
 of the input gradient ('conv', 'matmul'), in the same network at a training batch: the
 gradient in the input alone (an attack step) and in the input and both kernels (a training
-step); ``sn_jax.convolution.choose_input_gradient`` states the rule. Every program compiles
+step); ``sn_jax.ops.convolution.choose_input_gradient`` states the rule. Every program compiles
 with ``sn_jax.compiler_options()``, as sn_jax's trainer does, in a process that retains freed
 host memory (see ``timing``).
 
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import timing
 
 import sn_jax
-from sn_jax import convolution, power
+from sn_jax.ops import convolution, power
 
 FORMULATIONS = ("direct", "polyphase", "matmul", "fourier")
 INPUT_GRADIENTS = convolution.INPUT_GRADIENTS  # 'conv', 'matmul'

@@ -35,7 +35,7 @@ import sgd_steps
 import timing
 
 import sn_jax
-from sn_jax import models
+from sn_jax.nn import models
 
 # The SVD costs about (smaller side)^2 * (larger side): 3200 x 12544 takes ~11 s on 2 CPU cores,
 # 8192 x 8192 (3x3 512->512 at 4x4) over a minute per call, so that one is left out.

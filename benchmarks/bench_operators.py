@@ -15,7 +15,7 @@ import numpy as np
 import timing
 
 import sn_jax
-from sn_jax import convolution
+from sn_jax.ops import convolution
 
 # (name, kernel shape, one example's input shape, strides, padding)
 LAYERS = [

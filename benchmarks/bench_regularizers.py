@@ -1,8 +1,8 @@
 """The cost of one training step with each regularizer, as a ratio to a PGD-10 adversarial step.
 
 ELU-Net on MNIST-shaped batches of the embedded digits, Adam, the full data-parallel train step
-of :mod:`sn_jax.train` (``shard_map`` over all devices), every step configured through
-:mod:`sn_jax.config` exactly as ``sn-jax train`` would, and timed side by side with
+of :mod:`sn_jax.training.step` (``shard_map`` over all devices), every step configured through
+:mod:`sn_jax.training.config` exactly as ``sn-jax train`` would, and timed side by side with
 ``timing.time_side_by_side``. The reference is PGD with 10 steps (l2, ``eps = 0.05 C2``), the
 attack Roth et al. compare their data-dependent regularizer against.
 
@@ -20,7 +20,8 @@ import bench_train
 import jax
 import timing
 
-from sn_jax import data, train
+from sn_jax.training import data
+from sn_jax.training import step as train
 
 # name -> (attack name, regularizer name, regularizer options); eps of d.d. SNR is set from C2.
 STEPS = {

@@ -1,6 +1,6 @@
 """The two forms of the polyphase formulation's space-to-depth, and the pair sn_jax runs.
 
-``sn_jax._conv_formulations.space_to_depth`` computes its value by stacking the phases' slices
+``sn_jax.ops._conv_formulations.space_to_depth`` computes its value by stacking the phases' slices
 and its tangent (whose transpose is the input gradient's depth-to-space) by one reshape and
 transpose. This benchmark builds Farnia et al.'s ELU-Net (both strided layers polyphase) with
 each form alone and with the pair, at batch 128, and times them side by side in one run:
@@ -21,7 +21,7 @@ import jax
 import timing
 
 import sn_jax
-from sn_jax import _conv_formulations as formulations
+from sn_jax.ops import _conv_formulations as formulations
 
 # name -> the space-to-depth the polyphase formulation runs.
 FORMS = {

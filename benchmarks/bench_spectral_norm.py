@@ -22,7 +22,7 @@ import sgd_steps
 import timing
 
 import sn_jax
-from sn_jax import models
+from sn_jax.nn import models
 
 LEARNING_RATE = 0.01
 # Row suffix -> the compiler options the steps of one comparison compile with: sn_jax's (None),

@@ -2,7 +2,7 @@
 
 ELU-Net on MNIST-shaped batches of 128 (the embedded digits), Farnia et al.'s attack settings
 (l2 ``eps = 0.05 C2``, PGM and WRM with 15 steps), Adam; the full data-parallel train step of
-:mod:`sn_jax.train` (``shard_map`` over all devices), timed side by side with
+:mod:`sn_jax.training.step` (``shard_map`` over all devices), timed side by side with
 ``timing.time_side_by_side``. Ratios are to ERM without SN, so they say what SN and each attack
 cost.
 
@@ -18,8 +18,9 @@ import math
 import jax
 import timing
 
-from sn_jax import config as config_lib
-from sn_jax import data, train
+from sn_jax.training import config as config_lib
+from sn_jax.training import data
+from sn_jax.training import step as train
 
 ATTACKS = ("none", "fgm", "pgm", "wrm")
 BETA_SN = 2.0  # any finite beta runs the same work: one power iteration per layer per step

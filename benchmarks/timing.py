@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import jax
 
-from sn_jax import host_memory
+from sn_jax._backend import host_memory
 
 if os.environ.get("SN_JAX_BENCH_MALLOC") != "system":
   host_memory.retain()

@@ -1,5 +1,5 @@
 """``python -m sn_jax``: the same as the ``sn-jax`` command."""
 
-from sn_jax.cli import main
+from sn_jax.training.cli import main
 
 main()

@@ -7,8 +7,9 @@ import numpy as np
 import optax
 import pytest
 
-from sn_jax import analysis, attacks, spectra
+from sn_jax import analysis, attacks
 from sn_jax import nn as snn
+from sn_jax.analysis import spectra
 
 LOGITS = jnp.array([[3.0, 1.0, 2.5], [0.0, 2.0, -1.0], [1.0, 1.0, 0.0]])
 LABELS = jnp.array([0, 0, 1])

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sn_jax import attacks, models
+from sn_jax import attacks
+from sn_jax.nn import models
 
 KEY = jax.random.key(0)
 RNG = np.random.default_rng(0)

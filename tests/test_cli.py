@@ -11,14 +11,14 @@ import sys
 import numpy as np
 import pytest
 
-from sn_jax import cli, data, loop
-from sn_jax import config as config_lib
+from sn_jax.training import cli, data, loop
+from sn_jax.training import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXPERIMENTS = sorted((ROOT / "experiments" / "farnia2019").glob("*.py"))
 
 TINY_CONFIG = """
-from sn_jax.config import default_config
+from sn_jax.training.config import default_config
 
 
 def get_config():

@@ -1,4 +1,4 @@
-"""Tests of sn_jax.compiler: the per-backend XLA options sn_jax compiles with."""
+"""Tests of sn_jax._backend.compiler: the per-backend XLA options sn_jax compiles with."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,8 @@ import optax
 import pytest
 
 import sn_jax
-from sn_jax import compiler, models
+from sn_jax._backend import compiler
+from sn_jax.nn import models
 
 
 @pytest.fixture

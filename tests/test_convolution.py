@@ -1,4 +1,4 @@
-"""Tests of sn_jax.convolution and sn_jax.nn.Conv: every formulation is flax.linen.Conv's map.
+"""Tests of sn_jax.ops.convolution and sn_jax.nn.Conv: every formulation is flax.linen.Conv's map.
 
 The oracle is ``flax.linen.Conv`` itself (``lax.conv_general_dilated`` with Flax's padding
 rules): outputs and both gradients must agree to a relative 1e-5 for every formulation, and the
@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 import sn_jax
-from sn_jax import _conv_formulations as formulations
-from sn_jax import convolution, host_memory
 from sn_jax import nn as snn
+from sn_jax._backend import host_memory
+from sn_jax.ops import _conv_formulations as formulations
+from sn_jax.ops import convolution
 
 FORMULATIONS = ("auto", "direct", "polyphase", "matmul", "fourier")
 RTOL = 1e-5

@@ -1,10 +1,11 @@
-"""Tests of sn_jax.data: the embedded MNIST, tfds data sources (mocked), preprocessing, batches."""
+"""Tests of sn_jax.training.data: the embedded MNIST, tfds data sources (mocked), preprocessing,
+batches."""
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from sn_jax import data
+from sn_jax.training import data
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Tests of sn_jax.fourier against the SVD of materialized operators and independent FFT code."""
+"""Tests of sn_jax.ops.fourier against the SVD of materialized operators and independent FFT
+code."""
 
 import itertools
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 import sn_jax
-from sn_jax import fourier, operators
+from sn_jax.ops import fourier, operators
 
 # (kernel shape, spatial shape, attributes): 1-D to 3-D, strided, non-square, dilated, grouped.
 CIRCULAR_CASES = [

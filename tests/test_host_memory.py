@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from sn_jax import host_memory
+from sn_jax._backend import host_memory
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -22,7 +22,7 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 # per call (the heap may still grow at a call or two when other processes load the machine).
 PROGRAM = """
 import json, resource, sys
-from sn_jax import host_memory
+from sn_jax._backend import host_memory
 retained = host_memory.retain() if sys.argv[1] == "retain" else False
 import jax, jax.numpy as jnp
 def loss(kernel, x):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import sn_jax
-from sn_jax import models
 from sn_jax import nn as snn
+from sn_jax.nn import models
 
 NAMES = sorted(models.INPUT_SHAPES)
 # Models cheap enough to init and apply for real on this machine; the others use eval_shape.

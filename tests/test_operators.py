@@ -1,4 +1,5 @@
-"""Tests of sn_jax.operators: layer maps and their true operator norms, against the SVD oracle."""
+"""Tests of sn_jax.ops.operators: layer maps and their true operator norms, against the SVD
+oracle."""
 
 import random
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 import sn_jax
-from sn_jax import operators
+from sn_jax.ops import operators
 
 
 def _random_conv_configs(count, seed=0):

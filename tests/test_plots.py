@@ -1,10 +1,10 @@
-"""Tests that sn_jax.plots writes image files and rejects bad series."""
+"""Tests that sn_jax.analysis.plots writes image files and rejects bad series."""
 
 import matplotlib
 import numpy as np
 import pytest
 
-from sn_jax import plots
+from sn_jax.analysis import plots
 
 
 def test_histograms_and_curves_write_png_files(tmp_path):

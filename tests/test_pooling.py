@@ -1,4 +1,4 @@
-"""Tests of sn_jax.pooling: max_pool is flax.linen.max_pool in value, gradient and tangent."""
+"""Tests of sn_jax.ops.pooling: max_pool is flax.linen.max_pool in value, gradient and tangent."""
 
 import flax.linen as nn
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sn_jax.pooling import max_pool
+from sn_jax.ops.pooling import max_pool
 
 CASES = [
   ((2, 9, 9, 3), (3, 3), (2, 2), "VALID"),  # the mini AlexNet's pooling

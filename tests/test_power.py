@@ -1,4 +1,4 @@
-"""Tests of sn_jax.power: power iteration and Lanczos on arbitrary linear maps."""
+"""Tests of sn_jax.ops.power: power iteration and Lanczos on arbitrary linear maps."""
 
 import chex
 import jax

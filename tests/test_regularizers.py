@@ -10,8 +10,10 @@ import numpy as np
 import optax
 import pytest
 
-from sn_jax import analysis, attacks, loop, regularizers, train
-from sn_jax import config as config_lib
+from sn_jax import analysis, attacks, regularizers
+from sn_jax.training import config as config_lib
+from sn_jax.training import loop
+from sn_jax.training import step as train
 
 W = jax.random.normal(jax.random.key(0), (6, 4))  # a linear model x -> x @ W, 6 in, 4 out
 TOP = float(jnp.linalg.svd(W, compute_uv=False)[0])

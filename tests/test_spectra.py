@@ -1,4 +1,4 @@
-"""Tests of sn_jax.spectra against SVDs of the materialized layer matrices."""
+"""Tests of sn_jax.analysis.spectra against SVDs of the materialized layer matrices."""
 
 import flax.linen as nn
 import jax
@@ -8,7 +8,7 @@ import pytest
 
 import sn_jax
 from sn_jax import nn as snn
-from sn_jax import spectra
+from sn_jax.analysis import spectra
 
 
 class _CNN(nn.Module):

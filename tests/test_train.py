@@ -1,4 +1,5 @@
-"""Tests of sn_jax.train: the per-device step, its parallel wrappers, evaluation, the loop."""
+"""Tests of sn_jax.training.step: the per-device step, its parallel wrappers, evaluation, the
+loop."""
 
 import functools
 import json
@@ -19,8 +20,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 import sn_jax
-from sn_jax import config as config_lib
-from sn_jax import data, loop, train
+from sn_jax.training import config as config_lib
+from sn_jax.training import data, loop
+from sn_jax.training import step as train
 
 
 class Tiny(nn.Module):
@@ -186,7 +188,7 @@ def test_eval_step_counts_with_padding():
   assert int(counts["clean"]) == expected
 
 
-# ---- The loop: checkpoints, resume, signals, config validation (sn_jax.loop) ----
+# ---- The loop: checkpoints, resume, signals, config validation (sn_jax.training.loop) ----
 
 
 def _config(**overrides):
@@ -340,7 +342,7 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.config.update("jax_numpy_rank_promotion", "raise")
 sys.path.insert(0, {tests!r})
 from test_train import _config
-from sn_jax import loop
+from sn_jax.training import loop
 config = _config()
 config.distributed.update(
   enabled=True, coordinator_address="localhost:{port}", num_processes=2, process_id=int(sys.argv[1])

@@ -7,9 +7,10 @@ the same number of steps, once with ERM and once with l2 PGD (the model's own pr
 labels, ``eps = 0.15 C2``, ``C2`` the mean l2 norm of the training digits, steps of
 ``2 eps / num_steps``), and compares the top-``k`` singular values of every layer's true linear
 map: convolutions with their stride and padding, by subspace iteration
-(:func:`sn_jax.spectra.layer_singular_values`), and their spread
-(:func:`sn_jax.spectra.spectrum_stats`). No spectral normalization. Data: the 5,000 embedded
-MNIST digits of :mod:`sn_jax.data` (4,000 train, 1,000 test), so it runs offline.
+(:func:`sn_jax.analysis.spectra.layer_singular_values`), and their spread
+(:func:`sn_jax.analysis.spectra.spectrum_stats`). No spectral normalization. Data: the 5,000
+embedded
+MNIST digits of :mod:`sn_jax.training.data` (4,000 train, 1,000 test), so it runs offline.
 
 Command (writes ``spectra.json`` and ``spectra.png`` into ``--out``, by default
 ``experiments/wen2020/results``; ``--quick`` is a smoke run of 4 steps that writes into a
@@ -43,8 +44,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sn_jax import config as config_lib
-from sn_jax import data, host_memory, loop, plots, spectra
+from sn_jax._backend import host_memory
+from sn_jax.analysis import plots, spectra
+from sn_jax.training import config as config_lib
+from sn_jax.training import data, loop
 
 RUNS = {"ERM": "none", "PGD": "pgm"}
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -109,7 +112,7 @@ def run(
 
   Returns:
     A JSON-ready dict: the settings; per run its accuracies (clean, PGD on train and test) and
-    per layer the singular values and their :class:`sn_jax.spectra.SpectrumStats`; and per
+    per layer the singular values and their :class:`sn_jax.analysis.spectra.SpectrumStats`; and per
     layer the ratio of the PGD run's top singular value to the ERM run's.
   """
   settings = dict(

@@ -45,8 +45,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sn_jax.nn import Conv, SpectralNorm
-from sn_jax.pooling import max_pool
+from sn_jax.nn.spectral_norm import Conv, SpectralNorm
+from sn_jax.ops.pooling import max_pool
 
 # The plain convolution every model uses: sn_jax.nn.Conv, a drop-in of flax.linen.Conv (same
 # parameters) that computes strided convolutions in the faster exact formulation.
@@ -92,7 +92,7 @@ def local_response_normalization(
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from sn_jax.models import local_response_normalization
+    >>> from sn_jax.nn.models import local_response_normalization
     >>> local_response_normalization(jnp.ones((1, 2, 2, 8))).shape
     (1, 2, 2, 8)
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from sn_jax._conv_formulations import bilinear_tangent
+from sn_jax.ops._conv_formulations import bilinear_tangent
 
 # The largest transform matrix (entries) that fourier_conv builds: 2^24, 64 MiB in float32.
 MAX_TRANSFORM_ENTRIES = 1 << 24

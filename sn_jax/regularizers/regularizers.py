@@ -26,8 +26,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sn_jax import attacks, operators, power, spectra
-from sn_jax._varying import varying_like
+from sn_jax import attacks
+from sn_jax.analysis import spectra
+from sn_jax.ops import operators, power
+from sn_jax.ops._varying import varying_like
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -253,7 +255,7 @@ def reshaped_kernel_sigmas(
   reshaped to a matrix (which ignores stride, padding and input size). Each norm comes from
   Lanczos (:func:`sn_jax.operator_norm`, stopped at relative residual ``tol``), far cheaper than
   an SVD of a large kernel; its gradient is ``u v^T`` with the converged singular vectors. For
-  the true operator norms use :func:`sn_jax.spectra.layer_operator_norms`.
+  the true operator norms use :func:`sn_jax.analysis.spectra.layer_operator_norms`.
 
   Args:
     params: a parameter pytree; every leaf whose key is ``'kernel'`` and has rank >= 2 counts.
@@ -502,7 +504,8 @@ def amm_regularizer(
   )
 
 
-# regularizer(logits_fn_of, params, x, y, key) -> scalar, what sn_jax.train.train_step calls.
+# regularizer(logits_fn_of, params, x, y, key) -> scalar, what sn_jax.training.step.train_step
+# calls.
 Regularizer = Callable[[Callable[[Any], LogitsFn], Any, jax.Array, jax.Array, jax.Array], jax.Array]
 REGULARIZERS = ("data_dependent", "spectral_norm", "amm")
 
@@ -519,7 +522,7 @@ def make_regularizer(name: str, **options: Any) -> Regularizer:
     every step: Roth et al. restart it from ``N(0, 1)`` each batch and never warm-start.
   - ``'spectral_norm'``: :func:`spectral_norm_penalty` of ``sigmas='reshaped'`` kernels
     (Yoshida & Miyato, the default) or ``sigmas='operator'``, the true operator norms of the
-    layers the model applies (:func:`sn_jax.spectra.layer_operator_norms`: Lanczos on each
+    layers the model applies (:func:`sn_jax.analysis.spectra.layer_operator_norms`: Lanczos on each
     convolution's true map every step, costlier); both take ``tol`` and ``num_iters``.
   - ``'amm'``: :func:`amm_regularizer` with its options (``lmbd``, ``c``, ``d`` required); use
     weight 1, since ``lmbd`` is AMM's weight and its clip depends on it.

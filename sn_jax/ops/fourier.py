@@ -41,8 +41,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sn_jax import convolution as conv_lib
-from sn_jax import operators
+from sn_jax.ops import convolution as conv_lib
+from sn_jax.ops import operators
 
 
 class _Plan(NamedTuple):

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from sn_jax import convolution as conv_lib
-from sn_jax import fourier, operators, power
+from sn_jax.ops import convolution as conv_lib
+from sn_jax.ops import fourier, operators, power
 
 _CONV_ATTRIBUTES = ("strides", "padding", "kernel_dilation", "feature_group_count")
 

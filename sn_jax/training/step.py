@@ -5,7 +5,7 @@ The step is written once, per device, pmap-style: attack the local batch with th
 ``lax.pmean`` the gradients over the axis ``'batch'``, apply the optax update and advance the
 power iteration once. :class:`DataParallel` runs it under ``jax.shard_map`` over a mesh of all
 devices (the default) or under ``jax.pmap``; both give the numbers of one device with the same
-global batch. :mod:`sn_jax.loop` runs them from a config, with checkpoints and metrics.
+global batch. :mod:`sn_jax.training.loop` runs them from a config, with checkpoints and metrics.
 
 References:
   Farnia, Zhang & Tse, "Generalizable Adversarial Training via Spectral Normalization", ICLR 2019,
@@ -28,7 +28,8 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sn_jax import compiler, data
+from sn_jax._backend import compiler
+from sn_jax.training import data
 
 AXIS = "batch"
 LogitsFn = Callable[[jax.Array], jax.Array]

@@ -47,7 +47,7 @@ def retain() -> bool:
   Call it at the start of the program, before the first JAX computation: a thread that
   already owns an arena keeps it, and its blocks above 64 MiB are still mapped afresh. The
   same settings for a whole process, from its start: ``GLIBC_TUNABLES=`` :data:`TUNABLES`.
-  sn_jax's command line calls it; :func:`sn_jax.convolution.choose_input_gradient` chooses
+  sn_jax's command line calls it; :func:`sn_jax.ops.convolution.choose_input_gradient` chooses
   the input gradients that need a larger scratch buffer only once it has been called.
 
   Returns:
@@ -56,7 +56,7 @@ def retain() -> bool:
 
   Usage, first thing in a training script::
 
-    from sn_jax import host_memory
+    from sn_jax._backend import host_memory
 
     host_memory.retain()
   """

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sn_jax import convolution
+from sn_jax.ops import convolution
 
 
 def is_trivial_dilation(value: Any) -> bool:
@@ -17,7 +17,7 @@ def is_trivial_dilation(value: Any) -> bool:
 
 
 def conv_attributes(layer: nn.Conv) -> dict[str, Any]:
-  """The keyword arguments of :func:`sn_jax.convolution.conv_spec` and the operators for a conv.
+  """The keyword arguments of :func:`sn_jax.ops.convolution.conv_spec` and the operators for a conv.
 
   ``strides``, ``padding``, ``kernel_dilation`` and ``feature_group_count``, with Flax's
   ``None`` defaults resolved to 1.

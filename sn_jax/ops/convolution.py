@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sn_jax import _fourier_conv, host_memory
-from sn_jax._conv_formulations import (
+from sn_jax._backend import host_memory
+from sn_jax.ops import _fourier_conv
+from sn_jax.ops._conv_formulations import (
   INPUT_GRADIENTS,
   ConvAttributes,
   ConvSpec,

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from sn_jax import convolution as conv_lib
-from sn_jax import power
+from sn_jax.ops import convolution as conv_lib
+from sn_jax.ops import power
 
 # The materialized matrix of exact_operator_norm may hold at most this many entries (1 GiB f32).
 MAX_EXACT_ENTRIES = 2**28

@@ -2,8 +2,9 @@
 
 Per-example functions take logits ``(B, K)`` and integer labels ``(B,)``; per-layer functions
 take the layers' spectral norms as a 1-D array, input layer first (from
-:func:`sn_jax.spectra.layer_operator_norms` or an SN model's ``'spectral'`` state). Layer spectra
-live in :mod:`sn_jax.spectra`, figures in :mod:`sn_jax.plots`.
+:func:`sn_jax.analysis.spectra.layer_operator_norms` or an SN model's ``'spectral'`` state). Layer
+spectra
+live in :mod:`sn_jax.analysis.spectra`, figures in :mod:`sn_jax.analysis.plots`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sn_jax import power
+from sn_jax.ops import power
 
 ATTACKS = ("erm", "fgm", "pgm", "wrm")
 
@@ -113,7 +114,8 @@ def margin_normalizer(
     FGM/PGM panels).
 
   With ``frobenius_sq`` (their ``extra_correction``), the divisor is also multiplied by
-  :math:`\sqrt{\sum_l \|W_l\|_F^2 / \sigma_l^2}`; :func:`sn_jax.spectra.frobenius_terms` gives the
+  :math:`\sqrt{\sum_l \|W_l\|_F^2 / \sigma_l^2}`; :func:`sn_jax.analysis.spectra.frobenius_terms`
+  gives the
   numerators with the code's scaling for convolutions.
 
   Args:
@@ -389,7 +391,8 @@ def certified_radii(
   :math:`\sqrt{2} L`-Lipschitz, so no perturbation of norm below
   :math:`m / (\sqrt{2} L)` flips a correct prediction with margin ``m``. For a network of
   1-Lipschitz activations (ReLU, ELU, tanh) and non-overlapping max pooling, ``L`` is the
-  product of the layers' operator norms (:func:`sn_jax.spectra.layer_operator_norms`, or the
+  product of the layers' operator norms (:func:`sn_jax.analysis.spectra.layer_operator_norms`, or
+  the
   sigmas of an SN model's state). Misclassified examples get a negative radius.
 
   Args:
@@ -578,7 +581,7 @@ def shared_activation_fraction(
 
   Args:
     preactivations_fn: maps a batch ``(B, ...)`` to a pytree of the inputs of every ReLU, each
-      leaf ``(B, ...)``; :func:`sn_jax.spectra.linear_layer_outputs` builds one for models
+      leaf ``(B, ...)``; :func:`sn_jax.analysis.spectra.linear_layer_outputs` builds one for models
       whose every hidden ``Dense``/``Conv`` output goes straight into a ReLU.
     x, x_perturbed: batches of the same shape.
 

@@ -143,7 +143,8 @@ def layer_spectra(
 
   Args:
     spectra: run label -> {layer name -> singular values, shape ``(k,)``, descending}; every run
-      names the same layers (:func:`sn_jax.spectra.layer_singular_values` gives the values).
+      names the same layers (:func:`sn_jax.analysis.spectra.layer_singular_values` gives the
+      values).
     path: the image file to write.
     title: the figure's title.
     columns: panels per row, >= 1.

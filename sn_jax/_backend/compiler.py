@@ -55,7 +55,7 @@ def compiler_options(backend: str | None = None) -> dict[str, str]:
     and 1.003x, and the plain steps did not change beyond noise (ELU-Net 63.9 / 61.9 ms, its
     PGD-10 406 / 402 ms, the mini AlexNet 732 / 734 ms; default / memory-optimized). The
     default schedule also hung a program that runs batch-sized matrix products beside LAPACK
-    eigenvalue calls (see :func:`sn_jax.convolution.choose_formulation`); this one did not.
+    eigenvalue calls (see :func:`sn_jax.ops.convolution.choose_formulation`); this one did not.
     ``python benchmarks/bench_spectral_norm.py`` measures both schedules side by side.
 
   The options change which kernels compute a convolution, so results agree with XLA's

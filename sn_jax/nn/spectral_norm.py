@@ -2,7 +2,7 @@
 
 The power-iteration state lives in the variable collection ``'spectral'``; see DESIGN.md.
 :class:`Conv`, the drop-in ``flax.linen.Conv`` with sn_jax's formulations, is defined in
-:mod:`sn_jax.conv_layer` and exported here.
+:mod:`sn_jax.nn.conv` and exported here.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sn_jax import fourier, operators, power
-from sn_jax.conv_layer import Conv as Conv
-from sn_jax.conv_layer import conv_attributes, is_trivial_dilation
+from sn_jax.nn.conv import Conv as Conv
+from sn_jax.nn.conv import conv_attributes, is_trivial_dilation
+from sn_jax.ops import fourier, operators, power
 
-# Layers whose kernel SpectralNorm maps through sn_jax.operators.layer_operator.
+# Layers whose kernel SpectralNorm maps through sn_jax.ops.operators.layer_operator.
 _CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv,)
 _METHODS = ("power", "fourier", "gram")
 _STATE_KEYS = frozenset({"u", "sigma", "beta"})
@@ -69,7 +69,7 @@ def _example_shape(layer: nn.Module, kernel: jax.Array, x: jax.Array) -> tuple[i
 def _linear_map(layer: nn.Module, kernel: jax.Array, input_shape: tuple[int, ...]):
   """The linear map ``x -> layer(x) - bias`` on one example: the one place for every layer type.
 
-  Dense and convolution layers go through :func:`sn_jax.operators.layer_operator`. For
+  Dense and convolution layers go through :func:`sn_jax.ops.operators.layer_operator`. For
   ``nn.ConvTranspose`` the map is Flax's own forward pass with the bias removed, so its padding
   and ``transpose_kernel`` conventions hold by construction.
   """
@@ -111,7 +111,7 @@ class SpectralNorm(nn.Module):
   the shape the layer really sees (for a convolution: its spatial size, stride and padding, not
   the kernel reshaped to a matrix, which is what ``flax.linen.SpectralNorm`` normalizes). It is
   estimated by :func:`sn_jax.power_iteration` on the map built by
-  :func:`sn_jax.operators.layer_operator`. Biases are never normalized. ``beta=inf`` calls the
+  :func:`sn_jax.ops.operators.layer_operator`. Biases are never normalized. ``beta=inf`` calls the
   plain layer but still tracks :math:`\sigma`, as the paper's baselines do.
 
   State, in the collection ``collection_name`` (default ``'spectral'``), created at ``init``

@@ -3,7 +3,7 @@
 A run is described by an ``ml_collections.ConfigDict`` (:func:`default_config` documents every
 field); :func:`validate_config` checks it before anything is loaded or compiled, and
 ``make_model``/``make_attack``/``make_regularizer``/``make_optimizer`` turn it into the pieces
-:mod:`sn_jax.loop` trains with.
+:mod:`sn_jax.training.loop` trains with.
 
 References:
   Farnia, Zhang & Tse, "Generalizable Adversarial Training via Spectral Normalization", ICLR 2019,
@@ -19,8 +19,10 @@ import flax.linen as nn
 import ml_collections
 import optax
 
-from sn_jax import attacks, data, models, regularizers
-from sn_jax.train import Attack, Regularizer
+from sn_jax import attacks, regularizers
+from sn_jax.nn import models
+from sn_jax.training import data
+from sn_jax.training.step import Attack, Regularizer
 
 ATTACKS = ("none", "fgm", "pgm", "wrm")
 
@@ -45,7 +47,8 @@ def default_config() -> ml_collections.ConfigDict:
 
   Every field, with its meaning:
 
-  - ``dataset``: one of :data:`sn_jax.data.DATASETS`; ``data_dir`` the tfds directory (or None);
+  - ``dataset``: one of :data:`sn_jax.training.data.DATASETS`; ``data_dir`` the tfds directory (or
+    None);
     ``num_validation``: test images held out for validation (the paper: 500).
   - ``model`` (a :func:`sn_jax.models.get_model` name) and ``model_options`` (its keyword
     arguments); ``beta`` (> 0; ``inf`` disables normalization) and ``num_iters`` of the power

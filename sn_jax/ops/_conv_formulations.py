@@ -3,7 +3,7 @@ one is :mod:`sn_jax._fourier_conv`).
 
 Each computes the same linear map as ``lax.conv_general_dilated`` on an already padded input
 (Flax's layout: ``(batch, *spatial, C_in)`` inputs, ``(*kernel_size, C_in // groups, C_out)``
-kernels); :func:`sn_jax.convolution.conv_with_spec` resolves the padding and picks one. They
+kernels); :func:`sn_jax.ops.convolution.conv_with_spec` resolves the padding and picks one. They
 differ only in which XLA operations run, and so in speed on a given backend.
 """
 

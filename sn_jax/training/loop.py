@@ -1,9 +1,10 @@
 """Training runs from a config: the loop, checkpoints, metrics, evaluation.
 
 :func:`train_and_evaluate` is what ``sn-jax train`` calls: it validates the config
-(:mod:`sn_jax.config`) before anything is compiled, loads the data, builds the model, the attack
+(:mod:`sn_jax.training.config`) before anything is compiled, loads the data, builds the model, the
+attack
 and the optimizer, resumes from the latest checkpoint in ``workdir``, trains with the
-data-parallel step of :mod:`sn_jax.train`, and evaluates clean and adversarial accuracy, the
+data-parallel step of :mod:`sn_jax.training.step`, and evaluates clean and adversarial accuracy, the
 generalization gap and each layer's sigma. Defaults follow Farnia et al. (2019),
 https://arxiv.org/abs/1811.07457.
 """
@@ -27,9 +28,9 @@ import optax
 import orbax.checkpoint as ocp
 import tqdm
 
-from sn_jax import data
 from sn_jax import nn as snn
-from sn_jax.config import (
+from sn_jax.training import data
+from sn_jax.training.config import (
   ConfigError,
   make_attack,
   make_model,
@@ -37,7 +38,7 @@ from sn_jax.config import (
   make_regularizer,
   validate_config,
 )
-from sn_jax.train import (
+from sn_jax.training.step import (
   DataParallel,
   TrainState,
   create_train_state,
@@ -241,7 +242,7 @@ def train_and_evaluate(
   (``result['interrupted']`` holds the signal number). Only process 0 writes metrics and results.
 
   Args:
-    config: see :func:`sn_jax.config.default_config`; validated first.
+    config: see :func:`sn_jax.training.config.default_config`; validated first.
     workdir: the run's directory (created if missing).
     model: a Flax module to train instead of ``config.model`` (it must accept
       ``update_stats=`` and keep its power-iteration state in ``'spectral'``).

@@ -94,7 +94,7 @@ def max_pool(
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from sn_jax.pooling import max_pool
+    >>> from sn_jax.ops.pooling import max_pool
     >>> max_pool(jnp.arange(16.0).reshape(1, 4, 4, 1), (2, 2), strides=(2, 2))[0, ..., 0]
     Array([[ 5.,  7.],
            [13., 15.]], dtype=float32)

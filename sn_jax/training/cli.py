@@ -9,7 +9,8 @@ Usage::
 
 ``FILE`` is an ``ml_collections`` config file (a ``get_config()`` function; see
 ``experiments/farnia2019/``); without ``--config`` the default of
-:func:`sn_jax.config.default_config` is used. ``train`` resumes from the latest checkpoint in
+:func:`sn_jax.training.config.default_config` is used. ``train`` resumes from the latest checkpoint
+in
 ``DIR``; ``eval`` evaluates it. A regularizer's options need not be in the config:
 ``--config.regularizer.options.NAME=VALUE`` adds or sets one (``VALUE`` a Python literal, or
 ``true``/``false``/``inf``, or else a string), e.g.
@@ -32,8 +33,9 @@ from typing import Any
 from absl import flags
 from ml_collections import config_flags
 
-from sn_jax import config as config_lib
-from sn_jax import host_memory, loop
+from sn_jax._backend import host_memory
+from sn_jax.training import config as config_lib
+from sn_jax.training import loop
 
 COMMANDS = ("compare", "train", "eval")
 # ml_collections overrides only set fields that exist; regularizer options are added here.
