@@ -147,6 +147,9 @@ def test_local_response_normalization_matches_direct_computation():
   np.testing.assert_allclose(np.diag(y[0]), 0.5)
   with pytest.raises(ValueError, match=r"`depth_radius` must be an int >= 0, got -1"):
     models.local_response_normalization(x, depth_radius=-1)
+  with pytest.raises(ValueError, match=r"`x` must have a channel axis, got shape \(\)"):
+    models.local_response_normalization(1.0)
+  assert models.local_response_normalization is snn.local_response_normalization
 
 
 @pytest.mark.parametrize("beta", [0.25, 0.5, 0.75, 1, 1.25, 2.0, 0.6, 3.0])

@@ -8,7 +8,7 @@ import pytest
 
 import sn_jax
 from sn_jax import nn as snn
-from sn_jax.analysis import spectra
+from sn_jax.analysis import layers, spectra
 
 
 class _CNN(nn.Module):
@@ -156,3 +156,9 @@ def test_top_singular_values_compile_once():
 def test_errors(call, error, match):
   with pytest.raises(error, match=match):
     call()
+
+
+def test_the_layer_records_are_importable_from_spectra_too():
+  assert spectra.Layer is layers.Layer
+  assert spectra.collect_layers is layers.collect_layers
+  assert spectra.linear_layer_outputs is layers.linear_layer_outputs

@@ -1,7 +1,9 @@
 """Matplotlib figures of the analysis quantities: histograms and curves, written to files.
 
 Figures are drawn on the Agg canvas directly (no ``pyplot``), so importing this module never
-changes a user's matplotlib backend and works without a display.
+changes a user's matplotlib backend and works without a display. Needs the ``plots`` extra
+(``pip install 'sn-jax[plots]'``); without matplotlib, importing it raises a
+:class:`ModuleNotFoundError` that says so.
 """
 
 from __future__ import annotations
@@ -11,8 +13,16 @@ from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+try:
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+except ModuleNotFoundError as e:
+  raise ModuleNotFoundError(
+    "sn_jax.analysis.plots needs matplotlib, which the `plots` extra installs: "
+    f"pip install 'sn-jax[plots]' ({e})",
+    name=e.name,
+  ) from e
 
 
 def _check_series(series: Mapping[str, jax.typing.ArrayLike], name: str) -> dict[str, np.ndarray]:
@@ -59,7 +69,7 @@ def histograms(
 
   Example:
     >>> import numpy as np
-    >>> from sn_jax import plots
+    >>> from sn_jax.analysis import plots
     >>> plots.histograms({'beta=inf': np.random.randn(100)}, '/tmp/margins.png')
     '/tmp/margins.png'
   """
@@ -104,7 +114,7 @@ def curves(
 
   Example:
     >>> import numpy as np
-    >>> from sn_jax import plots
+    >>> from sn_jax.analysis import plots
     >>> radii = np.linspace(0.0, 1.0, 11)
     >>> plots.curves(radii, {'SN': 1 - radii}, '/tmp/certified.png', xlabel='radius')
     '/tmp/certified.png'
@@ -158,7 +168,7 @@ def layer_spectra(
 
   Example:
     >>> import numpy as np
-    >>> from sn_jax import plots
+    >>> from sn_jax.analysis import plots
     >>> runs = {'ERM': {'conv1': [3.0, 2.0, 1.0]}, 'PGD': {'conv1': [2.0, 1.5, 1.2]}}
     >>> plots.layer_spectra(runs, '/tmp/spectra.png')
     '/tmp/spectra.png'

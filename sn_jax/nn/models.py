@@ -43,13 +43,14 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from sn_jax.nn.spectral_norm import Conv, SpectralNorm
+from sn_jax.nn.conv import Conv
+from sn_jax.nn.lrn import local_response_normalization as local_response_normalization
+from sn_jax.nn.spectral_norm import SpectralNorm
 from sn_jax.ops.pooling import max_pool
 
 # The plain convolution every model uses: sn_jax.nn.Conv, a drop-in of flax.linen.Conv (same
-# parameters) that computes strided convolutions in the faster exact formulation.
+# parameters) that chooses an exact formulation of each convolution for the backend and shape.
 _Conv = Conv
 
 # TF's xavier_initializer (Farnia et al.'s default): Glorot uniform, zero bias.
@@ -58,73 +59,6 @@ _XAVIER = nn.initializers.glorot_uniform()
 _KAIMING = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 _NORMALIZATIONS = ("operator", "reshaped", "none")
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {"relu": nn.relu, "elu": nn.elu}
-
-
-def local_response_normalization(
-  x: jax.typing.ArrayLike,
-  *,
-  depth_radius: int = 4,
-  bias: float = 1.0,
-  alpha: float = 0.001 / 9.0,
-  beta: float = 0.75,
-) -> jax.Array:
-  r"""Local response normalization across channels, as ``tf.nn.local_response_normalization``.
-
-  .. math:: y_{\dots,d} = x_{\dots,d} \Big/ \Big(\text{bias} + \alpha
-     \sum_{d'=d-r}^{d+r} x_{\dots,d'}^2\Big)^{\beta}
-
-  with the window clipped at the channel edges and ``alpha`` NOT divided by the window size
-  (TensorFlow's convention, unlike Caffe's and PyTorch's). The defaults are the mini AlexNet's.
-  A ``beta`` given as a number that is a multiple of 1/4 up to 2 (0.75, 0.5, 1) is raised by
-  square roots, not ``pow``: within 3 float32 ulps of it, and on CPU its value and gradient
-  took 1.7 and 4.0 ms instead of 6.3 and 17.7 for the mini AlexNet's first LRN at batch 128.
-
-  Args:
-    x: ``(..., C)``, channels last.
-    depth_radius: ``r``, the half-width of the channel window, >= 0.
-    bias, alpha, beta: as in TensorFlow.
-
-  Returns:
-    An array shaped like ``x``.
-
-  Raises:
-    ValueError: if ``depth_radius`` is negative or ``x`` is a scalar.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from sn_jax.nn.models import local_response_normalization
-    >>> local_response_normalization(jnp.ones((1, 2, 2, 8))).shape
-    (1, 2, 2, 8)
-
-  References:
-    Krizhevsky, Sutskever, Hinton. ImageNet Classification with Deep Convolutional Neural
-    Networks. NeurIPS 2012 (section 3.3).
-  """
-  x = jnp.asarray(x)
-  if isinstance(depth_radius, bool) or not isinstance(depth_radius, int) or depth_radius < 0:
-    raise ValueError(f"`depth_radius` must be an int >= 0, got {depth_radius!r}.")
-  if x.ndim < 1:
-    raise ValueError(f"`x` must have a channel axis, got shape {x.shape}.")
-  window = (1,) * (x.ndim - 1) + (2 * depth_radius + 1,)
-  padding = ((0, 0),) * (x.ndim - 1) + ((depth_radius, depth_radius),)
-  square_sum = lax.reduce_window(jnp.square(x), 0.0, lax.add, window, (1,) * x.ndim, padding)
-  return x / _positive_power(bias + alpha * square_sum, beta)
-
-
-def _positive_power(d: jax.Array, exponent: jax.typing.ArrayLike) -> jax.Array:
-  """``d ** exponent`` for ``d > 0``; by square roots for a concrete multiple of 1/4 in (0, 2].
-
-  ``d ** (k / 4) = sqrt(d) ** (k // 2) * sqrt(sqrt(d)) ** (k % 2)``: square roots are single
-  instructions, and their derivatives reuse them, where ``pow`` and its derivative (another
-  ``pow``) are each an exponential of a logarithm.
-  """
-  quarters = 4 * exponent if isinstance(exponent, (int, float)) else None
-  if quarters is None or not float(quarters).is_integer() or not 1 <= quarters <= 8:
-    return d**exponent
-  halves, quarter = divmod(int(quarters), 2)
-  root = jnp.sqrt(d)
-  power = lax.integer_pow(root, halves)  # ones for halves == 0, folded away by XLA
-  return power * jnp.sqrt(root) if quarter else power
 
 
 class _Model(nn.Module):

@@ -1,8 +1,11 @@
-"""Flax Linen layers: spectral normalization with true operator norms, and fast convolutions.
+"""Spectral normalization by the true operator norm of a layer's linear map, and its state.
 
-The power-iteration state lives in the variable collection ``'spectral'``; see DESIGN.md.
-:class:`Conv`, the drop-in ``flax.linen.Conv`` with sn_jax's formulations, is defined in
-:mod:`sn_jax.nn.conv` and exported here.
+:class:`SpectralNorm` keeps its power-iteration state in the variable collection
+``'spectral'``: one entry per normalized kernel, whose vector ``u`` has the shape of ONE example
+of the layer's input. The state depends only on the weights, so data-parallel replicas stay
+identical without communication; it advances only when a call passes ``update_stats=True``
+(once per training step, never inside an attack or at evaluation) and belongs in checkpoints
+with the parameters, never averaged across replicas or steps. :func:`spectral_norms` lists it.
 """
 
 from __future__ import annotations
@@ -125,9 +128,9 @@ class SpectralNorm(nn.Module):
 
   ``update_stats=True`` runs ``num_iters`` power-iteration steps from the stored ``u`` and writes
   the state (call ``apply`` with ``mutable=[collection_name]``); do this once per training step.
-  ``update_stats=False`` iterates nothing and writes nothing: sigma is ``||A u||`` at the stored
-  ``u``, so evaluation is deterministic, cheaper than Flax's layer (which iterates anyway), and
-  works with the collection immutable, which is how attacks call the model.
+  ``update_stats=False`` iterates nothing (``flax.linen.SpectralNorm`` iterates at every call)
+  and writes nothing: sigma is ``||A u||`` at the stored ``u``, so evaluation is deterministic
+  and works with the collection immutable, which is how attacks call the model.
 
   Gradients flow through sigma with the iteration vectors held constant: the gradient of sigma
   is ``v^T dW u``, the exact gradient of the top singular value once ``u`` has converged (the
@@ -137,12 +140,12 @@ class SpectralNorm(nn.Module):
   bf16/f16 parameters work: the norm is computed in float32 and the effective kernel is cast
   back to the parameter dtype.
 
-  On CPU, jit the training step with ``compiler_options=sn_jax.compiler_options()``: with
-  XLA's default options the normalized ELU-Net step ran 1.03-1.20x the plain one, its
-  schedule varying from process to process, with sn_jax's options 1.00-1.06x, the plain step
-  itself faster (:func:`sn_jax.compiler_options`). What is left is the power step's
-  one-example convolutions, about 2 ms per training step at batch 128 (1.041x, 1.044x,
-  1.047x and 1.061x the plain step of 42-48 ms, host memory retained, in four runs).
+  With ``method='power'`` a call adds to the plain layer's work, on ONE example, one
+  application of the map for sigma and, with ``update_stats=True``, ``num_iters`` steps of the
+  map and its transpose before it. On CPU, jit the training step with
+  ``compiler_options=sn_jax.compiler_options()``, as the trainer does. The recorded cost of a
+  normalized training step against the plain one is in ``benchmarks/README.md``
+  (``benchmarks/results/spectral_norm_step.json``).
 
   The wrapped layer keeps its own parameters where Flax puts them: created inside a compact
   ``__call__`` it is a child of the enclosing module (as with ``flax.linen.SpectralNorm``);
@@ -159,15 +162,15 @@ class SpectralNorm(nn.Module):
       (:func:`sn_jax.fourier_conv_operator_norm`), exact for ``padding='CIRCULAR'`` (strides
       must divide the input size, strided ones through the polyphase symbol) and for dense
       layers, and a guaranteed upper bound for zero padding (``'SAME'``, ``'VALID'``, pairs):
-      the norm of the circular convolution on the padded grid, tight for large inputs, a few
-      percent above the true norm at 8x8, so such a layer is normalized slightly more than
-      needed. ``'gram'``: Delattre et al.'s upper bound by ``gram_iters`` Gram steps
-      (:func:`sn_jax.gram_iteration_bound`, FFTs and matrix products only; on random kernels
-      within 1e-4 of ``'fourier'`` after 6 steps). Both are recomputed from the kernel at every
-      call, with or without ``update_stats``, and differentiated exactly; ``u`` is kept (unused)
-      so the state and the input-shape check are the same for every method. With them the
-      effective norm is at most ``beta`` up to float rounding. ``nn.ConvTranspose`` and
-      ``'REFLECT'`` padding support only ``'power'``.
+      the norm of the circular convolution on the padded grid, which approaches the true norm
+      as the input grows, so such a layer may be normalized slightly more than needed.
+      ``'gram'``: Delattre et al.'s upper bound by ``gram_iters`` Gram steps
+      (:func:`sn_jax.gram_iteration_bound`, FFTs and matrix products only), never below
+      ``'fourier'``'s value and converging to it from above as ``gram_iters`` grows. Both are
+      recomputed from the kernel at every call, with or without ``update_stats``, and
+      differentiated exactly; ``u`` is kept (unused) so the state and the input-shape check are
+      the same for every method. With them the effective norm is at most ``beta`` up to float
+      rounding. ``nn.ConvTranspose`` and ``'REFLECT'`` padding support only ``'power'``.
     gram_iters: Gram steps of ``method='gram'``, >= 1.
 
   Example:
