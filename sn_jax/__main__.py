@@ -1,5 +1,10 @@
 """``python -m sn_jax``: the same as the ``sn-jax`` command."""
 
-from sn_jax.training.cli import main
+import sys
+
+try:
+  from sn_jax.training.cli import main
+except ModuleNotFoundError as e:  # Without the `train` extra: its one-line message, no traceback.
+  sys.exit(f"python -m sn_jax: {e}")
 
 main()

