@@ -20,8 +20,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 import sn_jax
+from sn_jax.training import checkpoints, data, loop
 from sn_jax.training import config as config_lib
-from sn_jax.training import data, loop
 from sn_jax.training import step as train
 
 
@@ -209,8 +209,8 @@ def _params(workdir, config):
     input_shape=(28, 28, 1),
     seed=config.seed,
   )
-  manager = loop._checkpoint_manager(str(workdir), config, create=False)
-  state, _ = loop._restore(manager, jax.device_get(template))
+  manager = checkpoints.manager(str(workdir), config, create=False)
+  _, state, _ = checkpoints.restore(manager, jax.device_get(template), move_aside=False)
   manager.close()
   return state
 
@@ -234,8 +234,9 @@ def test_real_steps_on_mocked_tfds_mnist_until_early_stopping(tmp_path):
   assert set(result["sigmas"]) == {"conv", "fc"}
   for name in ("clean", "attack", "eval_attack"):
     assert 0.0 <= result["test"][name] <= 1.0
-  epoch = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
-  assert (epoch["step"], epoch["epoch"]) == (5, 0)
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  # Records at the checkpoint (step 3, every 3) and at the end of the epoch, where it stopped.
+  assert [(r["step"], r["epoch"]) for r in records if "loss" in r] == [(3, 0), (5, 0)]
 
 
 def test_a_run_checkpoints_logs_and_evaluates(uninterrupted):
@@ -243,7 +244,8 @@ def test_a_run_checkpoints_logs_and_evaluates(uninterrupted):
   assert result["step"] == 6 and result["interrupted"] is None
   assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
   lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert [line["step"] for line in lines] == [2, 4, 6, 6]
+  # Every 2 steps, at each checkpoint (every 3) and the last step; then the evaluation.
+  assert [line["step"] for line in lines] == [2, 3, 4, 6, 6]
   assert {"loss", "accuracy", "steps_per_sec"} <= set(lines[0])
   assert lines[-1]["test"] == result["test"]
   assert result["gap"] == pytest.approx(result["train"]["attack"] - result["test"]["attack"])
@@ -276,6 +278,7 @@ def test_a_signal_saves_and_stops_and_the_rerun_resumes_bit_identical(
   assert result["interrupted"] == signal.SIGTERM and result["step"] == 5
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is restored
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "5"]
+  assert not (tmp_path / ".lock").exists()  # released on the way out
   # A cut-off write (orbax's temporary directory, never finalized) must not be picked up.
   junk = tmp_path / "checkpoints" / "9.orbax-checkpoint-tmp-1234567"
   junk.mkdir()
@@ -288,6 +291,36 @@ def test_a_signal_saves_and_stops_and_the_rerun_resumes_bit_identical(
   chex.assert_trees_all_equal(resumed.params, expected.params)
   chex.assert_trees_all_equal(resumed.spectral, expected.spectral)
   chex.assert_trees_all_equal(resumed.opt_state, expected.opt_state)
+  # Each step is recorded once: the signal's record at step 5, then step 6 and the evaluation.
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records] == [2, 3, 4, 5, 6, 6]
+  assert "test" in records[-1] and "test" not in records[-2]
+
+
+def test_the_evaluated_training_examples_are_class_balanced():
+  train = data.load_embedded_mnist().train
+  assert set(train.labels[:256]) == {0}  # in class order: a prefix would be all zeros
+  subset = data.balanced_subset(train, 256, seed=0)
+  counts = np.bincount(subset.labels, minlength=10)
+  assert counts.sum() == 256 and counts.max() - counts.min() <= 1
+  again, other = data.balanced_subset(train, 256, seed=0), data.balanced_subset(train, 256, seed=1)
+  np.testing.assert_array_equal(again.images, subset.images)
+  assert not np.array_equal(other.images, subset.images)
+  # Each kept example is one of the split's, with its own label.
+  index = np.flatnonzero(np.isin(train.labels, [3]))
+  kept = subset.images[subset.labels == 3]
+  assert all(any(np.array_equal(k, train.images[i]) for i in index) for k in kept)
+  assert data.balanced_subset(train, 5000, seed=0) is train
+  with pytest.raises(ValueError, match=r"`size` must be >= 0, got -1"):
+    data.balanced_subset(train, -1, seed=0)
+
+
+def test_a_class_short_of_its_share_leaves_it_to_the_others():
+  labels = np.array([0] * 2 + [1] * 20 + [2] * 20, np.int32)
+  split = data.Split(np.arange(len(labels), dtype=np.float32), labels)
+  subset = data.balanced_subset(split, 12, seed=3)
+  assert np.bincount(subset.labels).tolist() == [2, 5, 5]
+  np.testing.assert_array_equal(labels[subset.images.astype(int)], subset.labels)
 
 
 @pytest.mark.parametrize(
@@ -304,7 +337,11 @@ def test_a_signal_saves_and_stops_and_the_rerun_resumes_bit_identical(
     ("batch_size", 30, r"config.batch_size must be .*got 30"),
     ("optimizer", "lbfgs", r"config.optimizer must be one of \('adam', 'sgd'\), got 'lbfgs'"),
     ("adv_weight", 1.5, r"config.adv_weight must be in \[0, 1\], got 1.5"),
-    ("regularizer", {"name": "dropout", "weight": 1.0, "options": {}}, r"config.regularizer: "),
+    (
+      "regularizer",
+      {"name": "dropout", "weight": 1.0, "options": {}, "alternate": False},
+      r"config.regularizer: ",
+    ),
     (
       "model_options",
       {"depth": 3},

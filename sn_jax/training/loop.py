@@ -1,24 +1,34 @@
-"""Training runs from a config: the loop, checkpoints, metrics, evaluation.
+"""Training runs from a config: setup, resume, train, evaluate, write.
 
-:func:`train_and_evaluate` is what ``sn-jax train`` calls: it validates the config
-(:mod:`sn_jax.training.config`) before anything is compiled, loads the data, builds the model, the
-attack
-and the optimizer, resumes from the latest checkpoint in ``workdir``, trains with the
-data-parallel step of :mod:`sn_jax.training.step`, and evaluates clean and adversarial accuracy, the
-generalization gap and each layer's sigma. Defaults follow Farnia et al. (2019),
-https://arxiv.org/abs/1811.07457.
+:func:`train_and_evaluate` is what ``sn-jax train`` calls. It reads top to bottom as the steps of a
+run, each a small function below it:
+
+1. :func:`_setup`: validate the config (before anything is read or compiled), take the workdir's
+   lock (:class:`sn_jax.training.workdir.RunLock`), check the config against the one recorded in
+   ``WORKDIR/config.json`` (:mod:`sn_jax.training.workdir`), load the data, build the model, the
+   optimizer and the train steps.
+2. :func:`_resume`: restore the newest checkpoint that restores
+   (:mod:`sn_jax.training.checkpoints`) and drop the metrics records written after it
+   (:mod:`sn_jax.training.metrics`).
+3. :func:`_train`: the data-parallel steps of :mod:`sn_jax.training.step`, with metrics records,
+   early stopping and checkpoints; SIGINT/SIGTERM stop it after a checkpoint.
+4. :func:`sn_jax.training.evaluation.evaluate_state`: clean and adversarial accuracy, the
+   generalization gap and each layer's sigma.
+5. :func:`_write`: the evaluation record and ``results.json``.
+
+Defaults follow Farnia et al. (2019), https://arxiv.org/abs/1811.07457.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import dataclasses
 import json
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -26,116 +36,272 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-import tqdm
 
-from sn_jax import nn as snn
-from sn_jax.training import data
+from sn_jax.training import checkpoints, data, evaluation, metrics
+from sn_jax.training import workdir as workdir_lib
+from sn_jax.training.checkpoints import Progress
 from sn_jax.training.config import (
   ConfigError,
   make_attack,
   make_model,
   make_optimizer,
   make_regularizer,
-  validate_config,
 )
 from sn_jax.training.step import (
   DataParallel,
   TrainState,
   create_train_state,
-  eval_step,
-  evaluate,
   parallel_train_step,
 )
 
+# Evaluation lives in its own module; these names stay importable from here.
+evaluate_state = evaluation.evaluate_state
+evaluate_checkpoint = evaluation.evaluate_checkpoint
+restore_state = evaluation.restore_state
 
-class _Progress(NamedTuple):
-  """The host-side part of a run's progress, saved with each checkpoint (JSON)."""
-
-  epoch_accuracies: list[float]  # mean train accuracy of each finished epoch
-  epoch_sum: float  # sum of the step accuracies of the unfinished epoch
-  stopped_early: bool
-
-
-def _checkpoint_manager(workdir: str, config: ml_collections.ConfigDict, *, create: bool = True):
-  options = ocp.CheckpointManagerOptions(
-    max_to_keep=config.keep_checkpoints, create=create, enable_async_checkpointing=False
-  )
-  return ocp.CheckpointManager(
-    os.path.join(os.path.abspath(workdir), "checkpoints"), options=options
-  )
+TrainStep = Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]
 
 
-def _save(manager, step: int, state: TrainState, progress: _Progress) -> None:
-  manager.save(
-    step,
-    args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress._asdict())
-    ),
-    force=True,
-  )
-  manager.wait_until_finished()
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  model: nn.Module | None = None,
+  override: bool = False,
+) -> dict[str, Any]:
+  """Trains as ``config`` says, checkpointing into ``workdir``, then evaluates.
+
+  Re-running with the same ``workdir`` resumes from the newest checkpoint that restores and ends
+  with the parameters an uninterrupted run would have. SIGINT/SIGTERM save a checkpoint and return
+  (``result['interrupted']`` holds the signal number). Only process 0 writes metrics and results;
+  it holds ``workdir``'s lock for the whole run. The first run records its config in
+  ``workdir/config.json``; a later one must train the same network
+  (:data:`sn_jax.training.workdir.TRAINING_FIELDS`) unless ``override``.
+
+  Args:
+    config: see :func:`sn_jax.training.config.default_config`; validated first.
+    workdir: the run's directory (created if missing).
+    model: a Flax module to train instead of ``config.model`` (it must accept
+      ``update_stats=`` and keep its power-iteration state in ``'spectral'``).
+    override: continue although ``config`` changes training fields recorded in the workdir;
+      the change is recorded in ``config.json``'s history.
+
+  Returns:
+    A dict: ``step``, ``stopped_early``, ``interrupted``; and, unless interrupted, per split
+    (``train``, ``validation`` if any, ``test``) the accuracies ``clean``, ``attack`` (the
+    training attack), ``eval_attack``; ``gap`` (train minus test accuracy under the training
+    attack) and ``sigmas`` (per normalized layer). Also written to ``workdir/results.json``.
+
+  Raises:
+    ConfigError: for a bad config value (before any data is read or anything compiled).
+    FileNotFoundError: if a tfds dataset is not prepared (the message says how).
+    WorkdirError: if another run holds the workdir, ``config`` differs from the recorded one in
+      a training field (without ``override``), or checkpoints exist but none restores.
+
+  Usage (a whole training run)::
+
+      config = default_config()
+      config.beta, config.num_epochs = 2.0, 5
+      result = train_and_evaluate(config, '/tmp/run')
+      result['test']['attack'], result['gap']
+
+  References:
+    Farnia, Zhang & Tse, ICLR 2019, https://arxiv.org/abs/1811.07457 (the protocol).
+  """
+  with contextlib.ExitStack() as stack:
+    stack.enter_context(_exit_on_sigterm())
+    run = _setup(config, workdir, model, override=override, stack=stack)
+    _resume(run)
+    with _Signals() as signals:
+      _train(run, signals)
+    result = {"step": run.step, "stopped_early": run.progress.stopped_early}
+    result["interrupted"] = signals.received
+    if signals.received is None:
+      result.update(_evaluate(run))
+      _write(run, result)
+  return result
 
 
-def _restore(manager, template: TrainState) -> tuple[TrainState, _Progress] | None:
-  """The latest complete checkpoint; orbax never lists one whose write did not finish."""
-  step = manager.latest_step()
-  if step is None:
-    return None
-  restored = manager.restore(
-    step,
-    args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(template), progress=ocp.args.JsonRestore()
-    ),
-  )
-  return restored.state, _Progress(**restored.progress)
+@dataclasses.dataclass
+class _Run:
+  """What the steps of :func:`train_and_evaluate` share; ``state`` is replicated on the devices."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  parallel: DataParallel
+  datasets: data.Datasets
+  scale: float  # C2, the training set's mean l2 norm
+  model: nn.Module
+  step_fns: list[TrainStep]
+  per_epoch: int  # steps
+  total: int  # steps
+  manager: ocp.CheckpointManager
+  log: metrics.MetricsLog
+  state: Any
+  step: int = 0
+  progress: Progress = dataclasses.field(default_factory=lambda: Progress([], 0.0, False))
+
+  @property
+  def writer(self) -> bool:
+    """Whether this process writes (process 0): the lock, config.json, metrics, results."""
+    return self.log.active
+
+  def say(self, message: str) -> None:
+    if self.writer:
+      workdir_lib.say(message)
 
 
-class _Writer:
-  """Metrics to ``workdir/metrics.jsonl`` (appended) and the console; silent off process 0."""
-
-  def __init__(self, workdir: str):
-    self.active = jax.process_index() == 0
-    self.path = os.path.join(workdir, "metrics.jsonl")
-
-  def write(self, record: dict[str, Any]) -> None:
-    if self.active:
-      with open(self.path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-class _Signals:
-  """Turns SIGINT/SIGTERM into a flag the loop checks after each step (main thread only)."""
-
-  def __init__(self):
-    self.received: int | None = None
-    self.previous: dict[int, Any] = {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGINT, signal.SIGTERM):
-        self.previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    self.received = signum
-
-  def __exit__(self, *exc):
-    for sig, handler in self.previous.items():
-      signal.signal(sig, handler)
-
-
-def _setup(config: ml_collections.ConfigDict, model: nn.Module | None):
-  """Validates the config, then loads the data and builds the model (nothing compiled yet)."""
-  if config.distributed.enabled and not jax.distributed.is_initialized():
-    options = {k: v for k, v in config.distributed.items() if k != "enabled" and v not in ("", -1)}
-    jax.distributed.initialize(**options)
-  parallel = DataParallel(mode=config.parallel)
-  validate_config(config, num_devices=parallel.num_devices)
+def _setup(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  model: nn.Module | None,
+  *,
+  override: bool,
+  stack: contextlib.ExitStack,
+) -> _Run:
+  """Everything before the first step; the lock and the checkpoint manager close with ``stack``."""
+  parallel = evaluation.start(config)
+  writer = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  if writer:
+    stack.enter_context(workdir_lib.RunLock(workdir))
+  record = workdir_lib.check(config, workdir, override=override)
   datasets = data.load(
     config.dataset, data_dir=config.data_dir, num_validation=config.num_validation
   )
-  return parallel, datasets, data.mean_norm(datasets.train), model or make_model(config)
+  per_epoch = data.steps_per_epoch(len(datasets.train.labels), config.batch_size)
+  if per_epoch < 1:  # known only once the data is loaded (still before compiling)
+    raise ConfigError(
+      f"config.batch_size must be <= the training set size ({len(datasets.train.labels)}), "
+      f"got {config.batch_size}."
+    )
+  if writer and record is not None:
+    workdir_lib.write(workdir, record)
+  scale, model = data.mean_norm(datasets.train), model or make_model(config)
+  tx = make_optimizer(config)
+  state = create_train_state(
+    model, tx, input_shape=datasets.train.images.shape[1:], seed=config.seed
+  )
+  manager = stack.enter_context(contextlib.closing(checkpoints.manager(workdir, config)))
+  return _Run(
+    config=config,
+    workdir=workdir,
+    parallel=parallel,
+    datasets=datasets,
+    scale=scale,
+    model=model,
+    step_fns=make_train_steps(config, parallel, model, tx, scale=scale),
+    per_epoch=per_epoch,
+    total=config.num_steps or config.num_epochs * per_epoch,
+    manager=manager,
+    log=metrics.MetricsLog(workdir, active=writer),
+    state=state,
+  )
+
+
+def _resume(run: _Run) -> None:
+  """Restores the newest checkpoint that restores (if any), then replicates the state."""
+  restored = checkpoints.restore(run.manager, jax.device_get(run.state), move_aside=run.writer)
+  if restored is not None:
+    run.step, run.state, run.progress = restored
+    run.say(f"resuming from the checkpoint at step {run.step}.")
+  run.log.truncate(run.step)
+  run.state = run.parallel.replicate(run.state)
+
+
+def _train(run: _Run, signals: _Signals) -> None:
+  """Steps until the end, early stopping or a signal, with records and checkpoints."""
+  if run.step >= run.total or run.progress.stopped_early:
+    return
+  console = metrics.Console(
+    active=run.writer, step=run.step, total=run.total, compile_steps=len(run.step_fns)
+  )
+  pending: list[dict[str, jax.Array]] = []  # metrics not yet fetched from the devices
+  try:
+    while run.step < run.total and not run.progress.stopped_early and signals.received is None:
+      epoch, index = divmod(run.step, run.per_epoch)
+      for batch in _epoch_batches(run, epoch, index):
+        step_fn = run.step_fns[run.step % len(run.step_fns)]
+        run.state, step_metrics = step_fn(run.state, run.parallel.shard(batch))
+        pending.append(step_metrics)
+        run.step += 1
+        console.update(run.step, run.state)
+        if _after_step(run, pending, epoch, console, stopping=signals.received is not None):
+          break
+  finally:
+    console.close()
+
+
+def _epoch_batches(run: _Run, epoch: int, start: int):
+  return data.batches(
+    run.datasets.train,
+    batch_size=run.config.batch_size,
+    seed=run.config.seed,
+    epoch=epoch,
+    start=start,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+
+
+def _after_step(
+  run: _Run, pending: list, epoch: int, console: metrics.Console, *, stopping: bool
+) -> bool:
+  """Writes the record, closes the epoch and checkpoints, as due; True if the run stops here.
+
+  A record is written at every checkpoint, so a checkpoint never holds unrecorded steps (see
+  :mod:`sn_jax.training.metrics`).
+  """
+  config, step = run.config, run.step
+  end_of_epoch = step % run.per_epoch == 0
+  stopping = stopping or step == run.total
+  checkpoint_due = step % config.checkpoint_every == 0 or stopping
+  if step % config.log_every == 0 or end_of_epoch or checkpoint_due:
+    _record(run, pending, epoch, console)
+    pending.clear()
+  if end_of_epoch:
+    _end_epoch(run)
+  stopping = stopping or run.progress.stopped_early
+  if checkpoint_due or stopping:
+    checkpoints.save(run.manager, step, run.parallel.unreplicate(run.state), run.progress)
+  return stopping
+
+
+def _record(run: _Run, pending: list, epoch: int, console: metrics.Console) -> None:
+  fetched = metrics.fetch(pending)
+  epoch_sum = run.progress.epoch_sum + sum(m["accuracy"] for m in fetched)
+  run.progress = run.progress._replace(epoch_sum=epoch_sum)
+  record: dict[str, Any] = {"step": run.step, "epoch": epoch}
+  rate = console.rate(run.step)
+  if rate is not None:
+    record["steps_per_sec"] = rate
+  record.update(metrics.average(fetched))
+  run.log.write(record)
+  console.show(record)
+
+
+def _end_epoch(run: _Run) -> None:
+  """Appends the epoch's mean train accuracy; stops early once the last few reach the target."""
+  config = run.config
+  history = [*run.progress.epoch_accuracies, run.progress.epoch_sum / run.per_epoch]
+  recent = history[-config.early_stop_epochs :]
+  stop = len(recent) == config.early_stop_epochs
+  stop = stop and float(np.mean(recent)) >= config.early_stop_accuracy
+  run.progress = Progress(history, 0.0, stop)
+
+
+def _evaluate(run: _Run) -> dict[str, Any]:
+  return evaluation.evaluate_state(
+    run.config, run.parallel, run.model, run.state, run.datasets, scale=run.scale, say=run.say
+  )
+
+
+def _write(run: _Run, result: dict[str, Any]) -> None:
+  """The evaluation record in metrics.jsonl (without sigmas) and ``results.json``."""
+  run.log.write({k: v for k, v in result.items() if k != "sigmas"})
+  if run.writer:
+    with open(os.path.join(run.workdir, "results.json"), "w") as f:
+      json.dump(result, f, indent=1)
 
 
 def make_train_steps(
@@ -145,7 +311,7 @@ def make_train_steps(
   tx: optax.GradientTransformation,
   *,
   scale: float,
-) -> list[Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]]:
+) -> list[TrainStep]:
   """The data-parallel train steps a run cycles through: step ``t`` runs ``steps[t % len(steps)]``.
 
   One step, unless ``config.regularizer.alternate``: then two, as in Roth et al.'s code, where
@@ -184,208 +350,44 @@ def make_train_steps(
   ]
 
 
-def evaluate_checkpoint(
-  config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module | None = None
-) -> dict[str, Any]:
-  """Evaluates the latest checkpoint in ``workdir`` as :func:`train_and_evaluate` does at its end.
+@contextlib.contextmanager
+def _exit_on_sigterm():
+  """Outside the steps (which :class:`_Signals` stops cleanly), SIGTERM raises ``SystemExit``.
 
-  Raises:
-    ValueError: for a bad config value.
-    FileNotFoundError: if ``workdir`` holds no complete checkpoint.
+  So the run unwinds, releasing the workdir's lock, as it does on SIGINT (``KeyboardInterrupt``).
   """
-  parallel, datasets, scale, model, state, progress = _load_checkpoint(config, workdir, model)
-  result = {"step": int(state.step), "stopped_early": progress.stopped_early, "interrupted": None}
-  result.update(
-    evaluate_state(config, parallel, model, parallel.replicate(state), datasets, scale=scale)
-  )
-  return result
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+
+  def handle(signum, frame):
+    del frame
+    raise SystemExit(128 + signum)
+
+  previous = signal.signal(signal.SIGTERM, handle)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
-def restore_state(
-  config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module | None = None
-) -> TrainState:
-  """The train state (host arrays) of the latest checkpoint in ``workdir``, to analyse a run.
+class _Signals:
+  """Turns SIGINT/SIGTERM into a flag the loop checks after each step (main thread only)."""
 
-  Usage, with the run's ``config``::
+  def __init__(self):
+    self.received: int | None = None
+    self.previous: dict[int, Any] = {}
 
-      state = restore_state(config, '/tmp/run')
-      variables = {'params': state.params, 'spectral': state.spectral}
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGINT, signal.SIGTERM):
+        self.previous[sig] = signal.signal(sig, self._handle)
+    return self
 
-  Raises:
-    ValueError: for a bad config value.
-    FileNotFoundError: if ``workdir`` holds no complete checkpoint.
-  """
-  return _load_checkpoint(config, workdir, model)[4]
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signum
 
-
-def _load_checkpoint(config: ml_collections.ConfigDict, workdir: str, model: nn.Module | None):
-  validate_config(config, num_devices=len(jax.devices()))
-  manager = _checkpoint_manager(workdir, config, create=False)
-  if manager.latest_step() is None:
-    raise FileNotFoundError(f"No complete checkpoint in {os.path.join(workdir, 'checkpoints')}.")
-  parallel, datasets, scale, model = _setup(config, model)
-  template = create_train_state(
-    model, make_optimizer(config), input_shape=datasets.train.images.shape[1:], seed=config.seed
-  )
-  state, progress = _restore(manager, jax.device_get(template))
-  manager.close()
-  return parallel, datasets, scale, model, state, progress
-
-
-def train_and_evaluate(
-  config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module | None = None
-) -> dict[str, Any]:
-  """Trains as ``config`` says, checkpointing into ``workdir``, then evaluates.
-
-  Re-running with the same ``workdir`` resumes from the latest complete checkpoint and ends with
-  the parameters an uninterrupted run would have. SIGINT/SIGTERM save a checkpoint and return
-  (``result['interrupted']`` holds the signal number). Only process 0 writes metrics and results.
-
-  Args:
-    config: see :func:`sn_jax.training.config.default_config`; validated first.
-    workdir: the run's directory (created if missing).
-    model: a Flax module to train instead of ``config.model`` (it must accept
-      ``update_stats=`` and keep its power-iteration state in ``'spectral'``).
-
-  Returns:
-    A dict: ``step``, ``stopped_early``, ``interrupted``; and, unless interrupted, per split
-    (``train``, ``validation`` if any, ``test``) the accuracies ``clean``, ``attack`` (the
-    training attack), ``eval_attack``; ``gap`` (train minus test accuracy under the training
-    attack) and ``sigmas`` (per normalized layer). Also written to ``workdir/results.json``.
-
-  Raises:
-    ConfigError: for a bad config value (before any data is read or anything compiled).
-    FileNotFoundError: if a tfds dataset is not prepared (the message says how).
-
-  Usage (a whole training run)::
-
-      config = default_config()
-      config.beta, config.num_epochs = 2.0, 5
-      result = train_and_evaluate(config, '/tmp/run')
-      result['test']['attack'], result['gap']
-
-  References:
-    Farnia, Zhang & Tse, ICLR 2019, https://arxiv.org/abs/1811.07457 (the protocol).
-  """
-  parallel, datasets, scale, model = _setup(config, model)
-  os.makedirs(workdir, exist_ok=True)
-  tx = make_optimizer(config)
-  step_fns = make_train_steps(config, parallel, model, tx, scale=scale)
-  per_epoch = data.steps_per_epoch(len(datasets.train.labels), config.batch_size)
-  total = config.num_steps or config.num_epochs * per_epoch
-  if per_epoch < 1:  # known only once the data is loaded (still before compiling)
-    raise ConfigError(
-      f"config.batch_size must be <= the training set size ({len(datasets.train.labels)}), "
-      f"got {config.batch_size}."
-    )
-
-  state = create_train_state(
-    model, tx, input_shape=datasets.train.images.shape[1:], seed=config.seed
-  )
-  progress = _Progress([], 0.0, False)
-  manager = _checkpoint_manager(workdir, config)
-  restored = _restore(manager, jax.device_get(state))
-  if restored is not None:
-    state, progress = restored
-  step = int(state.step)
-  writer = _Writer(workdir)
-  state = parallel.replicate(state)
-  pending: list[dict[str, jax.Array]] = []  # metrics not yet fetched from the devices
-  epoch_sum = progress.epoch_sum  # of the fetched step accuracies of the current epoch
-
-  def save():
-    # The unfetched accuracies are part of the epoch's mean: a resumed run needs them exactly.
-    unfetched = sum(float(np.ravel(m["accuracy"])[0]) for m in pending)
-    saved = progress._replace(epoch_sum=epoch_sum + unfetched)
-    _save(manager, step, parallel.unreplicate(state), saved)
-
-  bar = tqdm.tqdm(
-    total=total, initial=step, disable=not writer.active, unit="step", dynamic_ncols=True
-  )
-  start_time, start_step = time.perf_counter(), step
-  with _Signals() as signals:
-    while step < total and not progress.stopped_early and signals.received is None:
-      epoch, index = divmod(step, per_epoch)
-      batches = data.batches(
-        datasets.train,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        epoch=epoch,
-        start=index,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-      )
-      for batch in batches:
-        state, metrics = step_fns[step % len(step_fns)](state, parallel.shard(batch))
-        pending.append(metrics)
-        step += 1
-        bar.update()
-        end_of_epoch = step % per_epoch == 0
-        if step % config.log_every == 0 or end_of_epoch or step == total:
-          fetched = [jax.tree.map(lambda a: float(np.ravel(a)[0]), m) for m in pending]
-          pending = []
-          epoch_sum += sum(m["accuracy"] for m in fetched)
-          rate = (step - start_step) / (time.perf_counter() - start_time)
-          record = {"step": step, "epoch": epoch, "steps_per_sec": rate}
-          # Alternating steps log different metrics: average each over the steps that have it.
-          names = dict.fromkeys(k for m in fetched for k in m)
-          record.update({k: float(np.mean([m[k] for m in fetched if k in m])) for k in names})
-          writer.write(record)
-          bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}")
-        if end_of_epoch:
-          history = [*progress.epoch_accuracies, epoch_sum / per_epoch]
-          recent = history[-config.early_stop_epochs :]
-          stop = len(recent) == config.early_stop_epochs
-          stop = stop and float(np.mean(recent)) >= config.early_stop_accuracy
-          progress, epoch_sum = _Progress(history, 0.0, stop), 0.0
-        done = progress.stopped_early or signals.received is not None or step == total
-        if step % config.checkpoint_every == 0 or done:
-          save()
-        if done:
-          break
-  bar.close()
-  result: dict[str, Any] = {
-    "step": step,
-    "stopped_early": progress.stopped_early,
-    "interrupted": signals.received,
-  }
-  if signals.received is None:
-    result.update(evaluate_state(config, parallel, model, state, datasets, scale=scale))
-    writer.write({"step": step, **{k: v for k, v in result.items() if k != "sigmas"}})
-    if writer.active:
-      with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(result, f, indent=1)
-  manager.close()
-  return result
-
-
-def evaluate_state(
-  config: ml_collections.ConfigDict,
-  parallel: DataParallel,
-  model: nn.Module,
-  state: Any,
-  datasets: data.Datasets,
-  *,
-  scale: float,
-) -> dict[str, Any]:
-  """Clean and adversarial accuracy on each split, the generalization gap, and per-layer sigma."""
-  eval_attacks = {
-    "clean": None,
-    "attack": make_attack(config.attack, scale=scale),
-    "eval_attack": make_attack(config.eval_attack, scale=scale),
-  }
-  eval_fn = parallel.wrap(functools.partial(eval_step, model=model, attacks=eval_attacks))
-  train_split = datasets.train
-  if config.num_eval_train:
-    train_split = data.Split(*(a[: config.num_eval_train] for a in train_split))
-  splits = {"train": train_split, "validation": datasets.validation, "test": datasets.test}
-  result: dict[str, Any] = {
-    name: evaluate(parallel, eval_fn, state, split, batch_size=config.eval_batch_size)
-    for name, split in splits.items()
-    if len(split.labels)
-  }
-  result["gap"] = result["train"]["attack"] - result["test"]["attack"]
-  spectral = parallel.unreplicate(state.spectral)
-  norms = snn.spectral_norms({"spectral": spectral}) if spectral else {}
-  result["sigmas"] = {name: float(layer.sigma) for name, layer in norms.items()}
-  return result
+  def __exit__(self, *exc):
+    for sig, handler in self.previous.items():
+      signal.signal(sig, handler)

@@ -1,0 +1,142 @@
+"""Evaluation of a run: clean and adversarial accuracy, the generalization gap, each layer's sigma.
+
+:func:`evaluate_state` is the last step of :func:`sn_jax.training.loop.train_and_evaluate`;
+:func:`evaluate_checkpoint` does the same for the newest checkpoint of a workdir (``sn-jax eval``)
+and :func:`restore_state` returns that checkpoint's train state. Both only read the workdir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from sn_jax import nn as snn
+from sn_jax.training import checkpoints, data
+from sn_jax.training import workdir as workdir_lib
+from sn_jax.training.config import make_attack, make_model, make_optimizer, validate_config
+from sn_jax.training.step import DataParallel, TrainState, create_train_state, eval_step, evaluate
+
+
+def start(config: ml_collections.ConfigDict) -> DataParallel:
+  """Joins the other processes if the run is distributed, then validates the config."""
+  if config.distributed.enabled and not jax.distributed.is_initialized():
+    options = {k: v for k, v in config.distributed.items() if k != "enabled" and v not in ("", -1)}
+    jax.distributed.initialize(**options)
+  parallel = DataParallel(mode=config.parallel)
+  validate_config(config, num_devices=parallel.num_devices)
+  return parallel
+
+
+def evaluate_state(
+  config: ml_collections.ConfigDict,
+  parallel: DataParallel,
+  model: nn.Module,
+  state: Any,
+  datasets: data.Datasets,
+  *,
+  scale: float,
+  say: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+  """Clean and adversarial accuracy on each split, the generalization gap, and per-layer sigma.
+
+  With ``config.num_eval_train > 0``, the training split is evaluated on a class-balanced subset
+  of that many examples (:func:`sn_jax.training.data.balanced_subset`, seeded by
+  ``config.seed``).
+
+  Args:
+    config, parallel, model: as the run was trained.
+    state: the replicated train state.
+    datasets: the run's data.
+    scale: ``C2``, the training set's mean l2 norm (for relative attack radii).
+    say: called with one line before each split is evaluated (progress), if given.
+
+  Returns:
+    Per split (``train``, ``validation`` if not empty, ``test``): the accuracies ``clean``,
+    ``attack`` and ``eval_attack``; ``gap`` (train minus test under the training attack) and
+    ``sigmas`` (per normalized layer).
+  """
+  eval_attacks = {
+    "clean": None,
+    "attack": make_attack(config.attack, scale=scale),
+    "eval_attack": make_attack(config.eval_attack, scale=scale),
+  }
+  eval_fn = parallel.wrap(functools.partial(eval_step, model=model, attacks=eval_attacks))
+  train_split = datasets.train
+  if config.num_eval_train:
+    train_split = data.balanced_subset(train_split, config.num_eval_train, seed=config.seed)
+  splits = {"train": train_split, "validation": datasets.validation, "test": datasets.test}
+  splits = {name: split for name, split in splits.items() if len(split.labels)}
+  result: dict[str, Any] = {}
+  for i, (name, split) in enumerate(splits.items()):
+    if say is not None:
+      say(f"evaluating {i + 1}/{len(splits)}: the {name} split ({len(split.labels)} examples).")
+    result[name] = evaluate(parallel, eval_fn, state, split, batch_size=config.eval_batch_size)
+  result["gap"] = result["train"]["attack"] - result["test"]["attack"]
+  spectral = parallel.unreplicate(state.spectral)
+  norms = snn.spectral_norms({"spectral": spectral}) if spectral else {}
+  result["sigmas"] = {name: float(layer.sigma) for name, layer in norms.items()}
+  return result
+
+
+def evaluate_checkpoint(
+  config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module | None = None
+) -> dict[str, Any]:
+  """Evaluates the latest checkpoint in ``workdir`` as :func:`train_and_evaluate` does at its end.
+
+  Reads only: a checkpoint that does not restore is reported and skipped, not moved. To evaluate
+  with the recorded config, pass :func:`sn_jax.training.workdir.recorded_config`.
+
+  Raises:
+    ValueError: for a bad config value.
+    WorkdirError: if ``config`` trains another network than the one recorded in ``workdir``, or
+      no checkpoint restores.
+    FileNotFoundError: if ``workdir`` holds no complete checkpoint.
+  """
+  parallel, datasets, model, state, progress = _load_checkpoint(config, workdir, model)
+  result = {"step": int(state.step), "stopped_early": progress.stopped_early, "interrupted": None}
+  scale = data.mean_norm(datasets.train)
+  say = workdir_lib.say if jax.process_index() == 0 else None
+  state = parallel.replicate(state)
+  result.update(evaluate_state(config, parallel, model, state, datasets, scale=scale, say=say))
+  return result
+
+
+def restore_state(
+  config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module | None = None
+) -> TrainState:
+  """The train state (host arrays) of the latest checkpoint in ``workdir``, to analyse a run.
+
+  Usage, with the run's ``config``::
+
+      state = restore_state(config, '/tmp/run')
+      variables = {'params': state.params, 'spectral': state.spectral}
+
+  Raises:
+    ValueError: for a bad config value.
+    WorkdirError: as :func:`evaluate_checkpoint`.
+    FileNotFoundError: if ``workdir`` holds no complete checkpoint.
+  """
+  return _load_checkpoint(config, workdir, model)[3]
+
+
+def _load_checkpoint(config: ml_collections.ConfigDict, workdir: str, model: nn.Module | None):
+  parallel = start(config)
+  workdir_lib.check(config, workdir)  # only checks: evaluation never rewrites the record
+  with contextlib.closing(checkpoints.manager(workdir, config, create=False)) as manager:
+    if manager.latest_step() is None:
+      raise FileNotFoundError(f"No complete checkpoint in {checkpoints.directory(workdir)}.")
+    datasets = data.load(
+      config.dataset, data_dir=config.data_dir, num_validation=config.num_validation
+    )
+    model = model or make_model(config)
+    template = create_train_state(
+      model, make_optimizer(config), input_shape=datasets.train.images.shape[1:], seed=config.seed
+    )
+    _, state, progress = checkpoints.restore(manager, jax.device_get(template), move_aside=False)
+  return parallel, datasets, model, state, progress
