@@ -47,8 +47,8 @@ _SUBMODULES = {
   "analysis": "sn_jax.analysis",
   "regularizers": "sn_jax.regularizers",
   "training": "sn_jax.training",
-  "models": "sn_jax.nn.models",
-  "host_memory": "sn_jax._backend.host_memory",
+  "models": "sn_jax.models",
+  "host_memory": "sn_jax.host_memory",
 }
 
 # The flat modules of sn_jax 0.1, kept as deprecated aliases of their new homes.
