@@ -17,23 +17,11 @@ import pytest
 
 import sn_jax
 from sn_jax import nn as snn
-from sn_jax._backend import host_memory
 from sn_jax.ops import _conv_formulations as formulations
 from sn_jax.ops import convolution
 
 FORMULATIONS = ("auto", "direct", "polyphase", "matmul", "fourier")
 RTOL = 1e-5
-
-
-@pytest.fixture(autouse=True)
-def memory_not_retained(monkeypatch):
-  """The rule reads whether host memory is retained (process-wide state that sn_jax's command
-  line sets); each test here starts from 'not retained' and sets it when it needs to."""
-  monkeypatch.setattr(host_memory, "retained", lambda: False)
-
-
-def _retain(monkeypatch):
-  monkeypatch.setattr(host_memory, "retained", lambda: True)
 
 
 def _random_configs(count, seed=0):
@@ -208,96 +196,6 @@ def test_space_to_depth_value_tangent_and_transpose_are_one_copy(shape):
   np.testing.assert_array_equal(jnp.sort(transposed.ravel()), jnp.sort(cotangent.ravel()))
 
 
-def test_choose_formulation_rule():
-  def choose(
-    kernel_size, strides, channels=(64, 128), dilation=1, groups=1, backend="cpu", size=14
-  ):
-    shape = (kernel_size, kernel_size, channels[0] // groups, channels[1])
-    spec = convolution.conv_spec(
-      shape, channels[0], strides=strides, kernel_dilation=dilation, feature_group_count=groups
-    )
-    input_shape = (128, size, size, channels[0])
-    return convolution.choose_formulation(spec, backend=backend, input_shape=input_shape)
-
-  assert choose(6, 2) == "fourier"  # ELU-Net's second layer: 0.64 of the multiplications
-  assert choose(6, 2, size=56) == "polyphase"  # a larger input: its transform costs more
-  assert choose(8, 2, size=56) == "polyphase"
-  assert choose(3, 2, dilation=3, size=56) == "polyphase"  # the dilated extent counts
-  assert choose(6, 2, groups=2) == "polyphase"  # grouped: 'fourier' is not measured
-  assert choose(3, 2) == "direct"  # small kernels: direct measured faster than polyphase
-  assert choose(3, 1) == "direct"  # stride 1: one computation
-  assert choose(8, 2, channels=(1, 64)) == "direct"  # single-channel input layers
-  assert choose(8, 2, groups=8) == "direct"  # 8 channels per group
-  for backend in ("gpu", "tpu"):
-    assert choose(8, 2, backend=backend) == "direct"
-
-
-def test_choose_formulation_takes_polyphase_for_thin_strided_layers_once_memory_is_retained(
-  monkeypatch,
-):
-  """ELU-Net's 8x8 stride-2 first layer: its phases' input gradient by a matrix product needs a
-  scratch buffer past glibc's mmap threshold, measured a loss unless memory is retained."""
-  spec = convolution.conv_spec((8, 8, 1, 64), 1, strides=2)
-  assert convolution.choose_formulation(spec, backend="cpu", input_shape=(128, 28, 28, 1)) == (
-    "direct"
-  )
-  _retain(monkeypatch)
-  for batch in (1, 128):  # thin: never the patches of the matrix product
-    assert convolution.choose_formulation(spec, backend="cpu", input_shape=(batch, 28, 28, 1)) == (
-      "polyphase"
-    )
-  small_kernel = convolution.conv_spec((3, 3, 1, 64), 1, strides=2)
-  assert convolution.choose_formulation(small_kernel, backend="cpu") == "direct"
-  assert convolution.choose_formulation(spec, backend="gpu") == "direct"
-
-
-def test_choose_input_gradient_rule(monkeypatch):
-  def choose(kernel_size, size, channels, padding="VALID", strides=1, groups=1, backend="cpu"):
-    shape = (kernel_size, kernel_size, channels // groups, 8)
-    spec = convolution.conv_spec(
-      shape, channels, strides=strides, padding=padding, feature_group_count=groups
-    )
-    return convolution.choose_input_gradient(spec, (128, size, size, channels), backend=backend)
-
-  phases_of_conv2 = dict(kernel_size=3, size=7, channels=256)  # ELU-Net's, 49 / 25 positions
-  phases_of_conv1 = dict(kernel_size=4, size=17, channels=4)  # ELU-Net's first layer, thin
-  assert choose(**phases_of_conv2) == "conv"  # memory not retained
-  _retain(monkeypatch)
-  assert choose(**phases_of_conv2) == "matmul"
-  assert choose(**phases_of_conv1) == "matmul"
-  assert choose(5, 28, 3, padding="SAME") == "matmul"  # the mini AlexNet's thin first layer
-  assert choose(5, 13, 96, padding="SAME") == "conv"  # its second: as many inputs as outputs
-  assert choose(3, 16, 64) == "matmul"  # 256 / 196 positions: 1.31
-  assert choose(3, 20, 64) == "conv"  # 400 / 324: 1.23
-  assert choose(3, 28, 8, padding="SAME") == "conv"  # 8 channels: not thin enough
-  assert choose(3, 8, 64, groups=2) == "conv"
-  assert choose(3, 8, 64, strides=2) == "conv"
-  assert choose(3, 2, 64) == "conv"  # no output position
-  for backend in ("gpu", "tpu"):
-    assert choose(**phases_of_conv2, backend=backend) == "conv"
-
-
-def test_auto_input_gradient_is_taken_in_the_gradient(monkeypatch):
-  """ELU-Net's second layer (channels reduced): with memory retained, 'auto' transposes a
-  matrix product (no convolution of the cotangent); forcing 'conv' keeps the convolution."""
-  _retain(monkeypatch)
-  x = jnp.ones((48, 14, 14, 16))  # 1200 output rows: polyphase, not the product, runs it
-  kernel = jnp.ones((6, 6, 16, 8))
-
-  def input_gradient_jaxpr(input_gradient):
-    def loss(x):
-      y = sn_jax.conv(x, kernel, strides=2, padding="VALID", input_gradient=input_gradient)
-      return jnp.sum(y**2)
-
-    return jax.make_jaxpr(jax.grad(loss))(x).jaxpr
-
-  auto, conv = input_gradient_jaxpr("auto"), input_gradient_jaxpr("conv")
-  assert len(_equations(auto, "dot_general")) == 1
-  assert len(_equations(auto)) == 1  # the forward
-  assert not _equations(conv, "dot_general")
-  assert len(_equations(conv)) == 2
-
-
 @pytest.mark.parametrize("config", CONFIGS[::3], ids=[str(i) for i in range(len(CONFIGS[::3]))])
 def test_custom_tangents_match_flax_in_forward_mode(config):
   """The form of the input gradient is the form of the tangent in x (the matrix product's, and
@@ -337,51 +235,6 @@ def test_fourier_refuses_an_input_too_large_to_transform():
   with pytest.raises(ValueError, match=r"`formulation`='fourier' .* spatial shape \(302, 302\)"):
     sn_jax.conv(x, kernel, formulation="fourier")
   assert sn_jax.conv(x, kernel).shape == (1, 300, 300, 1)  # 'auto' does not pick it
-
-
-def test_choose_formulation_takes_the_matrix_product_for_one_output_position():
-  """ELU-Net's last convolution covers its 5x5 input: a dense layer, measured 3.2x faster."""
-  spec = convolution.conv_spec((5, 5, 128, 128), 128, padding="VALID")
-  assert convolution.choose_formulation(spec, backend="cpu", input_shape=(128, 5, 5, 128)) == (
-    "matmul"
-  )
-  assert convolution.choose_formulation(spec, backend="cpu", input_shape=(128, 13, 5, 128)) == (
-    "direct"
-  )  # 1152 rows of a stride-1 layer
-  assert convolution.choose_formulation(spec, backend="cpu") == "direct"  # shape unknown
-  assert convolution.choose_formulation(spec, backend="gpu", input_shape=(128, 5, 5, 128)) == (
-    "direct"
-  )
-  # One position needs no patch copies, so even a single input channel takes the product.
-  thin = convolution.conv_spec((3, 3, 1, 4), 1, strides=4, padding="SAME")
-  assert convolution.choose_formulation(thin, backend="cpu", input_shape=(128, 3, 4, 1)) == (
-    "matmul"
-  )
-
-
-def test_choose_formulation_takes_the_matrix_product_for_few_output_rows():
-  """A power-iteration step convolves one example: few rows, where one product wins."""
-  spec = convolution.conv_spec((3, 3, 16, 16), 16)
-  assert convolution.choose_formulation(spec, backend="cpu", input_shape=(1, 32, 32, 16)) == (
-    "matmul"
-  )  # 1024 rows: measured 3.9x faster than direct
-  assert convolution.choose_formulation(spec, backend="cpu", input_shape=(2, 32, 32, 16)) == (
-    "direct"
-  )
-  thin = convolution.conv_spec((5, 5, 3, 96), 3)
-  assert convolution.choose_formulation(thin, backend="cpu", input_shape=(1, 28, 28, 3)) == (
-    "direct"
-  )  # three input channels: thin patches
-
-
-def test_one_position_matmul_is_one_dot_of_the_flattened_window():
-  x, kernel = jnp.ones((2, 5, 5, 3)), jnp.ones((3, 3, 3, 4))
-  jaxpr = jax.make_jaxpr(
-    lambda x: sn_jax.conv(x, kernel, padding="VALID", kernel_dilation=2, formulation="auto")
-  )(x)
-  names = [e.primitive.name for e in jaxpr.eqns]
-  assert "conv_general_dilated" not in names and "concatenate" not in names
-  assert names.count("dot_general") == 1
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The XLA compiler options sn_jax's programs compile with, measured per backend.
+"""The XLA compiler options sn_jax's programs compile with, per backend.
 
 sn_jax's trainer compiles its steps with :func:`compiler_options`; a program of your own gets
 the same with ``jax.jit(fn, compiler_options=sn_jax.compiler_options())``.
@@ -20,7 +20,7 @@ BACKENDS = ("cpu", "gpu", "tpu")
 # -individual_convolution, which compiler options cannot spell (they take whole lists).
 _YNN_WITHOUT_CONVOLUTIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
 
-# backend -> the options measured to help there (see compiler_options's docstring).
+# backend -> the options that help there (see compiler_options's docstring).
 _MEASURED: dict[str, dict[str, str]] = {
   "cpu": {
     "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
@@ -32,31 +32,17 @@ _MEASURED: dict[str, dict[str, str]] = {
 def compiler_options(backend: str | None = None) -> dict[str, str]:
   """The XLA options to compile sn_jax's programs with on ``backend``, for ``jax.jit``.
 
-  Measured on XLA's CPU backend (AMD EPYC, 2 cores, JAX 0.10.2); GPU and TPU get none (XLA's
-  defaults; not measured). On CPU:
+  GPU and TPU get none (XLA's defaults). On CPU:
 
   - ``xla_cpu_experimental_ynn_fusion_type``: matrix products and reductions still go to
-    YNNPACK, convolutions no longer do: XLA's own (Eigen) convolutions were faster, forward
-    and backward. At batch 128, with host memory retained (:mod:`sn_jax.host_memory`), XLA's
-    defaults / these options: ELU-Net training step 41.8 / 34.7 ms, its PGD-10 264 / 245 ms,
-    the mini AlexNet's training step 395 / 381 ms (``python benchmarks/bench_conv.py``
-    measures both; ``python benchmarks/bench_compiler_options.py`` leaves each option out in
-    turn: without this one ELU-Net's PGD-10 took 1.08x as long, its training step 1.16x, an
-    MLP's PGD-10 0.99x). Before the ``'fourier'`` formulation took ELU-Net's and the mini
-    AlexNet's large layers, which run as matrix products either way, the gain was larger
-    (PGD-10 324 / 264 ms, the AlexNet step 625 / 459 ms).
-  - ``xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED``. With XLA's default
-    schedule, the ELU-Net training step with :class:`sn_jax.nn.SpectralNorm` on every layer
-    took 1.03x, 1.14x, 1.15x and 1.20x the plain step at batch 128 in four runs, varying from
-    one process to the next, although the normalization's own work is about 2 ms of 63. A
-    profile showed the batch's large matrix products waiting for the second core while an
-    unrelated copy ran on it, in an order that the normalization's extra operations had
-    shifted. With the memory-optimized schedule the same runs measured 1.02x, 1.005x, 0.998x
-    and 1.003x, and the plain steps did not change beyond noise (ELU-Net 63.9 / 61.9 ms, its
-    PGD-10 406 / 402 ms, the mini AlexNet 732 / 734 ms; default / memory-optimized). The
-    default schedule also hung a program that runs batch-sized matrix products beside LAPACK
-    eigenvalue calls (see :func:`sn_jax.ops.convolution.choose_formulation`); this one did not.
-    ``python benchmarks/bench_spectral_norm.py`` measures both schedules side by side.
+    YNNPACK, convolutions no longer do (XLA's own convolutions run them, forward and
+    backward).
+  - ``xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED``: the memory-optimized
+    schedule, which keeps a batch's large matrix products from waiting behind unrelated
+    copies, and under which programs that mix batch-sized products with LAPACK calls
+    (``SpectralNorm(method='fourier')``) did not hang as they did with the default schedule.
+
+  Each option's effect, left out in turn, is in ``benchmarks/results/compiler_options_cpu.json``.
 
   The options change which kernels compute a convolution, so results agree with XLA's
   defaults up to float rounding, not bit for bit. An option that the installed jaxlib does

@@ -1,4 +1,4 @@
-"""Host memory that XLA's CPU programs reuse from one call to the next.
+"""Host memory that XLA's CPU programs reuse from one call to the next: an application's opt-in.
 
 XLA's CPU runtime allocates a compiled program's scratch buffer (``memory_analysis()``'s
 ``temp_size_in_bytes``) anew at every call, with the C library's ``malloc``. glibc serves an
@@ -7,11 +7,9 @@ own arena, with a fresh ``mmap``, and returns it to the system when it is freed;
 then faults the whole buffer in again, page by page, and the kernel zeroes each page.
 :func:`retain` makes glibc keep freed memory, so that the second call finds its pages mapped.
 
-Measured at batch 128 (AMD EPYC, 2 cores, JAX 0.10.2), with ``resource.getrusage``'s minor
-faults: the mini AlexNet's training step (a 139 MiB scratch buffer) faulted in 140 MiB per
-call and took 500-525 ms; after :func:`retain`, none, and 467-468 ms. PyTorch's step of the
-same model went from 526-535 to 483-490 ms, ELU-Net's from 61-68 to 51-52 ms: its tensors
-are allocated the same way.
+No function of the library calls :func:`retain` or reads whether it was called; sn_jax's
+command line and the benchmarks call it. The gain is measured in
+``benchmarks/README.md`` (``conv_cpu`` against ``conv_cpu_system_malloc``).
 """
 
 from __future__ import annotations
@@ -37,18 +35,19 @@ _retained = False
 def retain() -> bool:
   """Keeps the host memory that programs free, for the next call to reuse (glibc only).
 
-  Sets three of glibc's ``malloc`` options for the whole process: no ``mmap`` for large
+  Changes the C library's allocator for the whole process, every library in it included
+  (PyTorch's CPU tensors too): three of glibc's ``malloc`` options, no ``mmap`` for large
   blocks (``M_MMAP_MAX=0``), one arena for all threads (``M_ARENA_MAX=1``, so that a thread
   never maps a large block into an arena of its own), and no trimming of the heap
   (``M_TRIM_THRESHOLD`` at its maximum). The process's resident memory then stays at its
   peak instead of being returned to the system: what the CUDA caching allocators of JAX and
-  PyTorch do with device memory.
+  PyTorch do with device memory. It changes where memory comes from, never what is computed:
+  every sn_jax result is the same, bit for bit, before and after the call.
 
   Call it at the start of the program, before the first JAX computation: a thread that
   already owns an arena keeps it, and its blocks above 64 MiB are still mapped afresh. The
   same settings for a whole process, from its start: ``GLIBC_TUNABLES=`` :data:`TUNABLES`.
-  sn_jax's command line calls it; :func:`sn_jax.ops.convolution.choose_input_gradient` chooses
-  the input gradients that need a larger scratch buffer only once it has been called.
+  sn_jax has no call that undoes it.
 
   Returns:
     True if the options were set (or already were); False where the C library is not glibc,
@@ -72,7 +71,11 @@ def retain() -> bool:
 
 
 def retained() -> bool:
-  """Whether :func:`retain` set glibc's options, or the process started with :data:`TUNABLES`."""
+  """Whether :func:`retain` set glibc's options, or the process started with :data:`TUNABLES`.
+
+  For an application's records (the benchmarks name it beside each measurement); no
+  computation of sn_jax reads it.
+  """
   return _retained or _set_by_environment()
 
 

@@ -1,5 +1,5 @@
 """The exact formulations of a convolution: direct, polyphase and matrix product (the Fourier
-one is :mod:`sn_jax._fourier_conv`).
+one is :mod:`sn_jax.ops._fourier_conv`).
 
 Each computes the same linear map as ``lax.conv_general_dilated`` on an already padded input
 (Flax's layout: ``(batch, *spatial, C_in)`` inputs, ``(*kernel_size, C_in // groups, C_out)``
@@ -20,32 +20,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-
-class ConvSpec(NamedTuple):
-  """A validated, canonical description of a convolution with Flax semantics.
-
-  Attributes:
-    kernel_size: spatial size of the kernel, one int per spatial dimension.
-    strides: one int per spatial dimension.
-    padding: ``'SAME'``, ``'VALID'``, ``'CIRCULAR'``, ``'REFLECT'``, ``'CAUSAL'`` or a tuple of
-      ``(low, high)`` pairs, one per spatial dimension.
-    kernel_dilation: one int per spatial dimension.
-    feature_group_count: number of feature groups.
-    in_features: input channels ``C_in``.
-    features: output channels ``C_out``.
-  """
-
-  kernel_size: tuple[int, ...]
-  strides: tuple[int, ...]
-  padding: str | tuple[tuple[int, int], ...]
-  kernel_dilation: tuple[int, ...]
-  feature_group_count: int
-  in_features: int
-  features: int
-
-  @property
-  def num_spatial_dims(self) -> int:
-    return len(self.kernel_size)
+from sn_jax.ops._conv_spec import ConvSpec, kept_phases, output_spatial_shape
 
 
 def dimension_numbers(ndim: int, *, kernel_out_first: bool = False) -> lax.ConvDimensionNumbers:
@@ -92,9 +67,11 @@ class ConvAttributes(NamedTuple):
     )
 
 
-def _conv_general(
+def conv_general(
   x: jax.Array, kernel: jax.Array, attrs: ConvAttributes, *, kernel_out_first: bool = False
 ) -> jax.Array:
+  """``lax.conv_general_dilated`` in Flax's layout (``attrs.input_gradient`` is not used), with
+  JAX's own derivatives."""
   return lax.conv_general_dilated(
     x,
     kernel,
@@ -116,12 +93,12 @@ def lax_conv(x: jax.Array, kernel: jax.Array, attrs: ConvAttributes) -> jax.Arra
   transposes a convolution into one whose kernel dimensions are ``(*spatial, out, in)``.
   XLA's CPU backend rearranges such a kernel only in the entry computation: inside a
   ``while`` loop or a ``cond`` (PGD's steps, a power iteration's ``fori_loop``) it runs the
-  convolution on a slow generic path, 2-5x slower. Here the tangent in ``x`` is a
+  convolution on a slow generic path. Here the tangent in ``x`` is a
   convolution with the kernel stored as ``(*spatial, out, in)`` by an explicit transpose, so
   its JAX transpose, the input gradient, is a convolution in the canonical layout wherever it
   is placed. With ``'matmul'`` the tangent in ``x`` is :func:`matmul_conv`.
   """
-  return _conv_general(x, kernel, attrs)
+  return conv_general(x, kernel, attrs)
 
 
 def bilinear_tangent(value: Callable[[], jax.Array], terms) -> jax.Array:
@@ -137,13 +114,13 @@ def lax_conv_jvp(attrs: ConvAttributes, primals, tangents):
   x, kernel = primals
   x_dot, kernel_dot = tangents
   tangent = bilinear_tangent(
-    lambda: _conv_general(x, kernel, attrs),
+    lambda: conv_general(x, kernel, attrs),
     [
       (x_dot, lambda t: _input_tangent(t, kernel, attrs)),
-      (kernel_dot, lambda t: _conv_general(x, t, attrs)),
+      (kernel_dot, lambda t: conv_general(x, t, attrs)),
     ],
   )
-  return _conv_general(x, kernel, attrs), tangent
+  return conv_general(x, kernel, attrs), tangent
 
 
 lax_conv.defjvp(lax_conv_jvp, symbolic_zeros=True)
@@ -154,58 +131,7 @@ def _input_tangent(x_dot: jax.Array, kernel: jax.Array, attrs: ConvAttributes) -
   if attrs.input_gradient == "matmul":
     spec = attrs.spec(kernel.shape, x_dot.shape[-1])
     return matmul_conv(x_dot, kernel, spec, attrs.pads, attrs.precision)
-  return _conv_general(x_dot, jnp.swapaxes(kernel, -1, -2), attrs, kernel_out_first=True)
-
-
-def _kept_phases(kernel_size: int, stride: int, dilation: int) -> tuple[int, int, int]:
-  """``(taps, phases, step)`` of one spatial dimension's polyphase decomposition.
-
-  The dilated kernel, zero-filled to ``stride * taps`` taps, splits into ``stride`` phases of
-  ``taps`` taps each. Only phases ``0, step, 2 * step, ... < phases`` hold a nonzero tap: the
-  tap offsets ``dilation * k`` are multiples of ``step = gcd(dilation, stride)`` and smaller
-  than the dilated kernel size; the others are dropped from input and kernel alike.
-  """
-  dilated = (kernel_size - 1) * dilation + 1
-  return -(-dilated // stride), min(stride, dilated), math.gcd(dilation, stride)
-
-
-def output_spatial_shape(
-  spec: ConvSpec, spatial_shape: Sequence[int], pads: Sequence[tuple[int, int]]
-) -> tuple[int, ...]:
-  """The output's spatial shape for an input of ``spatial_shape`` padded by ``pads``."""
-  return tuple(
-    max(0, (n + lo + hi - (k - 1) * d - 1) // s + 1)
-    for n, k, s, d, (lo, hi) in zip(
-      spatial_shape, spec.kernel_size, spec.strides, spec.kernel_dilation, pads, strict=True
-    )
-  )
-
-
-def stride_one_shape(
-  spec: ConvSpec, spatial_shape: Sequence[int], pads: Sequence[tuple[int, int]]
-) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int]:
-  """The stride-1 VALID convolution that runs a convolution: itself, padded, or its phases.
-
-  Returns:
-    ``(spatial, kernel_size, dilation, in_features)`` of the convolution that
-    :func:`polyphase_operands` returns (for a stride-1 layer, the layer on its padded input).
-  """
-  spatial, kernel, dilation, phases = [], [], [], 1
-  outs = output_spatial_shape(spec, spatial_shape, pads)
-  for n, k, s, d, (lo, hi), out in zip(
-    spatial_shape, spec.kernel_size, spec.strides, spec.kernel_dilation, pads, outs, strict=True
-  ):
-    if s == 1:
-      spatial.append(n + lo + hi)
-      kernel.append(k)
-      dilation.append(d)
-      continue
-    taps, kept, step = _kept_phases(k, s, d)
-    spatial.append(out + taps - 1)
-    kernel.append(taps)
-    dilation.append(1)
-    phases *= len(range(0, kept, step))
-  return tuple(spatial), tuple(kernel), tuple(dilation), spec.in_features * phases
+  return conv_general(x_dot, jnp.swapaxes(kernel, -1, -2), attrs, kernel_out_first=True)
 
 
 def polyphase_operands(
@@ -239,7 +165,7 @@ def polyphase_operands(
       slices += [slice(None), slice(None)]
       rhs_dilation.append(d)
       continue
-    taps, phases, step = _kept_phases(k, s, d)
+    taps, phases, step = kept_phases(k, s, d)
     length = out + taps - 1
     # Zero-fill (or crop: the high pad may be negative) to exactly the samples the output reads.
     x_pads.append((lo, s * length - n - lo, 0))
@@ -284,13 +210,8 @@ def space_to_depth(x: jax.Array) -> jax.Array:
 
   The phases ``(r_1, ..., r_n)`` of each group, each a run of its ``C/g`` channels. Two forms
   of the same copy: the value stacks the phases' slices, and the tangent (whose transpose is
-  the input gradient's depth-to-space) is one reshape and transpose. XLA's CPU backend runs
-  each fast where the other is slow. ELU-Net at batch 128 with the stacked form alone / the
-  transposed form alone / this pair (``python benchmarks/bench_space_to_depth.py``), with its
-  second layer then computed 'polyphase', in two runs: forward 15.1 / 21.5 / 15.2 and 14.8 /
-  21.2 / 14.9 ms, PGD-10 336 / 278 / 278 and 380 / 317 / 319 ms, training step 45.6 / 43.9 /
-  40.9 and 49.7 / 50.0 / 48.8 ms; now 'fourier' (whose input is the phases too): forward 16.3
-  / 22.3 / 16.2 ms, PGD-10 259 / 247 / 254 ms, training step 36.2 / 36.4 / 36.5 ms.
+  the input gradient's depth-to-space) is one reshape and transpose, because XLA's CPU backend
+  runs each fast where the other is slow (``benchmarks/results/space_to_depth_cpu.json``).
   """
   return _stacked_phases(x)
 

@@ -1,13 +1,13 @@
 """Max pooling with ``flax.linen.max_pool``'s values and gradients, and a fast gradient on CPU.
 
 JAX differentiates ``lax.reduce_window(max)`` into ``select_and_scatter_add``, which XLA's
-CPU backend runs element by element: for the mini AlexNet's two pooling layers (3x3, stride
-2, batch 128) the gradient took 10-20x their forward pass, more than the convolutions around
-them. Here the window maximum is the elementwise maximum of the window's strided slices, and
-its derivative (a ``custom_jvp``) routes each output's tangent to the first maximal element of
-its window, exactly the element ``select_and_scatter_add`` picks; its transpose, the
-gradient, is a sum of padded slices, which XLA fuses. Forward mode (``jax.jvp``, as the
-data-dependent regularizer uses) and higher derivatives work as for any JAX function.
+CPU backend runs element by element, slowly (``benchmarks/README.md`` times the models built
+with each pooling). Here the window maximum is the elementwise maximum of the window's strided
+slices, and its derivative (a ``custom_jvp``) routes each output's tangent to the first
+maximal element of its window, exactly the element ``select_and_scatter_add`` picks; its
+transpose, the gradient, is a sum of padded slices, which XLA fuses. Forward mode
+(``jax.jvp``, as the data-dependent regularizer uses) and higher derivatives work as for any
+JAX function.
 """
 
 from __future__ import annotations
