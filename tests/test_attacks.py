@@ -1,6 +1,8 @@
 """Tests of sn_jax.attacks: closed forms on linear and quadratic models, invariants, jit."""
 
 import functools
+import subprocess
+import sys
 
 import chex
 import flax.linen as nn
@@ -805,7 +807,84 @@ _Y = jnp.array([0, 1])
     (
       lambda: attacks.deepfool(_F, _X, overshoot=-0.1),
       ValueError,
-      r"`overshoot` must be >= 0, got -0.1",
+      r"`overshoot` must be finite and >= 0, got -0.1",
+    ),
+    (
+      lambda: attacks.deepfool(_F, _X, overshoot=np.inf),
+      ValueError,
+      r"`overshoot` must be finite and >= 0, got inf",
+    ),
+    (lambda: attacks.fgm(_F, _X, eps=np.nan, norm=2), ValueError, r"`eps` must be finite, got nan"),
+    (lambda: attacks.fgm(_F, _X, eps=np.inf, norm=2), ValueError, r"`eps` must be finite, got inf"),
+    (
+      lambda: attacks.pgd(_F, _X, eps=np.inf, step_size=0.1, norm=np.inf),
+      ValueError,
+      r"`eps` must be finite, got inf",
+    ),
+    (
+      lambda: attacks.pgd(_F, _X, eps=jnp.array([0.1, jnp.nan])),
+      ValueError,
+      r"`eps` must be finite, got \[0.1.*, nan\]",
+    ),
+    (
+      lambda: attacks.pgd(_F, _X, eps=0.1, step_size=np.inf),
+      ValueError,
+      r"`step_size` must be finite, got inf",
+    ),
+    (lambda: attacks.wrm(_F, _X, gamma=np.inf), ValueError, r"`gamma` must be finite, got inf"),
+    (lambda: attacks.wrm(_F, _X, gamma=np.nan), ValueError, r"`gamma` must be finite, got nan"),
+    (
+      lambda: attacks.pgd(_F, _X, jnp.array([0, 3]), eps=0.1),
+      ValueError,
+      r"`y` must hold class labels in \[0, 3\) \(the logits' last axis\), got \[3\]",
+    ),
+    (
+      lambda: attacks.fgm(_F, _X, jnp.array([-1, 0]), eps=0.1),
+      ValueError,
+      r"`y` must hold class labels in \[0, 3\) .* got \[-1\]",
+    ),
+    (
+      lambda: attacks.wrm(_F, _X, jnp.array([5, -2]), gamma=1.0),
+      ValueError,
+      r"`y` must hold class labels in \[0, 3\) .* got \[-2, 5\]",
+    ),
+    (
+      lambda: attacks.deepfool(_F, _X, jnp.array([0, 7])),
+      ValueError,
+      r"`y` must hold class labels in \[0, 3\)",
+    ),
+    (
+      lambda: attacks.robust_accuracy(_F, _X, jnp.array([0, 3]), attack=attacks.fgm, eps=0.1),
+      ValueError,
+      r"`y` must hold class labels in \[0, 3\)",
+    ),
+    (
+      lambda: attacks.pgd(lambda x: _F(x)[:1], _X, _Y, eps=0.1),
+      ValueError,
+      r"`logits_fn` must map `x` of shape \(2, 4\) to logits of shape \(batch, classes\) = "
+      r"\(2, C\), got shape \(1, 3\)",
+    ),
+    (
+      lambda: attacks.fgm(lambda x: _F(x)[:, 0], _X, eps=0.1),
+      ValueError,
+      r"`logits_fn` must map `x` of shape \(2, 4\) .* got shape \(2,\)",
+    ),
+    (
+      lambda: attacks.wrm(lambda x: _F(x)[None], _X, _Y, gamma=1.0),
+      ValueError,
+      r"`logits_fn` must map .* got shape \(1, 2, 3\)",
+    ),
+    (
+      lambda: attacks.deepfool(lambda x: _F(x)[:, 0], _X),
+      ValueError,
+      r"`logits_fn` must map .* got shape \(2,\)",
+    ),
+    (
+      lambda: attacks.robust_accuracy(
+        lambda x: _F(x)[:1], _X, _Y, attack=attacks.fgm, eps=jnp.array([0.1])
+      ),
+      ValueError,
+      r"`logits_fn` must map .* got shape \(1, 3\)",
     ),
     (
       lambda: attacks.robust_accuracy(_F, _X, _Y[:1], attack=attacks.fgm, eps=0.1),
@@ -817,3 +896,22 @@ _Y = jnp.array([0, 1])
 def test_bad_input_raises_a_clear_error(call, error, match):
   with pytest.raises(error, match=match):
     call()
+
+
+def test_bad_inputs_are_refused_at_trace_time_under_jit():
+  """Shapes are checked while tracing; traced values (labels, radii) are the caller's."""
+  with pytest.raises(ValueError, match=r"`logits_fn` must map .* got shape \(1, 3\)"):
+    jax.jit(lambda x, y: attacks.pgd(lambda z: _F(z)[:1], x, y, eps=0.1))(_X, _Y)
+  # A traced label outside [0, C) is not checked (documented): >= C leaves its example as it is.
+  x_adv = jax.jit(lambda x, y: attacks.pgd(_F, x, y, eps=0.1, norm=2))(_X, jnp.array([0, 3]))
+  np.testing.assert_array_equal(x_adv[1], _X[1])
+  assert not np.allclose(x_adv[0], _X[0])
+
+
+def test_import_sn_jax_then_sn_jax_attacks_pgd():
+  code = (
+    "import sys, sn_jax; assert 'sn_jax.attacks' not in sys.modules; "
+    "print(sn_jax.attacks.pgd.__module__)"
+  )
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "sn_jax.attacks._gradient"

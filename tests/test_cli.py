@@ -104,11 +104,42 @@ def test_train_then_eval_print_the_same_table(tmp_path, capsys):
   ]
 
 
-def test_python_dash_m_sn_jax_prints_the_usage():
+def test_python_dash_m_sn_jax_prints_the_commands():
   out = subprocess.run(
     [sys.executable, "-m", "sn_jax", "--help"], capture_output=True, text=True, check=True
   ).stdout
-  assert "sn-jax train --config FILE --workdir DIR" in out
+  assert out.startswith("usage: sn-jax [COMMAND] [OPTIONS]")
+  commands = out[out.index("Commands:") :].splitlines()[1:]
+  names = [line.split()[0] for line in commands if line[:3].startswith("  ") and line[2:3] != " "]
+  assert names == list(cli.COMMANDS)
+  # Plain text: no reST markup, and the example's line continuations kept.
+  assert "``" not in out and ":func:" not in out and ":data:" not in out
+  assert "--config.regularizer.weight=1 \\\n    --config.regularizer.options.lmbd=32" in out
+
+
+@pytest.mark.parametrize("command", cli.COMMANDS)
+def test_each_command_help_lists_every_config_field_with_its_default(command, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main([command, "--help"])
+  assert exit_info.value.code == 0
+  out = capsys.readouterr().out
+  assert out.startswith(f"usage: sn-jax {'[compare]' if command == 'compare' else command}")
+  assert "--workdir DIR" in out and "--verbose" in out
+  fields = out[out.index("Config fields") :]
+  for name, default in config_lib.field_values(config_lib.default_config()).items():
+    default = default.to_dict() if hasattr(default, "to_dict") else default
+    assert f"  {name} = {default!r} " in fields
+  assert "  beta = inf" in fields and "bound on each layer's spectral norm" in fields
+  assert "  attack.eps = 0.15 " in fields and "  seed = 0 " in fields
+  assert "``" not in out and ":func:" not in out
+  assert max(len(line) for line in out.splitlines()) <= 100
+
+
+def test_every_config_field_has_a_meaning():
+  assert list(config_lib.FIELDS) == [
+    n for n in config_lib.FIELDS if n in config_lib.field_values(config_lib.default_config())
+  ]
+  assert set(config_lib.FIELDS) == set(config_lib.field_values(config_lib.default_config()))
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
@@ -163,6 +194,12 @@ def test_regularizer_options_are_set_from_the_command_line(tmp_path, name, optio
       assert config.regularizer.options[key] == value
       assert type(config.regularizer.options[key]) is type(value)
     config_lib.validate_config(config, num_devices=4)
+
+
+def test_model_options_are_set_from_the_command_line():
+  _, config, _, _ = cli.parse(["--config.model_options.hidden=64", "--config.model=mlp2"])
+  assert config.model_options.to_dict() == {"hidden": 64}
+  assert config_lib.make_model(config).hidden == 64
 
 
 def test_bad_regularizer_options_on_the_command_line(tmp_path, capsys):

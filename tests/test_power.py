@@ -148,3 +148,22 @@ def test_bad_operator_norm_options():
     sn_jax.operator_norm(lambda x: x, (2,), tol=0.0)
   with pytest.raises(ValueError, match="`method` must be 'lanczos' or 'power'"):
     sn_jax.operator_norm(lambda x: x, (2,), method="arnoldi")
+
+
+@pytest.mark.parametrize(
+  ("u", "match"),
+  [
+    (jnp.zeros(3), r"`u` must be non-zero \(norm > eps=1e-12\): power iteration never leaves"),
+    (jnp.full(3, 1e-14), r"`u` must be non-zero"),
+    (jnp.array([1.0, jnp.nan, 0.0]), r"`u` must be finite, got 1 non-finite entries of 3"),
+    (jnp.array([jnp.inf, 1.0, 0.0]), r"`u` must be finite"),
+  ],
+)
+def test_a_zero_or_non_finite_start_vector_is_refused(u, match):
+  with pytest.raises(ValueError, match=match):
+    sn_jax.power_iteration(lambda x: 2.0 * x, u)
+
+
+def test_a_traced_zero_start_vector_gives_sigma_zero_as_documented():
+  sigma, u = jax.jit(lambda u: sn_jax.power_iteration(lambda x: 2.0 * x, u))(jnp.zeros(3))
+  assert float(sigma) == 0.0 and not np.any(np.asarray(u))

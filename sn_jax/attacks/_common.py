@@ -61,7 +61,23 @@ def _check_x(x: jax.typing.ArrayLike) -> jax.Array:
   return x
 
 
-def _check_labels(y: jax.typing.ArrayLike, x: jax.Array) -> jax.Array:
+def _check_logits(logits: jax.Array | jax.ShapeDtypeStruct, x: jax.Array) -> int:
+  """The number of classes, once ``logits = logits_fn(x)`` is checked to be ``(batch, C)``."""
+  if len(logits.shape) != 2 or logits.shape[0] != x.shape[0]:
+    raise ValueError(
+      f"`logits_fn` must map `x` of shape {x.shape} to logits of shape (batch, classes) = "
+      f"({x.shape[0]}, C), got shape {tuple(logits.shape)}."
+    )
+  return logits.shape[1]
+
+
+def _num_classes(logits_fn: LogitsFn, x: jax.Array) -> int:
+  """``logits_fn``'s number of classes, from an abstract trace (no computation)."""
+  return _check_logits(jax.eval_shape(logits_fn, x), x)
+
+
+def _check_labels(y: jax.typing.ArrayLike, x: jax.Array, num_classes: int) -> jax.Array:
+  """``y`` checked: integer, shape ``(batch,)``, and in ``[0, num_classes)`` where concrete."""
   y = jnp.asarray(y)
   if not jnp.issubdtype(y.dtype, jnp.integer):
     raise TypeError(f"`y` must hold integer class labels, got dtype {y.dtype}.")
@@ -70,26 +86,38 @@ def _check_labels(y: jax.typing.ArrayLike, x: jax.Array) -> jax.Array:
       f"`y` must have shape (batch,) = {x.shape[:1]} to match `x` of shape {x.shape}, "
       f"got shape {y.shape}."
     )
+  labels = _concrete(y)
+  if labels is not None:
+    outside = labels[(labels < 0) | (labels >= num_classes)]
+    if outside.size:
+      raise ValueError(
+        f"`y` must hold class labels in [0, {num_classes}) (the logits' last axis), got "
+        f"{sorted(set(outside.tolist()))}."
+      )
   return y
 
 
 def _labels(logits_fn: LogitsFn, x: jax.Array, y: Any, targeted: bool) -> jax.Array:
-  """``y`` validated, or the model's predictions when ``y`` is None."""
+  """``y`` validated, or the model's predictions when ``y`` is None; checks ``logits_fn``."""
   if y is not None:
-    return _check_labels(y, x)
+    return _check_labels(y, x, _num_classes(logits_fn, x))
   if targeted:
     raise ValueError("`targeted=True` needs the target classes `y`, got y=None.")
-  return jnp.argmax(lax.stop_gradient(logits_fn(x)), axis=-1)
+  logits = logits_fn(x)
+  _check_logits(logits, x)
+  return jnp.argmax(lax.stop_gradient(logits), axis=-1)
 
 
 def _check_radius(value: Any, name: str, *, positive: bool = False) -> jax.Array:
-  """A scalar or 1-D radius; >= 0 (> 0 if ``positive``) wherever it is concrete."""
+  """A scalar or 1-D radius; finite and >= 0 (> 0 if ``positive``) wherever it is concrete."""
   array = jnp.asarray(value)
   if array.ndim > 1:
     raise ValueError(
       f"`{name}` must be a scalar or a 1-D array (one attack per entry), got shape {array.shape}."
     )
   concrete = _concrete(value)
+  if concrete is not None and not np.all(np.isfinite(concrete)):
+    raise ValueError(f"`{name}` must be finite, got {concrete.tolist()}.")
   if concrete is not None and np.any(concrete <= 0 if positive else concrete < 0):
     bound = "> 0" if positive else ">= 0"
     raise ValueError(f"`{name}` must be {bound}, got {concrete.tolist()}.")

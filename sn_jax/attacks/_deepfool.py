@@ -48,8 +48,10 @@ def _deepfool(
   _check_int(num_steps, "num_steps", 1)
   _check_int(num_classes, "num_classes", 2)
   concrete_overshoot = _concrete(overshoot)
-  if concrete_overshoot is not None and np.any(concrete_overshoot < 0):
-    raise ValueError(f"`overshoot` must be >= 0, got {concrete_overshoot.tolist()}.")
+  if concrete_overshoot is not None and not np.all(
+    np.isfinite(concrete_overshoot) & (concrete_overshoot >= 0)
+  ):
+    raise ValueError(f"`overshoot` must be finite and >= 0, got {concrete_overshoot.tolist()}.")
   _check_clip(clip_min, clip_max)
   logits0 = lax.stop_gradient(logits_fn(x))
   labels = _labels(lambda _: logits0, x, y, targeted)
@@ -126,7 +128,7 @@ def deepfool_perturbation(
     num_steps: iterations, >= 1 (AMM: 5; the original: 50).
     num_classes: candidate classes counting the label, ``2 <= num_classes``; values above C
       mean all C classes.
-    overshoot: >= 0; the returned perturbation is ``(1 + overshoot)`` times the accumulated
+    overshoot: finite, >= 0; the returned perturbation is ``(1 + overshoot)`` times the accumulated
       steps, which pushes the example across the boundary.
     clip_min: lower bound of the valid input range, or None (no clipping). With bounds, each
       step linearizes at the clipped point and ``x + r`` is clipped, as in foolbox; ``x`` should
@@ -145,7 +147,8 @@ def deepfool_perturbation(
 
   Raises:
     TypeError: if ``x`` is not floating point or ``y`` not integer.
-    ValueError: for num_steps < 1, num_classes < 2, overshoot < 0, ``y`` of the wrong length,
+    ValueError: for num_steps < 1, num_classes < 2, overshoot < 0 or not finite, ``y`` of the
+      wrong length or (when concrete) outside ``[0, C)``, ``logits_fn`` output not ``(B, C)``,
       clip_min > clip_max, or ``targeted`` without ``y``.
 
   Example:

@@ -11,6 +11,7 @@ from sn_jax.attacks._common import (
   _check_labels,
   _check_radius,
   _check_x,
+  _num_classes,
 )
 
 
@@ -41,7 +42,8 @@ def robust_accuracy(
 
   Raises:
     TypeError: if ``x`` is not floating point or ``y`` not integer.
-    ValueError: if ``eps`` has more than one axis, or ``y`` is of the wrong length.
+    ValueError: if ``eps`` has more than one axis or is not finite, ``y`` is of the wrong length
+      or (when concrete) outside ``[0, C)``, or ``logits_fn`` does not return ``(B, C)``.
 
   Example:
     >>> import functools, jax.numpy as jnp
@@ -55,7 +57,7 @@ def robust_accuracy(
     Croce et al., RobustBench, https://arxiv.org/abs/2010.09670.
   """
   x = _check_x(x)
-  y = _check_labels(y, x)
+  y = _check_labels(y, x, _num_classes(logits_fn, x))
   eps = _check_radius(eps, "eps")
   x_adv = attack(logits_fn, x, y, eps=eps)
   if eps.ndim == 0:

@@ -75,7 +75,7 @@ def fgm(
     x: inputs ``(B, ...)``, floating point.
     y: labels ``(B,)`` to move away from (to move toward if ``targeted``); None: the model's
       predictions.
-    eps: radius, >= 0: a scalar, or ``(E,)`` for E attacks in one call.
+    eps: radius, finite and >= 0: a scalar, or ``(E,)`` for E attacks in one call.
     norm: ``jnp.inf``, 2 or 1.
     random_start: False; True or ``'ball'``: start uniformly in the ball; ``'radial'`` (l_2
       only): a Gaussian direction with radius ``eps * U(0, 1)``.
@@ -91,8 +91,10 @@ def fgm(
 
   Raises:
     TypeError: if ``x`` is not floating point or ``y`` not integer.
-    ValueError: for eps < 0, an unknown norm, loss or random_start, ``random_start`` without a
-      ``key``, ``y`` of the wrong length, clip_min > clip_max, or ``targeted`` without ``y``.
+    ValueError: for eps < 0 or not finite, an unknown norm, loss or random_start,
+      ``random_start`` without a ``key``, ``y`` of the wrong length or (when concrete) outside
+      ``[0, C)``, ``logits_fn`` output not ``(B, C)``, clip_min > clip_max, or ``targeted``
+      without ``y``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -159,8 +161,8 @@ def pgd(
     logits_fn: pure function ``(B, ...) -> (B, C)``.
     x: inputs ``(B, ...)``, floating point, inside ``[clip_min, clip_max]`` if those are given.
     y: labels ``(B,)``; None: the model's predictions.
-    eps: radius, >= 0: a scalar, or ``(E,)`` for E attacks in one call.
-    step_size: step length ``a`` > 0, a scalar or shaped like ``eps``; None: ``2 * eps /
+    eps: radius, finite and >= 0: a scalar, or ``(E,)`` for E attacks in one call.
+    step_size: step length ``a``, finite and > 0, a scalar or shaped like ``eps``; None: ``2 * eps /
       num_steps``.
     num_steps: iterations, >= 1 (a ``lax.fori_loop``).
     norm: ``jnp.inf``, 2 or 1.
@@ -178,9 +180,10 @@ def pgd(
 
   Raises:
     TypeError: if ``x`` is not floating point or ``y`` not integer.
-    ValueError: for eps < 0, step_size <= 0, num_steps < 1, an unknown norm, loss or
-      random_start, ``y`` of the wrong length, clip_min > clip_max, ``random_start`` without a
-      ``key``, restarts without ``random_start``, or ``targeted`` without ``y``.
+    ValueError: for eps < 0, step_size <= 0, either not finite, num_steps < 1, an unknown
+      norm, loss or random_start, ``y`` of the wrong length or (when concrete) outside
+      ``[0, C)``, ``logits_fn`` output not ``(B, C)``, clip_min > clip_max, ``random_start``
+      without a ``key``, restarts without ``random_start``, or ``targeted`` without ``y``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -269,8 +272,9 @@ def wrm(
     logits_fn: pure function ``(B, ...) -> (B, C)``.
     x: inputs ``(B, ...)``, floating point.
     y: labels ``(B,)``; None: the model's predictions.
-    gamma: the penalty, > 0: a scalar, or ``(E,)`` for E attacks in one call. Farnia et al.
-      use ``gamma = 0.002 * C2`` (MNIST: ``0.04 * C2``), ``C2`` the average input l_2 norm.
+    gamma: the penalty, finite and > 0: a scalar, or ``(E,)`` for E attacks in one call.
+      Farnia et al. use ``gamma = 0.002 * C2`` (MNIST: ``0.04 * C2``), ``C2`` the average input
+      l_2 norm.
     num_steps: steps after the first, >= 1 (the paper: 15).
     clip_min: lower bound of the valid input range, or None (no clipping, the paper's choice).
     clip_max: upper bound, or None.
@@ -281,8 +285,9 @@ def wrm(
 
   Raises:
     TypeError: if ``x`` is not floating point or ``y`` not integer.
-    ValueError: for gamma <= 0, num_steps < 1, an unknown loss, ``y`` of the wrong length or
-      clip_min > clip_max.
+    ValueError: for gamma <= 0 or not finite, num_steps < 1, an unknown loss, ``y`` of the
+      wrong length or (when concrete) outside ``[0, C)``, ``logits_fn`` output not ``(B, C)``,
+      or clip_min > clip_max.
 
   Example:
     >>> import jax.numpy as jnp

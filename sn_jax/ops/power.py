@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 LinearOp = Callable[[jax.Array], jax.Array]
@@ -107,6 +108,24 @@ def _rayleigh_sigma(op: LinearOp, u: jax.Array, eps: float) -> jax.Array:
   return jnp.vdot(v, a_u).real
 
 
+def _check_start_vector(u: jax.Array, eps: float) -> None:
+  """Refuses a concrete start vector that is not finite or has a norm <= ``eps``."""
+  try:
+    concrete = np.asarray(u, np.float64)
+  except jax.errors.TracerArrayConversionError:
+    return  # Traced under jit: the caller's responsibility (see power_iteration).
+  if not np.all(np.isfinite(concrete)):
+    raise ValueError(
+      f"`u` must be finite, got {np.sum(~np.isfinite(concrete))} non-finite entries of "
+      f"{concrete.size}."
+    )
+  if np.sum(np.square(concrete)) <= eps * eps:
+    raise ValueError(
+      f"`u` must be non-zero (norm > eps={eps:g}): power iteration never leaves the zero vector. "
+      "Start from a random vector, e.g. u = jax.random.normal(key, shape)."
+    )
+
+
 def power_iteration(
   op: LinearOp,
   u: jax.typing.ArrayLike,
@@ -127,6 +146,12 @@ def power_iteration(
   A zero operator yields ``sigma = 0`` and leaves ``u`` as it came in (normalized), so the
   state never becomes NaN and resumes as soon as the operator is non-zero.
 
+  A zero ``u`` cannot be iterated away from (every step maps it to zero), and there is no key to
+  restart from a random vector, so a concrete ``u`` (not traced under ``jit``) that is zero, or
+  not finite, is refused. A traced ``u`` cannot be checked: a zero one gives ``sigma = 0`` and
+  stays zero, a NaN one gives NaN; starting from a random non-zero vector is the caller's
+  responsibility (:class:`sn_jax.nn.SpectralNorm` draws one at init).
+
   Args:
     op: any linear function whose input has the shape and dtype of ``u``.
     u: the current right singular vector estimate, any shape (for a convolution, one example's
@@ -139,7 +164,8 @@ def power_iteration(
 
   Raises:
     TypeError: if ``op`` is not linear or ``u`` is not floating point.
-    ValueError: if ``num_iters`` < 1.
+    ValueError: if ``num_iters`` < 1, or a concrete ``u`` has a norm <= ``eps`` or a non-finite
+      entry.
 
   Example:
     >>> import jax.numpy as jnp, sn_jax
@@ -150,6 +176,7 @@ def power_iteration(
   check_num_iters(num_iters)
   u = jnp.asarray(u)
   frozen, adjoint = _frozen_ops(op, jax.ShapeDtypeStruct(u.shape, u.dtype))
+  _check_start_vector(u, eps)
 
   def step(_, u):
     v = _safe_normalize(frozen(u), eps)

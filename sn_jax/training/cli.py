@@ -1,47 +1,84 @@
-"""The ``sn-jax`` command: adversarial training with and without spectral normalization.
+r"""sn-jax: adversarial training with and without spectral normalization.
 
-Usage::
+For example:
 
-  sn-jax                                     # the main job: `compare` on the embedded MNIST
-  sn-jax compare [--config FILE] [--workdir DIR] [--betas inf,2] [--config.FIELD=VALUE ...]
-  sn-jax train --config FILE --workdir DIR [--config.FIELD=VALUE ...]
-  sn-jax eval --config FILE --workdir DIR [--config.FIELD=VALUE ...]
-
-``FILE`` is an ``ml_collections`` config file (a ``get_config()`` function; see
-``experiments/farnia2019/``); without ``--config`` the default of
-:func:`sn_jax.training.config.default_config` is used. ``train`` resumes from the latest checkpoint
-in
-``DIR``; ``eval`` evaluates it. A regularizer's options need not be in the config:
-``--config.regularizer.options.NAME=VALUE`` adds or sets one (``VALUE`` a Python literal, or
-``true``/``false``/``inf``, or else a string), e.g.
-
-  sn-jax train --workdir DIR --config.regularizer.name=amm --config.regularizer.weight=1 \
+  sn-jax                       # the main job: compare no SN and SN on the embedded MNIST
+  sn-jax train --workdir /tmp/run --config.beta=2 --config.num_steps=100
+  sn-jax train --config experiments/farnia2019/mnist_mlp1.py:pgm,runlocal --workdir /tmp/run
+  sn-jax eval --config experiments/farnia2019/mnist_mlp1.py:pgm,runlocal --workdir /tmp/run
+  sn-jax train --workdir /tmp/amm --config.regularizer.name=amm --config.regularizer.weight=1 \
     --config.regularizer.options.lmbd=32 --config.regularizer.options.c=2 \
     --config.regularizer.options.d=1 --config.regularizer.options.aggregation=avg
+
+A config is the default one (sn_jax.training.config.default_config), or a config file's
+get_config(ARGS) with --config FILE[:ARGS] (see experiments/farnia2019/); --config.FIELD=VALUE
+sets a field, VALUE a Python literal, true/false, inf, or else a string. The options of the
+model and of the regularizer need not be in the config: --config.model_options.NAME=VALUE and
+--config.regularizer.options.NAME=VALUE add one. Every field is checked before anything is
+loaded or compiled; a bad one ends the command with one line on stderr and exit status 2
+(--verbose adds the traceback).
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.machinery
+import importlib.util
 import math
 import os
 import sys
 import tempfile
+import textwrap
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
+import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
 from sn_jax._backend import host_memory
 from sn_jax.training import config as config_lib
 from sn_jax.training import loop
+from sn_jax.training import workdir as workdir_lib
 
 COMMANDS = ("compare", "train", "eval")
-# ml_collections overrides only set fields that exist; regularizer options are added here.
-OPTION_PREFIX = "--config.regularizer.options."
-# The main job: no SN, and beta = 1.6, on the paper's grid for beta (REFERENCE 1.3).
+# The main job: no SN, and beta = 1.6, on the paper's grid for beta.
 MAIN_BETAS = "inf,1.6"
+# One line per command for the help, and its usage.
+_COMMAND_HELP = {
+  "compare": (
+    "train once per beta of --betas, print the accuracies side by side (the default)",
+    "sn-jax [compare] [--workdir DIR] [--betas B,...] [--config FILE[:ARGS]] "
+    "[--config.FIELD=VALUE ...]",
+  ),
+  "train": (
+    "train in --workdir, resuming from its latest checkpoint (and, without --config, with the "
+    "config recorded in its config.json), then evaluate",
+    "sn-jax train --workdir DIR [--config FILE[:ARGS]] [--config.FIELD=VALUE ...]",
+  ),
+  "eval": (
+    "evaluate the latest checkpoint in --workdir (without --config, with its config.json)",
+    "sn-jax eval --workdir DIR [--config FILE[:ARGS]] [--config.FIELD=VALUE ...]",
+  ),
+}
+_OPTIONS_HELP = (
+  ("--workdir DIR", "the run's directory: checkpoints, metrics.jsonl, results.json"),
+  ("--config FILE[:ARGS]", "a config file's get_config(ARGS) instead of the default config"),
+  ("--config.FIELD=VALUE", "set a field of the config (the fields are below)"),
+  ("--betas B,...", f"compare: the betas to train, inf = no SN (default: {MAIN_BETAS})"),
+  ("--override", "train, compare: change fields of the network recorded in DIR/config.json"),
+  ("--verbose", "print the traceback of an error too"),
+  ("-h, --help", "this help"),
+)
+_FIELD_COLUMN = 40  # where a field's meaning starts in the help
+CONFIG_PREFIX = "--config."
+_BOOLEANS = ("true", "false", "t", "f", "1", "0")  # what absl takes for a bool
+# ml_collections overrides only set fields that exist; model and regularizer options are added.
+OPTION_PREFIXES = {
+  "--config.model_options.": "model_options",
+  "--config.regularizer.options.": "regularizer.options",
+}
 
 
 class UsageError(Exception):
@@ -49,7 +86,11 @@ class UsageError(Exception):
 
 
 class HelpRequested(Exception):
-  """``-h``/``--help``: print the usage."""
+  """``-h``/``--help``: print the help of ``command`` (None: of ``sn-jax``)."""
+
+  def __init__(self, command: str | None):
+    super().__init__(command)
+    self.command = command
 
 
 def _option_value(text: str) -> Any:
@@ -66,58 +107,195 @@ def _option_value(text: str) -> Any:
     return text
 
 
-def _split_options(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
-  """Takes the ``--config.regularizer.options.NAME=VALUE`` arguments out of ``argv``."""
-  rest, options = [], {}
+def _split_options(argv: list[str]) -> tuple[list[str], dict[str, dict[str, Any]]]:
+  """Takes the ``--config.model_options.NAME=VALUE`` and ``--config.regularizer.options.NAME=VALUE``
+  arguments out of ``argv``; returns the rest and the options by field."""
+  rest, options = [], {field: {} for field in OPTION_PREFIXES.values()}
   for arg in argv:
-    if not arg.startswith(OPTION_PREFIX):
+    prefix = next((p for p in OPTION_PREFIXES if arg.startswith(p)), None)
+    if prefix is None:
       rest.append(arg)
       continue
-    name, sep, text = arg[len(OPTION_PREFIX) :].partition("=")
+    name, sep, text = arg[len(prefix) :].partition("=")
     if not name.isidentifier() or not sep:
-      raise UsageError(
-        f"expected {OPTION_PREFIX}NAME=VALUE with NAME a regularizer option, got {arg!r}."
-      )
-    options[name] = _option_value(text)
+      raise UsageError(f"expected {prefix}NAME=VALUE with NAME an option, got {arg!r}.")
+    options[OPTION_PREFIXES[prefix]][name] = _option_value(text)
   return rest, options
+
+
+def _take_config_file(argv: list[str]) -> tuple[list[str], str | None]:
+  """Takes ``--config FILE[:ARGS]`` (or ``--config=FILE[:ARGS]``) out of ``argv``."""
+  rest, spec = [], None
+  args = iter(argv)
+  for arg in args:
+    if arg == "--config":
+      spec = next(args, None)
+      if spec is None:
+        raise UsageError("--config needs a value: --config FILE[:ARGS].")
+    elif arg.startswith("--config="):
+      spec = arg[len("--config=") :]
+    else:
+      rest.append(arg)
+  return rest, spec
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """The config of ``--config FILE[:ARGS]``: ``get_config(ARGS)`` of the Python file ``FILE``.
+
+  Raises:
+    UsageError: naming the file (and the line, for a syntax error) if it is missing, does not
+      load, has no ``get_config`` or its ``get_config`` fails or returns no ``ConfigDict``.
+  """
+  path, sep, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise UsageError(f"--config {spec}: no such file {path!r}.")
+  loader = importlib.machinery.SourceFileLoader("sn_jax_config_file", path)
+  module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+  try:
+    loader.exec_module(module)
+  except SyntaxError as e:
+    raise UsageError(f"--config {path}, line {e.lineno}: SyntaxError: {e.msg}.") from e
+  except Exception as e:  # The file is the user's code: any error in it is a bad input.
+    raise UsageError(f"--config {path}: loading it raised {type(e).__name__}: {e}") from e
+  if not callable(getattr(module, "get_config", None)):
+    raise UsageError(f"--config {path}: the file defines no get_config() function.")
+  call = f"get_config({arg!r})" if sep else "get_config()"
+  try:
+    config = module.get_config(*([arg] if sep else []))
+  except Exception as e:  # As above: ARGS or the file is wrong, not sn-jax.
+    raise UsageError(f"--config {spec}: {call} raised {type(e).__name__}: {e}") from e
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise UsageError(
+      f"--config {spec}: {call} must return an ml_collections.ConfigDict, "
+      f"got {type(config).__name__}."
+    )
+  return config
+
+
+def _check_overrides(argv: list[str], config: ml_collections.ConfigDict) -> None:
+  """Refuses ``--config.FIELD=VALUE`` for a FIELD that ``config`` lacks, naming the closest."""
+  valid = config_lib.field_values(config)
+  unknown = []
+  for arg in argv:
+    if not arg.startswith(CONFIG_PREFIX):
+      continue
+    name, sep, text = arg[len(CONFIG_PREFIX) :].partition("=")
+    if name not in valid:
+      unknown.append(name)
+    elif sep and isinstance(valid[name], bool) and text.lower() not in _BOOLEANS:
+      raise UsageError(f"--config.{name} must be true or false, got {text!r}.")
+  if unknown:
+    raise UsageError(config_lib.unknown_fields_message(unknown, valid))
+
+
+def _recorded_or_default(command: str, argv: list[str]) -> ml_collections.ConfigDict:
+  """Without ``--config``, ``train`` and ``eval`` start from the config recorded in the workdir."""
+  args = iter(argv)
+  workdir = None
+  for arg in args:
+    if arg in ("--workdir", "-workdir"):
+      workdir = next(args, None)
+    elif arg.startswith(("--workdir=", "-workdir=")):
+      workdir = arg.partition("=")[2]
+  if command != "compare" and workdir:
+    _check_workdir(workdir)
+    try:
+      recorded = workdir_lib.recorded_config(workdir)
+    except workdir_lib.WorkdirError as e:
+      raise UsageError(str(e)) from e
+    if recorded is not None:
+      return recorded
+  return config_lib.default_config()
 
 
 def parse(argv: Sequence[str]) -> tuple[str, Any, str | None, list[float]]:
   """``(command, config, workdir, betas)`` from the arguments after the program name.
 
   Raises:
-    UsageError: for an unknown command or flag, or a bad override.
+    HelpRequested: for ``-h``, ``--help`` or ``help``.
+    UsageError: for an unknown command, flag or config field, a bad config file or override.
   """
   argv = list(argv)
-  if any(a in ("-h", "--help", "help") for a in argv):
-    raise HelpRequested
-  command = argv.pop(0) if argv and not argv[0].startswith("-") else "compare"
+  explicit = argv[0] if argv and not argv[0].startswith("-") else None
+  if explicit == "help" or any(a in ("-h", "--help") for a in argv):
+    raise HelpRequested(explicit if explicit in COMMANDS else None)
+  command = argv.pop(0) if explicit else "compare"
   if command not in COMMANDS:
     raise UsageError(f"unknown command {command!r}; expected one of {COMMANDS}.")
+  argv, spec = _take_config_file(argv)
   argv, options = _split_options(argv)
+  config = _recorded_or_default(command, argv) if spec is None else load_config_file(spec)
+  _check_overrides(argv, config)
   values = flags.FlagValues()
   try:
-    if any(a == "--config" or a.startswith("--config=") for a in argv):
-      config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=["sn-jax", *argv])
-    else:
-      config_flags.DEFINE_config_dict(
-        "config", config_lib.default_config(), flag_values=values, sys_argv=["sn-jax", *argv]
-      )
+    config_flags.DEFINE_config_dict(
+      "config", config, flag_values=values, sys_argv=["sn-jax", *argv]
+    )
     flags.DEFINE_string("workdir", None, "the run's directory", flag_values=values)
     flags.DEFINE_string(
       "betas", MAIN_BETAS, "compare: betas to train, 'inf' = no SN", flag_values=values
     )
     values(["sn-jax", *argv])
-    betas = [float(b) for b in values.betas.split(",")]
     config = values.config
-    config.get("beta")  # a config file that failed to load raises here
     with config.unlocked():
-      config.regularizer.options.update(options)
+      config.model_options.update(options["model_options"])
+      config.regularizer.options.update(options["regularizer.options"])
+  except flags.UnrecognizedFlagError as e:
+    raise UsageError(f"unknown flag --{e.flagname}; `sn-jax {command} --help` lists them.") from e
   except (flags.Error, ValueError, KeyError, AttributeError, OSError, TypeError) as e:
     raise UsageError(str(e)) from e
+  try:
+    betas = [float(b) for b in values.betas.split(",")]
+  except ValueError as e:
+    raise UsageError(f"--betas must be numbers separated by commas, got {values.betas!r}.") from e
   if command != "compare" and values.workdir is None:
     raise UsageError(f"`sn-jax {command}` needs --workdir DIR.")
   return command, config, values.workdir, betas
+
+
+def help_text(command: str | None = None) -> str:
+  """The help of ``sn-jax`` (``command`` None) or of one command, as plain text.
+
+  A command's help lists its options and every config field with its default (from
+  :func:`sn_jax.training.config.default_config`) and its meaning
+  (:data:`sn_jax.training.config.FIELDS`).
+  """
+  if command is None:
+    commands = [
+      textwrap.fill(meaning, 100, initial_indent=f"  {name:<9}", subsequent_indent=" " * 11)
+      for name, (meaning, _) in _COMMAND_HELP.items()
+    ]
+    return "\n".join(
+      [
+        "usage: sn-jax [COMMAND] [OPTIONS]",
+        "",
+        __doc__.strip(),
+        "",
+        "Commands:",
+        *commands,
+        "",
+        "`sn-jax COMMAND --help` lists the command's options and every config field.",
+      ]
+    )
+  meaning, usage = _COMMAND_HELP[command]
+  usage = textwrap.fill(usage, 100, initial_indent="usage: ", subsequent_indent=" " * 7)
+  lines = [usage, "", textwrap.fill(meaning[0].upper() + meaning[1:] + ".", 100)]
+  lines += ["", "Options:"]
+  lines += [f"  {flag:<23}{text}" for flag, text in _OPTIONS_HELP]
+  lines += ["", "Config fields (--config.FIELD=VALUE), with their defaults:"]
+  defaults = config_lib.field_values(config_lib.default_config())
+  for name, meaning in config_lib.FIELDS.items():
+    default = defaults[name]
+    if isinstance(default, ml_collections.ConfigDict):
+      default = default.to_dict()
+    head = f"  {name} = {default!r}"
+    if len(head) > _FIELD_COLUMN - 2:
+      lines.append(head)
+      head = ""
+    text = textwrap.wrap(meaning, width=100 - _FIELD_COLUMN)
+    lines.append(f"{head:<{_FIELD_COLUMN}}{text[0]}")
+    lines += [" " * _FIELD_COLUMN + line for line in text[1:]]
+  return "\n".join(lines)
 
 
 def table(config: Any, results: dict[str, dict[str, Any]]) -> str:
@@ -150,7 +328,9 @@ def table(config: Any, results: dict[str, dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
-def compare(config: Any, workdir: str, betas: Sequence[float]) -> dict[str, dict[str, Any]]:
+def compare(
+  config: Any, workdir: str, betas: Sequence[float], *, override: bool = False
+) -> dict[str, dict[str, Any]]:
   """Trains ``config`` once per beta (``inf``: no normalization) in ``workdir/beta_B``."""
   results = {}
   for beta in betas:
@@ -158,24 +338,51 @@ def compare(config: Any, workdir: str, betas: Sequence[float]) -> dict[str, dict
     run.beta = beta
     name = "no SN (beta=inf)" if math.isinf(beta) else f"SN (beta={beta:g})"
     print(f"== {name}", flush=True)
-    results[name] = loop.train_and_evaluate(run, os.path.join(workdir, f"beta_{beta:g}"))
+    run_dir = os.path.join(workdir, f"beta_{beta:g}")
+    results[name] = loop.train_and_evaluate(run, run_dir, override=override)
     if results[name]["interrupted"] is not None:
       break
   return results
 
 
+def _check_workdir(workdir: str) -> None:
+  """Refuses a workdir that is, or lies under, a file."""
+  path = os.path.abspath(workdir)
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  if not os.path.isdir(path):
+    raise UsageError(f"--workdir {workdir}: {path} is a file, not a directory.")
+
+
 def run(argv: Sequence[str]) -> int:
-  """Runs the command; returns the exit status (``128 + signal`` when interrupted)."""
-  command, config, workdir, betas = parse(argv)
+  """Runs the command; returns the exit status (``128 + signal`` when interrupted).
+
+  The config and the workdir are checked first, before any device is started, data loaded or
+  directory created.
+  """
+  override = "--override" in argv
+  command, config, workdir, betas = parse([a for a in argv if a != "--override"])
+  if override and command == "eval":
+    raise UsageError(
+      "`sn-jax eval` takes no --override: it evaluates the network trained in the workdir."
+    )
+  try:
+    config_lib.validate_config(config, num_devices=None)
+  except config_lib.ConfigError as e:
+    raise UsageError(str(e)) from e
+  if workdir is not None:
+    _check_workdir(workdir)
   try:
     if command == "eval":
       results = {f"beta={config.beta:g}": loop.evaluate_checkpoint(config, workdir)}
     elif command == "train":
-      results = {f"beta={config.beta:g}": loop.train_and_evaluate(config, workdir)}
+      result = loop.train_and_evaluate(config, workdir, override=override)
+      results = {f"beta={config.beta:g}": result}
     else:
       with tempfile.TemporaryDirectory(prefix="sn_jax_") as scratch:
-        results = compare(config, workdir or scratch, betas)
-  except (config_lib.ConfigError, FileNotFoundError) as e:  # bad input, not a bug: no traceback
+        results = compare(config, workdir or scratch, betas, override=override)
+  # Bad input, not a bug: one line, no traceback.
+  except (config_lib.ConfigError, FileNotFoundError, workdir_lib.WorkdirError) as e:
     raise UsageError(str(e)) from e
   interrupted = [r["interrupted"] for r in results.values() if r["interrupted"] is not None]
   if interrupted:
@@ -193,15 +400,21 @@ def main(argv: Sequence[str] | None = None) -> None:
   """The console entry point of ``sn-jax`` (and of ``python3 -m sn_jax``).
 
   It owns the process, so it first keeps freed host memory for reuse
-  (:func:`sn_jax.host_memory.retain`), before any computation.
+  (:func:`sn_jax.host_memory.retain`), before any computation. A bad input ends it with one line
+  on stderr and exit status 2; ``--verbose`` prints the traceback before that line.
   """
   host_memory.retain()
+  argv = list(sys.argv[1:] if argv is None else argv)
+  verbose = "--verbose" in argv
+  argv = [a for a in argv if a != "--verbose"]
   try:
-    status = run(sys.argv[1:] if argv is None else argv)
-  except HelpRequested:
-    print(__doc__)
+    status = run(argv)
+  except HelpRequested as e:
+    print(help_text(e.command))
     status = 0
   except UsageError as e:
+    if verbose:
+      traceback.print_exception(e)
     print(f"sn-jax: error: {e}", file=sys.stderr)
     status = 2
   sys.exit(status)

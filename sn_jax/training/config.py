@@ -12,7 +12,11 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
+import numbers
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -25,13 +29,69 @@ from sn_jax.training import data
 from sn_jax.training.step import Attack, Regularizer
 
 ATTACKS = ("none", "fgm", "pgm", "wrm")
+OPTIMIZERS = ("adam", "sgd")
+PARALLEL = ("shard_map", "pmap")
+# (train, test) split sizes, which bound batch_size and num_validation before the data is read.
+SPLIT_SIZES = {
+  data.EMBEDDED_MNIST: (4000, 1000),
+  "mnist": (60000, 10000),
+  "cifar10": (50000, 10000),
+  "svhn_cropped": (73257, 26032),
+}
+# Config fields whose keys are free: the options of the chosen model and regularizer.
+OPTION_FIELDS = ("model_options", "regularizer.options")
 
 
 class ConfigError(ValueError):
   """A bad config value; the message names the field (``config.beta must be > 0, got -1.0``)."""
 
 
-OPTIMIZERS = ("adam", "sgd")
+_ATTACK_FIELDS = {
+  "name": f"one of {', '.join(ATTACKS)}",
+  "norm": "1, 2 or inf",
+  "eps": "radius, >= 0 (times C2 if relative)",
+  "relative": "eps, gamma in units of C2, the mean ||x||_2 of train",
+  "num_steps": "PGM and WRM steps, >= 1",
+  "step_size": "PGM step length, >= 0 (0: 2 eps / num_steps)",
+  "gamma": "WRM's penalty, > 0 (times C2 if relative)",
+}
+
+FIELDS: dict[str, str] = {
+  "dataset": f"one of {', '.join(data.DATASETS)}",
+  "data_dir": "the tfds data directory (None: ~/tensorflow_datasets)",
+  "num_validation": "test images held out for validation, >= 0 (paper: 500)",
+  "model": f"one of {', '.join(sorted(models.INPUT_SHAPES))}",
+  "model_options": "the model's options: --config.model_options.NAME=VALUE",
+  "beta": "bound on each layer's spectral norm, > 0 (inf: no SN)",
+  "num_iters": "power-iteration steps per training step, >= 1",
+  **{f"attack.{k}": f"training attack: {v}" for k, v in _ATTACK_FIELDS.items()},
+  **{f"eval_attack.{k}": f"evaluation attack: {v}" for k, v in _ATTACK_FIELDS.items()},
+  "adv_weight": "w in [0, 1]: loss (1 - w) CE(clean) + w CE(adversarial)",
+  "regularizer.name": "none, or a sn_jax.regularizers.make_regularizer name",
+  "regularizer.weight": "the regularizer's weight in the loss",
+  "regularizer.options": "its options: --config.regularizer.options.NAME=VALUE",
+  "regularizer.alternate": "even steps adversarial, odd ones clean + regularizer (Roth et al.)",
+  "optimizer": f"one of {', '.join(OPTIMIZERS)}",
+  "learning_rate": "constant learning rate, > 0",
+  "momentum": "SGD's momentum",
+  "batch_size": "global batch size, a multiple of the number of devices",
+  "num_epochs": "training epochs, >= 1",
+  "num_steps": "training steps, >= 0 (0: num_epochs epochs)",
+  "early_stop_accuracy": "stop once the mean train accuracy of early_stop_epochs epochs reaches it",
+  "early_stop_epochs": "the epochs that early stopping averages, >= 1",
+  "seed": "seed of init, data order and attacks, in [0, 2**32)",
+  "parallel": f"data parallelism: one of {', '.join(PARALLEL)}",
+  "distributed.enabled": "call jax.distributed.initialize() first (multi-host)",
+  "distributed.coordinator_address": "passed to it if set ('': auto-detected)",
+  "distributed.num_processes": "passed to it if set (-1: auto-detected)",
+  "distributed.process_id": "passed to it if set (-1: auto-detected)",
+  "log_every": "steps between two metrics records, >= 1",
+  "checkpoint_every": "steps between two checkpoints, >= 1",
+  "keep_checkpoints": "checkpoints kept, >= 1",
+  "eval_batch_size": "evaluation batch size, a multiple of the number of devices",
+  "num_eval_train": "training examples evaluated at the end, >= 0 (0: all)",
+}
+"""Every field of :func:`default_config` by dotted name, with its meaning (``sn-jax train -h``)."""
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -45,34 +105,8 @@ def default_config() -> ml_collections.ConfigDict:
   small to compare on 4,000 training digits; 80 epochs. :func:`farnia2019_config` gives their
   exact settings.
 
-  Every field, with its meaning:
-
-  - ``dataset``: one of :data:`sn_jax.training.data.DATASETS`; ``data_dir`` the tfds directory (or
-    None);
-    ``num_validation``: test images held out for validation (the paper: 500).
-  - ``model`` (a :func:`sn_jax.models.get_model` name) and ``model_options`` (its keyword
-    arguments); ``beta`` (> 0; ``inf`` disables normalization) and ``num_iters`` of the power
-    iteration.
-  - ``attack``: the training attack (``name`` in :data:`ATTACKS`; ``norm``, ``eps``,
-    ``num_steps``, ``step_size`` (0: ``2 eps / num_steps``), ``gamma`` for WRM; with
-    ``relative=True`` ``eps`` and ``gamma`` are multiples of ``C2 = mean ||x||_2`` of the training
-    set, the paper's convention). ``eval_attack``: a second attack for evaluation, same fields.
-  - ``adv_weight``: the loss is ``(1 - w) CE(clean) + w CE(adversarial)``; the paper uses 1.
-  - ``regularizer``: ``name`` (``'none'`` or a :func:`sn_jax.regularizers.make_regularizer`
-    name), ``weight`` and ``options`` (that regularizer's keyword options; on the command line
-    ``--config.regularizer.options.NAME=VALUE`` adds or sets one). With ``alternate`` (Roth et
-    al.'s schedule; needs an attack and a regularizer) even steps train on the adversarial batch
-    alone and odd steps on the clean batch plus the regularizer; otherwise every step adds the
-    regularizer, on the clean batch, to the attack's loss.
-  - ``optimizer`` (``'adam'`` or ``'sgd'`` with ``momentum``), ``learning_rate``, ``batch_size``
-    (global), ``num_epochs``, ``num_steps`` (> 0 overrides the epochs), early stopping once the
-    mean train accuracy of the last ``early_stop_epochs`` epochs reaches ``early_stop_accuracy``.
-  - ``seed``; ``parallel`` (``'shard_map'`` or ``'pmap'``); ``distributed``: with ``enabled``,
-    call ``jax.distributed.initialize()`` first (multi-host runs), passing
-    ``coordinator_address``, ``num_processes`` and ``process_id`` where set (``''``/``-1``:
-    auto-detected on TPU pods and SLURM); ``log_every``,
-    ``checkpoint_every``, ``keep_checkpoints`` (steps, steps, count); ``eval_batch_size``;
-    ``num_eval_train`` (training examples evaluated at the end; 0: all).
+  :data:`FIELDS` gives every field's meaning; ``sn-jax train --help`` lists them with these
+  defaults.
   """
   config = ml_collections.ConfigDict()
   config.dataset = data.EMBEDDED_MNIST
@@ -110,6 +144,73 @@ def default_config() -> ml_collections.ConfigDict:
   return config
 
 
+def field_values(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+  """Every field of ``config`` and its value, by dotted name (``'attack.eps'``).
+
+  Each of :data:`OPTION_FIELDS` counts as one field, its value a ``ConfigDict``.
+  """
+  leaves = {}
+  for key, value in config.items():
+    name = prefix + key
+    if isinstance(value, ml_collections.ConfigDict) and name not in OPTION_FIELDS:
+      leaves.update(field_values(value, name + "."))
+    else:
+      leaves[name] = value
+  return leaves
+
+
+def unknown_fields_message(names: Sequence[str], valid: Iterable[str]) -> str:
+  """One line naming the unknown config fields ``names``, each with its closest ``valid`` names.
+
+  Example:
+    >>> unknown_fields_message(['btea'], ['beta', 'seed'])
+    'no config field config.btea (closest: beta, seed); `sn-jax train --help` lists the fields.'
+  """
+  valid = list(valid)
+  parts = [
+    f"config.{name} (closest: {', '.join(difflib.get_close_matches(name, valid, 3, 0.0))})"
+    for name in names
+  ]
+  return f"no config field {', '.join(parts)}; `sn-jax train --help` lists the fields."
+
+
+def _kind(value: Any) -> str | None:
+  """The kind of config value a default stands for, or None for no constraint."""
+  if isinstance(value, bool):
+    return "a bool"
+  if isinstance(value, numbers.Integral):
+    return "an int"
+  if isinstance(value, numbers.Real):
+    return "a number"
+  if isinstance(value, str):
+    return "a str"
+  return None
+
+
+def _check_fields(config: ml_collections.ConfigDict) -> None:
+  """Refuses unknown or missing fields, and values of another kind than their default."""
+  defaults, leaves = field_values(default_config()), field_values(config)
+  unknown = [name for name in leaves if name not in defaults]
+  if unknown:
+    raise ConfigError(unknown_fields_message(unknown, defaults))
+  missing = [name for name in defaults if name not in leaves]
+  if missing:
+    raise ConfigError(
+      f"config lacks the fields {missing}; build configs from "
+      "sn_jax.training.config.default_config()."
+    )
+  for name, value in leaves.items():
+    kind = _kind(defaults[name])
+    ok = {
+      None: True,
+      "a bool": isinstance(value, bool),
+      "an int": _kind(value) == "an int",
+      "a number": _kind(value) in ("an int", "a number"),
+      "a str": isinstance(value, str) or (value is None and name == "data_dir"),
+    }[kind]
+    _check(ok, name, kind, value)
+
+
 def _check(ok: bool, field: str, expected: str, got: Any) -> None:
   if not ok:
     raise ConfigError(f"config.{field} must be {expected}, got {got!r}.")
@@ -126,14 +227,27 @@ def _check_attack(attack: ml_collections.ConfigDict, field: str) -> None:
   )
 
 
-def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
+def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | None) -> None:
   """Checks every value a run depends on, before any data is read or anything is compiled.
 
+  Args:
+    config: the run's config.
+    num_devices: the devices the batches are split over; None skips the checks that need it
+      (the command line checks a config before it starts the devices).
+
   Raises:
-    ConfigError: (a ``ValueError``) naming the first bad field.
+    ConfigError: (a ``ValueError``) naming the first bad field; an unknown field is named with
+      the closest valid ones.
   """
+  _check_fields(config)
   _check(config.dataset in data.DATASETS, "dataset", f"one of {data.DATASETS}", config.dataset)
-  _check(config.num_validation >= 0, "num_validation", ">= 0", config.num_validation)
+  num_train, num_test = SPLIT_SIZES[config.dataset]
+  _check(
+    0 <= config.num_validation < num_test,
+    "num_validation",
+    f"in [0, {num_test}) for dataset {config.dataset!r} (its test split has {num_test} images)",
+    config.num_validation,
+  )
   _check(config.beta > 0, "beta", "> 0 (inf: no normalization)", config.beta)
   _check(config.num_iters >= 1, "num_iters", ">= 1", config.num_iters)
   make_model(config)
@@ -144,17 +258,25 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
   _check(config.learning_rate > 0, "learning_rate", "> 0", config.learning_rate)
   for field in ("batch_size", "eval_batch_size"):
     size = config[field]
-    _check(
-      size >= num_devices and size % num_devices == 0,
-      field,
-      f"a positive multiple of the number of devices ({num_devices})",
-      size,
-    )
+    _check(size >= 1, field, ">= 1", size)
+    if field == "batch_size":
+      _check(
+        size <= num_train,
+        field,
+        f"<= {num_train} (the training set of {config.dataset!r})",
+        size,
+      )
+    if num_devices is not None:
+      _check(
+        size % num_devices == 0,
+        field,
+        f"a positive multiple of the number of devices ({num_devices})",
+        size,
+      )
   _check(config.num_epochs >= 1, "num_epochs", ">= 1", config.num_epochs)
   _check(config.num_steps >= 0, "num_steps", ">= 0 (0: use num_epochs)", config.num_steps)
-  _check(
-    config.parallel in ("shard_map", "pmap"), "parallel", "'shard_map' or 'pmap'", config.parallel
-  )
+  _check(0 <= config.seed < 2**32, "seed", "in [0, 2**32)", config.seed)
+  _check(config.parallel in PARALLEL, "parallel", f"one of {PARALLEL}", config.parallel)
   for field in ("log_every", "checkpoint_every", "keep_checkpoints", "early_stop_epochs"):
     _check(config[field] >= 1, field, ">= 1", config[field])
   _check(config.num_eval_train >= 0, "num_eval_train", ">= 0 (0: all)", config.num_eval_train)
@@ -178,13 +300,22 @@ def make_model(config: ml_collections.ConfigDict) -> nn.Module:
     ValueError: for an unknown model or option, naming the config field.
   """
   try:
-    return models.get_model(
-      config.model, beta=config.beta, num_iters=config.num_iters, **config.model_options.to_dict()
-    )
+    model = models.get_model(config.model)
   except ValueError as e:
     raise ConfigError(f"config.model: {e}") from e
-  except TypeError as e:
-    raise ConfigError(f"config.model_options: {e}") from e
+  options = config.model_options.to_dict()
+  valid = sorted({f.name for f in dataclasses.fields(model)} - {"parent", "name"})
+  unknown = sorted(set(options) - set(valid))
+  if unknown:
+    closest = "; ".join(
+      f"closest to {name!r}: {', '.join(difflib.get_close_matches(name, valid, 3, 0.0))}"
+      for name in unknown
+    )
+    raise ConfigError(
+      f"config.model_options: model {config.model!r} has no attribute(s) {unknown} ({closest}); "
+      f"its attributes are {valid}."
+    )
+  return models.get_model(config.model, beta=config.beta, num_iters=config.num_iters, **options)
 
 
 def make_attack(attack: ml_collections.ConfigDict, *, scale: float = 1.0) -> Attack | None:
@@ -260,7 +391,10 @@ def farnia2019_config(dataset: str, model: str, spec: str) -> ml_collections.Con
     raise ValueError(f"`spec` options must be 'linf' or 'runlocal', got {sorted(unknown)}.")
   linf, runlocal = "linf" in options, "runlocal" in options
   if attack not in ("erm", "fgm", "pgm", "wrm"):
-    raise ValueError(f"`attack` must be one of ('erm', 'fgm', 'pgm', 'wrm'), got {attack!r}.")
+    raise ValueError(
+      "`spec` must be ATTACK[,linf][,runlocal] with ATTACK one of ('erm', 'fgm', 'pgm', 'wrm'), "
+      f"got {spec!r}."
+    )
   if linf and attack not in ("fgm", "pgm"):
     raise ValueError(f"`linf` applies to 'fgm' and 'pgm' only, got attack={attack!r}.")
   config = default_config()
