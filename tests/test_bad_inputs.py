@@ -8,7 +8,7 @@ import sys
 import ml_collections
 import pytest
 
-from sn_jax.training import cli, data
+from sn_jax.training import cli, data, farnia2019
 from sn_jax.training import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -187,7 +187,7 @@ def test_validate_config_refuses_fields_of_the_wrong_kind_unknown_or_missing(cha
 def test_the_default_and_the_paper_configs_pass_every_check():
   config_lib.validate_config(config_lib.default_config(), num_devices=1)
   config_lib.validate_config(config_lib.default_config(), num_devices=None)
-  config = config_lib.farnia2019_config("svhn_cropped", "alexnet", "pgm")
+  config = farnia2019.farnia2019_config("svhn_cropped", "alexnet", "pgm")
   config.num_validation = 26031
   config_lib.validate_config(config, num_devices=4)
   config.num_validation = 26032

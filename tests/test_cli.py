@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from sn_jax.training import cli, data, loop
+from sn_jax.training import cli, data, farnia2019, loop
 from sn_jax.training import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -152,24 +152,24 @@ def test_experiment_configs_are_valid(path):
 
 
 def test_farnia2019_config_follows_the_paper():
-  config = config_lib.farnia2019_config("cifar10", "alexnet", "pgm,linf")
+  config = farnia2019.farnia2019_config("cifar10", "alexnet", "pgm,linf")
   assert (config.optimizer, config.learning_rate, config.momentum) == ("sgd", 0.01, 0.9)
   assert (config.attack.norm, config.attack.eps, config.attack.relative) == (math.inf, 0.1, False)
   assert config.batch_size == 128 and config.num_validation == 500
   assert config.early_stop_accuracy == 0.999 and config.num_epochs == 200
   assert (config.attack.name, config.eval_attack.name) == ("pgm", "pgm")
-  l2 = config_lib.farnia2019_config("cifar10", "mlp1", "fgm")
+  l2 = farnia2019.farnia2019_config("cifar10", "mlp1", "fgm")
   assert (l2.attack.eps, l2.attack.relative, l2.attack.gamma) == (0.05, True, 0.002)
   assert (l2.optimizer, l2.eval_attack.name) == ("adam", "pgm")
-  mnist = config_lib.farnia2019_config("mnist", "elunet", "wrm")
+  mnist = farnia2019.farnia2019_config("mnist", "elunet", "wrm")
   assert (mnist.optimizer, mnist.learning_rate) == ("adam", 1e-3)
   assert (mnist.attack.gamma, mnist.attack.relative) == (0.04, True)
   with pytest.raises(ValueError, match=r"`linf` applies to 'fgm' and 'pgm' only, got attack='wrm'"):
-    config_lib.farnia2019_config("mnist", "elunet", "wrm,linf")
+    farnia2019.farnia2019_config("mnist", "elunet", "wrm,linf")
   with pytest.raises(
     ValueError, match=r"`spec` options must be 'linf' or 'runlocal', got \['fast'\]"
   ):
-    config_lib.farnia2019_config("mnist", "elunet", "pgm,fast")
+    farnia2019.farnia2019_config("mnist", "elunet", "pgm,fast")
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """Farnia, Zhang & Tse (ICLR 2019), Table 1: the mini Inception on CIFAR-10.
 
 Paper: https://arxiv.org/abs/1811.07457; protocol in
-:func:`sn_jax.training.config.farnia2019_config`.
+:func:`sn_jax.training.farnia2019.farnia2019_config`.
 Prepare the data once, where there is network (then copy ~/tensorflow_datasets here, or
 set --config.data_dir):
 
@@ -21,7 +21,7 @@ Expected runtime: not measured here (no network for the data, no accelerator); u
 of batch 128 with early stopping. `runlocal` trains 20 steps (the dataset must still be prepared).
 """
 
-from sn_jax.training.config import farnia2019_config
+from sn_jax.training.farnia2019 import farnia2019_config
 
 
 def get_config(spec: str = "pgm"):

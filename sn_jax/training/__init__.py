@@ -16,6 +16,7 @@ _SUBMODULES = (
   "config",
   "data",
   "evaluation",
+  "farnia2019",
   "loop",
   "metrics",
   "step",

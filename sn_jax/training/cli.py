@@ -21,9 +21,6 @@ loaded or compiled; a bad one ends the command with one line on stderr and exit 
 
 from __future__ import annotations
 
-import ast
-import importlib.machinery
-import importlib.util
 import math
 import os
 import sys
@@ -41,6 +38,13 @@ from sn_jax._backend import host_memory
 from sn_jax.training import config as config_lib
 from sn_jax.training import loop
 from sn_jax.training import workdir as workdir_lib
+from sn_jax.training.arguments import (
+  UsageError,
+  check_overrides,
+  load_config_file,
+  split_options,
+  take_config_file,
+)
 
 COMMANDS = ("compare", "train", "eval")
 # The main job: no SN, and beta = 1.6, on the paper's grid for beta.
@@ -72,17 +76,6 @@ _OPTIONS_HELP = (
   ("-h, --help", "this help"),
 )
 _FIELD_COLUMN = 40  # where a field's meaning starts in the help
-CONFIG_PREFIX = "--config."
-_BOOLEANS = ("true", "false", "t", "f", "1", "0")  # what absl takes for a bool
-# ml_collections overrides only set fields that exist; model and regularizer options are added.
-OPTION_PREFIXES = {
-  "--config.model_options.": "model_options",
-  "--config.regularizer.options.": "regularizer.options",
-}
-
-
-class UsageError(Exception):
-  """A bad command line or config value, reported in one line without a traceback."""
 
 
 class HelpRequested(Exception):
@@ -91,101 +84,6 @@ class HelpRequested(Exception):
   def __init__(self, command: str | None):
     super().__init__(command)
     self.command = command
-
-
-def _option_value(text: str) -> Any:
-  """A command-line option value: a Python literal, ``true``/``false``, a float, or the string."""
-  if text.strip().lower() in ("true", "false"):
-    return text.strip().lower() == "true"
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    pass
-  try:
-    return float(text)  # 'inf', 'nan'
-  except ValueError:
-    return text
-
-
-def _split_options(argv: list[str]) -> tuple[list[str], dict[str, dict[str, Any]]]:
-  """Takes the ``--config.model_options.NAME=VALUE`` and ``--config.regularizer.options.NAME=VALUE``
-  arguments out of ``argv``; returns the rest and the options by field."""
-  rest, options = [], {field: {} for field in OPTION_PREFIXES.values()}
-  for arg in argv:
-    prefix = next((p for p in OPTION_PREFIXES if arg.startswith(p)), None)
-    if prefix is None:
-      rest.append(arg)
-      continue
-    name, sep, text = arg[len(prefix) :].partition("=")
-    if not name.isidentifier() or not sep:
-      raise UsageError(f"expected {prefix}NAME=VALUE with NAME an option, got {arg!r}.")
-    options[OPTION_PREFIXES[prefix]][name] = _option_value(text)
-  return rest, options
-
-
-def _take_config_file(argv: list[str]) -> tuple[list[str], str | None]:
-  """Takes ``--config FILE[:ARGS]`` (or ``--config=FILE[:ARGS]``) out of ``argv``."""
-  rest, spec = [], None
-  args = iter(argv)
-  for arg in args:
-    if arg == "--config":
-      spec = next(args, None)
-      if spec is None:
-        raise UsageError("--config needs a value: --config FILE[:ARGS].")
-    elif arg.startswith("--config="):
-      spec = arg[len("--config=") :]
-    else:
-      rest.append(arg)
-  return rest, spec
-
-
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-  """The config of ``--config FILE[:ARGS]``: ``get_config(ARGS)`` of the Python file ``FILE``.
-
-  Raises:
-    UsageError: naming the file (and the line, for a syntax error) if it is missing, does not
-      load, has no ``get_config`` or its ``get_config`` fails or returns no ``ConfigDict``.
-  """
-  path, sep, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise UsageError(f"--config {spec}: no such file {path!r}.")
-  loader = importlib.machinery.SourceFileLoader("sn_jax_config_file", path)
-  module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-  try:
-    loader.exec_module(module)
-  except SyntaxError as e:
-    raise UsageError(f"--config {path}, line {e.lineno}: SyntaxError: {e.msg}.") from e
-  except Exception as e:  # The file is the user's code: any error in it is a bad input.
-    raise UsageError(f"--config {path}: loading it raised {type(e).__name__}: {e}") from e
-  if not callable(getattr(module, "get_config", None)):
-    raise UsageError(f"--config {path}: the file defines no get_config() function.")
-  call = f"get_config({arg!r})" if sep else "get_config()"
-  try:
-    config = module.get_config(*([arg] if sep else []))
-  except Exception as e:  # As above: ARGS or the file is wrong, not sn-jax.
-    raise UsageError(f"--config {spec}: {call} raised {type(e).__name__}: {e}") from e
-  if not isinstance(config, ml_collections.ConfigDict):
-    raise UsageError(
-      f"--config {spec}: {call} must return an ml_collections.ConfigDict, "
-      f"got {type(config).__name__}."
-    )
-  return config
-
-
-def _check_overrides(argv: list[str], config: ml_collections.ConfigDict) -> None:
-  """Refuses ``--config.FIELD=VALUE`` for a FIELD that ``config`` lacks, naming the closest."""
-  valid = config_lib.field_values(config)
-  unknown = []
-  for arg in argv:
-    if not arg.startswith(CONFIG_PREFIX):
-      continue
-    name, sep, text = arg[len(CONFIG_PREFIX) :].partition("=")
-    if name not in valid:
-      unknown.append(name)
-    elif sep and isinstance(valid[name], bool) and text.lower() not in _BOOLEANS:
-      raise UsageError(f"--config.{name} must be true or false, got {text!r}.")
-  if unknown:
-    raise UsageError(config_lib.unknown_fields_message(unknown, valid))
 
 
 def _recorded_or_default(command: str, argv: list[str]) -> ml_collections.ConfigDict:
@@ -222,10 +120,10 @@ def parse(argv: Sequence[str]) -> tuple[str, Any, str | None, list[float]]:
   command = argv.pop(0) if explicit else "compare"
   if command not in COMMANDS:
     raise UsageError(f"unknown command {command!r}; expected one of {COMMANDS}.")
-  argv, spec = _take_config_file(argv)
-  argv, options = _split_options(argv)
+  argv, spec = take_config_file(argv)
+  argv, options = split_options(argv)
   config = _recorded_or_default(command, argv) if spec is None else load_config_file(spec)
-  _check_overrides(argv, config)
+  check_overrides(argv, config)
   values = flags.FlagValues()
   try:
     config_flags.DEFINE_config_dict(
