@@ -8,9 +8,18 @@ data, so one ``jax.jit`` around an attack traces once. The attack radius (``eps`
 WRM) may be a 1-D array: the result then gains a leading axis, and one compiled call evaluates a
 whole robustness curve (:func:`robust_accuracy`).
 
-Options are checked when the attack is traced: shapes, dtypes, norms and step counts always;
-values such as ``eps < 0`` or ``clip_min > clip_max`` where they are concrete (Python numbers or
-arrays passed in from outside ``jax.jit``). Traced radii are the caller's responsibility.
+The first attacks of AutoAttack follow the same conventions and take an explicit PRNG ``key``:
+:func:`apgd` (Auto-PGD on the cross-entropy or :func:`dlr_loss`), :func:`apgd_targeted` (on
+:func:`dlr_loss_targeted`, one run per target class) and the gradient-free :func:`square`.
+
+Options are checked when the attack is traced: shapes, dtypes, norms, step counts and the shape
+of ``logits_fn``'s output (``(B, C)``, found with ``jax.eval_shape``, no computation) always;
+values where they are concrete (Python numbers or arrays passed in from outside ``jax.jit``):
+radii, step sizes and ``overshoot`` must be finite and non-negative, ``clip_min <= clip_max``,
+labels in ``[0, C)``. There is no unbounded attack, with ``norm=jnp.inf`` either: an infinite
+``eps`` is refused; pass a radius larger than the steps can travel instead. Traced values are
+the caller's responsibility: a NaN or infinite radius gives NaN inputs, a label ``>= C`` leaves
+its example unperturbed and a negative one counts from the last class.
 
 The loss is summed over the batch before differentiating, so each example gets its own input
 gradient; norms are per example, and normalizing a zero gradient gives zero (never NaN, also in
@@ -45,13 +54,21 @@ References:
   Farnia, Zhang & Tse, Generalizable adversarial training via spectral normalization,
   https://arxiv.org/abs/1811.07457.
   Yan, Guo & Zhang, Adversarial margin maximization networks, https://arxiv.org/abs/1911.05916.
+  Croce & Hein, Reliable evaluation of adversarial robustness with an ensemble of diverse
+  parameter-free attacks, https://arxiv.org/abs/2003.01690.
+  Andriushchenko et al., Square Attack, https://arxiv.org/abs/1912.00049.
 """
 
+from sn_jax.attacks._apgd import apgd as apgd
+from sn_jax.attacks._apgd import apgd_targeted as apgd_targeted
 from sn_jax.attacks._common import cross_entropy as cross_entropy
 from sn_jax.attacks._common import logit_margin as logit_margin
 from sn_jax.attacks._deepfool import deepfool as deepfool
 from sn_jax.attacks._deepfool import deepfool_perturbation as deepfool_perturbation
+from sn_jax.attacks._dlr import dlr_loss as dlr_loss
+from sn_jax.attacks._dlr import dlr_loss_targeted as dlr_loss_targeted
 from sn_jax.attacks._evaluation import robust_accuracy as robust_accuracy
 from sn_jax.attacks._gradient import fgm as fgm
 from sn_jax.attacks._gradient import pgd as pgd
 from sn_jax.attacks._gradient import wrm as wrm
+from sn_jax.attacks._square import square as square

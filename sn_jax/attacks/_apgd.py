@@ -1,0 +1,385 @@
+"""Auto-PGD (APGD) of Croce & Hein: untargeted (CE or DLR loss) and targeted (APGD-T)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from sn_jax.attacks._common import (
+  LogitsFn,
+  LossFn,
+  _check_clip,
+  _check_int,
+  _check_norm,
+  _check_radius,
+  _check_x,
+  _clip,
+  _expand,
+  _finish,
+  _labels,
+  _norm,
+  _num_classes,
+  _over_radii,
+  _project,
+  _unit,
+  cross_entropy,
+)
+from sn_jax.attacks._dlr import dlr_loss, dlr_loss_targeted
+
+_MOMENTUM = 0.75  # alpha: weight of the new projected step against the previous update
+
+
+def _checkpoint_windows(num_steps: int) -> np.ndarray:
+  """``(num_steps,)`` int32: at a checkpoint step, the number of steps since the previous one.
+
+  Zero elsewhere. The first window is ``max(int(0.22 n), 1)`` steps; each next one is shorter by
+  ``max(int(0.03 n), 1)`` down to ``max(int(0.06 n), 1)``, the checkpoints ``p_{j+1} = p_j +
+  max(p_j - p_{j-1} - 0.03, 0.06)`` in whole steps, as in the authors' code.
+  """
+  window = max(int(0.22 * num_steps), 1)
+  shortest, decrease = max(int(0.06 * num_steps), 1), max(int(0.03 * num_steps), 1)
+  windows, since = np.zeros(num_steps, np.int32), 0
+  for step in range(num_steps):
+    since += 1
+    if since == window:
+      windows[step], since = window, 0
+      window = max(window - decrease, shortest)
+  return windows
+
+
+class _State(NamedTuple):
+  """One APGD run; ``B`` examples, inputs ``(B, ...)``."""
+
+  x_adv: jax.Array  # (B, ...): the current iterate
+  x_prev: jax.Array  # (B, ...): the iterate before it (for the momentum term)
+  grad: jax.Array  # (B, ...): the loss gradient at x_adv
+  step_size: jax.Array  # (B,)
+  x_best: jax.Array  # (B, ...): the highest-loss point so far
+  grad_best: jax.Array  # (B, ...): the gradient there
+  loss_best: jax.Array  # (B,)
+  x_fooled: jax.Array  # (B, ...): the last misclassified iterate (x_adv at start)
+  fooled: jax.Array  # (B,) bool: a misclassified point was found
+  loss_prev: jax.Array  # (B,): the loss of the previous step
+  increases: jax.Array  # (B,) int32: steps that increased the loss since the last checkpoint
+  reduced: jax.Array  # (B,) bool: the step size was halved at the last checkpoint
+  loss_best_checked: jax.Array  # (B,): loss_best at the last checkpoint
+
+
+def _loss_and_grad(logits_fn: LogitsFn, loss_fn: LossFn, labels: jax.Array):
+  """``z -> (loss (B,), logits (B, C), d sum(loss)/dz (B, ...))`` in one forward-backward pass."""
+
+  def total(z):
+    logits = logits_fn(z)
+    loss = loss_fn(logits, labels)
+    return jnp.sum(loss), (loss, logits)
+
+  grad_fn = jax.grad(total, has_aux=True)
+
+  def evaluate(z):
+    grad, (loss, logits) = grad_fn(z)
+    return loss, logits, grad
+
+  return evaluate
+
+
+def _single_run(
+  logits_fn, loss_fn, x, labels, eps, key, *, norm, num_steps, rho, clip_min, clip_max
+):
+  """One APGD run from a random start on the sphere of radius ``eps``.
+
+  Returns ``(x_best, loss_best, x_fooled, fooled)``: the highest-loss point and its loss, and the
+  last misclassified point with whether there was one.
+  """
+  evaluate = _loss_and_grad(logits_fn, loss_fn, labels)
+  windows = jnp.asarray(_checkpoint_windows(num_steps))
+
+  def project(z):
+    return _clip(x + _project(z - x, eps, norm), clip_min, clip_max)
+
+  noise = (
+    jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
+    if norm == math.inf
+    else jax.random.normal(key, x.shape, x.dtype)
+  )
+  x0 = _clip(x + eps * noise / _expand(_norm(noise, norm) + 1e-12, x), clip_min, clip_max)
+  loss0, logits0, grad0 = evaluate(x0)
+  batch = x.shape[0]
+  state = _State(
+    x_adv=x0,
+    x_prev=x0,
+    grad=grad0,
+    step_size=jnp.full((batch,), 2.0, x.dtype) * eps,
+    x_best=x0,
+    grad_best=grad0,
+    loss_best=loss0,
+    x_fooled=x0,
+    fooled=jnp.argmax(logits0, axis=-1) != labels,
+    # The authors' code compares the first step's loss with 0 (an unset entry of its history).
+    loss_prev=jnp.zeros_like(loss0),
+    increases=jnp.zeros((batch,), jnp.int32),
+    reduced=jnp.ones((batch,), jnp.bool_),
+    loss_best_checked=loss0,
+  )
+
+  def body(i, s: _State) -> _State:
+    a = jnp.where(i > 0, _MOMENTUM, 1.0).astype(x.dtype)
+    z = project(s.x_adv + _expand(s.step_size, x) * _unit(s.grad, norm))
+    x_new = project(s.x_adv + a * (z - s.x_adv) + (1 - a) * (s.x_adv - s.x_prev))
+    loss, logits, grad = evaluate(x_new)
+
+    wrong = jnp.argmax(logits, axis=-1) != labels
+    improved = loss > s.loss_best
+    x_best = jnp.where(_expand(improved, x), x_new, s.x_best)
+    grad_best = jnp.where(_expand(improved, x), grad, s.grad_best)
+    loss_best = jnp.where(improved, loss, s.loss_best)
+    increases = s.increases + (loss > s.loss_prev)
+
+    # At a checkpoint, halve the step and restart from the best point where fewer than a
+    # fraction rho of the steps since the last one increased the loss, or where neither the step
+    # size nor the best loss changed since then.
+    window = windows[i]
+    check = window > 0
+    halve = check & (
+      (increases <= window * rho) | (~s.reduced & (s.loss_best_checked >= loss_best))
+    )
+    return _State(
+      x_adv=jnp.where(_expand(halve, x), x_best, x_new),
+      x_prev=s.x_adv,
+      grad=jnp.where(_expand(halve, x), grad_best, grad),
+      step_size=jnp.where(halve, s.step_size / 2, s.step_size),
+      x_best=x_best,
+      grad_best=grad_best,
+      loss_best=loss_best,
+      x_fooled=jnp.where(_expand(wrong, x), x_new, s.x_fooled),
+      fooled=s.fooled | wrong,
+      loss_prev=loss,
+      increases=jnp.where(check, 0, increases),
+      reduced=jnp.where(check, halve, s.reduced),
+      loss_best_checked=jnp.where(check, loss_best, s.loss_best_checked),
+    )
+
+  s = lax.fori_loop(0, num_steps, body, state)
+  return s.x_best, s.loss_best, s.x_fooled, s.fooled
+
+
+def _best_of_runs(logits_fn, x, labels, num_runs: int, run: Callable[..., Any], key) -> jax.Array:
+  """Runs ``run(index, key)`` for ``index < num_runs`` in a ``lax.scan`` and keeps, per example,
+  ``x`` if the model already misclassifies it, else the first run's misclassified point, else the
+  highest-loss point of all runs."""
+  done = jnp.argmax(logits_fn(x), axis=-1) != labels
+
+  def keep(carry, inputs):
+    out, done, best = carry
+    x_best, loss_best, x_fooled, fooled = run(*inputs)
+    take_fooled = ~done & fooled
+    take_best = ~done & ~fooled & (loss_best > best)
+    out = jnp.where(_expand(take_fooled, x), x_fooled, out)
+    out = jnp.where(_expand(take_best, x), x_best, out)
+    return (out, done | fooled, jnp.where(take_best, loss_best, best)), None
+
+  start = (x, done, jnp.full(x.shape[:1], -jnp.inf, x.dtype))
+  inputs = (jnp.arange(num_runs), jax.random.split(key, num_runs))
+  (out, _, _), _ = lax.scan(keep, start, inputs)
+  return out
+
+
+def _check_common(x, eps, norm, num_steps, num_restarts, rho, key, clip_min, clip_max):
+  x = _check_x(x)
+  eps = _check_radius(eps, "eps")
+  norm = _check_norm(norm)
+  if norm == 1.0:
+    raise ValueError("`norm` must be jnp.inf or 2 (APGD's l_1 variant is not implemented), got 1.")
+  _check_int(num_steps, "num_steps", 1)
+  _check_int(num_restarts, "num_restarts", 1)
+  if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0.0 <= rho <= 1.0:
+    raise ValueError(f"`rho` must be a number in [0, 1], got {rho!r}.")
+  if key is None:
+    raise ValueError("APGD starts at random points: pass a PRNG `key`, e.g. jax.random.key(0).")
+  _check_clip(clip_min, clip_max)
+  return x, eps, norm
+
+
+def apgd(
+  logits_fn: LogitsFn,
+  x: jax.typing.ArrayLike,
+  y: jax.typing.ArrayLike | None = None,
+  *,
+  eps: jax.typing.ArrayLike,
+  norm: float = math.inf,
+  loss: str = "ce",
+  num_steps: int = 100,
+  num_restarts: int = 1,
+  rho: float = 0.75,
+  key: jax.Array,
+  clip_min: jax.typing.ArrayLike | None = None,
+  clip_max: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+  r"""Auto-PGD: projected gradient ascent with momentum and an adaptive step size.
+
+  From a random point on the sphere of radius ``eps`` around each example, ``num_steps`` times:
+
+  .. math:: z = P(x^{(k)} + \eta^{(k)} u(\nabla \ell(x^{(k)}))), \qquad
+     x^{(k+1)} = P(x^{(k)} + \alpha (z - x^{(k)}) + (1 - \alpha)(x^{(k)} - x^{(k-1)})),
+
+  with ``u`` the steepest-ascent direction (``sign`` for l_inf, ``g / ||g||_2`` for l_2), ``P``
+  the projection onto the ball followed by clipping to ``[clip_min, clip_max]``, ``alpha = 0.75``
+  (1 at the first step) and the initial step ``eta = 2 eps``. At the checkpoints
+  ``p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)`` (fractions of
+  ``num_steps``) an example's step is halved, and its iterate restarted from its highest-loss
+  point, when at most a fraction ``rho`` of the steps since the last checkpoint increased its
+  loss, or when neither its step size nor its best loss changed since then. Everything is per
+  example. Each restart draws a new start; an example stops counting once a restart fools it.
+
+  Args:
+    logits_fn: pure function ``(B, ...) -> (B, C)``.
+    x: inputs ``(B, ...)``, floating point, inside ``[clip_min, clip_max]`` if those are given.
+    y: labels ``(B,)``; None: the model's predictions.
+    eps: radius, finite and >= 0: a scalar, or ``(E,)`` for E attacks in one call.
+    norm: ``jnp.inf`` or 2.
+    loss: ``'ce'`` (cross-entropy) or ``'dlr'`` (:func:`dlr_loss`, needs ``C >= 3``).
+    num_steps: iterations per restart, >= 1 (a ``lax.fori_loop``).
+    num_restarts: random starts, >= 1 (a ``lax.scan``).
+    rho: the step is halved where at most this fraction of the steps increased the loss, in [0, 1].
+    key: PRNG key for the random starts; the same key gives the same result.
+    clip_min: lower bound of the valid input range, or None (no clipping).
+    clip_max: upper bound, or None.
+
+  Returns:
+    ``x_adv`` shaped like ``x`` (``(E, B, ...)`` when ``eps`` is 1-D): per example, ``x`` if the
+    model already misclassifies it, else the last misclassified iterate of the first restart that
+    found one, else the highest-loss point of all restarts. The gradient is stopped through the
+    attack.
+
+  Raises:
+    TypeError: if ``x`` is not floating point or ``y`` not integer.
+    ValueError: for eps < 0 or not finite, a norm other than inf or 2, an unknown loss,
+      ``'dlr'`` with fewer than 3 classes, num_steps or num_restarts < 1, rho outside [0, 1], no
+      ``key``, ``y`` of the wrong shape or (when concrete) outside ``[0, C)``, ``logits_fn``
+      output not ``(B, C)``, or clip_min > clip_max.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from sn_jax import attacks
+    >>> w = jnp.array([[1.0, -1.0], [0.0, 0.0]])
+    >>> x_adv = attacks.apgd(lambda x: x @ w, jnp.zeros((1, 2)), jnp.array([0]), eps=0.5,
+    ...                      num_steps=10, key=jax.random.key(0))
+    >>> x_adv[:, 0]
+    Array([-0.5], dtype=float32)
+
+  References:
+    Croce & Hein, Reliable evaluation of adversarial robustness with an ensemble of diverse
+    parameter-free attacks, https://arxiv.org/abs/2003.01690.
+  """
+  x, eps, norm = _check_common(x, eps, norm, num_steps, num_restarts, rho, key, clip_min, clip_max)
+  losses = {"ce": cross_entropy, "dlr": dlr_loss}
+  if loss not in losses:
+    raise ValueError(f"`loss` must be 'ce' or 'dlr', got {loss!r}.")
+  num_classes = _num_classes(logits_fn, x)
+  if loss == "dlr" and num_classes < 3:
+    raise ValueError(f"`loss`='dlr' needs at least 3 classes, `logits_fn` gives {num_classes}.")
+  labels = _labels(logits_fn, x, y, False)
+  options = dict(norm=norm, num_steps=num_steps, rho=rho, clip_min=clip_min, clip_max=clip_max)
+
+  def attack_one(eps):
+    eps = eps.astype(x.dtype)
+
+    def run(_, run_key):
+      return _single_run(logits_fn, losses[loss], x, labels, eps, run_key, **options)
+
+    return _finish(x, _best_of_runs(logits_fn, x, labels, num_restarts, run, key))
+
+  return _over_radii(attack_one, eps)
+
+
+def apgd_targeted(
+  logits_fn: LogitsFn,
+  x: jax.typing.ArrayLike,
+  y: jax.typing.ArrayLike | None = None,
+  *,
+  eps: jax.typing.ArrayLike,
+  norm: float = math.inf,
+  num_target_classes: int = 9,
+  num_steps: int = 100,
+  num_restarts: int = 1,
+  rho: float = 0.75,
+  key: jax.Array,
+  clip_min: jax.typing.ArrayLike | None = None,
+  clip_max: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+  r"""APGD-T: :func:`apgd` on the targeted DLR loss, once per target class.
+
+  The targets of an example are the classes with the 2nd, 3rd, ..., ``(num_target_classes +
+  1)``-th largest logits at ``x``; for each, ``num_restarts`` runs of APGD maximize
+  :func:`dlr_loss_targeted` toward it. Success is untargeted (any class but ``y``), as in
+  AutoAttack; an example stops counting once a run fools it.
+
+  Args:
+    logits_fn: pure function ``(B, ...) -> (B, C)``, ``C >= 4``.
+    x: inputs ``(B, ...)``, floating point, inside ``[clip_min, clip_max]`` if those are given.
+    y: labels ``(B,)``; None: the model's predictions.
+    eps: radius, finite and >= 0: a scalar, or ``(E,)`` for E attacks in one call.
+    norm: ``jnp.inf`` or 2.
+    num_target_classes: targets per example, in ``[1, C - 1]`` (AutoAttack: 9).
+    num_steps: iterations per run, >= 1.
+    num_restarts: random starts per target, >= 1.
+    rho: the step-halving threshold of :func:`apgd`, in [0, 1].
+    key: PRNG key for the random starts; the same key gives the same result.
+    clip_min: lower bound of the valid input range, or None (no clipping).
+    clip_max: upper bound, or None.
+
+  Returns:
+    ``x_adv`` shaped like ``x`` (``(E, B, ...)`` when ``eps`` is 1-D), chosen over all
+    ``num_target_classes * num_restarts`` runs as :func:`apgd` chooses over restarts.
+
+  Raises:
+    TypeError: if ``x`` is not floating point or ``y`` not integer.
+    ValueError: as :func:`apgd`, and for fewer than 4 classes or ``num_target_classes`` outside
+      ``[1, C - 1]``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from sn_jax import attacks
+    >>> w = jnp.array([[1.0, 0.0, -1.0, -2.0], [0.0, 0.0, 0.0, 0.0]])
+    >>> x_adv = attacks.apgd_targeted(lambda x: x @ w, jnp.zeros((1, 2)), jnp.array([0]),
+    ...                               eps=0.5, num_target_classes=2, num_steps=10,
+    ...                               key=jax.random.key(0))
+    >>> x_adv[:, 0]
+    Array([-0.5], dtype=float32)
+
+  References:
+    Croce & Hein, https://arxiv.org/abs/2003.01690.
+  """
+  x, eps, norm = _check_common(x, eps, norm, num_steps, num_restarts, rho, key, clip_min, clip_max)
+  num_classes = _num_classes(logits_fn, x)
+  if num_classes < 4:
+    raise ValueError(f"`apgd_targeted` needs at least 4 classes, `logits_fn` gives {num_classes}.")
+  _check_int(num_target_classes, "num_target_classes", 1)
+  if num_target_classes > num_classes - 1:
+    raise ValueError(
+      f"`num_target_classes` (={num_target_classes}) must be <= C - 1 = {num_classes - 1}."
+    )
+  labels = _labels(logits_fn, x, y, False)
+  ranked = jnp.argsort(lax.stop_gradient(logits_fn(x)), axis=-1)  # (B, C), ascending
+  options = dict(norm=norm, num_steps=num_steps, rho=rho, clip_min=clip_min, clip_max=clip_max)
+
+  def attack_one(eps):
+    eps = eps.astype(x.dtype)
+
+    def run(index, run_key):
+      target = ranked[:, num_classes - 2 - index // num_restarts]
+
+      def loss_fn(logits, labels):
+        return dlr_loss_targeted(logits, labels, target)
+
+      return _single_run(logits_fn, loss_fn, x, labels, eps, run_key, **options)
+
+    num_runs = num_target_classes * num_restarts
+    return _finish(x, _best_of_runs(logits_fn, x, labels, num_runs, run, key))
+
+  return _over_radii(attack_one, eps)

@@ -1,0 +1,279 @@
+"""The Square Attack of Andriushchenko et al.: a score-based random search, no gradients."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from sn_jax.attacks._common import (
+  LogitsFn,
+  _check_clip,
+  _check_int,
+  _check_norm,
+  _check_radius,
+  _check_x,
+  _clip,
+  _expand,
+  _finish,
+  _labels,
+  _norm,
+  _over_radii,
+  logit_margin,
+)
+
+# The fraction p of the pixels a square covers drops by halves at these thresholds of
+# 10000 * query / num_queries (the reference schedule for 10000 queries, rescaled).
+_P_THRESHOLDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+
+
+def _square_sides(
+  num_queries: int, p_init: float, height: int, width: int, norm: float
+) -> np.ndarray:
+  """``(num_queries,)`` int32: the side of the square drawn at each query.
+
+  ``p = p_init / 2^k`` with ``k`` the number of thresholds below ``int(10000 q / num_queries)``,
+  and the side ``round(sqrt(p H W))``: at least 1 for l_inf; for l_2 at least 3 and odd; at most
+  ``min(H, W)``.
+  """
+  sides = np.empty(num_queries, np.int32)
+  for query in range(num_queries):
+    scaled = int(query / num_queries * 10000)
+    p = p_init / 2 ** sum(scaled > t for t in _P_THRESHOLDS)
+    side = round(math.sqrt(p * height * width))
+    if norm == 2.0:
+      side = max(side, 3)
+      side += 1 - side % 2
+    sides[query] = min(max(side, 1), height, width)
+  return sides
+
+
+def _eta_rectangle(rows: int, cols: int) -> np.ndarray:
+  """``(rows, cols)``: nested centred rectangles weighted ``1 / (k + 1)^2``, unit l_2 norm."""
+  eta = np.zeros((rows, cols))
+  top, left = rows // 2, cols // 2
+  for k in range(max(top, left) + 1):
+    eta[max(top - k, 0) : top - k + 2 * k + 1, max(left - k, 0) : left - k + 2 * k + 1] += (
+      1.0 / (k + 1) ** 2
+    )
+  return eta / np.sqrt(np.sum(eta**2)) if rows else eta
+
+
+def _eta(side: int) -> np.ndarray:
+  """``(side, side)``: the l_2 update's pattern, a positive and a negative half, unit norm."""
+  half = side // 2
+  eta = np.concatenate([_eta_rectangle(half, side), -_eta_rectangle(side - half, side)])
+  return eta / np.sqrt(np.sum(eta**2))
+
+
+def _l2_start(key, x, eps):
+  """``x + eps * d / ||d||_2`` with ``d`` a grid of ``H // 5`` patterns (:func:`_eta`), each
+  with a random orientation per example and a random sign per example and channel."""
+  batch, height, width, channels = x.shape
+  side = height // 5
+  offset = (height - 5 * side) // 2
+  grid = np.arange(height)[:, None] - offset, np.arange(width)[None, :] - offset
+  tile_rows, tile_cols = grid[0] // side, grid[1] // side
+  inside = (grid[0] >= 0) & (tile_rows < height // side) & (grid[1] >= 0)
+  inside &= tile_cols < width // side
+  tile = np.where(inside, tile_rows * (width // side) + tile_cols, 0)
+  eta = _eta(side)
+  local_r, local_c = grid[0] % side, grid[1] % side
+  pattern = np.where(inside, eta[local_r, local_c], 0.0).astype(np.float32)
+  flipped = np.where(inside, eta[local_c, local_r], 0.0).astype(np.float32)
+  num_tiles = (height // side) * (width // side)
+  flip_key, sign_key = jax.random.split(key)
+  flip = jax.random.bernoulli(flip_key, 0.5, (batch, num_tiles))[:, tile]  # (B, H, W)
+  signs = jax.random.rademacher(sign_key, (batch, num_tiles, channels), x.dtype)[:, tile]
+  delta = jnp.where(flip, flipped, pattern)[..., None].astype(x.dtype) * signs
+  return x + eps * delta / _expand(_norm(delta, 2.0) + 1e-12, x)
+
+
+def _linf_proposal(key, x, x_best, eps, square):
+  """``x_best`` with the pixels in ``square`` (B, H, W, 1) set to ``x + eps * s``, ``s`` a random
+  sign per example and channel (written as the authors do: add ``2 eps s``, project)."""
+  signs = jax.random.rademacher(key, (x.shape[0], 1, 1, x.shape[3]), x.dtype)
+  return jnp.clip(x_best + jnp.where(square, 2 * eps * signs, 0), x - eps, x + eps)
+
+
+def _l2_proposal(key, x, x_best, eps, first, corner, second, pattern):
+  """``x_best`` with the perturbation of the squares ``first`` and ``second`` (B, H, W, 1) moved
+  into ``first`` (corner ``(top, left)``, each (B,)) together with ``pattern`` (a zero-padded
+  :func:`_eta`, random orientation, random sign per channel); rescaled onto the sphere."""
+  batch, height, width, channels = x.shape
+  flip_key, sign_key = jax.random.split(key)
+  flip = jax.random.bernoulli(flip_key, 0.5, (batch, 1, 1))
+  pattern = jnp.where(flip, pattern.T[None], pattern[None])  # (B, S, S)
+  local_r = jnp.clip(jnp.arange(height)[None] - corner[0][:, None], 0, pattern.shape[1] - 1)
+  local_c = jnp.clip(jnp.arange(width)[None] - corner[1][:, None], 0, pattern.shape[2] - 1)
+  eta = jax.vmap(lambda p, r, c: p[r[:, None], c[None, :]])(pattern, local_r, local_c)
+  signs = jax.random.rademacher(sign_key, (batch, 1, 1, channels), x.dtype)
+
+  def window_norm(v):  # (B, H, W, C) -> (B, 1, 1, C): per example and channel
+    return jnp.sqrt(jnp.sum(jnp.square(v), axis=(1, 2), keepdims=True))
+
+  delta = x_best - x
+  image_norm = _expand(_norm(delta, 2.0), x)
+  windows_norm = window_norm(jnp.where(first | second, delta, 0))
+  old = jnp.where(first, delta, 0)
+  new = jnp.where(
+    first, eta[..., None].astype(x.dtype) * signs + old / (1e-12 + window_norm(old)), 0
+  )
+  size = jnp.sqrt(jnp.maximum(eps**2 - image_norm**2, 0) / channels + windows_norm**2)
+  new = new / (1e-12 + window_norm(new)) * size
+  delta = jnp.where(first, new, jnp.where(second, 0, delta))
+  return x + eps * delta / _expand(_norm(delta, 2.0) + 1e-12, x)
+
+
+def square(
+  logits_fn: LogitsFn,
+  x: jax.typing.ArrayLike,
+  y: jax.typing.ArrayLike | None = None,
+  *,
+  eps: jax.typing.ArrayLike,
+  norm: float = math.inf,
+  num_queries: int = 5000,
+  p_init: float = 0.8,
+  key: jax.Array,
+  clip_min: jax.typing.ArrayLike | None = None,
+  clip_max: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+  r"""The Square Attack: a random search over square-shaped updates, l_inf or l_2.
+
+  Minimizes the margin :math:`z_y - \max_{i \ne y} z_i` using only the model's outputs, and
+  keeps a proposal if it lowers the margin (or misclassifies); an example stops once it is
+  misclassified. The square's side is ``round(sqrt(p H W))`` (l_2: at least 3, odd), at most
+  ``min(H, W)``, with ``p = p_init`` halved at 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000
+  ten-thousandths of ``num_queries``.
+
+  * l_inf: starts from vertical stripes, ``x + eps * s`` with a random sign ``s`` per column and
+    channel; a proposal sets one random square of each channel to ``x + eps * s`` with a random
+    sign per channel, so the points stay at vertices of the ball.
+  * l_2: starts from a grid of ``H // 5``-pixel patterns (nested rectangles of weights
+    ``1 / (k + 1)^2``, half positive, half negative) with random signs, on the sphere; a proposal
+    draws two squares, moves the perturbation mass of both into the first together with a new
+    pattern there, and rescales onto the sphere of radius ``eps``.
+
+  Points are clipped to ``[clip_min, clip_max]`` after each proposal. Unlike the authors' code,
+  squares, signs and orientations are drawn per example, so an example's result does not depend
+  on the rest of the batch, and every position of the square is possible
+  (``[0, H - side] x [0, W - side]``, as in the paper; the authors' code never places a square
+  on the last row or column).
+
+  Args:
+    logits_fn: pure function ``(B, H, W, C) -> (B, K)``.
+    x: images ``(B, H, W, C)`` (NHWC), floating point, inside ``[clip_min, clip_max]`` if those
+      are given.
+    y: labels ``(B,)``; None: the model's predictions.
+    eps: radius, finite and >= 0: a scalar, or ``(E,)`` for E attacks in one call.
+    norm: ``jnp.inf`` or 2 (images of at least 5 x 5 pixels).
+    num_queries: iterations, >= 1, each one model evaluation (plus one at the start).
+    p_init: the initial fraction of the pixels a square covers, in (0, 1].
+    key: PRNG key; the same key gives the same result.
+    clip_min: lower bound of the valid input range, or None (no clipping).
+    clip_max: upper bound, or None.
+
+  Returns:
+    ``x_adv`` shaped like ``x`` (``(E, B, H, W, C)`` when ``eps`` is 1-D): per example, ``x`` if
+    the model already misclassifies it, else the last point kept (misclassified, or the lowest
+    margin found). The gradient is stopped through the attack.
+
+  Raises:
+    TypeError: if ``x`` is not floating point or ``y`` not integer.
+    ValueError: for ``x`` not 4-D (or smaller than 5 x 5 with ``norm=2``), eps < 0 or not
+      finite, a norm other than inf or 2, num_queries < 1, p_init outside (0, 1], no ``key``,
+      ``y`` of the wrong shape or (when concrete) outside ``[0, K)``, ``logits_fn`` output not
+      ``(B, K)``, or clip_min > clip_max.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from sn_jax import attacks
+    >>> logits_fn = lambda x: jnp.stack([-x.sum((1, 2, 3)), x.sum((1, 2, 3))], axis=-1)
+    >>> x_adv = attacks.square(logits_fn, jnp.full((1, 2, 2, 1), -0.1), jnp.array([0]),
+    ...                        eps=0.2, num_queries=20, key=jax.random.key(0))
+    >>> bool(logits_fn(x_adv).argmax() == 1)
+    True
+
+  References:
+    Andriushchenko, Croce, Flammarion & Hein, Square Attack: a query-efficient black-box
+    adversarial attack via random search, https://arxiv.org/abs/1912.00049.
+  """
+  x = _check_x(x)
+  if x.ndim != 4:
+    raise ValueError(f"`x` must be images (batch, height, width, channels), got shape {x.shape}.")
+  eps = _check_radius(eps, "eps")
+  norm = _check_norm(norm)
+  if norm == 1.0:
+    raise ValueError(
+      "`norm` must be jnp.inf or 2 (the l_1 Square Attack is not implemented), got 1."
+    )
+  if norm == 2.0 and min(x.shape[1:3]) < 5:
+    raise ValueError(
+      f"`x` must be images of at least 5 x 5 pixels for norm=2, got shape {x.shape}."
+    )
+  _check_int(num_queries, "num_queries", 1)
+  if isinstance(p_init, bool) or not isinstance(p_init, (int, float)) or not 0.0 < p_init <= 1.0:
+    raise ValueError(f"`p_init` must be a number in (0, 1], got {p_init!r}.")
+  if key is None:
+    raise ValueError("Square draws random squares: pass a PRNG `key`, e.g. jax.random.key(0).")
+  _check_clip(clip_min, clip_max)
+  labels = _labels(logits_fn, x, y, False)
+  batch, height, width, _ = x.shape
+  sides = _square_sides(num_queries, p_init, height, width, norm)
+  # l_2: the pattern of each side that occurs, zero-padded to the largest, and which one to use.
+  distinct = np.unique(sides)
+  patterns = np.zeros((len(distinct), distinct[-1], distinct[-1]), np.float32)
+  if norm == 2.0:
+    for k, side in enumerate(distinct):
+      patterns[k, :side, :side] = _eta(side)
+  pattern_index = jnp.asarray(np.searchsorted(distinct, sides))
+  sides = jnp.asarray(sides)
+  rows = jnp.arange(height)[None, :, None, None]
+  cols = jnp.arange(width)[None, None, :, None]
+
+  def margin(z):
+    return -logit_margin(logits_fn(z), labels)
+
+  def random_square(key, side):
+    """A uniformly placed ``side x side`` square per example: mask (B, H, W, 1), corner."""
+    u = jax.random.uniform(key, (2, batch), x.dtype)
+    top = jnp.floor(u[0] * (height - side + 1)).astype(jnp.int32)
+    left = jnp.floor(u[1] * (width - side + 1)).astype(jnp.int32)
+    r, c = rows - top[:, None, None, None], cols - left[:, None, None, None]
+    return (r >= 0) & (r < side) & (c >= 0) & (c < side), (top, left)
+
+  def attack_one(eps):
+    eps = eps.astype(x.dtype)
+    init_key, loop_key = jax.random.split(key)
+    if norm == math.inf:
+      stripes = jax.random.rademacher(init_key, (batch, 1, width, x.shape[3]), x.dtype)
+      x_best = _clip(x + eps * stripes, clip_min, clip_max)
+    else:
+      x_best = _clip(_l2_start(init_key, x, eps), clip_min, clip_max)
+    # Already misclassified examples keep x and never move.
+    clean = margin(x)
+    margin_best = jnp.where(clean > 0, margin(x_best), clean)
+    x_best = jnp.where(_expand(clean > 0, x), x_best, x)
+
+    def body(i, carry):
+      x_best, margin_best = carry
+      first_key, second_key, update_key = jax.random.split(jax.random.fold_in(loop_key, i), 3)
+      first, corner = random_square(first_key, sides[i])
+      if norm == math.inf:
+        x_new = _linf_proposal(update_key, x, x_best, eps, first)
+      else:
+        second, _ = random_square(second_key, sides[i])
+        pattern = jnp.asarray(patterns)[pattern_index[i]]
+        x_new = _l2_proposal(update_key, x, x_best, eps, first, corner, second, pattern)
+      x_new = _clip(x_new, clip_min, clip_max)
+      new = margin(x_new)
+      keep = (margin_best > 0) & (new < margin_best)
+      return jnp.where(_expand(keep, x), x_new, x_best), jnp.where(keep, new, margin_best)
+
+    x_best, _ = lax.fori_loop(0, num_queries, body, (x_best, margin_best))
+    return _finish(x, x_best)
+
+  return _over_radii(attack_one, eps)

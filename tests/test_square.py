@@ -1,0 +1,207 @@
+"""The Square Attack: linear models with known minimal distances, its schedule, bounds, errors."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sn_jax import attacks
+from sn_jax.attacks._square import _eta, _square_sides
+
+KEY = jax.random.key(0)
+SHAPE = (6, 4, 4, 2)  # (B, H, W, C)
+
+
+def margins(logits, labels):
+  """``z_y - max_{i != y} z_i`` per example, in NumPy."""
+  logits = np.asarray(logits, np.float64)
+  others = np.where(np.arange(logits.shape[1])[None] == labels[:, None], -np.inf, logits)
+  return logits[np.arange(len(labels)), labels] - others.max(axis=1)
+
+
+def linear(seed, num_classes=3, shape=SHAPE, norm=jnp.inf):
+  """A linear model on flattened images, inputs in [0, 1], their predicted labels, and the
+  minimal l_p distance to a misclassification, ``min_j (z_y - z_j) / ||w_y - w_j||_q`` (q dual
+  to p = ``norm``)."""
+  rng = np.random.default_rng(seed)
+  w = rng.standard_normal((int(np.prod(shape[1:])), num_classes)).astype(np.float32)
+  x = rng.uniform(0.0, 1.0, shape).astype(np.float32)
+
+  def f(z):
+    return z.reshape(z.shape[0], -1) @ w
+
+  z = np.asarray(f(x), np.float64)
+  y = np.argmax(z, axis=1)
+  rows = np.arange(len(y))
+  is_label = np.arange(num_classes)[None] == y[:, None]
+  dual = 1 if norm == jnp.inf else 2
+  size = np.linalg.norm(w.T[y][:, :, None] - w[None].astype(np.float64), ord=dual, axis=1)
+  size += is_label
+  distance = np.where(is_label, np.inf, (z[rows, y][:, None] - z) / size).min(axis=1)
+  return f, x, y, distance
+
+
+def test_square_fools_a_linear_model_within_its_budget_and_cannot_below_the_minimal_distance():
+  # Two classes: the margin is linear, the best vertex of the ball reaches m (1 - eps / distance).
+  f, x, y, distance = linear(0, num_classes=2)
+  one = lambda e, xi, yi: attacks.square(f, xi[None], yi[None], eps=e, num_queries=200, key=KEY)[0]
+  eps = np.concatenate([1.1 * distance, 0.9 * distance]).astype(np.float32)
+  x_adv = np.asarray(jax.vmap(one)(eps, np.concatenate([x, x]), np.concatenate([y, y])))
+  found = margins(f(x_adv), np.concatenate([y, y]))
+  assert np.all(found[: len(y)] < 0)
+  clean = margins(f(x), y)
+  best = clean * (1 - eps[len(y) :] / distance)
+  assert np.all(found[len(y) :] >= best - 1e-4)
+  # The search lowers the margin and keeps the perturbation at vertices of the l_inf ball.
+  assert np.all(found[len(y) :] < 0.5 * clean)
+  delta = np.abs(x_adv - np.concatenate([x, x])).reshape(2 * len(y), -1)
+  np.testing.assert_allclose(delta, np.broadcast_to(eps[:, None], delta.shape), 1e-5)
+
+
+def test_square_fools_a_three_class_linear_model_with_a_larger_radius():
+  f, x, y, distance = linear(1)
+  one = lambda e, xi, yi: attacks.square(f, xi[None], yi[None], eps=e, num_queries=200, key=KEY)[0]
+  x_adv = jax.vmap(one)(jnp.asarray(1.5 * distance, jnp.float32), x, y)
+  assert np.all(margins(f(x_adv), y) < 0)
+
+
+def test_the_square_size_follows_the_reference_schedule():
+  # p = p_init / 2^k after 10, 50, 200, ... ten-thousandths of the budget; side round(sqrt(p HW)).
+  p = [0.8 / 2**k for k in (0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9)]
+  queries = [0, 10, 11, 50, 51, 201, 501, 1001, 2001, 4001, 6001, 8001]
+  expected = [min(max(round(np.sqrt(pk * 32 * 32)), 1), 32) for pk in p]
+  np.testing.assert_array_equal(_square_sides(10000, 0.8, 32, 32, jnp.inf)[queries], expected)
+  # Rescaled to the budget, and never larger than the image.
+  np.testing.assert_array_equal(_square_sides(100, 1.0, 3, 5, jnp.inf)[:3], [3, 2, 2])
+  # l_2: at least 3 and odd (sqrt(0.2 * 64) = 3.6 -> 4 -> 5; sqrt(0.1 * 64) = 2.5 -> 3).
+  np.testing.assert_array_equal(_square_sides(100, 0.8, 8, 8, 2.0)[:4], [7, 5, 5, 3])
+
+
+def test_the_l2_pattern_follows_the_reference():
+  # Side 3: nested rectangles weighted 1, 1/4 in each half, the halves of opposite signs.
+  top, bottom = np.array([0.25, 1.25, 0.25]), np.array([[0.25] * 3, [0.25, 1.25, 0.25]])
+  expected = np.concatenate([top[None] / np.linalg.norm(top), -bottom / np.linalg.norm(bottom)])
+  np.testing.assert_allclose(_eta(3), expected / np.sqrt(2), rtol=1e-12)
+
+
+def test_l2_square_fools_a_linear_model_and_stays_on_the_sphere():
+  f, x, y, distance = linear(2, num_classes=2, shape=(4, 6, 6, 2), norm=2.0)
+  one = lambda e, xi, yi: attacks.square(
+    f, xi[None], yi[None], eps=e, norm=2, num_queries=200, key=KEY
+  )[0]
+  eps = (3.0 * distance).astype(np.float32)
+  x_adv = np.asarray(jax.vmap(one)(eps, x, y))
+  assert np.all(margins(f(x_adv), y) < 0)
+  # Without clipping every point is on the sphere of radius eps.
+  size = np.linalg.norm((x_adv - x).reshape(len(y), -1), axis=1)
+  np.testing.assert_allclose(size, eps, rtol=1e-5)
+
+
+@functools.partial(jax.jit, static_argnames=("norm", "num_queries"))
+def _square_on_mlp(x, y, eps, key, clip_min, clip_max, norm=jnp.inf, num_queries=20):
+  w = jax.random.normal(jax.random.key(3), (int(np.prod(x.shape[1:])), 3))
+  f = lambda z: jnp.tanh(z.reshape(z.shape[0], -1) @ w)
+  return attacks.square(
+    f,
+    x,
+    y,
+    eps=eps,
+    norm=norm,
+    num_queries=num_queries,
+    key=key,
+    clip_min=clip_min,
+    clip_max=clip_max,
+  )
+
+
+@pytest.mark.parametrize("norm, shape", [(jnp.inf, SHAPE), (2.0, (3, 5, 5, 2))])
+@pytest.mark.parametrize("eps", [0.0, 0.05, 0.3, 2.0])
+@pytest.mark.parametrize("margin", [0.0, 0.2])
+def test_square_stays_in_the_ball_and_the_clip_range_and_is_deterministic(norm, shape, eps, margin):
+  rng = np.random.default_rng(int(eps * 100) + int(margin * 10))
+  x = rng.uniform(-1.0, 1.0, shape).astype(np.float32)
+  clip_min, clip_max = np.float32(x.min() - margin), np.float32(x.max() + margin)
+  args = (x, None, np.float32(eps), KEY, clip_min, clip_max, norm)  # y=None: every example moves
+  x_adv = np.asarray(_square_on_mlp(*args))
+  size = np.linalg.norm((x_adv - x).reshape(shape[0], -1), ord=norm, axis=1)
+  assert size.max() <= eps * (1 + (norm != jnp.inf) * 1e-5) + 1e-6
+  assert x_adv.min() >= clip_min and x_adv.max() <= clip_max
+  assert not np.any(np.isnan(x_adv))
+  np.testing.assert_array_equal(x_adv, _square_on_mlp(*args))
+  other = _square_on_mlp(x, None, np.float32(eps), jax.random.key(1), clip_min, clip_max, norm)
+  assert eps == 0.0 or not np.array_equal(x_adv, other)
+
+
+def test_square_keeps_misclassified_examples_and_y_none_attacks_the_predictions():
+  f, x, y, _ = linear(1)
+  np.testing.assert_array_equal(
+    attacks.square(f, x, (y + 1) % 3, eps=0.3, num_queries=5, key=KEY), x
+  )
+  np.testing.assert_array_equal(
+    attacks.square(f, x, None, eps=0.1, num_queries=5, key=KEY),
+    attacks.square(f, x, y, eps=0.1, num_queries=5, key=KEY),
+  )
+
+
+def test_an_eps_curve_equals_separate_calls_and_square_traces_once():
+  f, x, y, _ = linear(2)
+  eps = jnp.array([0.05, 0.2])
+  call = jax.jit(chex.assert_max_traces(lambda e: attacks.square(f, x, y, eps=e, key=KEY), n=1))
+  curve = attacks.square(f, x, y, eps=eps, key=KEY)
+  assert curve.shape == (2, *x.shape)
+  for k in range(2):
+    np.testing.assert_array_equal(curve[k], call(eps[k]))
+  chex.clear_trace_counter()
+
+
+X = np.zeros((2, 3, 3, 1), np.float32)
+Y = np.array([0, 1])
+
+
+def f3(x):
+  return jnp.stack([x.sum((1, 2, 3)), -x.sum((1, 2, 3)), x[:, 0, 0, 0]], axis=-1)
+
+
+BAD = [
+  (lambda: attacks.square(f3, X, Y, eps=-0.1, key=KEY), ValueError, "`eps` must be >= 0"),
+  (lambda: attacks.square(f3, X, Y, eps=0.1, norm=1, key=KEY), ValueError, "`norm` must be"),
+  (lambda: attacks.square(f3, X, Y, eps=0.1, norm=2, key=KEY), ValueError, "at least 5 x 5"),
+  (lambda: attacks.square(f3, X, Y, eps=0.1, norm=3, key=KEY), ValueError, "`norm` must be"),
+  (lambda: attacks.square(f3, X, Y, eps=0.1, num_queries=0, key=KEY), ValueError, "`num_queries`"),
+  (lambda: attacks.square(f3, X, Y, eps=0.1, p_init=0.0, key=KEY), ValueError, "`p_init` must"),
+  (lambda: attacks.square(f3, X, Y, eps=0.1, key=None), ValueError, "PRNG `key`"),
+  (lambda: attacks.square(f3, X, Y[:1], eps=0.1, key=KEY), ValueError, "`y` must have shape"),
+  (lambda: attacks.square(f3, X[:, 0], Y, eps=0.1, key=KEY), ValueError, "`x` must be images"),
+  (
+    lambda: attacks.square(f3, X.astype(np.int32), Y, eps=0.1, key=KEY),
+    TypeError,
+    "`x` must be floating",
+  ),
+  (
+    lambda: attacks.square(f3, X, Y, eps=0.1, clip_min=1.0, clip_max=0.0, key=KEY),
+    ValueError,
+    "`clip_min` must be <= `clip_max`",
+  ),
+]
+
+
+@pytest.mark.parametrize("call, error, match", BAD)
+def test_bad_input_raises_a_clear_error(call, error, match):
+  with pytest.raises(error, match=match):
+    call()
+
+
+def test_l2_square_traces_once():
+  x = jax.random.uniform(KEY, (2, 5, 5, 1))
+  w = jax.random.normal(jax.random.key(1), (25, 3))
+
+  def call(w, x, e, k):
+    return attacks.square(lambda z: z.reshape(2, -1) @ w, x, eps=e, norm=2, num_queries=5, key=k)
+
+  jitted = jax.jit(chex.assert_max_traces(call, n=1))
+  for seed in (1, 2):
+    jitted(w + seed, x, jnp.float32(0.1 * seed), jax.random.key(seed))
+  chex.clear_trace_counter()
