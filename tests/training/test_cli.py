@@ -14,7 +14,7 @@ import pytest
 from sn_jax.training import cli, data, farnia2019, loop
 from sn_jax.training import config as config_lib
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXPERIMENTS = sorted((ROOT / "experiments" / "farnia2019").glob("*.py"))
 
 TINY_CONFIG = """
