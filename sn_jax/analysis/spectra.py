@@ -2,9 +2,10 @@
 
 The functions take the :class:`Layer` records of :func:`collect_layers` (defined in
 :mod:`sn_jax.analysis.layers` and importable from here too) or a kernel with its input shape:
-true operator norms (whose product is the Lipschitz bound of
-:func:`sn_jax.analysis.certified_radii`), the Frobenius terms of the margin bounds, the top-k
-or all singular values of each layer's true linear map, and their spread (Wen et al.).
+true operator norms (whose product bounds the Lipschitz constant of a chain network only;
+:func:`sn_jax.analysis.lipschitz_bound` bounds any model), the Frobenius terms of the margin
+bounds, the top-k or all singular values of each layer's true linear map, and their spread
+(Wen et al.).
 """
 
 from __future__ import annotations
