@@ -2,7 +2,8 @@
 
 Logit margins and their normalizers (:mod:`~sn_jax.analysis.margins`), the weight terms of
 Neyshabur et al.'s and Farnia et al.'s margin bounds (:mod:`~sn_jax.analysis.bounds`), certified
-radii and accuracy (:mod:`~sn_jax.analysis.certification`) and per-example diagnostics
+radii and accuracy (:mod:`~sn_jax.analysis.certification`) from sound Lipschitz bounds of any
+model (:mod:`~sn_jax.analysis.lipschitz`), and per-example diagnostics
 (:mod:`~sn_jax.analysis.diagnostics`), all re-exported here; a model's linear layers
 (:mod:`sn_jax.analysis.layers`), their norms and spectra (:mod:`sn_jax.analysis.spectra`) and
 figures (:mod:`sn_jax.analysis.plots`, needs the ``plots`` extra). Imports :mod:`sn_jax.ops`
@@ -20,10 +21,14 @@ from sn_jax.analysis.bounds import bound_terms as bound_terms
 from sn_jax.analysis.bounds import gradient_lipschitz_bound as gradient_lipschitz_bound
 from sn_jax.analysis.certification import certified_accuracy as certified_accuracy
 from sn_jax.analysis.certification import certified_radii as certified_radii
+from sn_jax.analysis.certification import certify as certify
 from sn_jax.analysis.diagnostics import alignment as alignment
 from sn_jax.analysis.diagnostics import confidence as confidence
 from sn_jax.analysis.diagnostics import input_gradient_norms as input_gradient_norms
 from sn_jax.analysis.diagnostics import shared_activation_fraction as shared_activation_fraction
+from sn_jax.analysis.lipschitz import last_layer_bound as last_layer_bound
+from sn_jax.analysis.lipschitz import layer_norm_bound as layer_norm_bound
+from sn_jax.analysis.lipschitz import lipschitz_bound as lipschitz_bound
 from sn_jax.analysis.margins import depth_correction as depth_correction
 from sn_jax.analysis.margins import margin_normalizer as margin_normalizer
 from sn_jax.analysis.margins import margins as margins
