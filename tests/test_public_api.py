@@ -48,6 +48,11 @@ DOCUMENTED = {
     "dlr_loss",
     "dlr_loss_targeted",
     "square",
+    "fab",
+    "fab_targeted",
+    "autoattack",
+    "autoattack_attacks",
+    "AutoAttackResult",
   ],
   "sn_jax.analysis": ["margins", "margin_normalizer", "certified_radii", "certified_accuracy"],
   "sn_jax.analysis.spectra": [

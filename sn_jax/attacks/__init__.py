@@ -10,7 +10,10 @@ whole robustness curve (:func:`robust_accuracy`).
 
 The first attacks of AutoAttack follow the same conventions and take an explicit PRNG ``key``:
 :func:`apgd` (Auto-PGD on the cross-entropy or :func:`dlr_loss`), :func:`apgd_targeted` (on
-:func:`dlr_loss_targeted`, one run per target class) and the gradient-free :func:`square`.
+:func:`dlr_loss_targeted`, one run per target class), the minimal-perturbation :func:`fab` and
+:func:`fab_targeted` (FAB and FAB-T, kept only within ``eps``) and the gradient-free
+:func:`square`. :func:`autoattack` runs them in the authors' sequence, each on the examples the
+previous ones left, in one compiled program, and records which attack broke each example.
 
 Options are checked when the attack is traced: shapes, dtypes, norms, step counts and the shape
 of ``logits_fn``'s output (``(B, C)``, found with ``jax.eval_shape``, no computation) always;
@@ -57,10 +60,15 @@ References:
   Croce & Hein, Reliable evaluation of adversarial robustness with an ensemble of diverse
   parameter-free attacks, https://arxiv.org/abs/2003.01690.
   Andriushchenko et al., Square Attack, https://arxiv.org/abs/1912.00049.
+  Croce & Hein, Minimally distorted adversarial examples with a fast adaptive boundary attack,
+  https://arxiv.org/abs/1907.02044.
 """
 
 from sn_jax.attacks._apgd import apgd as apgd
 from sn_jax.attacks._apgd import apgd_targeted as apgd_targeted
+from sn_jax.attacks._autoattack import AutoAttackResult as AutoAttackResult
+from sn_jax.attacks._autoattack import autoattack as autoattack
+from sn_jax.attacks._autoattack import autoattack_attacks as autoattack_attacks
 from sn_jax.attacks._common import cross_entropy as cross_entropy
 from sn_jax.attacks._common import logit_margin as logit_margin
 from sn_jax.attacks._deepfool import deepfool as deepfool
@@ -68,6 +76,8 @@ from sn_jax.attacks._deepfool import deepfool_perturbation as deepfool_perturbat
 from sn_jax.attacks._dlr import dlr_loss as dlr_loss
 from sn_jax.attacks._dlr import dlr_loss_targeted as dlr_loss_targeted
 from sn_jax.attacks._evaluation import robust_accuracy as robust_accuracy
+from sn_jax.attacks._fab import fab as fab
+from sn_jax.attacks._fab import fab_targeted as fab_targeted
 from sn_jax.attacks._gradient import fgm as fgm
 from sn_jax.attacks._gradient import pgd as pgd
 from sn_jax.attacks._gradient import wrm as wrm

@@ -28,9 +28,12 @@ from sn_jax.attacks._common import (
   _over_radii,
   _project,
   _unit,
+  _varying_like_x,
   cross_entropy,
 )
 from sn_jax.attacks._dlr import dlr_loss, dlr_loss_targeted
+
+DrawFn = Callable[[jax.Array, jax.Array], jax.Array]  # (inputs, key) -> logits
 
 _MOMENTUM = 0.75  # alpha: weight of the new projected step against the previous update
 
@@ -71,32 +74,48 @@ class _State(NamedTuple):
   loss_best_checked: jax.Array  # (B,): loss_best at the last checkpoint
 
 
-def _loss_and_grad(logits_fn: LogitsFn, loss_fn: LossFn, labels: jax.Array):
-  """``z -> (loss (B,), logits (B, C), d sum(loss)/dz (B, ...))`` in one forward-backward pass."""
+def _loss_and_grad(draw: DrawFn, loss_fn: LossFn, labels: jax.Array, eot_iter: int):
+  """``(z, key) -> (loss (B,), logits (B, C), d sum(loss)/dz (B, ...))``.
 
-  def total(z):
-    logits = logits_fn(z)
+  One forward-backward pass through ``draw(z, key)``; with ``eot_iter > 1``, the gradient is the
+  mean over ``eot_iter`` draws with independent keys (expectation over transformation) and the
+  loss and logits are the last draw's, as in the authors' code.
+  """
+
+  def total(z, key):
+    logits = draw(z, key)
     loss = loss_fn(logits, labels)
     return jnp.sum(loss), (loss, logits)
 
   grad_fn = jax.grad(total, has_aux=True)
 
-  def evaluate(z):
-    grad, (loss, logits) = grad_fn(z)
-    return loss, logits, grad
+  def evaluate(z, key):
+    keys = jax.random.split(key, eot_iter)
+    grad, (loss, logits) = grad_fn(z, keys[0])
+
+    def add(carry, draw_key):
+      grad_sum, _, _ = carry
+      grad, (loss, logits) = grad_fn(z, draw_key)
+      return (grad_sum + grad, loss, logits), None
+
+    (grad, loss, logits), _ = lax.scan(add, (grad, loss, logits), keys[1:])
+    return loss, logits, grad / eot_iter
 
   return evaluate
 
 
 def _single_run(
-  logits_fn, loss_fn, x, labels, eps, key, *, norm, num_steps, rho, clip_min, clip_max
+  draw, loss_fn, x, labels, eps, key, *, norm, num_steps, rho, eot_iter, clip_min, clip_max
 ):
   """One APGD run from a random start on the sphere of radius ``eps``.
+
+  ``draw(z, key)`` gives the logits; it ignores ``key`` unless the model is randomized.
 
   Returns ``(x_best, loss_best, x_fooled, fooled)``: the highest-loss point and its loss, and the
   last misclassified point with whether there was one.
   """
-  evaluate = _loss_and_grad(logits_fn, loss_fn, labels)
+  evaluate = _loss_and_grad(draw, loss_fn, labels, eot_iter)
+  eot_key = jax.random.fold_in(key, 1)  # the draws' keys; ``key`` itself makes the start
   windows = jnp.asarray(_checkpoint_windows(num_steps))
 
   def project(z):
@@ -108,7 +127,7 @@ def _single_run(
     else jax.random.normal(key, x.shape, x.dtype)
   )
   x0 = _clip(x + eps * noise / _expand(_norm(noise, norm) + 1e-12, x), clip_min, clip_max)
-  loss0, logits0, grad0 = evaluate(x0)
+  loss0, logits0, grad0 = evaluate(x0, jax.random.fold_in(eot_key, num_steps))
   batch = x.shape[0]
   state = _State(
     x_adv=x0,
@@ -131,7 +150,7 @@ def _single_run(
     a = jnp.where(i > 0, _MOMENTUM, 1.0).astype(x.dtype)
     z = project(s.x_adv + _expand(s.step_size, x) * _unit(s.grad, norm))
     x_new = project(s.x_adv + a * (z - s.x_adv) + (1 - a) * (s.x_adv - s.x_prev))
-    loss, logits, grad = evaluate(x_new)
+    loss, logits, grad = evaluate(x_new, jax.random.fold_in(eot_key, i))
 
     wrong = jnp.argmax(logits, axis=-1) != labels
     improved = loss > s.loss_best
@@ -164,7 +183,7 @@ def _single_run(
       loss_best_checked=jnp.where(check, loss_best, s.loss_best_checked),
     )
 
-  s = lax.fori_loop(0, num_steps, body, state)
+  s = lax.fori_loop(0, num_steps, body, _varying_like_x(state, x))
   return s.x_best, s.loss_best, s.x_fooled, s.fooled
 
 
@@ -185,8 +204,22 @@ def _best_of_runs(logits_fn, x, labels, num_runs: int, run: Callable[..., Any], 
 
   start = (x, done, jnp.full(x.shape[:1], -jnp.inf, x.dtype))
   inputs = (jnp.arange(num_runs), jax.random.split(key, num_runs))
-  (out, _, _), _ = lax.scan(keep, start, inputs)
+  (out, _, _), _ = lax.scan(keep, _varying_like_x(start, x), inputs)
   return out
+
+
+def _draw_and_predict(logits_fn, eot_iter: int | None, key: jax.Array):
+  """``(draw, predict, eot_iter)`` for a deterministic (``eot_iter=None``) or randomized model.
+
+  ``draw(z, key)`` gives the logits the attack differentiates; ``predict(z)`` the logits that
+  decide whether a point is misclassified: for a randomized model, ``logits_fn(z, k)`` with one
+  fixed key ``k`` drawn from ``key``.
+  """
+  if eot_iter is None:
+    return (lambda z, _: logits_fn(z)), logits_fn, 1
+  _check_int(eot_iter, "eot_iter", 1)
+  predict_key = jax.random.fold_in(key, 0x7FFFFFFF)
+  return logits_fn, (lambda z: logits_fn(z, predict_key)), eot_iter
 
 
 def _check_common(x, eps, norm, num_steps, num_restarts, rho, key, clip_min, clip_max):
@@ -216,6 +249,7 @@ def apgd(
   num_steps: int = 100,
   num_restarts: int = 1,
   rho: float = 0.75,
+  eot_iter: int | None = None,
   key: jax.Array,
   clip_min: jax.typing.ArrayLike | None = None,
   clip_max: jax.typing.ArrayLike | None = None,
@@ -236,8 +270,14 @@ def apgd(
   loss, or when neither its step size nor its best loss changed since then. Everything is per
   example. Each restart draws a new start; an example stops counting once a restart fools it.
 
+  A randomized model (``eot_iter`` an int) is attacked with expectation over transformation:
+  ``logits_fn(z, key)`` is called with a fresh key for each of ``eot_iter`` draws per step and
+  the gradients are averaged; whether a point is misclassified is decided by the last draw
+  during the steps, and by one fixed draw for the clean inputs and the result's choice.
+
   Args:
-    logits_fn: pure function ``(B, ...) -> (B, C)``.
+    logits_fn: pure function ``(B, ...) -> (B, C)``; with ``eot_iter``, ``(B, ...), key ->
+      (B, C)``, a randomized model.
     x: inputs ``(B, ...)``, floating point, inside ``[clip_min, clip_max]`` if those are given.
     y: labels ``(B,)``; None: the model's predictions.
     eps: radius, finite and >= 0: a scalar, or ``(E,)`` for E attacks in one call.
@@ -246,7 +286,9 @@ def apgd(
     num_steps: iterations per restart, >= 1 (a ``lax.fori_loop``).
     num_restarts: random starts, >= 1 (a ``lax.scan``).
     rho: the step is halved where at most this fraction of the steps increased the loss, in [0, 1].
-    key: PRNG key for the random starts; the same key gives the same result.
+    eot_iter: None for a deterministic model; for a randomized one, the draws averaged per
+      gradient, >= 1 (AutoAttack's ``'rand'`` version: 20).
+    key: PRNG key for the random starts (and the draws); the same key gives the same result.
     clip_min: lower bound of the valid input range, or None (no clipping).
     clip_max: upper bound, or None.
 
@@ -259,9 +301,9 @@ def apgd(
   Raises:
     TypeError: if ``x`` is not floating point or ``y`` not integer.
     ValueError: for eps < 0 or not finite, a norm other than inf or 2, an unknown loss,
-      ``'dlr'`` with fewer than 3 classes, num_steps or num_restarts < 1, rho outside [0, 1], no
-      ``key``, ``y`` of the wrong shape or (when concrete) outside ``[0, C)``, ``logits_fn``
-      output not ``(B, C)``, or clip_min > clip_max.
+      ``'dlr'`` with fewer than 3 classes, num_steps, num_restarts or eot_iter < 1, rho outside
+      [0, 1], no ``key``, ``y`` of the wrong shape or (when concrete) outside ``[0, C)``,
+      ``logits_fn`` output not ``(B, C)``, or clip_min > clip_max.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -280,19 +322,22 @@ def apgd(
   losses = {"ce": cross_entropy, "dlr": dlr_loss}
   if loss not in losses:
     raise ValueError(f"`loss` must be 'ce' or 'dlr', got {loss!r}.")
-  num_classes = _num_classes(logits_fn, x)
+  draw, predict, eot_iter = _draw_and_predict(logits_fn, eot_iter, key)
+  num_classes = _num_classes(predict, x)
   if loss == "dlr" and num_classes < 3:
     raise ValueError(f"`loss`='dlr' needs at least 3 classes, `logits_fn` gives {num_classes}.")
-  labels = _labels(logits_fn, x, y, False)
-  options = dict(norm=norm, num_steps=num_steps, rho=rho, clip_min=clip_min, clip_max=clip_max)
+  labels = _labels(predict, x, y, False)
+  options = dict(
+    norm=norm, num_steps=num_steps, rho=rho, eot_iter=eot_iter, clip_min=clip_min, clip_max=clip_max
+  )
 
   def attack_one(eps):
     eps = eps.astype(x.dtype)
 
     def run(_, run_key):
-      return _single_run(logits_fn, losses[loss], x, labels, eps, run_key, **options)
+      return _single_run(draw, losses[loss], x, labels, eps, run_key, **options)
 
-    return _finish(x, _best_of_runs(logits_fn, x, labels, num_restarts, run, key))
+    return _finish(x, _best_of_runs(predict, x, labels, num_restarts, run, key))
 
   return _over_radii(attack_one, eps)
 
@@ -367,6 +412,7 @@ def apgd_targeted(
   labels = _labels(logits_fn, x, y, False)
   ranked = jnp.argsort(lax.stop_gradient(logits_fn(x)), axis=-1)  # (B, C), ascending
   options = dict(norm=norm, num_steps=num_steps, rho=rho, clip_min=clip_min, clip_max=clip_max)
+  draw, _, _ = _draw_and_predict(logits_fn, None, key)
 
   def attack_one(eps):
     eps = eps.astype(x.dtype)
@@ -377,7 +423,7 @@ def apgd_targeted(
       def loss_fn(logits, labels):
         return dlr_loss_targeted(logits, labels, target)
 
-      return _single_run(logits_fn, loss_fn, x, labels, eps, run_key, **options)
+      return _single_run(draw, loss_fn, x, labels, eps, run_key, eot_iter=1, **options)
 
     num_runs = num_target_classes * num_restarts
     return _finish(x, _best_of_runs(logits_fn, x, labels, num_runs, run, key))

@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from sn_jax.ops._varying import varying_like
+
 LogitsFn = Callable[[jax.Array], jax.Array]
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 Attack = Callable[..., jax.Array]
@@ -247,6 +249,15 @@ def _over_radii(attack_one: Callable[..., jax.Array], radius: jax.Array, *others
   if radius.ndim == 0:
     return attack_one(radius, *others)
   return jax.vmap(attack_one)(radius, *others)
+
+
+def _varying_like_x(carry: Any, x: jax.Array) -> Any:
+  """Every array of a loop's initial ``carry`` typed as varying like ``x`` under ``shard_map``.
+
+  A loop's carry must keep its type, and a constant (a zero count, a step size from a replicated
+  radius) does not vary over the devices until told so. Outside ``shard_map``: ``carry``.
+  """
+  return jax.tree.map(lambda v: varying_like(v, x), carry)
 
 
 def _finish(x: jax.Array, x_adv: jax.Array) -> jax.Array:

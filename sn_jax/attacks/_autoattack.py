@@ -1,0 +1,296 @@
+"""AutoAttack of Croce & Hein: a fixed sequence of attacks, each on the examples still robust."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from sn_jax.attacks._apgd import apgd, apgd_targeted
+from sn_jax.attacks._common import (
+  LogitsFn,
+  _check_clip,
+  _check_int,
+  _check_norm,
+  _check_radius,
+  _check_x,
+  _expand,
+  _finish,
+  _labels,
+  _num_classes,
+  _over_radii,
+)
+from sn_jax.attacks._fab import fab, fab_targeted
+from sn_jax.attacks._square import square
+
+# The attacks of each version, in the order they run, as the authors' code sets them.
+VERSIONS = {
+  "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
+  "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
+  "rand": ("apgd-ce", "apgd-dlr"),
+}
+ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+_TARGETS = 9  # target classes of APGD-T and FAB-T (fewer when the model has fewer classes)
+_EOT_ITER = 20  # draws per gradient of the 'rand' version
+
+
+class AutoAttackResult(NamedTuple):
+  """What :func:`autoattack` returns.
+
+  Attributes:
+    x_adv: adversarial inputs shaped like ``x`` (``(E, B, ...)`` when ``eps`` is 1-D): per example,
+      the first attack's point that fooled the model, or ``x`` where none did (or where the model
+      misclassifies ``x`` already).
+    broken_by: int32 ``(B,)`` (``(E, B)``): ``-1`` where every attack failed (the example is
+      robust), ``0`` where the model misclassifies ``x`` without attack, ``k >= 1`` where the
+      ``k``-th attack of :func:`autoattack_attacks` (counted from 1) was the first to fool it.
+  """
+
+  x_adv: jax.Array
+  broken_by: jax.Array
+
+
+def autoattack_attacks(version: str = "standard", attacks: Sequence[str] | None = None):
+  """The names of the attacks :func:`autoattack` runs, in order: ``broken_by - 1`` indexes them.
+
+  Args:
+    version: ``'standard'`` (APGD-CE, APGD-T, FAB-T, Square), ``'plus'`` (APGD-CE, APGD-DLR, FAB,
+      Square, APGD-T, FAB-T), ``'rand'`` (APGD-CE, APGD-DLR with expectation over
+      transformation) or ``'custom'``.
+    attacks: with ``version='custom'`` only, the names to run, from ``'apgd-ce'``,
+      ``'apgd-dlr'``, ``'apgd-t'``, ``'fab'``, ``'fab-t'`` and ``'square'``, each at most once.
+
+  Returns:
+    A tuple of attack names.
+
+  Raises:
+    ValueError: for an unknown version, ``attacks`` given with a version other than
+      ``'custom'`` (or not given with it), or an unknown or repeated attack name.
+
+  Example:
+    >>> from sn_jax import attacks
+    >>> attacks.autoattack_attacks("standard")
+    ('apgd-ce', 'apgd-t', 'fab-t', 'square')
+  """
+  if version not in (*VERSIONS, "custom"):
+    raise ValueError(f"`version` must be 'standard', 'plus', 'rand' or 'custom', got {version!r}.")
+  if version != "custom":
+    if attacks is not None:
+      raise ValueError(
+        f"`attacks` is only for version='custom' (version={version!r} runs {VERSIONS[version]}), "
+        f"got attacks={attacks!r}."
+      )
+    return VERSIONS[version]
+  if attacks is None or isinstance(attacks, str) or not len(attacks):
+    raise ValueError(
+      f"version='custom' needs `attacks`, a non-empty sequence of names from {ATTACKS}, "
+      f"got {attacks!r}."
+    )
+  unknown = [a for a in attacks if a not in ATTACKS]
+  if unknown or len(set(attacks)) != len(attacks):
+    raise ValueError(
+      f"`attacks` must name each attack at most once, from {ATTACKS}, got {tuple(attacks)!r}."
+    )
+  return tuple(attacks)
+
+
+def _attack_fns(
+  version: str, num_classes: int, num_steps: int, num_queries: int, options: dict
+) -> dict[str, Callable[..., jax.Array]]:
+  """Each attack as ``(logits_fn, x, y, eps, key) -> x_adv``, with its settings of ``version``."""
+  restarts = 5 if version == "plus" else 1
+  targets = min(_TARGETS, num_classes - 1)
+  eot = {"eot_iter": _EOT_ITER} if version == "rand" else {}
+  apgd_options = dict(num_steps=num_steps, num_restarts=restarts, **eot, **options)
+  fab_options = dict(num_steps=num_steps, **options)
+  return {
+    "apgd-ce": functools.partial(apgd, loss="ce", **apgd_options),
+    "apgd-dlr": functools.partial(apgd, loss="dlr", **apgd_options),
+    "apgd-t": functools.partial(
+      apgd_targeted, num_target_classes=targets, num_steps=num_steps, **options
+    ),
+    "fab": functools.partial(fab, num_restarts=restarts, **fab_options),
+    "fab-t": functools.partial(fab_targeted, num_target_classes=targets, **fab_options),
+    "square": functools.partial(square, num_queries=num_queries, **options),
+  }
+
+
+def autoattack(
+  logits_fn: LogitsFn,
+  x: jax.typing.ArrayLike,
+  y: jax.typing.ArrayLike,
+  *,
+  eps: jax.typing.ArrayLike,
+  norm: float = math.inf,
+  version: str = "standard",
+  attacks: Sequence[str] | None = None,
+  num_steps: int = 100,
+  num_queries: int = 5000,
+  chunk_size: int | None = None,
+  key: jax.Array,
+  clip_min: jax.typing.ArrayLike | None = None,
+  clip_max: jax.typing.ArrayLike | None = None,
+) -> AutoAttackResult:
+  """AutoAttack: a fixed sequence of parameter-free attacks, each on the examples still robust.
+
+  Runs the attacks of :func:`autoattack_attacks` in order. After each one, an example it fools
+  (that the model misclassifies at its adversarial point) keeps that point and is marked broken
+  by it; the next attacks only count for the examples still robust. Shapes are static, so one
+  ``jax.jit`` traces the whole sequence once: by default every attack runs on the whole batch
+  (skipped only once no example is left) and its results are masked. With ``chunk_size``, the
+  examples still robust are moved to the front before each attack and the batch is attacked in
+  chunks of that size, skipping the chunks with none left, so an attack costs about what the
+  robust examples need, as in the authors' code; a 1-D ``eps`` is then evaluated one radius
+  at a time. The settings are the authors' for each version:
+
+  - ``'standard'``: :func:`apgd` on the cross-entropy, :func:`apgd_targeted` and
+    :func:`fab_targeted` with 9 target classes, one restart each, and :func:`square` with 5000
+    queries.
+  - ``'plus'``: :func:`apgd` (cross-entropy and DLR) and :func:`fab` with 5 restarts, then
+    Square, APGD-T and FAB-T as above.
+  - ``'rand'``, for randomized models: :func:`apgd` on the cross-entropy and on the DLR loss,
+    each gradient averaged over 20 draws (``eot_iter=20``). ``logits_fn`` is then called as
+    ``logits_fn(x, key)``; whether an example is fooled is decided by one draw.
+  - ``'custom'``: ``attacks``, in that order, with the standard settings.
+
+  Targeted attacks use ``min(9, C - 1)`` target classes. ``num_steps`` and ``num_queries`` are
+  the iterations of APGD and FAB and the queries of Square (the authors': 100 and 5000); lower
+  them only for a quick look, as a weaker attack overestimates robustness. Each attack gets its
+  own key, split from ``key``. Every computation is per example, so under ``shard_map`` each
+  device attacks its own examples (with the keys it is given).
+
+  Args:
+    logits_fn: pure function ``(B, ...) -> (B, C)``, ``C >= 2`` (``C >= 3`` for the DLR losses,
+      ``C >= 4`` for APGD-T); for ``version='rand'``, ``(B, ...), key -> (B, C)``.
+    x: inputs ``(B, ...)``, floating point, inside ``[clip_min, clip_max]`` if those are given.
+    y: true labels ``(B,)``, integer.
+    eps: radius, finite and >= 0: a scalar, or ``(E,)`` for E evaluations in one call.
+    norm: ``jnp.inf`` or 2.
+    version: ``'standard'``, ``'plus'``, ``'rand'`` or ``'custom'``.
+    attacks: the attack names for ``version='custom'`` (see :func:`autoattack_attacks`).
+    num_steps: iterations of each APGD and FAB run, >= 1.
+    num_queries: queries of Square, >= 1.
+    chunk_size: None (every attack on the whole batch, masked), or the size of the chunks the
+      examples still robust are attacked in, >= 1; then ``clip_min`` and ``clip_max`` must not
+      have a batch axis. The random draws depend on it.
+    key: PRNG key; the same key gives the same result.
+    clip_min: lower bound of the valid input range, or None (no clipping).
+    clip_max: upper bound, or None.
+
+  Returns:
+    An :class:`AutoAttackResult`: the adversarial inputs and, per example, which attack broke
+    it. The robust accuracy is ``jnp.mean(result.broken_by == -1)``.
+
+  Raises:
+    TypeError: if ``x`` is not floating point or ``y`` not integer.
+    ValueError: for eps < 0 or not finite, a norm other than inf or 2, an unknown version or
+      attack (see :func:`autoattack_attacks`), num_steps, num_queries or chunk_size < 1, clip
+      bounds per example with ``chunk_size``, no ``key``, ``y``
+      of the wrong shape or (when concrete) outside ``[0, C)``, ``logits_fn`` output not
+      ``(B, C)``, too few classes for an attack of the sequence, or clip_min > clip_max.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from sn_jax import attacks
+    >>> w = jnp.array([[1.0, -1.0, -2.0, -3.0], [0.0, 0.0, 0.0, 0.0]])
+    >>> x = jnp.array([[0.3, 0.0], [2.0, 0.0]])
+    >>> result = attacks.autoattack(lambda x: x @ w, x, jnp.array([0, 0]), eps=0.5,
+    ...                             num_steps=10, num_queries=20, key=jax.random.key(0))
+    >>> result.broken_by  # APGD-CE breaks the first example, the second is robust
+    Array([ 1, -1], dtype=int32)
+
+  References:
+    Croce & Hein, Reliable evaluation of adversarial robustness with an ensemble of diverse
+    parameter-free attacks, https://arxiv.org/abs/2003.01690.
+  """
+  x = _check_x(x)
+  eps = _check_radius(eps, "eps")
+  norm = _check_norm(norm)
+  if norm == 1.0:
+    raise ValueError("`norm` must be jnp.inf or 2 (AutoAttack's l_1 version is not implemented).")
+  names = autoattack_attacks(version, attacks)
+  _check_int(num_steps, "num_steps", 1)
+  _check_int(num_queries, "num_queries", 1)
+  if chunk_size is not None:
+    _check_int(chunk_size, "chunk_size", 1)
+  if key is None:
+    raise ValueError(
+      "AutoAttack's attacks are randomized: pass a PRNG `key`, e.g. jax.random.key(0)."
+    )
+  _check_clip(clip_min, clip_max)
+  for name, bound in (("clip_min", clip_min), ("clip_max", clip_max)):
+    if chunk_size is not None and jnp.ndim(bound) == x.ndim and jnp.shape(bound)[0] > 1:
+      raise ValueError(
+        f"`{name}` with one bound per example (shape {jnp.shape(bound)}) cannot follow the "
+        "examples into chunks: pass chunk_size=None, or bounds without a batch axis."
+      )
+  if version == "rand":
+    predict_key, key = jax.random.split(key)
+    attacked, predict = logits_fn, lambda z: logits_fn(z, predict_key)
+  else:
+    attacked = predict = logits_fn
+  num_classes = _num_classes(predict, x)
+  needs = {"apgd-dlr": 3, "apgd-t": 4, "fab-t": 3}
+  for name in names:
+    if num_classes < needs.get(name, 2):
+      raise ValueError(
+        f"attack {name!r} needs at least {needs[name]} classes, `logits_fn` gives {num_classes}."
+      )
+  y = _labels(predict, x, y, False)
+  options = dict(norm=norm, clip_min=clip_min, clip_max=clip_max)
+  fns = _attack_fns(version, num_classes, num_steps, num_queries, options)
+  keys = jax.random.split(key, len(names))
+
+  def attack_one(eps):
+    eps = eps.astype(x.dtype)
+    clean_wrong = jnp.argmax(predict(x), axis=-1) != y
+    x_adv, broken_by = x, jnp.where(clean_wrong, 0, -1).astype(jnp.int32)
+    for stage, (name, stage_key) in enumerate(zip(names, keys, strict=True), start=1):
+      attack = functools.partial(fns[name], attacked, eps=eps)
+      candidate = _on_robust(attack, x, y, broken_by == -1, stage_key, chunk_size)
+      fooled = (broken_by == -1) & (jnp.argmax(predict(candidate), axis=-1) != y)
+      x_adv = jnp.where(_expand(fooled, x), candidate, x_adv)
+      broken_by = jnp.where(fooled, stage, broken_by)
+    return AutoAttackResult(_finish(x, x_adv), broken_by)
+
+  if eps.ndim == 1 and chunk_size is not None:
+    return lax.map(attack_one, eps)  # one radius at a time, so that skipped chunks are skipped
+  return _over_radii(attack_one, eps)
+
+
+def _on_robust(attack, x, y, robust, key, chunk_size: int | None) -> jax.Array:
+  """``attack(x, y, key=...)`` where it matters: on the examples still ``robust``.
+
+  Without ``chunk_size``, on the whole batch, skipped when no example is robust. With it, the
+  robust examples are moved to the front and the batch is attacked in chunks of that size (the
+  last one padded), each skipped when it holds no robust example; the result is put back in
+  the original order. Under ``vmap`` a skipped branch still runs, and only the masks decide.
+
+  Returns:
+    The attack's points, shaped like ``x``; ``x`` itself where it was skipped.
+  """
+  batch = x.shape[0]
+  if chunk_size is None or chunk_size >= batch:
+    return lax.cond(jnp.any(robust), lambda: attack(x, y, key=key), lambda: x)
+  num_chunks = -(-batch // chunk_size)
+  order = jnp.argsort(~robust, stable=True)  # the robust examples first
+
+  def chunks(a):
+    a = a[order]
+    a = jnp.concatenate([a, jnp.repeat(a[:1], num_chunks * chunk_size - batch, axis=0)])
+    return a.reshape(num_chunks, chunk_size, *a.shape[1:])
+
+  def one(inputs):
+    x_chunk, y_chunk, robust_chunk, chunk_key = inputs
+    run = lambda: attack(x_chunk, y_chunk, key=chunk_key)
+    return lax.cond(jnp.any(robust_chunk), run, lambda: x_chunk)
+
+  padded_robust = jnp.concatenate([robust[order], jnp.zeros(num_chunks * chunk_size - batch, bool)])
+  inputs = (chunks(x), chunks(y), padded_robust.reshape(num_chunks, chunk_size))
+  out = lax.map(one, (*inputs, jax.random.split(key, num_chunks)))
+  return out.reshape(-1, *x.shape[1:])[:batch][jnp.argsort(order)]

@@ -1,0 +1,264 @@
+"""AutoAttack: the sequence and its record, closed forms on linear models, EOT, shards, errors."""
+
+import collections
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from sn_jax import attacks
+from sn_jax.attacks._apgd import _loss_and_grad
+
+KEY = jax.random.key(0)
+FAST = dict(num_steps=8, num_queries=30)  # a short run of every attack
+SHAPE = (5, 5, 1)  # images: Square needs (H, W, C) inputs, l_2 Square at least 5 x 5
+
+
+def linear(seed, num_classes=4, batch=8):
+  """A linear model on 4x4x1 images, inputs with radii to the boundary spread around 0.5."""
+  rng = np.random.default_rng(seed)
+  w = rng.standard_normal((25, num_classes)).astype(np.float32)
+  x = rng.standard_normal((batch, *SHAPE)).astype(np.float32)
+  f = lambda z: z.reshape(z.shape[0], -1) @ w
+  y = np.argmax(f(x), axis=1)
+  return f, w, x, y
+
+
+def minimal_distance(w, x, y, norm):
+  """``min_{j != y} (z_y - z_j) / ||w_y - w_j||_q``, q dual to ``norm``: the closed form."""
+  w, x = w.astype(np.float64), x.reshape(len(x), -1).astype(np.float64)
+  z = x @ w
+  rows = np.arange(len(y))
+  margin = z[rows, y][:, None] - z
+  size = np.linalg.norm(w.T[y][:, :, None] - w[None], ord=1 if norm == jnp.inf else 2, axis=1)
+  is_label = np.arange(w.shape[1])[None] == y[:, None]
+  return np.where(is_label, np.inf, margin / np.where(is_label, 1.0, size)).min(axis=1)
+
+
+TRACES = collections.Counter()  # traces of `run`, per (norm, version, eps shape)
+
+
+@functools.partial(jax.jit, static_argnums=(7, 8, 9))
+def _run(w, x, y, eps, key, clip_min, clip_max, norm, version, chunk_size):
+  TRACES[norm, version, chunk_size, jnp.shape(eps)] += 1
+  logits_fn = lambda z: z.reshape(z.shape[0], -1) @ w
+  return attacks.autoattack(
+    logits_fn,
+    x,
+    y,
+    eps=eps,
+    norm=norm,
+    version=version,
+    key=key,
+    clip_min=clip_min,
+    clip_max=clip_max,
+    chunk_size=chunk_size,
+    **FAST,
+  )
+
+
+def run(
+  w,
+  x,
+  y,
+  eps,
+  key,
+  clip_min=-1e9,
+  clip_max=1e9,
+  *,
+  norm=jnp.inf,
+  version="standard",
+  chunk_size=None,
+):
+  """The sequence on ``logits = flatten(x) @ w``, compiled once per norm, version, chunk size
+  and shapes; the tests share it, with an inactive box where they need none."""
+  return _run(w, x, y, eps, key, clip_min, clip_max, norm, version, chunk_size)
+
+
+@pytest.mark.parametrize("norm, chunk_size", [(jnp.inf, None), (2.0, None), (jnp.inf, 5)])
+def test_a_linear_model_is_broken_exactly_within_its_minimal_distance(norm, chunk_size):
+  # Without bias the distance scales with x: each example is scaled so that eps = 0.5 is 10%
+  # beyond (first half) or short of (second half) its minimal distance.
+  f, w, x, y = linear(1)
+  distance = minimal_distance(w, x, y, norm)
+  eps = np.float32(0.5)
+  x = np.concatenate(
+    [
+      x * (eps / 1.1 / distance)[:, None, None, None],
+      x * (eps / 0.9 / distance)[:, None, None, None],
+    ]
+  ).astype(np.float32)
+  y = np.concatenate([y, y])
+  y[-1] = (y[-1] + 1) % 4  # misclassified without attack
+  result = run(w, x, y, eps, KEY, norm=norm, chunk_size=chunk_size)
+  broken_by, x_adv = np.asarray(result.broken_by), np.asarray(result.x_adv)
+  beyond, short = np.split(broken_by, 2)
+  assert np.all(beyond >= 1), beyond
+  np.testing.assert_array_equal(short, [-1] * 7 + [0])
+  np.testing.assert_array_equal(np.split(x_adv, 2)[1], np.split(x, 2)[1])  # robust: x itself
+  adv, x = np.split(x_adv, 2)[0], np.split(x, 2)[0]
+  assert np.all(np.argmax(f(adv), axis=1) != y[: len(x)])
+  size = np.abs(adv - x).reshape(len(x), -1)
+  size = size.max(axis=1) if norm == jnp.inf else np.linalg.norm(size, axis=1)
+  # float32 rounding of x_adv - x, with |x| up to a few hundred
+  assert np.all(size <= eps + 10 * np.finfo(np.float32).eps * np.abs(x).max())
+
+
+def test_each_attack_runs_on_what_the_previous_ones_left():
+  # A transliteration of the sequence: each stage is the attack alone, with its key.
+  f, _, x, y = linear(2, batch=16)
+  y = y.copy()
+  y[0] = (y[0] + 1) % 4  # misclassified without attack
+  names = ("apgd-ce", "apgd-t", "square")
+  eps = 0.4
+  result = attacks.autoattack(f, x, y, eps=eps, version="custom", attacks=names, key=KEY, **FAST)
+  keys = jax.random.split(KEY, len(names))
+  runs = [
+    attacks.apgd(f, x, y, eps=eps, num_steps=8, key=keys[0]),
+    attacks.apgd_targeted(f, x, y, eps=eps, num_target_classes=3, num_steps=8, key=keys[1]),
+    attacks.square(f, x, y, eps=eps, num_queries=30, key=keys[2]),
+  ]
+  expected = np.where(np.argmax(f(x), axis=1) != y, 0, -1)
+  x_expected = x.copy()
+  for stage, x_run in enumerate(runs, start=1):
+    fooled = (expected == -1) & (np.argmax(f(x_run), axis=1) != y)
+    expected[fooled], x_expected[fooled] = stage, np.asarray(x_run)[fooled]
+  np.testing.assert_array_equal(result.broken_by, expected)
+  np.testing.assert_array_equal(result.x_adv, x_expected)
+  assert result.broken_by[0] == 0 and {1, -1} <= set(expected.tolist())
+
+
+def test_every_version_names_its_attacks_in_the_authors_order():
+  assert attacks.autoattack_attacks() == ("apgd-ce", "apgd-t", "fab-t", "square")
+  assert attacks.autoattack_attacks("plus") == (
+    "apgd-ce",
+    "apgd-dlr",
+    "fab",
+    "square",
+    "apgd-t",
+    "fab-t",
+  )
+  assert attacks.autoattack_attacks("rand") == ("apgd-ce", "apgd-dlr")
+  assert attacks.autoattack_attacks("custom", ["square", "fab"]) == ("square", "fab")
+
+
+@pytest.mark.parametrize("version, chunk_size", [("standard", None), ("plus", 5)])
+def test_the_result_stays_in_the_ball_and_the_box_and_robust_ones_keep_x(version, chunk_size):
+  f, w, x, y = linear(1, batch=16)
+  x = (x - x.min()) / (x.max() - x.min())  # in [0, 1]
+  eps = jnp.array([0.05, 0.3])
+  result = run(w, x, y, eps, KEY, 0.0, 1.0, version=version, chunk_size=chunk_size)
+  assert result.x_adv.shape == (2, *x.shape) and result.broken_by.shape == (2, len(x))
+  x_adv, broken_by = np.asarray(result.x_adv), np.asarray(result.broken_by)
+  assert np.all(np.abs(x_adv - x).reshape(2, len(x), -1).max(axis=-1) <= eps[:, None] + 1e-6)
+  assert np.all((x_adv >= 0) & (x_adv <= 1))
+  for k in range(2):
+    robust = broken_by[k] == -1
+    np.testing.assert_array_equal(x_adv[k][robust], x[robust])
+    assert np.all(np.argmax(f(x_adv[k][~robust]), axis=1) != y[~robust])
+  assert np.sum(broken_by[1] == -1) <= np.sum(broken_by[0] == -1) < len(x)
+
+
+def test_an_eps_curve_equals_separate_calls_and_each_program_traces_once():
+  _, w, x, y = linear(1, batch=16)
+  eps = jnp.array([0.2, 0.6])
+  curve = run(w, x, y, eps, KEY)
+  for k in range(2):
+    one = run(w, x, y, eps[k], KEY)
+    np.testing.assert_array_equal(curve.broken_by[k], one.broken_by)
+    np.testing.assert_allclose(curve.x_adv[k], one.x_adv, atol=1e-6)
+  # Other weights, inputs, radii and keys reuse the compiled programs.
+  run(2 * w, x + 1, y, 2 * eps, jax.random.key(1))
+  run(2 * w, x + 1, y, eps[0] / 2, jax.random.key(1))
+  assert TRACES and set(TRACES.values()) == {1}, TRACES
+
+
+def test_eot_averages_the_gradient_over_independent_draws():
+  w = jnp.asarray(np.random.default_rng(5).standard_normal((3, 4)), jnp.float32)
+  x, y = jnp.ones((2, 3)), jnp.array([0, 1])
+
+  def randomized(z, key):  # a random sign on each input feature
+    return (z * jax.random.rademacher(key, z.shape[1:], z.dtype)[None]) @ w
+
+  loss, logits, grad = _loss_and_grad(randomized, attacks.cross_entropy, y, 5)(x, KEY)
+  draws = [
+    jax.grad(lambda z, k=k: jnp.sum(attacks.cross_entropy(randomized(z, k), y)))(x)
+    for k in jax.random.split(KEY, 5)
+  ]
+  np.testing.assert_allclose(grad, np.mean(draws, axis=0), rtol=1e-5, atol=1e-6)
+  last = jax.random.split(KEY, 5)[-1]
+  np.testing.assert_allclose(logits, randomized(x, last), rtol=1e-6)
+  np.testing.assert_allclose(loss, attacks.cross_entropy(randomized(x, last), y), rtol=1e-6)
+
+
+def test_the_rand_version_attacks_a_randomized_model():
+  f, w, x, y = linear(6)
+  distance = minimal_distance(w, x, y, jnp.inf)
+
+  def randomized(z, key):  # logits plus noise far below every margin
+    return f(z) + 1e-4 * jax.random.normal(key, (z.shape[0], w.shape[1]))
+
+  eps = jnp.asarray(np.median(distance), jnp.float32)
+  result = attacks.autoattack(randomized, x, y, eps=eps, version="rand", num_steps=10, key=KEY)
+  broken_by = np.asarray(result.broken_by)
+  assert set(broken_by.tolist()) <= {-1, 1, 2}
+  np.testing.assert_array_equal(broken_by[distance > 1.05 * eps], -1)
+  assert np.all(broken_by[distance < 0.95 * eps] >= 1)
+  assert np.sum(distance < 0.95 * eps) >= 3
+
+
+def test_under_shard_map_each_device_attacks_its_own_examples():
+  f, _, x, y = linear(7, batch=8)
+  mesh = jax.make_mesh((4,), ("batch",))
+  run = functools.partial(attacks.autoattack, f, eps=0.4, key=KEY, **FAST)
+  sharded = jax.jit(
+    jax.shard_map(
+      lambda x, y: tuple(run(x, y)), mesh=mesh, in_specs=P("batch"), out_specs=P("batch")
+    )
+  )
+  spec = NamedSharding(mesh, P("batch"))
+  x_adv, broken_by = map(np.asarray, sharded(jax.device_put(x, spec), jax.device_put(y, spec)))
+  for i in range(0, 8, 2):
+    alone = jax.jit(run)(x[i : i + 2], y[i : i + 2])
+    np.testing.assert_array_equal(broken_by[i : i + 2], alone.broken_by)
+    np.testing.assert_allclose(x_adv[i : i + 2], alone.x_adv, atol=1e-6)
+
+
+# --- bad inputs ---------------------------------------------------------------------------------
+
+X = np.zeros((2, *SHAPE), np.float32)
+Y = np.array([0, 1])
+F4 = lambda z: z.reshape(z.shape[0], -1) @ np.eye(25, 4, dtype=np.float32)
+F3 = lambda z: z.reshape(z.shape[0], -1) @ np.eye(25, 3, dtype=np.float32)
+BAD = [
+  (dict(eps=-0.1), ValueError, "`eps` must be >= 0"),
+  (dict(eps=jnp.inf), ValueError, "`eps` must be finite"),
+  (dict(norm=3), ValueError, "`norm` must be"),
+  (dict(norm=1), ValueError, "l_1 version is not implemented"),
+  (dict(version="fast"), ValueError, "`version` must be 'standard', 'plus', 'rand' or 'custom'"),
+  (dict(attacks=("apgd-ce",)), ValueError, "`attacks` is only for version='custom'"),
+  (dict(version="custom"), ValueError, "version='custom' needs `attacks`"),
+  (dict(version="custom", attacks=("pgd",)), ValueError, "`attacks` must name each attack"),
+  (dict(version="custom", attacks=("fab", "fab")), ValueError, "`attacks` must name each"),
+  (dict(num_steps=0), ValueError, "`num_steps` must be an int >= 1"),
+  (dict(num_queries=0), ValueError, "`num_queries` must be an int >= 1"),
+  (dict(chunk_size=0), ValueError, "`chunk_size` must be an int >= 1"),
+  (dict(chunk_size=1, clip_min=X, clip_max=X + 1), ValueError, "`clip_min` with one bound per"),
+  (dict(key=None), ValueError, "pass a PRNG `key`"),
+  (dict(y=np.array([0, 1, 2])), ValueError, r"`y` must have shape \(batch,\)"),
+  (dict(y=np.array([0.0, 1.0])), TypeError, "`y` must hold integer class labels"),
+  (dict(x=np.zeros((2, *SHAPE), np.int32)), TypeError, "`x` must be floating point"),
+  (dict(clip_min=1.0, clip_max=0.0), ValueError, "`clip_min` must be <= `clip_max`"),
+  (dict(logits_fn=F3), ValueError, "attack 'apgd-t' needs at least 4 classes"),
+]
+
+
+@pytest.mark.parametrize("change, error, message", BAD)
+def test_bad_inputs_name_the_argument(change, error, message):
+  args = dict(logits_fn=F4, x=X, y=Y, eps=0.1, key=KEY) | change
+  with pytest.raises(error, match=message):
+    attacks.autoattack(args.pop("logits_fn"), args.pop("x"), args.pop("y"), **args)
