@@ -3,11 +3,12 @@
 Logit margins and their normalizers (:mod:`~sn_jax.analysis.margins`), the weight terms of
 Neyshabur et al.'s and Farnia et al.'s margin bounds (:mod:`~sn_jax.analysis.bounds`), certified
 radii and accuracy (:mod:`~sn_jax.analysis.certification`) from sound Lipschitz bounds of any
-model (:mod:`~sn_jax.analysis.lipschitz`), and per-example diagnostics
-(:mod:`~sn_jax.analysis.diagnostics`), all re-exported here; a model's linear layers
-(:mod:`sn_jax.analysis.layers`), their norms and spectra (:mod:`sn_jax.analysis.spectra`) and
-figures (:mod:`sn_jax.analysis.plots`, needs the ``plots`` extra). Imports :mod:`sn_jax.ops`
-only.
+model (:mod:`~sn_jax.analysis.lipschitz`), per-example diagnostics
+(:mod:`~sn_jax.analysis.diagnostics`) and the robustness report of clean, certified and
+AutoAttack accuracy (:mod:`~sn_jax.analysis.robustness`), all re-exported here; a model's linear
+layers (:mod:`sn_jax.analysis.layers`), their norms and spectra (:mod:`sn_jax.analysis.spectra`)
+and figures (:mod:`sn_jax.analysis.plots`, needs the ``plots`` extra). Imports
+:mod:`sn_jax.ops` and :mod:`sn_jax.attacks` only.
 """
 
 import importlib
@@ -32,6 +33,7 @@ from sn_jax.analysis.lipschitz import lipschitz_bound as lipschitz_bound
 from sn_jax.analysis.margins import depth_correction as depth_correction
 from sn_jax.analysis.margins import margin_normalizer as margin_normalizer
 from sn_jax.analysis.margins import margins as margins
+from sn_jax.analysis.robustness import robustness_report as robustness_report
 
 
 def __getattr__(name: str):

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 try:
+  from matplotlib import colormaps
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 except ModuleNotFoundError as e:
@@ -207,4 +208,81 @@ def layer_spectra(
   figure.axes[0].legend(fontsize=8)
   if title:
     figure.suptitle(title)
+  return _save(figure, path)
+
+
+def robustness(
+  report: Mapping[str, object],
+  path: str | os.PathLike,
+  *,
+  title: str = "",
+  shares: bool = True,
+) -> str:
+  """Accuracy against the radius: clean, certified and under AutoAttack, from a robustness report.
+
+  Three curves over the report's ``eps``: the clean accuracy (flat), the accuracy under
+  AutoAttack (an upper bound of the true robust accuracy) and the certified accuracy (a lower
+  bound; absent when the model could not be bounded). The true robust accuracy lies between the
+  last two. With ``shares``, the gap between the AutoAttack curve and the clean accuracy is
+  filled with one band per attack, as thick as the share of the examples it was the first to
+  break.
+
+  Args:
+    report: a dict of :func:`sn_jax.analysis.robustness_report` (or read back from its JSON).
+    path: the image file to write.
+    title: the figure's title.
+    shares: draw the bands of the attacks' shares.
+
+  Returns:
+    The path written.
+
+  Raises:
+    ValueError: for a ``report`` without the entries of
+      :func:`sn_jax.analysis.robustness_report`, or series of another length than ``eps``.
+
+  Example:
+    >>> from sn_jax.analysis import plots
+    >>> report = {'norm': 'inf', 'eps': [0.0, 0.1, 0.2], 'clean_accuracy': 0.9,
+    ...           'robust_accuracy': [0.9, 0.6, 0.2], 'certified_accuracy': [0.9, 0.3, 0.0],
+    ...           'broken_by': {'apgd-ce': [0.0, 0.25, 0.6], 'square': [0.0, 0.05, 0.1]}}
+    >>> plots.robustness(report, '/tmp/robustness.png')
+    '/tmp/robustness.png'
+  """
+  needed = ("norm", "eps", "clean_accuracy", "robust_accuracy", "certified_accuracy", "broken_by")
+  missing = [k for k in needed if not isinstance(report, Mapping) or k not in report]
+  if missing:
+    raise ValueError(
+      f"`report` must be a dict of sn_jax.analysis.robustness_report, lacking {missing}."
+    )
+  eps = np.asarray(report["eps"], dtype=np.float64).ravel()
+  clean = float(report["clean_accuracy"])
+  series = {"AutoAttack": report["robust_accuracy"]}
+  if report["certified_accuracy"] is not None:
+    series["certified"] = report["certified_accuracy"]
+  series.update({f"broken by {name}": v for name, v in dict(report["broken_by"]).items()})
+  data = _check_series(series, "report")
+  for label, values in data.items():
+    if values.shape != eps.shape:
+      raise ValueError(
+        f"`report`'s {label!r} must have one value per eps, {eps.size}, got {values.size}."
+      )
+  figure = Figure(figsize=(6, 4))
+  axes = figure.add_subplot()
+  if shares:
+    bottom, colors = data["AutoAttack"], colormaps["Pastel2"]
+    bands = [label for label in data if label.startswith("broken by ")]
+    for i, label in enumerate(bands):
+      top = bottom + data[label]
+      axes.fill_between(eps, bottom, top, color=colors(i % colors.N), label=label)
+      bottom = top
+  axes.plot(eps, np.full_like(eps, clean), color="black", linestyle="--", label="clean")
+  axes.plot(eps, data["AutoAttack"], color="tab:red", marker="o", markersize=3, label="AutoAttack")
+  if "certified" in data:
+    axes.plot(eps, data["certified"], color="tab:blue", marker="s", markersize=3, label="certified")
+  norm = r"\infty" if report["norm"] == "inf" else "2"
+  axes.set_xlabel(f"eps ($\\ell_{norm}$ radius)")
+  axes.set_ylabel("accuracy")
+  axes.set_ylim(0.0, 1.0)
+  axes.set_title(title)
+  axes.legend(fontsize=8)
   return _save(figure, path)

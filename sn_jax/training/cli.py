@@ -36,7 +36,7 @@ from ml_collections import config_flags
 
 from sn_jax._backend import host_memory
 from sn_jax.training import config as config_lib
-from sn_jax.training import loop
+from sn_jax.training import evaluation, loop
 from sn_jax.training import workdir as workdir_lib
 from sn_jax.training.arguments import (
   UsageError,
@@ -62,7 +62,9 @@ _COMMAND_HELP = {
     "sn-jax train --workdir DIR [--config FILE[:ARGS]] [--config.FIELD=VALUE ...]",
   ),
   "eval": (
-    "evaluate the latest checkpoint in --workdir (without --config, with its config.json)",
+    "evaluate the latest checkpoint in --workdir (without --config, with its config.json); "
+    "with config.robustness.enabled, also write the robustness report of clean, certified and "
+    "AutoAttack accuracy to robustness.json and robustness.png",
     "sn-jax eval --workdir DIR [--config FILE[:ARGS]] [--config.FIELD=VALUE ...]",
   ),
 }
@@ -186,13 +188,12 @@ def help_text(command: str | None = None) -> str:
     default = defaults[name]
     if isinstance(default, ml_collections.ConfigDict):
       default = default.to_dict()
-    head = f"  {name} = {default!r}"
-    if len(head) > _FIELD_COLUMN - 2:
-      lines.append(head)
-      head = ""
-    text = textwrap.wrap(meaning, width=100 - _FIELD_COLUMN)
-    lines.append(f"{head:<{_FIELD_COLUMN}}{text[0]}")
-    lines += [" " * _FIELD_COLUMN + line for line in text[1:]]
+    head = f"{f'  {name} = {default!r}':<{_FIELD_COLUMN - 1}} "
+    # A head longer than the column starts the meaning right after it, on the same line.
+    first = textwrap.wrap(meaning, width=100 - len(head))[0]
+    text = textwrap.wrap(meaning[len(first) :].strip(), width=100 - _FIELD_COLUMN)
+    lines.append(head + first)
+    lines += [" " * _FIELD_COLUMN + line for line in text]
   return "\n".join(lines)
 
 
@@ -223,6 +224,34 @@ def table(config: Any, results: dict[str, dict[str, Any]]) -> str:
   lines.append("gap = train minus test accuracy under the training attack.")
   if extra:
     lines.append(f"eval atk = {config.eval_attack.name.upper()} (config.eval_attack).")
+  return "\n".join(lines)
+
+
+def robustness_table(report: dict[str, Any]) -> str:
+  """The robustness report as a table: one row per radius, each attack's share of the breaks.
+
+  Columns: eps, clean accuracy, certified accuracy (``-`` when the model cannot be bounded),
+  AutoAttack accuracy, then per attack the fraction of the examples it was the first to break.
+  """
+  names = list(report["broken_by"])
+  norm = "l_inf" if report["norm"] == "inf" else "l_2"
+  head = f"{'eps':>8}{'clean':>8}{'certified':>11}{'AutoAttack':>12}"
+  lines = [
+    f"Robustness ({norm}, AutoAttack {report['version']!r}, {report['num_examples']} test "
+    "examples); accuracies:",
+    head + "".join(f"{name:>10}" for name in names),
+  ]
+  certified = report["certified_accuracy"]
+  for i, eps in enumerate(report["eps"]):
+    cell = "-" if certified is None else f"{certified[i]:.3f}"
+    row = f"{eps:>8g}{report['clean_accuracy']:>8.3f}{cell:>11}"
+    row += f"{report['robust_accuracy'][i]:>12.3f}"
+    lines.append(row + "".join(f"{report['broken_by'][name][i]:>10.3f}" for name in names))
+  lines.append(f"{', '.join(names)}: the fraction of the examples each attack broke first.")
+  if certified is None:
+    lines.append(f"certified: none, {report['certificate_refused']}")
+  elif report["certificate"]["l2_to_linf"] is not None:
+    lines.append("certified: the l_2 certificate's radius times 1/sqrt(input size).")
   return "\n".join(lines)
 
 
@@ -272,7 +301,10 @@ def run(argv: Sequence[str]) -> int:
     _check_workdir(workdir)
   try:
     if command == "eval":
-      results = {f"beta={config.beta:g}": loop.evaluate_checkpoint(config, workdir)}
+      result = loop.evaluate_checkpoint(
+        config, workdir, robustness_report=config.robustness.enabled
+      )
+      results = {f"beta={config.beta:g}": result}
     elif command == "train":
       result = loop.train_and_evaluate(config, workdir, override=override)
       results = {f"beta={config.beta:g}": result}
@@ -291,6 +323,12 @@ def run(argv: Sequence[str]) -> int:
     )
     return 128 + interrupted[0]
   print(table(config, results))
+  for result in results.values():
+    if "robustness" in result:
+      report = result["robustness"]
+      written = evaluation.write_robustness(config, workdir, report, step=result["step"])
+      print(robustness_table(report))
+      print(f"Written: {', '.join(written)}.")
   return 0
 
 

@@ -31,6 +31,8 @@ from sn_jax.training.step import Attack, Regularizer
 ATTACKS = ("none", "fgm", "pgm", "wrm")
 OPTIMIZERS = ("adam", "sgd")
 PARALLEL = ("shard_map", "pmap")
+# AutoAttack's versions for the robustness report ('rand' is for randomized models).
+ROBUSTNESS_VERSIONS = ("standard", "plus", "custom")
 # (train, test) split sizes, which bound batch_size and num_validation before the data is read.
 SPLIT_SIZES = {
   data.EMBEDDED_MNIST: (4000, 1000),
@@ -90,6 +92,19 @@ FIELDS: dict[str, str] = {
   "keep_checkpoints": "checkpoints kept, >= 1",
   "eval_batch_size": "evaluation batch size, a multiple of the number of devices",
   "num_eval_train": "training examples evaluated at the end, >= 0 (0: all)",
+  "robustness.enabled": "sn-jax eval writes the robustness report (robustness.json, .png)",
+  "robustness.norm": "norm of its radii: 2 or inf",
+  "robustness.eps": "its radii, a tuple of numbers >= 0 in input units (not relative)",
+  "robustness.version": f"AutoAttack's version: one of {', '.join(ROBUSTNESS_VERSIONS)}",
+  "robustness.attacks": "with version custom, the attacks in order, e.g. ('apgd-ce', 'square')",
+  "robustness.num_examples": "test examples evaluated (class-balanced), >= 1; at the defaults "
+  "each costs about 2,000 forward-backward and 5,000 forward passes per radius > 0",
+  "robustness.num_steps": "APGD and FAB iterations, >= 1 (AutoAttack's: 100)",
+  "robustness.num_queries": "Square's queries, >= 1 (AutoAttack's: 5000)",
+  "robustness.batch_size": "examples per compiled call, >= 1",
+  "robustness.chunk_size": "attack the examples still robust in chunks of this size, >= 1, so "
+  "the later attacks cost what is left; 0: each attack on the whole batch",
+  "robustness.pairwise": "certify with GloRo's per-class-pair bound (false: Tsuzuku et al.'s)",
 }
 """Every field of :func:`default_config` by dotted name, with its meaning (``sn-jax train -h``)."""
 
@@ -141,6 +156,21 @@ def default_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 2
   config.eval_batch_size = 500
   config.num_eval_train = 0
+  config.robustness = ml_collections.ConfigDict(
+    {
+      "enabled": True,
+      "norm": math.inf,
+      "eps": (0.0, 0.1, 0.2, 0.3),
+      "version": "standard",
+      "attacks": (),
+      "num_examples": 200,
+      "num_steps": 100,
+      "num_queries": 5000,
+      "batch_size": 200,
+      "chunk_size": 0,
+      "pairwise": True,
+    }
+  )
   return config
 
 
@@ -227,6 +257,39 @@ def _check_attack(attack: ml_collections.ConfigDict, field: str) -> None:
   )
 
 
+def _check_robustness(robustness: ml_collections.ConfigDict) -> None:
+  _check(robustness.norm in (2, math.inf), "robustness.norm", "2 or inf", robustness.norm)
+  eps = robustness.eps
+  _check(
+    isinstance(eps, (tuple, list))
+    and len(eps) > 0
+    and all(_kind(e) in ("an int", "a number") and 0 <= e < math.inf for e in eps),
+    "robustness.eps",
+    "a non-empty tuple of finite numbers >= 0, e.g. (0.0, 0.1, 0.2)",
+    eps,
+  )
+  _check(
+    robustness.version in ROBUSTNESS_VERSIONS,
+    "robustness.version",
+    f"one of {ROBUSTNESS_VERSIONS}",
+    robustness.version,
+  )
+  names = robustness.attacks
+  _check(
+    isinstance(names, (tuple, list)) and all(isinstance(n, str) for n in names),
+    "robustness.attacks",
+    "a tuple of attack names",
+    names,
+  )
+  try:
+    attacks.autoattack_attacks(robustness.version, tuple(names) or None)
+  except ValueError as e:
+    raise ConfigError(f"config.robustness.attacks (version {robustness.version!r}): {e}") from e
+  for field in ("num_examples", "num_steps", "num_queries", "batch_size"):
+    _check(robustness[field] >= 1, f"robustness.{field}", ">= 1", robustness[field])
+  _check(robustness.chunk_size >= 0, "robustness.chunk_size", ">= 0", robustness.chunk_size)
+
+
 def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | None) -> None:
   """Checks every value a run depends on, before any data is read or anything is compiled.
 
@@ -280,6 +343,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   for field in ("log_every", "checkpoint_every", "keep_checkpoints", "early_stop_epochs"):
     _check(config[field] >= 1, field, ">= 1", config[field])
   _check(config.num_eval_train >= 0, "num_eval_train", ">= 0 (0: all)", config.num_eval_train)
+  _check_robustness(config.robustness)
   if config.regularizer.name != "none":
     try:
       make_regularizer(config.regularizer)

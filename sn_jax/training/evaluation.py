@@ -3,12 +3,16 @@
 :func:`evaluate_state` is the last step of :func:`sn_jax.training.loop.train_and_evaluate`;
 :func:`evaluate_checkpoint` does the same for the newest checkpoint of a workdir (``sn-jax eval``)
 and :func:`restore_state` returns that checkpoint's train state. Both only read the workdir.
+:func:`robustness` computes the report of ``config.robustness`` (clean, certified and AutoAttack
+accuracy on a grid of radii, :func:`sn_jax.analysis.robustness_report`) and
+:func:`write_robustness` writes it to ``WORKDIR/robustness.json`` and ``robustness.png``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +20,8 @@ import flax.linen as nn
 import jax
 import ml_collections
 
+import sn_jax
+from sn_jax import analysis
 from sn_jax import nn as snn
 from sn_jax.training import checkpoints, data
 from sn_jax.training import workdir as workdir_lib
@@ -85,12 +91,18 @@ def evaluate_state(
 
 
 def evaluate_checkpoint(
-  config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module | None = None
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  model: nn.Module | None = None,
+  robustness_report: bool = False,
 ) -> dict[str, Any]:
   """Evaluates the latest checkpoint in ``workdir`` as :func:`train_and_evaluate` does at its end.
 
   Reads only: a checkpoint that does not restore is reported and skipped, not moved. To evaluate
-  with the recorded config, pass :func:`sn_jax.training.workdir.recorded_config`.
+  with the recorded config, pass :func:`sn_jax.training.workdir.recorded_config`. With
+  ``robustness_report``, the first process also computes :func:`robustness` (``sn-jax eval``
+  does when ``config.robustness.enabled``), under the key ``'robustness'``.
 
   Raises:
     ValueError: for a bad config value.
@@ -102,9 +114,106 @@ def evaluate_checkpoint(
   result = {"step": int(state.step), "stopped_early": progress.stopped_early, "interrupted": None}
   scale = data.mean_norm(datasets.train)
   say = workdir_lib.say if jax.process_index() == 0 else None
-  state = parallel.replicate(state)
-  result.update(evaluate_state(config, parallel, model, state, datasets, scale=scale, say=say))
+  replicated = parallel.replicate(state)
+  result.update(evaluate_state(config, parallel, model, replicated, datasets, scale=scale, say=say))
+  if robustness_report and say is not None:
+    result["robustness"] = robustness(config, model, state, datasets.test, say=say)
   return result
+
+
+ROBUSTNESS_FILE = "robustness.json"
+ROBUSTNESS_PLOT = "robustness.png"
+# The datasets whose inputs are scaled to [0, 1] (sn_jax.training.data.preprocess): the attacks'
+# box. The others are whitened, with no box.
+_UNIT_BOX_DATASETS = ("mnist", data.EMBEDDED_MNIST)
+
+
+def robustness(
+  config: ml_collections.ConfigDict,
+  model: nn.Module,
+  state: TrainState,
+  test: data.Split,
+  *,
+  say: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+  """The robustness report of ``config.robustness`` on a class-balanced part of the test split.
+
+  :func:`sn_jax.analysis.robustness_report` on ``config.robustness.num_examples`` test examples
+  (:func:`sn_jax.training.data.balanced_subset`, seeded by ``config.seed``, the whole split if it
+  is smaller), with the spectral-normalization state read-only, AutoAttack's key from
+  ``config.seed``, and inputs clipped to ``[0, 1]`` on MNIST (CIFAR-10 and SVHN are whitened:
+  no box).
+
+  Args:
+    config: the run's config.
+    model: the run's model.
+    state: its train state (host arrays, not replicated).
+    test: the test split.
+    say: called with one line before the report is computed (progress), if given.
+
+  Returns:
+    The report (see :func:`sn_jax.analysis.robustness_report`).
+  """
+  settings = config.robustness
+  split = data.balanced_subset(test, settings.num_examples, seed=config.seed)
+  if say is not None:
+    say(
+      f"robustness report: AutoAttack {settings.version!r} and certificates on "
+      f"{len(split.labels)} test examples at {len(settings.eps)} radii."
+    )
+  box = (0.0, 1.0) if config.dataset in _UNIT_BOX_DATASETS else (None, None)
+  return analysis.robustness_report(
+    model,
+    {"params": state.params, "spectral": state.spectral},
+    split.images,
+    split.labels,
+    eps=list(settings.eps),
+    norm=float(settings.norm),
+    version=settings.version,
+    attacks=tuple(settings.attacks) or None,
+    num_steps=settings.num_steps,
+    num_queries=settings.num_queries,
+    key=jax.random.key(config.seed),
+    clip_min=box[0],
+    clip_max=box[1],
+    batch_size=settings.batch_size,
+    chunk_size=settings.chunk_size or None,
+    pairwise=settings.pairwise,
+    update_stats=False,
+  )
+
+
+def write_robustness(
+  config: ml_collections.ConfigDict, workdir: str, report: dict[str, Any], *, step: int
+) -> list[str]:
+  """Writes ``WORKDIR/robustness.json`` and, with matplotlib, ``robustness.png``, atomically.
+
+  The JSON holds ``config`` (the resolved config), ``sn_jax_version``, ``step`` (the
+  checkpoint's) and ``report``; the figure is :func:`sn_jax.analysis.plots.robustness`. Without
+  matplotlib (the ``plots`` extra) a warning on stderr says the figure was not drawn.
+
+  Returns:
+    The paths written.
+  """
+  path = os.path.join(workdir, ROBUSTNESS_FILE)
+  record = {
+    "config": config.to_dict(),
+    "sn_jax_version": sn_jax.__version__,
+    "step": step,
+    "report": report,
+  }
+  workdir_lib.write_json(path, record)
+  written = [path]
+  try:
+    from sn_jax.analysis import plots
+  except ModuleNotFoundError as e:
+    workdir_lib.warn(f"no {ROBUSTNESS_PLOT}: {e}")
+    return written
+  path = os.path.join(workdir, ROBUSTNESS_PLOT)
+  title = f"{config.model} on {config.dataset}, beta={config.beta:g}, step {step}"
+  with workdir_lib.replacing(path, ".tmp.png") as tmp:
+    plots.robustness(report, tmp, title=title)
+  return [*written, path]
 
 
 def restore_state(

@@ -11,9 +11,9 @@ trains: the fields of :data:`TRAINING_FIELDS` (and everything under them) must e
 ones unless the run passes ``override=True`` (``--override`` on the command line); the overridden
 values then become the recorded ones and the change is appended to ``history``. Free fields: the
 evaluation (``eval_attack``, ``eval_batch_size``, ``num_eval_train``, ``num_validation``, which
-takes validation images from the test split only), where the data lives (``data_dir``), how the
-run is spread (``parallel``, ``distributed``) and its bookkeeping (``log_every``,
-``checkpoint_every``, ``keep_checkpoints``).
+takes validation images from the test split only, and the ``robustness`` report), where the data
+lives (``data_dir``), how the run is spread (``parallel``, ``distributed``) and its bookkeeping
+(``log_every``, ``checkpoint_every``, ``keep_checkpoints``).
 
 ``WORKDIR/.lock`` holds ``{"pid": ..., "host": ...}`` of the process training in the workdir; it
 is created atomically (``O_CREAT | O_EXCL``) and removed on every way out of the run.
@@ -21,12 +21,13 @@ is created atomically (``O_CREAT | O_EXCL``) and removed on every way out of the
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ml_collections
@@ -60,6 +61,7 @@ FREE_FIELDS = (
   "eval_batch_size",
   "num_eval_train",
   "num_validation",
+  "robustness",
   "data_dir",
   "parallel",
   "distributed",
@@ -158,12 +160,36 @@ def _update(config: ml_collections.ConfigDict, values: dict[str, Any]) -> None:
       config[key] = value
 
 
+@contextlib.contextmanager
+def replacing(path: str, suffix: str = ".tmp") -> Iterator[str]:
+  """Yields a temporary path to write, then moves it onto ``path`` in one step (``os.replace``).
+
+  A reader of ``path`` sees the old file or the new one, never part of one. If the block
+  raises, the temporary file is removed and ``path`` stays as it was.
+
+  Args:
+    path: the file to replace.
+    suffix: appended to ``path`` for the temporary file (end it with the extension a writer
+      reads the format from, e.g. ``'.tmp.png'``).
+  """
+  tmp = path + suffix
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_json(path: str, value: Any) -> None:
+  """Writes ``value`` as indented JSON to ``path``, atomically (:func:`replacing`)."""
+  with replacing(path) as tmp, open(tmp, "w") as f:
+    json.dump(value, f, indent=1)
+
+
 def write(workdir: str, record: dict[str, Any]) -> None:
   """Writes ``record`` (from :func:`check`) to ``WORKDIR/config.json``, atomically."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  with open(path + ".tmp", "w") as f:
-    json.dump(record, f, indent=1)
-  os.replace(path + ".tmp", path)
+  write_json(os.path.join(workdir, CONFIG_FILE), record)
 
 
 def check(

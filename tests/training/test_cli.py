@@ -27,6 +27,7 @@ def get_config():
   config.attack.name, config.eval_attack.name = "none", "fgm"
   config.batch_size, config.eval_batch_size, config.num_steps = 32, 500, 3
   config.num_eval_train, config.log_every = 500, 1
+  config.robustness.enabled = False  # the report has its own tests (test_eval_report.py)
   return config
 """
 

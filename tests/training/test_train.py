@@ -198,6 +198,7 @@ def _config(**overrides):
   # ERM keeps the loop tests fast; the attacks run in the step tests and the mock_data test.
   config.attack.name, config.eval_attack.name = "none", "none"
   config.model, config.beta = "tiny", 1.0
+  config.robustness.enabled = False  # the report has its own tests (test_eval_report.py)
   config.update(overrides)
   return config
 
