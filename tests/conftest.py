@@ -8,6 +8,12 @@ os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 
+# NumPy's LAPACK (the float64 norms the analysis tests and oracles compute) runs on one thread:
+# the suite's workers already use every core, and oversubscribed BLAS threads spin, not work.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 import jax
 
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -8,6 +8,7 @@ names it (:func:`_refuse`) what it cannot bound.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from sn_jax.ops import convolution as conv_lib
 from sn_jax.ops import fourier, operators
 
 #: Default largest input size (entries of one example's layer input) for which a layer's
@@ -93,8 +95,8 @@ def layer_norm_bound(
     return float(np.linalg.norm(kernel.astype(np.float64), 2))
   input_shape = tuple(input_shape)
   if math.prod(input_shape) <= exact_size:
-    op = operators.layer_operator(jnp.asarray(kernel, jnp.float32), input_shape, **attributes)
-    matrix = np.asarray(operators.materialize(op, input_shape), np.float64)
+    matrix = np.asarray(_conv_matrix(jnp.asarray(kernel, jnp.float32), input_shape, attributes))
+    matrix = matrix.astype(np.float64)
     gram = matrix @ matrix.T if matrix.shape[0] <= matrix.shape[1] else matrix.T @ matrix
     return float(math.sqrt(max(np.linalg.eigvalsh(gram)[-1], 0.0)))
   spatial = input_shape[:-1]
@@ -122,6 +124,26 @@ def layer_norm_bound(
     feature_group_count=attributes.get("feature_group_count", 1),
   )[0]
   return float(top) * (1.0 + _FLOAT32_MARGIN)
+
+
+def _conv_matrix(kernel: jax.Array, input_shape: tuple[int, ...], attributes: dict) -> jax.Array:
+  """The materialized matrix of a convolution: one compiled program per kernel shape, input
+  shape and attributes, reused by every layer and call that shares them."""
+  operators.layer_operator(kernel, input_shape, **attributes)  # clear errors before tracing
+  spec = conv_lib.conv_spec(kernel.shape, input_shape[-1], **attributes)
+  static = (
+    ("strides", spec.strides),
+    ("padding", spec.padding),
+    ("kernel_dilation", spec.kernel_dilation),
+    ("feature_group_count", spec.feature_group_count),
+  )
+  return _compiled_conv_matrix(kernel, input_shape, static)
+
+
+@functools.partial(jax.jit, static_argnames=("input_shape", "attributes"))
+def _compiled_conv_matrix(kernel, input_shape, attributes):
+  op = operators.layer_operator(kernel, input_shape, **dict(attributes))
+  return operators.materialize(op, input_shape)
 
 
 def _ints(value, rank: int) -> tuple[int, ...]:
