@@ -1,10 +1,13 @@
 """Tests of sn_jax.analysis.lipschitz_bound and the certificates built on it."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from quick_compile import QUICK
 
 from sn_jax import analysis, attacks
 from sn_jax.nn import models
@@ -36,9 +39,13 @@ class _Fn(nn.Module):
     return self.fn([nn.Dense(w) for w in self.widths], x)
 
 
+# Standard normal draws (key, shape), compiled once per shape.
+_normal = jax.jit(jax.random.normal, static_argnums=1, compiler_options=QUICK)
+
+
 def _init(model, shape, key=0):
-  x = jax.random.normal(jax.random.key(key), (4, *shape))
-  return jax.jit(model.init)(jax.random.key(key + 1), x), x
+  x = _normal(jax.random.key(key), (4, *shape))
+  return jax.jit(model.init, compiler_options=QUICK)(jax.random.key(key + 1), x), x
 
 
 def _kernels(variables):
@@ -101,7 +108,7 @@ def _empirical_lipschitz(fn, shape, key):
   ratios = jax.vmap(ratio)
   grad = jax.vmap(jax.grad(ratio, argnums=(0, 1)))
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=QUICK)
   def run(a, b):
     start = jnp.max(ratios(a, b))
 
@@ -115,8 +122,8 @@ def _empirical_lipschitz(fn, shape, key):
     return jnp.maximum(start, jnp.max(ratios(a, b))), jnp.max(jnp.linalg.norm(jacobian, 2, (1, 2)))
 
   keys = jax.random.split(jax.random.key(key), 2)
-  a = jax.random.normal(keys[0], (4, *shape))
-  best, jacobian = run(a, a + 0.1 * jax.random.normal(keys[1], a.shape))
+  a = _normal(keys[0], (4, *shape))
+  best, jacobian = run(a, a + 0.1 * _normal(keys[1], a.shape))
   return float(best), float(jacobian)
 
 
@@ -205,7 +212,7 @@ class _Graph(nn.Module):
     return nn.Dense(3)(x.reshape(x.shape[0], -1))
 
 
-@jax.jit
+@functools.partial(jax.jit, compiler_options=QUICK)
 def _attack_breaks(variables, x, y, r):
   """Whether PGD (l_2) flips each prediction of ``_Graph`` within radius ``r`` (``(B, 1, 1, 1)``):
   one compiled program for every radius and both certificates."""
@@ -234,7 +241,7 @@ def _attack_breaks(variables, x, y, r):
 def test_no_attack_breaks_a_certified_example(pairwise):
   model = _Graph()
   variables, _ = _init(model, (6, 6, 1))
-  x = jax.random.normal(jax.random.key(7), (32, 6, 6, 1))
+  x = _normal(jax.random.key(7), (32, 6, 6, 1))
   y = jnp.argmax(model.apply(variables, x), -1)
   radii = analysis.certify(model, variables, x, y, pairwise=pairwise)
   assert bool(jnp.all(radii > 0))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from quick_compile import QUICK
 
 from sn_jax import attacks
 from sn_jax.attacks._apgd import _checkpoint_windows
@@ -60,7 +61,9 @@ def per_example(attack, f, x, y, *radii, **options):
   one = lambda e, xi, yi: attack(f, xi[None], yi[None], eps=e, key=KEY, **options)[0]
   k = len(radii)
   eps = jnp.asarray(np.concatenate(radii), jnp.float32)
-  out = jax.vmap(one)(eps, np.concatenate([x] * k), np.concatenate([y] * k))
+  out = jax.jit(jax.vmap(one), compiler_options=QUICK)(
+    eps, np.concatenate([x] * k), np.concatenate([y] * k)
+  )
   return np.split(np.asarray(out), k)
 
 
@@ -120,10 +123,16 @@ def test_checkpoints_follow_the_reference_schedule():
 def test_apgd_keeps_already_misclassified_examples_and_y_none_attacks_the_predictions():
   f, _, _, x, y = linear(3, batch=4)
   wrong = (y + 1) % 4
-  np.testing.assert_array_equal(attacks.apgd(f, x, wrong, eps=0.5, num_steps=5, key=KEY), x)
+  # One program for both labelings: the labels and radius are arguments.
+  labeled = jax.jit(
+    lambda y, e: attacks.apgd(f, x, y, eps=e, num_steps=5, key=KEY), compiler_options=QUICK
+  )
+  np.testing.assert_array_equal(labeled(wrong, np.float32(0.5)), x)
   np.testing.assert_array_equal(
-    attacks.apgd(f, x, None, eps=0.3, num_steps=5, key=KEY),
-    attacks.apgd(f, x, y, eps=0.3, num_steps=5, key=KEY),
+    jax.jit(
+      lambda: attacks.apgd(f, x, None, eps=0.3, num_steps=5, key=KEY), compiler_options=QUICK
+    )(),
+    labeled(y, np.float32(0.3)),
   )
 
 
@@ -165,7 +174,7 @@ def mlp(num_features, num_classes=4):
   return lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ w1) @ w2
 
 
-@functools.partial(jax.jit, static_argnames=("norm", "targeted"))
+@functools.partial(jax.jit, static_argnames=("norm", "targeted"), compiler_options=QUICK)
 def _bounded_attack(x, y, eps, key, clip_min, clip_max, *, norm, targeted):
   f = mlp(int(np.prod(x.shape[1:])))
   options = dict(eps=eps, norm=norm, num_steps=4, key=key, clip_min=clip_min, clip_max=clip_max)
@@ -195,8 +204,10 @@ def test_apgd_stays_in_the_ball_and_the_clip_range(norm, targeted, eps, margin, 
 def test_an_eps_curve_equals_separate_calls():
   f, _, _, x, y = linear(5)
   eps = jnp.array([0.1, 0.4])
-  single = jax.jit(lambda e: attacks.apgd(f, x, y, eps=e, num_steps=6, norm=2, key=KEY))
-  curve = attacks.apgd(f, x, y, eps=eps, num_steps=6, norm=2, key=KEY)
+  single = jax.jit(
+    lambda e: attacks.apgd(f, x, y, eps=e, num_steps=6, norm=2, key=KEY), compiler_options=QUICK
+  )
+  curve = single(eps)
   assert curve.shape == (2, *x.shape)
   for k in range(2):
     np.testing.assert_allclose(curve[k], single(eps[k]), atol=1e-6)
@@ -204,7 +215,8 @@ def test_an_eps_curve_equals_separate_calls():
 
 def test_the_gradient_is_stopped_through_the_attack():
   f, _, _, x, y = linear(6)
-  g = jax.grad(lambda x: jnp.sum(attacks.apgd(f, x, y, eps=0.2, num_steps=1, key=KEY)))(x)
+  total = lambda x: jnp.sum(attacks.apgd(f, x, y, eps=0.2, num_steps=1, key=KEY))
+  g = jax.jit(jax.grad(total), compiler_options=QUICK)(x)
   np.testing.assert_array_equal(g, np.ones_like(x))
 
 
@@ -234,7 +246,7 @@ def test_apgd_traces_once():
     ),
   }
   for call in calls.values():
-    jitted = jax.jit(chex.assert_max_traces(call, n=1))
+    jitted = jax.jit(chex.assert_max_traces(call, n=1), compiler_options=QUICK)
     for seed in (1, 2):
       w = jax.random.normal(jax.random.key(seed), (5, 4))
       jitted(w, x + seed, y, jnp.float32(0.1 * seed), jax.random.key(seed))
@@ -310,7 +322,7 @@ def reference_apgd(f, x, y, eps, start, norm, num_steps, rho=0.75):
   the last misclassified iterate where there is one, else the highest-loss point."""
   loss_grad = jax.jit(jax.vmap(jax.value_and_grad(
     lambda z, label: attacks.cross_entropy(f(z[None]), label[None])[0]
-  )))  # fmt: skip
+  )), compiler_options=QUICK)  # fmt: skip
   flat = lambda v: v.reshape(len(v), -1)
   col = lambda v: v.reshape((-1,) + (1,) * (x.ndim - 1))
 
@@ -378,7 +390,10 @@ def test_apgd_follows_the_authors_loop_step_by_step(norm):
   else:
     start = jax.random.normal(run_key, x.shape, jnp.float32)
   expected = reference_apgd(f, x, y, eps, np.asarray(start), norm, num_steps)
-  x_adv = attacks.apgd(f, x, y, eps=eps, norm=norm, num_steps=num_steps, key=KEY)
+  x_adv = jax.jit(
+    lambda: attacks.apgd(f, x, y, eps=eps, norm=norm, num_steps=num_steps, key=KEY),
+    compiler_options=QUICK,
+  )()
   # l_inf agrees to rounding. On l_2 both agree to 2e-7 for the first 8 steps; later, iterates
   # that circle the optimum on the sphere compare near-equal losses, and float32 rounding can
   # flip which one is kept, by ~1e-4. A wrong schedule moves points by a step, >= eps / 16 here.

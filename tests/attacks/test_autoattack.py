@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from quick_compile import QUICK
 
 from sn_jax import attacks
 from sn_jax.attacks._apgd import _loss_and_grad
@@ -39,12 +40,10 @@ def minimal_distance(w, x, y, norm):
   return np.where(is_label, np.inf, margin / np.where(is_label, 1.0, size)).min(axis=1)
 
 
-TRACES = collections.Counter()  # traces of `run`, per (norm, version, eps shape)
+TRACES = collections.Counter()  # traces of `run`, per (norm, version, chunk size, eps shape)
 
 
-@functools.partial(jax.jit, static_argnums=(7, 8, 9))
-def _run(w, x, y, eps, key, clip_min, clip_max, norm, version, chunk_size):
-  TRACES[norm, version, chunk_size, jnp.shape(eps)] += 1
+def _sequence(w, x, y, eps, key, clip_min, clip_max, norm, version, chunk_size):
   logits_fn = lambda z: z.reshape(z.shape[0], -1) @ w
   return attacks.autoattack(
     logits_fn,
@@ -59,6 +58,12 @@ def _run(w, x, y, eps, key, clip_min, clip_max, norm, version, chunk_size):
     chunk_size=chunk_size,
     **FAST,
   )
+
+
+@functools.partial(jax.jit, static_argnums=(7, 8, 9), compiler_options=QUICK)
+def _run(w, x, y, eps, key, clip_min, clip_max, norm, version, chunk_size):
+  TRACES[norm, version, chunk_size, jnp.shape(eps)] += 1
+  return _sequence(w, x, y, eps, key, clip_min, clip_max, norm, version, chunk_size)
 
 
 def run(
@@ -117,11 +122,18 @@ def test_each_attack_runs_on_what_the_previous_ones_left():
   y[0] = (y[0] + 1) % 4  # misclassified without attack
   names = ("square", "apgd-t")  # not the standard order
   eps = 0.4
-  result = attacks.autoattack(f, x, y, eps=eps, version="custom", attacks=names, key=KEY, **FAST)
+  quick = functools.partial(jax.jit, compiler_options=QUICK)
+  result = quick(
+    lambda: attacks.autoattack(f, x, y, eps=eps, version="custom", attacks=names, key=KEY, **FAST)
+  )()
   keys = jax.random.split(KEY, len(names))
   runs = [
-    attacks.square(f, x, y, eps=eps, num_queries=30, key=keys[0]),
-    attacks.apgd_targeted(f, x, y, eps=eps, num_target_classes=3, num_steps=8, key=keys[1]),
+    quick(lambda: attacks.square(f, x, y, eps=eps, num_queries=30, key=keys[0]))(),
+    quick(
+      lambda: attacks.apgd_targeted(
+        f, x, y, eps=eps, num_target_classes=3, num_steps=8, key=keys[1]
+      )
+    )(),
   ]
   expected = np.where(np.argmax(f(x), axis=1) != y, 0, -1)
   x_expected = x.copy()
@@ -204,7 +216,10 @@ def test_the_rand_version_attacks_a_randomized_model():
     return f(z) + 1e-4 * jax.random.normal(key, (z.shape[0], w.shape[1]))
 
   eps = jnp.asarray(np.median(distance), jnp.float32)
-  result = attacks.autoattack(randomized, x, y, eps=eps, version="rand", num_steps=10, key=KEY)
+  result = jax.jit(
+    lambda: attacks.autoattack(randomized, x, y, eps=eps, version="rand", num_steps=10, key=KEY),
+    compiler_options=QUICK,
+  )()
   broken_by = np.asarray(result.broken_by)
   assert set(broken_by.tolist()) <= {-1, 1, 2}
   np.testing.assert_array_equal(broken_by[distance > 1.05 * eps], -1)
@@ -215,8 +230,13 @@ def test_the_rand_version_attacks_a_randomized_model():
 def test_under_shard_map_each_device_attacks_its_own_examples():
   _, w, x, y = linear(7, batch=64)  # 16 examples per device: the shapes of `run`'s other calls
   eps, mesh = np.float32(0.4), jax.make_mesh((4,), ("batch",))
-  per_device = lambda x, y: tuple(run(w, x, y, eps, KEY))
-  sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=P("batch"), out_specs=P("batch")))
+  per_device = lambda x, y: tuple(
+    _sequence(w, x, y, eps, KEY, -1e9, 1e9, jnp.inf, "standard", None)
+  )
+  sharded = jax.jit(
+    jax.shard_map(per_device, mesh=mesh, in_specs=P("batch"), out_specs=P("batch")),
+    compiler_options=QUICK,
+  )
   spec = NamedSharding(mesh, P("batch"))
   x_adv, broken_by = map(np.asarray, sharded(jax.device_put(x, spec), jax.device_put(y, spec)))
   for i in range(0, 64, 16):

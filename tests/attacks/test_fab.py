@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from quick_compile import QUICK
 
 from sn_jax import attacks
 from sn_jax.attacks._fab import _project_hyperplane
@@ -46,16 +47,21 @@ def linear(seed, num_features=8, num_classes=4, batch=6, far=False):
   return w, b, x, y, distances, steps
 
 
-@functools.partial(
-  jax.jit, static_argnames=("norm", "targeted", "num_steps", "num_restarts", "eta", "targets")
-)
-def linear_fab(w, b, x, y, eps, *, norm, targeted, num_steps, num_restarts=1, eta=1.05, targets=3):
+def _linear_fab(w, b, x, y, eps, *, norm, targeted, num_steps, num_restarts=1, eta=1.05, targets=3):
   """FAB (or FAB-T toward ``targets`` classes) on the linear model ``x @ w + b``, no box."""
   f = lambda v: v @ w + b[None]
   options = dict(eps=eps, norm=norm, num_steps=num_steps, num_restarts=num_restarts, eta=eta)
   if targeted:
     return attacks.fab_targeted(f, x, y, num_target_classes=targets, key=KEY, **options)
   return attacks.fab(f, x, y, key=KEY, **options)
+
+
+# Compiler options are only taken by an outermost jit: a program around it calls _linear_fab.
+linear_fab = jax.jit(
+  _linear_fab,
+  static_argnames=("norm", "targeted", "num_steps", "num_restarts", "eta", "targets"),
+  compiler_options=QUICK,
+)
 
 
 def sizes(x_adv, x, norm):
@@ -232,6 +238,8 @@ def reference_projection_l2(t, w, b, dtype=F32):
 
 
 REFERENCE_PROJECTIONS = {jnp.inf: reference_projection_linf, 2.0: reference_projection_l2}
+# One program per norm for the box and the unbounded projection: the bounds are arguments.
+project_hyperplane = jax.jit(_project_hyperplane, static_argnums=5, compiler_options=QUICK)
 
 
 @pytest.mark.parametrize("norm", [jnp.inf, 2.0])
@@ -248,14 +256,14 @@ def test_the_box_projection_matches_the_authors(norm):
   # The oracle in float64: in float32 its cumulative sums lose up to 2e-5 where ours do not.
   expected = REFERENCE_PROJECTIONS[norm](t, w, b, np.float64)
   value = (w * t).sum(1) - b
-  d = np.asarray(_project_hyperplane(t, w, value, F32(0), F32(1), norm))
+  d = np.asarray(project_hyperplane(t, w, value, F32(0), F32(1), norm))
   # All cases occur: inside the box, on some faces, and the box too small to reach.
   on_plane = np.abs((w * (t + expected)).sum(1) - b) < 1e-4
   touching = np.any((t + expected <= 1e-6) | (t + expected >= 1 - 1e-6), axis=1)
   assert np.any(on_plane & ~touching) and np.any(on_plane & touching) and np.any(~on_plane)
   np.testing.assert_allclose(d, expected, atol=1e-5)
   # Without a box, the projection is the closed form.
-  free = np.asarray(_project_hyperplane(t, w, value, -jnp.inf, jnp.inf, norm))
+  free = np.asarray(project_hyperplane(t, w, value, F32(-np.inf), F32(np.inf), norm))
   dual = np.abs(w).sum(1) if norm == jnp.inf else (w**2).sum(1)
   closed = -(value / dual)[:, None] * (np.sign(w) if norm == jnp.inf else w)
   np.testing.assert_allclose(free, closed, rtol=1e-5, atol=1e-6)
@@ -271,7 +279,7 @@ def mlp(num_features, num_classes=4, scale=3.0):
 def reference_fab(f, x, y, eps, norm, num_steps, target=None, alpha_max=0.1, eta=1.05, beta=0.9):
   """The authors' ``attack_single_run`` without random start (box [0, 1]) in NumPy, followed by
   their check against ``eps``; gradients from JAX."""
-  jacobian = jax.jit(jax.vmap(jax.jacrev(lambda z: f(z[None])[0])))
+  jacobian = jax.jit(jax.vmap(jax.jacrev(lambda z: f(z[None])[0])), compiler_options=QUICK)
   project = REFERENCE_PROJECTIONS[norm]
   rows, batch = np.arange(len(y)), len(y)
   x0, x1 = x.copy(), x.copy()
@@ -313,12 +321,13 @@ def test_fab_follows_the_authors_loop_step_by_step(norm, targeted):
   if targeted:
     target = np.argsort(np.asarray(f(x)), axis=1)[:, -2]
     expected = reference_fab(f, x, y, eps, norm, num_steps, target=target)
-    x_adv = attacks.fab_targeted(
+    attack = lambda: attacks.fab_targeted(
       f, x, y, eps=eps, norm=norm, num_target_classes=1, num_steps=num_steps, key=KEY, **box
     )
   else:
     expected = reference_fab(f, x, y, eps, norm, num_steps)
-    x_adv = attacks.fab(f, x, y, eps=eps, norm=norm, num_steps=num_steps, key=KEY, **box)
+    attack = lambda: attacks.fab(f, x, y, eps=eps, norm=norm, num_steps=num_steps, key=KEY, **box)
+  x_adv = jax.jit(attack, compiler_options=QUICK)()
   # The test exercises both outcomes and the faces of the box.
   broken = np.any(expected != x, axis=1)
   assert np.any(broken) and not np.all(broken)
@@ -329,7 +338,7 @@ def test_fab_follows_the_authors_loop_step_by_step(norm, targeted):
 # --- bounds, determinism, tracing ---------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("norm", "targeted"))
+@functools.partial(jax.jit, static_argnames=("norm", "targeted"), compiler_options=QUICK)
 def _bounded_attack(x, y, eps, key, clip_min, clip_max, *, norm, targeted):
   f = mlp(int(np.prod(x.shape[1:])), scale=1.0)
   options = dict(eps=eps, norm=norm, num_steps=4, key=key, clip_min=clip_min, clip_max=clip_max)
@@ -372,7 +381,8 @@ def test_an_eps_curve_equals_separate_calls():
 def test_the_gradient_is_stopped_through_the_attack():
   w, b, x, y, _, _ = linear(6)
   options = dict(norm=2.0, targeted=False, num_steps=1)
-  g = jax.grad(lambda x: jnp.sum(linear_fab(w, b, x, y, np.float32(5.0), **options)))(x)
+  total = lambda x: jnp.sum(_linear_fab(w, b, x, y, np.float32(5.0), **options))
+  g = jax.jit(jax.grad(total), compiler_options=QUICK)(x)
   np.testing.assert_array_equal(g, np.ones_like(x))
 
 
@@ -400,7 +410,7 @@ def test_fab_traces_once():
     ),
   }
   for call in calls.values():
-    jitted = jax.jit(chex.assert_max_traces(call, n=1))
+    jitted = jax.jit(chex.assert_max_traces(call, n=1), compiler_options=QUICK)
     for seed in (1, 2):
       w = jax.random.normal(jax.random.key(seed), (5, 4))
       jitted(w, x + seed, y, jnp.float32(0.1 * seed), jax.random.key(seed))

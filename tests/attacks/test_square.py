@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from quick_compile import QUICK
 
 from sn_jax import attacks
 from sn_jax.attacks._square import _eta, _square_sides
@@ -49,7 +50,10 @@ def test_square_fools_a_linear_model_within_its_budget_and_cannot_below_the_mini
   f, x, y, distance = linear(0, num_classes=2)
   one = lambda e, xi, yi: attacks.square(f, xi[None], yi[None], eps=e, num_queries=200, key=KEY)[0]
   eps = np.concatenate([1.1 * distance, 0.9 * distance]).astype(np.float32)
-  x_adv = np.asarray(jax.vmap(one)(eps, np.concatenate([x, x]), np.concatenate([y, y])))
+  x_adv = jax.jit(jax.vmap(one), compiler_options=QUICK)(
+    eps, np.concatenate([x, x]), np.concatenate([y, y])
+  )
+  x_adv = np.asarray(x_adv)
   found = margins(f(x_adv), np.concatenate([y, y]))
   assert np.all(found[: len(y)] < 0)
   clean = margins(f(x), y)
@@ -64,7 +68,9 @@ def test_square_fools_a_linear_model_within_its_budget_and_cannot_below_the_mini
 def test_square_fools_a_three_class_linear_model_with_a_larger_radius():
   f, x, y, distance = linear(1)
   one = lambda e, xi, yi: attacks.square(f, xi[None], yi[None], eps=e, num_queries=200, key=KEY)[0]
-  x_adv = jax.vmap(one)(jnp.asarray(1.5 * distance, jnp.float32), x, y)
+  x_adv = jax.jit(jax.vmap(one), compiler_options=QUICK)(
+    jnp.asarray(1.5 * distance, jnp.float32), x, y
+  )
   assert np.all(margins(f(x_adv), y) < 0)
 
 
@@ -93,14 +99,14 @@ def test_l2_square_fools_a_linear_model_and_stays_on_the_sphere():
     f, xi[None], yi[None], eps=e, norm=2, num_queries=200, key=KEY
   )[0]
   eps = (3.0 * distance).astype(np.float32)
-  x_adv = np.asarray(jax.vmap(one)(eps, x, y))
+  x_adv = np.asarray(jax.jit(jax.vmap(one), compiler_options=QUICK)(eps, x, y))
   assert np.all(margins(f(x_adv), y) < 0)
   # Without clipping every point is on the sphere of radius eps.
   size = np.linalg.norm((x_adv - x).reshape(len(y), -1), axis=1)
   np.testing.assert_allclose(size, eps, rtol=1e-5)
 
 
-@functools.partial(jax.jit, static_argnames=("norm", "num_queries"))
+@functools.partial(jax.jit, static_argnames=("norm", "num_queries"), compiler_options=QUICK)
 def _square_on_mlp(x, y, eps, key, clip_min, clip_max, norm=jnp.inf, num_queries=20):
   w = jax.random.normal(jax.random.key(3), (int(np.prod(x.shape[1:])), 3))
   f = lambda z: jnp.tanh(z.reshape(z.shape[0], -1) @ w)
@@ -137,20 +143,23 @@ def test_square_stays_in_the_ball_and_the_clip_range_and_is_deterministic(norm, 
 
 def test_square_keeps_misclassified_examples_and_y_none_attacks_the_predictions():
   f, x, y, _ = linear(1)
-  np.testing.assert_array_equal(
-    attacks.square(f, x, (y + 1) % 3, eps=0.3, num_queries=5, key=KEY), x
+  # One program for both labelings: the labels and radius are arguments.
+  labeled = jax.jit(
+    lambda y, e: attacks.square(f, x, y, eps=e, num_queries=5, key=KEY), compiler_options=QUICK
   )
-  np.testing.assert_array_equal(
-    attacks.square(f, x, None, eps=0.1, num_queries=5, key=KEY),
-    attacks.square(f, x, y, eps=0.1, num_queries=5, key=KEY),
+  np.testing.assert_array_equal(labeled((y + 1) % 3, np.float32(0.3)), x)
+  predicted = jax.jit(
+    lambda: attacks.square(f, x, None, eps=0.1, num_queries=5, key=KEY), compiler_options=QUICK
   )
+  np.testing.assert_array_equal(predicted(), labeled(y, np.float32(0.1)))
 
 
 def test_an_eps_curve_equals_separate_calls_and_square_traces_once():
   f, x, y, _ = linear(2)
   eps = jnp.array([0.05, 0.2])
-  call = jax.jit(chex.assert_max_traces(lambda e: attacks.square(f, x, y, eps=e, key=KEY), n=1))
-  curve = attacks.square(f, x, y, eps=eps, key=KEY)
+  attack = lambda e: attacks.square(f, x, y, eps=e, key=KEY)
+  call = jax.jit(chex.assert_max_traces(attack, n=1), compiler_options=QUICK)
+  curve = jax.jit(attack, compiler_options=QUICK)(eps)
   assert curve.shape == (2, *x.shape)
   for k in range(2):
     np.testing.assert_array_equal(curve[k], call(eps[k]))
@@ -201,7 +210,7 @@ def test_l2_square_traces_once():
   def call(w, x, e, k):
     return attacks.square(lambda z: z.reshape(2, -1) @ w, x, eps=e, norm=2, num_queries=5, key=k)
 
-  jitted = jax.jit(chex.assert_max_traces(call, n=1))
+  jitted = jax.jit(chex.assert_max_traces(call, n=1), compiler_options=QUICK)
   for seed in (1, 2):
     jitted(w + seed, x, jnp.float32(0.1 * seed), jax.random.key(seed))
   chex.clear_trace_counter()
