@@ -116,7 +116,7 @@ def _attack_fns(
     ),
     "fab": functools.partial(fab, num_restarts=restarts, **fab_options),
     "fab-t": functools.partial(fab_targeted, num_target_classes=targets, **fab_options),
-    "square": functools.partial(square, num_queries=num_queries, **options),
+    "square": functools.partial(square, num_queries=num_queries, rescale_schedule=False, **options),
   }
 
 
@@ -150,7 +150,7 @@ def autoattack(
 
   - ``'standard'``: :func:`apgd` on the cross-entropy, :func:`apgd_targeted` and
     :func:`fab_targeted` with 9 target classes, one restart each, and :func:`square` with 5000
-    queries.
+    queries (its schedule of square sizes at fixed query counts, not rescaled).
   - ``'plus'``: :func:`apgd` (cross-entropy and DLR) and :func:`fab` with 5 restarts, then
     Square, APGD-T and FAB-T as above.
   - ``'rand'``, for randomized models: :func:`apgd` on the cross-entropy and on the DLR loss,

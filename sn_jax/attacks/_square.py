@@ -25,23 +25,23 @@ from sn_jax.attacks._common import (
   logit_margin,
 )
 
-# The fraction p of the pixels a square covers drops by halves at these thresholds of
-# 10000 * query / num_queries (the reference schedule for 10000 queries, rescaled).
+# The fraction p of the pixels a square covers drops by halves at these thresholds of the query
+# count (the reference schedule, for 10000 queries), or of 10000 * query / num_queries (rescaled).
 _P_THRESHOLDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
 def _square_sides(
-  num_queries: int, p_init: float, height: int, width: int, norm: float
+  num_queries: int, p_init: float, height: int, width: int, norm: float, rescale: bool = True
 ) -> np.ndarray:
   """``(num_queries,)`` int32: the side of the square drawn at each query.
 
-  ``p = p_init / 2^k`` with ``k`` the number of thresholds below ``int(10000 q / num_queries)``,
-  and the side ``round(sqrt(p H W))``: at least 1 for l_inf; for l_2 at least 3 and odd; at most
-  ``min(H, W)``.
+  ``p = p_init / 2^k`` with ``k`` the number of thresholds below ``int(10000 q / num_queries)``
+  (``rescale``) or below the query ``q`` itself, and the side ``round(sqrt(p H W))``: at least
+  1 for l_inf; for l_2 at least 3 and odd; at most ``min(H, W)``.
   """
   sides = np.empty(num_queries, np.int32)
   for query in range(num_queries):
-    scaled = int(query / num_queries * 10000)
+    scaled = int(query / num_queries * 10000) if rescale else query
     p = p_init / 2 ** sum(scaled > t for t in _P_THRESHOLDS)
     side = round(math.sqrt(p * height * width))
     if norm == 2.0:
@@ -137,6 +137,7 @@ def square(
   norm: float = math.inf,
   num_queries: int = 5000,
   p_init: float = 0.8,
+  rescale_schedule: bool = True,
   key: jax.Array,
   clip_min: jax.typing.ArrayLike | None = None,
   clip_max: jax.typing.ArrayLike | None = None,
@@ -147,7 +148,8 @@ def square(
   keeps a proposal if it lowers the margin (or misclassifies); an example stops once it is
   misclassified. The square's side is ``round(sqrt(p H W))`` (l_2: at least 3, odd), at most
   ``min(H, W)``, with ``p = p_init`` halved at 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000
-  ten-thousandths of ``num_queries``.
+  ten-thousandths of ``num_queries`` (``rescale_schedule``, the authors' default for the attack
+  alone) or queries (AutoAttack's setting).
 
   * l_inf: starts from vertical stripes, ``x + eps * s`` with a random sign ``s`` per column and
     channel; a proposal sets one random square of each channel to ``x + eps * s`` with a random
@@ -172,6 +174,8 @@ def square(
     norm: ``jnp.inf`` or 2 (images of at least 5 x 5 pixels).
     num_queries: iterations, >= 1, each one model evaluation (plus one at the start).
     p_init: the initial fraction of the pixels a square covers, in (0, 1].
+    rescale_schedule: halve ``p`` at fractions of ``num_queries`` (True) or at fixed query
+      counts, as :func:`autoattack` runs it (False).
     key: PRNG key; the same key gives the same result.
     clip_min: lower bound of the valid input range, or None (no clipping).
     clip_max: upper bound, or None.
@@ -222,7 +226,9 @@ def square(
   _check_clip(clip_min, clip_max)
   labels = _labels(logits_fn, x, y, False)
   batch, height, width, _ = x.shape
-  sides = _square_sides(num_queries, p_init, height, width, norm)
+  if not isinstance(rescale_schedule, bool):
+    raise ValueError(f"`rescale_schedule` must be True or False, got {rescale_schedule!r}.")
+  sides = _square_sides(num_queries, p_init, height, width, norm, rescale_schedule)
   # l_2: the pattern of each side that occurs, zero-padded to the largest, and which one to use.
   distinct = np.unique(sides)
   patterns = np.zeros((len(distinct), distinct[-1], distinct[-1]), np.float32)

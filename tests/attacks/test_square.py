@@ -82,6 +82,9 @@ def test_the_square_size_follows_the_reference_schedule():
   np.testing.assert_array_equal(_square_sides(10000, 0.8, 32, 32, jnp.inf)[queries], expected)
   # Rescaled to the budget, and never larger than the image.
   np.testing.assert_array_equal(_square_sides(100, 1.0, 3, 5, jnp.inf)[:3], [3, 2, 2])
+  # Not rescaled (AutoAttack's setting): the halvings at the queries themselves, 10, 50, ...
+  fixed = _square_sides(5000, 0.8, 32, 32, jnp.inf, rescale=False)
+  np.testing.assert_array_equal(fixed[queries[:7]], expected[:7])
   # l_2: at least 3 and odd (sqrt(0.2 * 64) = 3.6 -> 4 -> 5; sqrt(0.1 * 64) = 2.5 -> 3).
   np.testing.assert_array_equal(_square_sides(100, 0.8, 8, 8, 2.0)[:4], [7, 5, 5, 3])
 
