@@ -74,6 +74,27 @@ def mini_alexnet(num_classes: int = 10, activation: type[nn.Module] = nn.ReLU) -
 MODELS = {"elunet": (elu_net, (1, 28, 28)), "alexnet": (mini_alexnet, (3, 28, 28))}
 
 
+def elu_net_from_layers(layers: dict[str, tuple[np.ndarray, np.ndarray]]) -> nn.Sequential:
+  """:func:`elu_net` with the weights of a Flax ELU-Net: ``layers`` maps the Flax layer names
+  ``conv1``, ``conv2``, ``conv3`` and ``fc`` to ``(kernel, bias)`` in Flax's layout (convolution
+  kernels ``(H, W, C_in, C_out)``, the dense kernel ``(in, out)``).
+
+  Pass the kernels the model applies: for a spectrally normalized layer, the normalized kernel.
+  The flatten needs no permutation: the last convolution's output is 1x1.
+  """
+  net = elu_net(num_classes=layers["fc"][0].shape[1])
+  convs = [m for m in net if isinstance(m, nn.Conv2d)]
+  with torch.no_grad():
+    for name, conv in zip(("conv1", "conv2", "conv3"), convs, strict=True):
+      kernel, bias = layers[name]
+      conv.weight.copy_(torch.from_numpy(np.transpose(np.asarray(kernel), (3, 2, 0, 1)).copy()))
+      conv.bias.copy_(torch.from_numpy(np.array(bias)))
+    kernel, bias = layers["fc"]
+    net[-1].weight.copy_(torch.from_numpy(np.asarray(kernel).T.copy()))
+    net[-1].bias.copy_(torch.from_numpy(np.array(bias)))
+  return net
+
+
 def to_torch(x: np.typing.ArrayLike, y: np.typing.ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
   """A channels-last batch ``(B, H, W, C)`` and its labels ``(B,)`` (NumPy or JAX arrays) as
   PyTorch's ``(B, C, H, W)`` tensor and int64 labels, copied once outside any timed call."""
