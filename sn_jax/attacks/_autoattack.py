@@ -197,10 +197,11 @@ def autoattack(
   Example:
     >>> import jax, jax.numpy as jnp
     >>> from sn_jax import attacks
-    >>> w = jnp.array([[1.0, -1.0, -2.0, -3.0], [0.0, 0.0, 0.0, 0.0]])
-    >>> x = jnp.array([[0.3, 0.0], [2.0, 0.0]])
-    >>> result = attacks.autoattack(lambda x: x @ w, x, jnp.array([0, 0]), eps=0.5,
-    ...                             num_steps=10, num_queries=20, key=jax.random.key(0))
+    >>> w = jnp.zeros((25, 4)).at[0].set(jnp.array([1.0, -1.0, -2.0, -3.0]))
+    >>> logits_fn = lambda x: x.reshape(x.shape[0], -1) @ w  # 5x5 images, 4 classes
+    >>> x = jnp.zeros((2, 5, 5, 1)).at[:, 0, 0, 0].set(jnp.array([0.3, 2.0]))
+    >>> result = attacks.autoattack(logits_fn, x, jnp.array([0, 0]), eps=0.5, num_steps=10,
+    ...                             num_queries=20, key=jax.random.key(0))
     >>> result.broken_by  # APGD-CE breaks the first example, the second is robust
     Array([ 1, -1], dtype=int32)
 
