@@ -15,6 +15,7 @@ from sn_jax.attacks._common import (
   LogitsFn,
   LossFn,
   _check_clip,
+  _check_fraction,
   _check_int,
   _check_norm,
   _check_radius,
@@ -230,8 +231,7 @@ def _check_common(x, eps, norm, num_steps, num_restarts, rho, key, clip_min, cli
     raise ValueError("`norm` must be jnp.inf or 2 (APGD's l_1 variant is not implemented), got 1.")
   _check_int(num_steps, "num_steps", 1)
   _check_int(num_restarts, "num_restarts", 1)
-  if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0.0 <= rho <= 1.0:
-    raise ValueError(f"`rho` must be a number in [0, 1], got {rho!r}.")
+  _check_fraction(rho, "rho")
   if key is None:
     raise ValueError("APGD starts at random points: pass a PRNG `key`, e.g. jax.random.key(0).")
   _check_clip(clip_min, clip_max)

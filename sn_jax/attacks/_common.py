@@ -131,6 +131,12 @@ def _check_int(value: Any, name: str, minimum: int) -> None:
     raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
 
 
+def _check_fraction(value: Any, name: str) -> None:
+  """``value`` a Python number in [0, 1] (an option such as APGD's ``rho`` or FAB's ``beta``)."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+    raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}.")
+
+
 def _check_norm(norm: Any) -> float:
   if isinstance(norm, bool) or not isinstance(norm, (int, float)) or float(norm) not in _NORMS:
     raise ValueError(f"`norm` must be jnp.inf, 2 or 1, got {norm!r}.")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +12,7 @@ from sn_jax.attacks._apgd import _best_of_runs
 from sn_jax.attacks._common import (
   LogitsFn,
   _check_clip,
+  _check_fraction,
   _check_int,
   _check_norm,
   _check_radius,
@@ -155,11 +155,6 @@ def _random_start(key, x, eps, norm: float, clip_min, clip_max) -> jax.Array:
     noise = jax.random.normal(key, x.shape, x.dtype)
   size = jnp.maximum(_norm(noise, norm), jnp.finfo(x.dtype).tiny)
   return _clip(x + 0.5 * eps * noise / _expand(size, x), clip_min, clip_max)
-
-
-def _check_fraction(value: Any, name: str) -> None:
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-    raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}.")
 
 
 def _check_fab(logits_fn, x, eps, norm, num_restarts, options, key):
