@@ -184,6 +184,11 @@ BAD = [
   (lambda: attacks.square(f3, X, Y, eps=0.1, norm=3, key=KEY), ValueError, "`norm` must be"),
   (lambda: attacks.square(f3, X, Y, eps=0.1, num_queries=0, key=KEY), ValueError, "`num_queries`"),
   (lambda: attacks.square(f3, X, Y, eps=0.1, p_init=0.0, key=KEY), ValueError, "`p_init` must"),
+  (
+    lambda: attacks.square(f3, X, Y, eps=0.1, rescale_schedule="no", key=KEY),
+    ValueError,
+    "`rescale_schedule` must be True or False",
+  ),
   (lambda: attacks.square(f3, X, Y, eps=0.1, key=None), ValueError, "PRNG `key`"),
   (lambda: attacks.square(f3, X, Y[:1], eps=0.1, key=KEY), ValueError, "`y` must have shape"),
   (lambda: attacks.square(f3, X[:, 0], Y, eps=0.1, key=KEY), ValueError, "`x` must be images"),
