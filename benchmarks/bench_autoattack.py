@@ -17,20 +17,21 @@ and clip box [0, 1]), at each l_inf radius of ``--eps`` and the l2 radius ``--l2
   its ``AutoAttack`` class use 10), one restart, 9 target classes, 5000 Square queries with
   ``p_init = 0.8`` and the unrescaled p schedule (``resc_schedule=False``, as the reference's
   AutoAttack sets it). The difference of each pair is reported; the target is at most 1.0 point.
-- the time of the whole standard AutoAttack on that batch at ``--timing-eps`` (per model: the
-  first l_inf radius by default), sn_jax (one jitted call per radius, the variables an argument)
-  vs torchattacks (``MultiAttack`` of the four attacks above, which attacks only the examples
-  still robust, as the reference does), each framework timed in its own group
-  (:func:`timing.time_frameworks`); the target is sn_jax at least 2x faster.
+- the time of each attack and of the whole standard AutoAttack on that batch at ``--timing-eps``
+  (per model: the first l_inf radius by default), sn_jax (one jitted call per radius, the
+  variables an argument) vs torchattacks (the AutoAttack: ``MultiAttack`` of the four attacks
+  above, which attacks only the examples still robust, as the reference does), each framework
+  timed in its own group (:func:`timing.time_frameworks`); the target is sn_jax at least 2x faster.
 
 Run: ``python benchmarks/bench_autoattack.py`` (the full scale: 1000 digits, l_inf 0.1, 0.2, 0.3
 and l2 2.0, both models, all attacks; many hours on a 2-core CPU). ``--num-examples``, ``--eps``,
-``--l2-eps``, ``--models``, ``--attacks`` and ``--timing-eps`` cut it down. ``--quick`` is a smoke
-run that records nothing: untrained weights, 8 digits, l_inf 0.2, the first model, APGD-CE and
-the AutoAttack with 3 iterations and 20 queries. Needs torch and torchattacks (install
-torchattacks with ``--no-deps`` next to a CPU torch: its pinned requirements pull another torch
-and an old requests). Writes the ``autoattack`` section of benchmarks/README.md and
-``results/autoattack.json``.
+``--l2-eps``, ``--models``, ``--attacks`` and ``--timing-eps`` cut it down; ``--chunk-size`` sets
+sn_jax's ``autoattack(chunk_size=)``; ``--record-name`` names the README section and results JSON
+the run writes. ``--quick`` is a smoke run that records nothing: untrained weights, 8 digits,
+l_inf 0.2, the first model, APGD-CE and the AutoAttack with 3 iterations and 20 queries. Needs
+torch and torchattacks (install torchattacks with ``--no-deps`` next to a CPU torch: its pinned
+requirements pull another torch and an old requests). Writes its section of
+benchmarks/README.md and ``results/NAME.json`` (``--record-name``).
 """
 
 from __future__ import annotations
@@ -115,9 +116,12 @@ def effective_layers(model: nn.Module, variables, x: jax.Array) -> dict[str, tup
   return found
 
 
-def sn_jax_attack(name: str, norm: float, steps: int, queries: int) -> Callable:
+def sn_jax_attack(
+  name: str, norm: float, steps: int, queries: int, chunk_size: int | None = None
+) -> Callable:
   """``(model, variables, x, y, eps, key) -> (E, B) bool``: robust per example, jitted, for the
-  attack ``name`` at each radius of the 1-D ``eps`` (the standard AutoAttack: a scalar eps)."""
+  attack ``name`` at each radius of the 1-D ``eps`` (the standard AutoAttack: a scalar eps, and
+  its ``chunk_size``)."""
   options = dict(norm=norm, clip_min=0.0, clip_max=1.0)
 
   @functools.partial(jax.jit, static_argnums=0)
@@ -125,7 +129,15 @@ def sn_jax_attack(name: str, norm: float, steps: int, queries: int) -> Callable:
     logits_fn = lambda z: model.apply(variables, z, update_stats=False)
     if name == "autoattack":
       result = attacks.autoattack(
-        logits_fn, x, y, eps=eps, key=key, num_steps=steps, num_queries=queries, **options
+        logits_fn,
+        x,
+        y,
+        eps=eps,
+        key=key,
+        num_steps=steps,
+        num_queries=queries,
+        chunk_size=chunk_size,
+        **options,
       )
       return result.broken_by == -1
     if name == "apgd-ce":
@@ -181,6 +193,18 @@ def parse_args() -> argparse.Namespace:
     action="store_true",
     help="run the whole AutoAttack only where it is timed (the other rows at every radius)",
   )
+  parser.add_argument(
+    "--chunk-size",
+    type=int,
+    default=None,
+    help="sn_jax's autoattack chunk_size: each stage attacks only the still robust examples, "
+    "this many at a time (default: the whole batch, masked)",
+  )
+  parser.add_argument(
+    "--record-name",
+    default="autoattack",
+    help="the README section and results/NAME.json this run writes (default: autoattack)",
+  )
   parser.add_argument("--cache", default="/tmp/sn_jax_autoattack_models")
   args = parser.parse_args()
   args.steps, args.queries, args.train_steps = 100, 5000, dict(TRAIN_STEPS)
@@ -227,7 +251,7 @@ def evaluate_model(name, args, x, y, torch, torch_models, torchattacks):
   rows, timings = [], []
   for norm, eps_list in radii(args):
     for attack in args.attacks:
-      fn = sn_jax_attack(attack, norm, args.steps, args.queries)
+      fn = sn_jax_attack(attack, norm, args.steps, args.queries, args.chunk_size)
       if attack != "autoattack":  # one call for the whole curve
         start = time.perf_counter()
         ours = np.asarray(fn(model, variables, x, y, jnp.asarray(eps_list, jnp.float32), key))
@@ -236,14 +260,21 @@ def evaluate_model(name, args, x, y, torch, torch_models, torchattacks):
           row(name, norm, e, attack, o, run(attack, norm, e))
           for e, o in zip(eps_list, ours, strict=True)
         ]
+        for eps in eps_list if norm == math.inf else []:
+          if eps in args.timing_eps:
+            radius = jnp.asarray([eps], jnp.float32)
+            *_, times = time_attack(fn, model, variables, x, y, key, run, attack, eps, radius)
+            timings.append(timing_row(name, attack, eps, times))
         continue
       for eps in eps_list:  # per radius, as torchattacks runs it
         timed = norm == math.inf and eps in args.timing_eps
         if args.autoattack_timed_only and not timed:
           continue
         if timed:
-          ours, theirs, times = time_autoattack(fn, model, variables, x, y, key, run, eps)
-          timings.append(timing_row(name, eps, times))
+          ours, theirs, times = time_attack(
+            fn, model, variables, x, y, key, run, attack, eps, jnp.float32(eps)
+          )
+          timings.append(timing_row(name, attack, eps, times))
         else:
           start = time.perf_counter()
           ours = np.asarray(fn(model, variables, x, y, jnp.float32(eps), key))
@@ -281,17 +312,18 @@ def row(model, norm, eps, attack, ours, theirs) -> list:
           ours - theirs]  # fmt: skip
 
 
-def time_autoattack(fn, model, variables, x, y, key, run, eps):
-  """Times the whole standard AutoAttack at the l_inf radius ``eps``, each framework in its own
-  group: the first call apart, then one timed call. Returns both robust flags and the timings."""
+def time_attack(fn, model, variables, x, y, key, run, attack, eps, radius):
+  """Times ``attack`` at the l_inf radius ``eps`` (``radius``: the argument sn_jax's ``fn``
+  takes), each framework in its own group: the first call apart, then one timed call. Returns
+  both robust flags and the timings."""
   results = {}
 
   def ours():
-    results["ours"] = fn(model, variables, x, y, jnp.float32(eps), key)
+    results["ours"] = fn(model, variables, x, y, radius, key)
     return results["ours"]
 
   def theirs():
-    results["theirs"] = run("autoattack", math.inf, eps)
+    results["theirs"] = run(attack, math.inf, eps)
 
   times = timing.time_frameworks(
     [{"sn_jax": ours}, {"torchattacks": theirs}], repeats=1, warmup=0, rounds=1
@@ -299,13 +331,13 @@ def time_autoattack(fn, model, variables, x, y, key, run, eps):
   return np.asarray(results["ours"]), results["theirs"], times
 
 
-def timing_row(model, eps, times) -> list:
+def timing_row(model, attack, eps, times) -> list:
   ours, theirs = times["sn_jax"], times["torchattacks"]
-  print(f"  {model} AutoAttack linf {eps:g}: sn_jax {ours.median_s:.1f} s (first call "
+  print(f"  {model} {attack} linf {eps:g}: sn_jax {ours.median_s:.1f} s (first call "
         f"{ours.compile_s:.1f} s), torchattacks {theirs.median_s:.1f} s", flush=True)  # fmt: skip
-  return [model, f"linf {eps:g}", "AutoAttack time (s); last: torchattacks / sn_jax",
+  return [model, f"linf {eps:g}", f"time (s), {attack}; last: torchattacks / sn_jax",
           ours.median_s, theirs.median_s, theirs.median_s / ours.median_s, ours.compile_s,
-          theirs.compile_s]  # fmt: skip
+          theirs.compile_s, attack]  # fmt: skip
 
 
 def main() -> None:
@@ -329,7 +361,7 @@ def main() -> None:
   header = ["model", "radius", "measure", "sn_jax", "torchattacks", "difference (points)"]
   notes = summary(args, cleans, rows, timings, time.perf_counter() - start, torch)
   table = [r[:6] for r in rows] + [r[:6] for r in timings]
-  timing.report("autoattack", header, table, notes=notes, quick=args.quick)
+  timing.report(args.record_name, header, table, notes=notes, quick=args.quick)
 
 
 def summary(args, cleans, rows, timings, total_s, torch) -> str:
@@ -339,16 +371,17 @@ def summary(args, cleans, rows, timings, total_s, torch) -> str:
     f"Scale measured: the first {n} test digits, l_inf radii {', '.join(map(str, args.eps))}"
     f"{', l2 ' + ', '.join(map(str, args.l2_eps)) if args.l2_eps else ''}; models "
     f"{', '.join(args.models)}; attacks {', '.join(args.attacks)}"
-    f"{' (the AutoAttack only where timed)' if args.autoattack_timed_only else ''}; the whole "
-    f"AutoAttack timed at l_inf {', '.join(map(str, args.timing_eps)) or 'no radius'}. The run "
+    f"{' (the AutoAttack only where timed)' if args.autoattack_timed_only else ''}; each attack "
+    f"timed at l_inf {', '.join(map(str, args.timing_eps)) or 'no radius'}. The run "
     f"took {total_s / 60:.0f} min."
   )
   full = (n, args.eps, args.l2_eps) == (1000, [0.1, 0.2, 0.3], [2.0])
   full &= len(args.models) == len(MODELS) and len(args.attacks) == len(ATTACKS)
-  if not full and timings:
+  whole = [r for r in timings if r[8] == "autoattack"]
+  if not full and whole:
     # Per digit, one AutoAttack in both frameworks; the full scale runs 8, and its four single
     # attacks per setting cost about as much again.
-    per_digit = sum(r[3] + r[4] for r in timings) / len(timings) / n
+    per_digit = sum(r[3] + r[4] for r in whole) / len(whole) / n
     scale += (
       " The full scale (1000 digits, l_inf 0.1, 0.2, 0.3 and l2 2.0, both models, all five "
       f"attacks) was not run here: at the AutoAttack times below it takes about "
@@ -377,20 +410,25 @@ def summary(args, cleans, rows, timings, total_s, torch) -> str:
   else:
     agreement = "Every pair is within 1.0 point."
   agreement += f" One digit is {100 / n:.2g} points at this scale."
-  if timings:
+  if whole:
     speed = (
       "AutoAttack time: "
       + "; ".join(
         f"{r[0]} at l_inf {r[1].split()[1]}: sn_jax {r[3]:.1f} s (first call, compile included, "
         f"{r[6]:.1f} s), torchattacks {r[4]:.1f} s (first call {r[7]:.1f} s), sn_jax "
         f"{r[5]:.2f}x as fast"
-        for r in timings
+        for r in whole
       )
       + (
         ". The target is sn_jax >= 2x; "
-        + ("met." if all(r[5] >= 2 for r in timings) else "**not met**.")
-        + " sn_jax attacks the whole batch at every stage (static shapes, results masked); "
-        "torchattacks, like the reference, only the examples still robust. Timed with one call "
+        + ("met." if all(r[5] >= 2 for r in whole) else "**not met**.")
+        + (
+          " sn_jax attacks the whole batch at every stage (static shapes, results masked)"
+          if args.chunk_size is None
+          else f" sn_jax attacks the still robust examples, {args.chunk_size} at a time "
+          "(`chunk_size`)"
+        )
+        + "; torchattacks, like the reference, only the examples still robust. Timed with one call "
         f"after the first; torch on {torch.get_num_threads()} threads."
       )
     )
