@@ -1,0 +1,1 @@
+"""The papers' experiments, each runnable as ``python -m experiments.PAPER.NAME``."""
