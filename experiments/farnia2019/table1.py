@@ -16,11 +16,12 @@ one is read back, not retrained)::
 
   python -m experiments.farnia2019.table1
 
-Writes ``table1.json`` (every run's accuracies, the selection, the paper's numbers, provenance)
-and ``table1.md`` into ``--out`` (default ``experiments/farnia2019/results``). ``--archs``,
-``--attacks``, ``--betas`` and ``--num-steps`` cut the grid down; ``--quick`` is a smoke run
-(MLP1 with FGM, beta inf and 1.6, 5 steps, small evaluation) that writes into a temporary
-directory unless ``--out`` is given.
+Writes ``table1.json`` (every run's accuracies, the selection, the paper's numbers, provenance),
+``table1.md`` and ``beta_ARCH.png`` (accuracy under the training attack and the train-test gap
+against ``1 / beta``, per attack) into ``--out`` (default ``experiments/farnia2019/results``).
+``--archs``, ``--attacks``, ``--betas`` and ``--num-steps`` cut the grid down; ``--quick`` is a
+smoke run (MLP1 with FGM, beta inf and 1.6, 5 steps, small evaluation) that writes into a
+temporary directory unless ``--out`` is given.
 
 Expected runtime and result: not measured yet (the full grid has not been run).
 """
@@ -185,15 +186,37 @@ def run(
   }
 
 
-def save(result: dict[str, Any], out: str) -> tuple[str, str]:
-  """Writes ``out/table1.json`` and ``out/table1.md``; returns both paths."""
+def beta_figures(rows: Sequence[dict[str, Any]], out: str) -> list[str]:
+  """Per architecture, ``out/beta_ARCH.png``: test accuracy under the training attack and the
+  train-test gap against ``1 / beta`` (0: no SN), one pair of curves per attack."""
+  from sn_jax.analysis import plots  # matplotlib: only where figures are drawn
+
+  paths = []
+  for arch in dict.fromkeys(row["arch"] for row in rows):
+    series, x = {}, None
+    for row in (r for r in rows if r["arch"] == arch):
+      betas = sorted(row["runs"], key=lambda b: 1 / float(b))
+      x = [1 / float(b) for b in betas]
+      name = row["attack"].upper()
+      series[f"{name} test"] = [row["runs"][b]["test"]["attack"] for b in betas]
+      series[f"{name} gap"] = [
+        row["runs"][b]["train"]["attack"] - row["runs"][b]["test"]["attack"] for b in betas
+      ]
+    path = os.path.join(out, f"beta_{arch}.png")
+    title = f"{arch}: accuracy under the training attack, and train - test gap"
+    paths.append(plots.curves(x, series, path, xlabel="1 / beta (0: no SN)", title=title))
+  return paths
+
+
+def save(result: dict[str, Any], out: str) -> list[str]:
+  """Writes ``out/table1.json``, ``out/table1.md`` and the figures; returns their paths."""
   os.makedirs(out, exist_ok=True)
   json_path, md_path = os.path.join(out, "table1.json"), os.path.join(out, "table1.md")
   with open(json_path, "w") as f:
     json.dump(result, f, indent=1)
   with open(md_path, "w") as f:
     f.write(markdown(result["rows"]) + "\n")
-  return json_path, md_path
+  return [json_path, md_path, *beta_figures(result["rows"], out)]
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -41,6 +41,7 @@ def test_quick_mode_writes_the_table_and_reads_finished_runs_back(tmp_path, monk
 
   recorded = json.loads((out / "table1.json").read_text())
   assert recorded["rows"][0]["sn"] == row["sn"]
+  assert (out / "beta_mlp1.png").read_bytes().startswith(b"\x89PNG")
   markdown = (out / "table1.md").read_text()
   assert markdown.startswith("| model | attack |")
   assert f"| mlp1 | fgm | {row['no_sn']['train']:.2f} |" in markdown
