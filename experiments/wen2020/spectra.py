@@ -1,4 +1,4 @@
-"""Wen, Li & Jia (ICML 2020): layer spectra after standard (ERM) and adversarial (PGD) training.
+"""Wen, Li & Jia (ICML 2020): layer spectra, margins and confidence after ERM and PGD training.
 
 Paper: https://arxiv.org/abs/2011.07478. Their finding: adversarial training makes the network
 smoother "uniformly in all directions in most layers", which lowers its confidence and margins.
@@ -12,11 +12,11 @@ map: convolutions with their stride and padding, by subspace iteration
 embedded
 MNIST digits of :mod:`sn_jax.training.data` (4,000 train, 1,000 test), so it runs offline.
 
-Command (writes ``spectra.json`` and ``spectra.png`` into ``--out``, by default
-``experiments/wen2020/results``; ``--quick`` is a smoke run of 4 steps that writes into a
-temporary directory unless ``--out`` is given)::
+Command (writes ``spectra.json``, ``spectra.png``, ``margins.png`` and ``confidence.png`` into
+``--out``, by default ``experiments/wen2020/results``; ``--quick`` is a smoke run of 4 steps that
+writes into a temporary directory unless ``--out`` is given)::
 
-  python experiments/wen2020/spectra.py
+  python -m experiments.wen2020.spectra
 
 Defaults: ELU-Net (Farnia et al.'s MNIST network: three convolutions and a dense layer), Adam
 1e-3, batch 64, 400 steps (6.4 epochs), PGD with 5 steps, top 16 singular values per layer.
@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from sn_jax import analysis
 from sn_jax._backend import host_memory
 from sn_jax.analysis import plots, spectra
 from sn_jax.training import config as config_lib
@@ -98,6 +99,25 @@ def layer_spectra(
   return result
 
 
+def margins_and_confidence(model: Any, variables: dict[str, Any], split: Any) -> dict[str, Any]:
+  """On ``split``'s digits: each one's logit margin (true class minus the best other; negative when
+  misclassified) and confidence (the largest softmax probability), rounded to 4 decimals, and
+  their means and medians."""
+  logits = jax.jit(lambda v, z: model.apply(v, z, update_stats=False))(variables, split.images)
+  values = {
+    "margins": np.asarray(analysis.margins(logits, jnp.asarray(split.labels))),
+    "confidence": np.asarray(jnp.max(jax.nn.softmax(logits), axis=-1)),
+  }
+  return {
+    name: {
+      "values": np.round(v, 4).tolist(),
+      "mean": float(np.mean(v)),
+      "median": float(np.median(v)),
+    }
+    for name, v in values.items()
+  }
+
+
 def run(
   workdir: str,
   *,
@@ -111,9 +131,10 @@ def run(
   """Trains the ERM and the PGD run in ``workdir/ERM`` and ``workdir/PGD``, then their spectra.
 
   Returns:
-    A JSON-ready dict: the settings; per run its accuracies (clean, PGD on train and test) and
-    per layer the singular values and their :class:`sn_jax.analysis.spectra.SpectrumStats`; and per
-    layer the ratio of the PGD run's top singular value to the ERM run's.
+    A JSON-ready dict: the settings; per run its accuracies (clean, PGD on train and test), per
+    layer the singular values and their :class:`sn_jax.analysis.spectra.SpectrumStats`, and the
+    test digits' margins and confidence (:func:`margins_and_confidence`); and per layer the ratio
+    of the PGD run's top singular value to the ERM run's.
   """
   settings = dict(
     num_steps=num_steps,
@@ -123,7 +144,8 @@ def run(
     num_iters=num_iters,
     model=model,
   )
-  x = jnp.asarray(data.load_embedded_mnist().train.images[:1])
+  digits = data.load_embedded_mnist()
+  x = jnp.asarray(digits.train.images[:1])
   result: dict[str, Any] = {"settings": settings, "runs": {}}
   for name, attack in RUNS.items():
     config = get_config(
@@ -132,9 +154,11 @@ def run(
     evaluation = loop.train_and_evaluate(config, os.path.join(workdir, name))
     state = loop.restore_state(config, os.path.join(workdir, name))
     variables = {"params": state.params, "spectral": state.spectral}
-    values = layer_spectra(config_lib.make_model(config), variables, x, k=k, num_iters=num_iters)
+    network = config_lib.make_model(config)
+    values = layer_spectra(network, variables, x, k=k, num_iters=num_iters)
     result["runs"][name] = {
       "accuracy": {split: evaluation[split] for split in ("train", "test")},
+      **margins_and_confidence(network, variables, digits.test),
       "layers": {
         layer: {
           "singular_values": s.tolist(),
@@ -150,8 +174,9 @@ def run(
   return result
 
 
-def save(result: dict[str, Any], out: str) -> tuple[str, str]:
-  """Writes ``out/spectra.json`` and the plot ``out/spectra.png``; returns both paths."""
+def save(result: dict[str, Any], out: str) -> tuple[str, ...]:
+  """Writes ``out/spectra.json`` and the figures ``out/spectra.png``, ``out/margins.png`` and
+  ``out/confidence.png``; returns their paths."""
   os.makedirs(out, exist_ok=True)
   json_path = os.path.join(out, "spectra.json")
   with open(json_path, "w") as f:
@@ -166,17 +191,26 @@ def save(result: dict[str, Any], out: str) -> tuple[str, str]:
     f"ERM vs PGD-{settings['attack_steps']}"
   )
   png_path = plots.layer_spectra(curves, os.path.join(out, "spectra.png"), title=title)
-  return json_path, png_path
+  histograms = [
+    plots.histograms(
+      {run: r[quantity]["values"] for run, r in result["runs"].items()},
+      os.path.join(out, f"{quantity}.png"),
+      xlabel=label,
+      title=f"{settings['model']}, test digits: {label}, ERM vs PGD-{settings['attack_steps']}",
+    )
+    for quantity, label in (("margins", "logit margin"), ("confidence", "largest softmax prob."))
+  ]
+  return json_path, png_path, *histograms
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
   host_memory.retain()  # before any computation, as sn_jax's command line does
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--out", default=None, help=f"output directory (default {RESULTS_DIR})")
   parser.add_argument("--quick", action="store_true", help="smoke run: 4 steps, k = 4")
   parser.add_argument("--num-steps", type=int, default=400)
   parser.add_argument("--k", type=int, default=16)
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   options = dict(num_steps=4, k=4, num_iters=10) if args.quick else {}
   options = {"num_steps": args.num_steps, "k": args.k, **options}
   with tempfile.TemporaryDirectory(prefix="wen2020_") as scratch:
@@ -185,6 +219,10 @@ def main() -> None:
     for name, r in result["runs"].items():
       test = r["accuracy"]["test"]
       print(f"{name}: test accuracy clean {test['clean']:.3f}, PGD {test['eval_attack']:.3f}")
+      print(
+        f"{name}: test margin mean {r['margins']['mean']:.3f}, confidence mean "
+        f"{r['confidence']['mean']:.3f}"
+      )
     for layer, ratio in result["top_ratio_pgd_over_erm"].items():
       print(f"{layer}: top singular value PGD / ERM = {ratio:.3f}")
     print("wrote", *paths)

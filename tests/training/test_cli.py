@@ -1,17 +1,14 @@
 """Tests of the ``sn-jax`` command and the experiment configs."""
 
-import importlib.util
 import json
 import math
-import os
 import pathlib
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from sn_jax.training import cli, data, farnia2019, loop
+from sn_jax.training import cli, data, farnia2019
 from sn_jax.training import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -233,34 +230,3 @@ def test_train_with_roth_et_al_alternation_from_the_command_line(tmp_path, capsy
   # Step 1 (index 0) is adversarial, step 2 regularized, and so on.
   assert ["regularizer" in r for r in steps] == [False, True, False, True]
   assert all(r["regularizer"] > 0 for r in steps if "regularizer" in r)
-
-
-def test_the_wen2020_spectra_experiment_on_the_tiny_model(tmp_path):
-  path = ROOT / "experiments" / "wen2020" / "spectra.py"
-  spec = importlib.util.spec_from_file_location("wen2020_spectra", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  assert "python experiments/wen2020/spectra.py" in module.__doc__
-  runs = str(tmp_path / "runs")
-  result = module.run(
-    runs, num_steps=2, batch_size=8, attack_steps=1, k=3, num_iters=5, model="tiny"
-  )
-  assert set(result["runs"]) == {"ERM", "PGD"}
-  for run in result["runs"].values():
-    layers = list(run["layers"].values())
-    assert len(layers) == 2  # the tiny model's convolution and dense layer
-    for layer in layers:
-      values = layer["singular_values"]
-      assert len(values) == 3 and values == sorted(values, reverse=True)
-      assert layer["stats"]["max"] == pytest.approx(values[0])
-    assert 0 <= run["accuracy"]["test"]["eval_attack"] <= 1
-  # The dense layer's values against the SVD of the trained kernel (10 outputs: the subspace
-  # iteration's block of k + 8 spans the whole row space, so it is exact).
-  config = module.get_config("pgm", num_steps=2, batch_size=8, attack_steps=1, model="tiny")
-  state = loop.restore_state(config, os.path.join(runs, "PGD"))
-  expected = np.linalg.svd(state.params["fc"]["layer"]["kernel"], compute_uv=False)[:3]
-  got = list(result["runs"]["PGD"]["layers"].values())[1]["singular_values"]
-  np.testing.assert_allclose(got, expected, rtol=1e-4)
-  json_path, png_path = module.save(result, str(tmp_path / "out"))
-  assert json.loads(pathlib.Path(json_path).read_text())["settings"]["model"] == "tiny"
-  assert pathlib.Path(png_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,2 @@
+"""Wen, Li & Jia (ICML 2020): what adversarial training does to layer spectra, margins and
+confidence."""
