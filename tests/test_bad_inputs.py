@@ -42,8 +42,8 @@ FILES = {
     (
       ["--config.model_options.foo=1"],
       r"config\.model_options: model 'mlp1' has no attribute\(s\) \['foo'\] \(closest to 'foo': "
-      r".*\); its attributes are \['activation', 'beta', 'hidden', 'method', 'normalization', "
-      r"'num_classes', 'num_iters'\]\.",
+      r".*\); its attributes are \['activation', 'beta', 'dtype', 'hidden', 'method', "
+      r"'normalization', 'num_classes', 'num_iters'\]\.",
     ),
     (["--config.model_options.hiden=64"], r"\['hiden'\] \(closest to 'hiden': hidden, "),
     (

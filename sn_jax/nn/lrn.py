@@ -32,7 +32,9 @@ def local_response_normalization(
     bias, alpha, beta: as in TensorFlow.
 
   Returns:
-    An array shaped like ``x``.
+    An array shaped like ``x``, of its dtype if floating (else float32). The sums and the power
+    are computed in float32 at least, so a bfloat16 or float16 ``x`` is rounded only once, at
+    the end.
 
   Raises:
     ValueError: if ``depth_radius`` is negative or ``x`` is a scalar.
@@ -54,8 +56,11 @@ def local_response_normalization(
     raise ValueError(f"`x` must have a channel axis, got shape {x.shape}.")
   window = (1,) * (x.ndim - 1) + (2 * depth_radius + 1,)
   padding = ((0, 0),) * (x.ndim - 1) + ((depth_radius, depth_radius),)
-  square_sum = lax.reduce_window(jnp.square(x), 0.0, lax.add, window, (1,) * x.ndim, padding)
-  return x / _positive_power(bias + alpha * square_sum, beta)
+  wide = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  zero = jnp.zeros((), wide.dtype)
+  square_sum = lax.reduce_window(jnp.square(wide), zero, lax.add, window, (1,) * x.ndim, padding)
+  y = wide / _positive_power(bias + alpha * square_sum, beta)
+  return y.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else y
 
 
 def _positive_power(d: jax.Array, exponent: jax.typing.ArrayLike) -> jax.Array:

@@ -22,6 +22,12 @@ ignored; Miyato et al.'s normalization) or ``'none'`` (the plain layers, ``param
 state, no power iteration: the cost floor). With ``'operator'``, ``method`` (``'power'``,
 ``'fourier'``, ``'gram'``) picks how :class:`sn_jax.nn.SpectralNorm` computes sigma.
 
+``dtype`` is the compute dtype (default ``float32``; ``jnp.bfloat16`` is the usual mixed
+precision on TPU): the input is cast to it and every layer computes in it, while the parameters,
+the spectral state (sigma is computed from the float32 kernel) and the returned logits stay
+float32, so that losses, margins and optimizer updates are float32. Local response
+normalization, Inception's average pool and ResNet's global mean sum in float32.
+
 The paper's quirks are kept by default and listed in each model's docstring. Build models by
 name with :func:`get_model`.
 
@@ -62,20 +68,53 @@ _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {"relu": nn.relu, "e
 
 
 class _Model(nn.Module):
-  """Shared attributes and the two layer factories of every model."""
+  """Shared attributes, the layer factories, and the input and output casts of every model.
+
+  Attributes:
+    beta: the operator-norm cap of every layer (``inf``: no normalization, sigma tracked).
+    num_iters: power-iteration steps per ``update_stats=True`` call, >= 1.
+    num_classes: the number of logits.
+    normalization: ``'operator'``, ``'reshaped'`` or ``'none'``.
+    method: ``'power'``, ``'fourier'`` or ``'gram'``, for ``'operator'``.
+    dtype: the compute dtype, a floating dtype (``jnp.float32``, ``jnp.bfloat16``, or its
+      name); the parameters stay float32 and the logits are returned in float32 (in float64
+      for a float64 ``dtype``).
+  """
 
   beta: float = math.inf
   num_iters: int = 1
   num_classes: int = 10
   normalization: str = "operator"
   method: str = "power"
+  dtype: Any = jnp.float32
+
+  def _compute_dtype(self) -> jnp.dtype:
+    """``dtype`` as a NumPy dtype; ValueError unless it names a floating dtype."""
+    try:
+      dtype = jnp.dtype(self.dtype)
+    except TypeError:
+      dtype = None
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+      raise ValueError(
+        "`dtype` must be a floating-point dtype, e.g. jnp.float32 or jnp.bfloat16, got "
+        f"{self.dtype!r}."
+      )
+    return dtype
+
+  def _input(self, x: jax.typing.ArrayLike) -> jax.Array:
+    """The input cast to the compute dtype (its gradient comes back in the input's dtype)."""
+    return jnp.asarray(x).astype(self._compute_dtype())
 
   def _layer(self, cls, kwargs, x, name, update_stats):
-    """Builds ``cls(**kwargs)`` as the layer ``name``, wrapped as ``normalization`` asks."""
+    """Builds ``cls(**kwargs)`` as the layer ``name``, wrapped as ``normalization`` asks.
+
+    The layer computes in ``dtype`` and keeps float32 parameters.
+    """
     if self.normalization not in _NORMALIZATIONS:
       raise ValueError(
         f"`normalization` must be one of {_NORMALIZATIONS}, got {self.normalization!r}."
       )
+    kwargs = {**kwargs, "dtype": self._compute_dtype(), "param_dtype": jnp.float32}
     if self.normalization == "none":
       return cls(**kwargs, name=name)(x)
     layer = cls(**kwargs, parent=None)
@@ -108,6 +147,11 @@ def _flatten(x: jax.Array) -> jax.Array:
   return x.reshape(x.shape[0], -1)
 
 
+def _wide(x: jax.Array) -> jax.Array:
+  """``x`` in float32, or in its dtype if wider: the logits, and the sums of averages."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 class MLP(_Model):
   """Farnia et al.'s MLPs: ``hidden`` fully connected layers, then the class layer.
 
@@ -124,11 +168,12 @@ class MLP(_Model):
 
   @nn.compact
   def __call__(self, x, *, update_stats: bool = False, train: bool = False) -> jax.Array:
+    x = self._input(x)
     act = _activation(self.activation)
     x = _flatten(x)
     for i, width in enumerate(self.hidden):
       x = act(self.dense(x, width, f"hidden{i + 1}", update_stats))
-    return self.dense(x, self.num_classes, "fc", update_stats)
+    return _wide(self.dense(x, self.num_classes, "fc", update_stats))
 
 
 class Softmax(_Model):
@@ -136,7 +181,8 @@ class Softmax(_Model):
 
   @nn.compact
   def __call__(self, x, *, update_stats: bool = False, train: bool = False) -> jax.Array:
-    return self.dense(_flatten(x), self.num_classes, "fc", update_stats)
+    x = self._input(x)
+    return _wide(self.dense(_flatten(x), self.num_classes, "fc", update_stats))
 
 
 class ELUNet(_Model):
@@ -149,10 +195,11 @@ class ELUNet(_Model):
 
   @nn.compact
   def __call__(self, x, *, update_stats: bool = False, train: bool = False) -> jax.Array:
+    x = self._input(x)
     x = nn.elu(self.conv(x, 64, 8, "conv1", update_stats, strides=2, padding="SAME"))
     x = nn.elu(self.conv(x, 128, 6, "conv2", update_stats, strides=2, padding="VALID"))
     x = nn.elu(self.conv(x, 128, 5, "conv3", update_stats, padding="VALID"))
-    return self.dense(_flatten(x), self.num_classes, "fc", update_stats)
+    return _wide(self.dense(_flatten(x), self.num_classes, "fc", update_stats))
 
 
 class AlexNet(_Model):
@@ -171,6 +218,7 @@ class AlexNet(_Model):
 
   @nn.compact
   def __call__(self, x, *, update_stats: bool = False, train: bool = False) -> jax.Array:
+    x = self._input(x)
     act = _activation(self.activation)
     for i, features in enumerate((96, 256)):
       x = act(self.conv(x, features, 5, f"conv{i + 1}", update_stats, padding="SAME"))
@@ -179,7 +227,7 @@ class AlexNet(_Model):
     x = _flatten(x)
     x = act(self.dense(x, 384, "linear1", update_stats))
     x = act(self.dense(x, 192, "linear2", update_stats))
-    return self.dense(x, self.num_classes, "fc", update_stats)
+    return _wide(self.dense(x, self.num_classes, "fc", update_stats))
 
 
 class Inception(_Model):
@@ -196,6 +244,8 @@ class Inception(_Model):
 
   @nn.compact
   def __call__(self, x, *, update_stats: bool = False, train: bool = False) -> jax.Array:
+    x = self._input(x)
+
     def conv(x, features, size, name, strides=1):
       return nn.relu(self.conv(x, features, size, name, update_stats, strides=strides))
 
@@ -217,8 +267,9 @@ class Inception(_Model):
     x = downsample(x, 96, "downsamp9")
     x = incept(x, 176, 160, "incept10")
     x = incept(x, 176, 160, "incept11")
-    x = nn.avg_pool(x, (7, 7), strides=(1, 1), padding="SAME", count_include_pad=False)
-    return self.dense(_flatten(x), self.num_classes, "fc", update_stats)
+    pooled = nn.avg_pool(_wide(x), (7, 7), strides=(1, 1), padding="SAME", count_include_pad=False)
+    x = pooled.astype(x.dtype)
+    return _wide(self.dense(_flatten(x), self.num_classes, "fc", update_stats))
 
 
 class ResNet(_Model):
@@ -243,6 +294,8 @@ class ResNet(_Model):
 
   @nn.compact
   def __call__(self, x, *, update_stats: bool = False, train: bool = False) -> jax.Array:
+    x = self._input(x)
+
     def conv(x, features, size, strides, name):
       if strides > 1:
         total = size - 1
@@ -276,7 +329,7 @@ class ResNet(_Model):
         y = conv(nn.relu(y), filters, 3, 1, f"{name}_conv2")
         x = y + shortcut
     x = jnp.mean(nn.relu(x), axis=(1, 2))
-    return self.dense(x, self.num_classes, "fc", update_stats)
+    return _wide(self.dense(x, self.num_classes, "fc", update_stats))
 
 
 class LeNet(_Model):
@@ -290,13 +343,14 @@ class LeNet(_Model):
 
   @nn.compact
   def __call__(self, x, *, update_stats: bool = False, train: bool = False) -> jax.Array:
+    x = self._input(x)
     for i, features in enumerate((20, 50)):
       x = self.conv(
         x, features, 5, f"conv{i + 1}", update_stats, padding="VALID", kernel_init=_KAIMING
       )
       x = max_pool(x, (2, 2), strides=(2, 2))
     x = nn.relu(self.dense(_flatten(x), 500, "fc1", update_stats, kernel_init=_KAIMING))
-    return self.dense(x, self.num_classes, "fc2", update_stats, kernel_init=_KAIMING)
+    return _wide(self.dense(x, self.num_classes, "fc2", update_stats, kernel_init=_KAIMING))
 
 
 class MLP800(_Model):
@@ -314,11 +368,12 @@ class MLP800(_Model):
 
   @nn.compact
   def __call__(self, x, *, update_stats: bool = False, train: bool = False) -> jax.Array:
+    x = self._input(x)
     x = _flatten(x)
     for i in range(2):
       x = self.dense(x, 800, f"fc{i + 1}", update_stats, kernel_init=_KAIMING)
       x = nn.relu(nn.Dropout(self.dropout_rate, deterministic=not train)(x))
-    return self.dense(x, self.num_classes, "fc3", update_stats, kernel_init=_KAIMING)
+    return _wide(self.dense(x, self.num_classes, "fc3", update_stats, kernel_init=_KAIMING))
 
 
 class Tiny(_Model):
@@ -326,8 +381,9 @@ class Tiny(_Model):
 
   @nn.compact
   def __call__(self, x, *, update_stats: bool = False, train: bool = False) -> jax.Array:
+    x = self._input(x)
     x = nn.relu(self.conv(x, 4, 3, "conv", update_stats, strides=2))
-    return self.dense(_flatten(x), self.num_classes, "fc", update_stats)
+    return _wide(self.dense(_flatten(x), self.num_classes, "fc", update_stats))
 
 
 # name -> (class, attribute defaults that differ from the class's).
@@ -366,8 +422,9 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
     name: one of ``'mlp1'``, ``'mlp2'``, ``'softmax'``, ``'elunet'``, ``'alexnet'``,
       ``'inception'``, ``'resnet'``, ``'lenet'``, ``'mlp800'``, ``'tiny'``.
     **kwargs: the model's attributes: ``beta``, ``num_iters``, ``num_classes``,
-      ``normalization`` (``'operator'``, ``'reshaped'``, ``'none'``) and ``method``
-      (``'power'``, ``'fourier'``, ``'gram'``, for ``'operator'``) for all, and
+      ``normalization`` (``'operator'``, ``'reshaped'``, ``'none'``), ``method``
+      (``'power'``, ``'fourier'``, ``'gram'``, for ``'operator'``) and ``dtype`` (the compute
+      dtype, e.g. ``jnp.bfloat16``; parameters and logits stay float32) for all, and
       ``activation`` (MLPs, AlexNet), ``hidden`` (MLPs), ``blocks_per_stage`` (ResNet),
       ``dropout_rate`` (MLP-800).
 
@@ -375,7 +432,9 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
     The Flax module; :data:`INPUT_SHAPES` gives its input size.
 
   Raises:
-    ValueError: for an unknown name. TypeError: for an attribute the model does not have.
+    ValueError: for an unknown name; when the model is first called, for a bad attribute value
+      (``dtype`` not a floating dtype, an unknown ``normalization``). TypeError: for an
+      attribute the model does not have.
 
   Example:
     >>> import jax, jax.numpy as jnp

@@ -29,6 +29,8 @@ from sn_jax.training import data
 from sn_jax.training.step import Attack, Regularizer
 
 ATTACKS = ("none", "fgm", "pgm", "wrm")
+# The models' compute dtypes; parameters, the loss and the optimizer state stay float32.
+DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("adam", "sgd")
 PARALLEL = ("shard_map", "pmap")
 # AutoAttack's versions for the robustness report ('rand' is for randomized models).
@@ -66,6 +68,8 @@ FIELDS: dict[str, str] = {
   "model_options": "the model's options: --config.model_options.NAME=VALUE",
   "beta": "bound on each layer's spectral norm, > 0 (inf: no SN)",
   "num_iters": "power-iteration steps per training step, >= 1",
+  "dtype": f"the model's compute dtype, one of {', '.join(DTYPES)} (parameters, logits, loss "
+  "and optimizer state stay float32)",
   **{f"attack.{k}": f"training attack: {v}" for k, v in _ATTACK_FIELDS.items()},
   **{f"eval_attack.{k}": f"evaluation attack: {v}" for k, v in _ATTACK_FIELDS.items()},
   "adv_weight": "w in [0, 1]: loss (1 - w) CE(clean) + w CE(adversarial)",
@@ -131,6 +135,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.model_options = ml_collections.ConfigDict()
   config.beta = math.inf
   config.num_iters = 1
+  config.dtype = "float32"
   attack = dict(name="pgm", norm=2.0, eps=0.15, relative=True, num_steps=15, step_size=0.0)
   config.attack = ml_collections.ConfigDict({**attack, "gamma": 0.04})
   config.eval_attack = ml_collections.ConfigDict({**attack, "gamma": 0.04})
@@ -313,6 +318,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   )
   _check(config.beta > 0, "beta", "> 0 (inf: no normalization)", config.beta)
   _check(config.num_iters >= 1, "num_iters", ">= 1", config.num_iters)
+  _check(config.dtype in DTYPES, "dtype", f"one of {DTYPES}", config.dtype)
   make_model(config)
   _check_attack(config.attack, "attack")
   _check_attack(config.eval_attack, "eval_attack")
@@ -358,16 +364,26 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
 
 
 def make_model(config: ml_collections.ConfigDict) -> nn.Module:
-  """The model of ``config.model`` with ``beta``, ``num_iters`` and ``model_options``.
+  """The model of ``config.model`` with ``beta``, ``num_iters``, ``dtype`` and ``model_options``.
+
+  ``config.dtype`` is the model's compute dtype; its parameters and logits stay float32, so the
+  loss, the gradients and the optimizer state are float32 whatever it is.
 
   Raises:
-    ValueError: for an unknown model or option, naming the config field.
+    ValueError: for an unknown model or option, or an option that is a config field of its own
+      (``beta``, ``num_iters``, ``dtype``), naming the config field.
   """
   try:
     model = models.get_model(config.model)
   except ValueError as e:
     raise ConfigError(f"config.model: {e}") from e
   options = config.model_options.to_dict()
+  own_fields = sorted({"beta", "num_iters", "dtype"} & set(options))
+  if own_fields:
+    raise ConfigError(
+      f"config.model_options must not hold {own_fields}: set "
+      f"{', '.join(f'config.{name}' for name in own_fields)} instead."
+    )
   valid = sorted({f.name for f in dataclasses.fields(model)} - {"parent", "name"})
   unknown = sorted(set(options) - set(valid))
   if unknown:
@@ -379,7 +395,9 @@ def make_model(config: ml_collections.ConfigDict) -> nn.Module:
       f"config.model_options: model {config.model!r} has no attribute(s) {unknown} ({closest}); "
       f"its attributes are {valid}."
     )
-  return models.get_model(config.model, beta=config.beta, num_iters=config.num_iters, **options)
+  return models.get_model(
+    config.model, beta=config.beta, num_iters=config.num_iters, dtype=config.dtype, **options
+  )
 
 
 def make_attack(attack: ml_collections.ConfigDict, *, scale: float = 1.0) -> Attack | None:

@@ -121,6 +121,11 @@ def train_step(
   ``0 < adv_weight < 1`` clean and adversarial examples share one forward pass, so the power
   iteration still advances exactly once per step.
 
+  Mixed precision: a model with a narrower compute dtype (the zoo's ``dtype=jnp.bfloat16``)
+  keeps float32 parameters, so the gradients and the optimizer state are float32; the loss is
+  taken of the logits cast to float32 (at least), and the attack runs on the same model, with
+  ``x`` and ``x_adv`` float32 (the model casts its input).
+
   Args:
     state: the replicated train state.
     batch: ``(images [b, H, W, C], labels [b])``, this device's part of the global batch.
@@ -170,6 +175,8 @@ def train_step(
       rngs={"dropout": jax.random.fold_in(key, 1)},
       mutable=["spectral"],
     )
+    # In float32 whatever the model computes in (the zoo's models return float32 logits).
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     loss = jnp.mean(weights * ce)
     aux = {"accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}

@@ -42,6 +42,7 @@ TRAINING_FIELDS = (
   "model_options",
   "beta",
   "num_iters",
+  "dtype",
   "attack",
   "adv_weight",
   "regularizer",
@@ -55,6 +56,12 @@ TRAINING_FIELDS = (
   "early_stop_epochs",
   "seed",
 )
+
+# Training fields added after workdirs were first recorded, with the value that runs recorded
+# before them trained with (dotted, as :func:`differences` names them): their config.json lacks
+# the field and compares as that value.
+ADDED_FIELDS = {"config.dtype": "float32"}
+
 # The others: evaluation, where the data lives, how the run is spread, bookkeeping.
 FREE_FIELDS = (
   "eval_attack",
@@ -108,9 +115,11 @@ def differences(recorded: dict[str, Any], config: dict[str, Any]) -> dict[str, t
 
   Args:
     recorded, config: configs as nested dicts (``ConfigDict.to_dict()``). A field missing on one
-      side counts as ``None`` there.
+      side counts as ``None`` there, except a field of :data:`ADDED_FIELDS`, which counts as the
+      value runs recorded before it existed trained with.
   """
-  old, new = _training_values(recorded), _training_values(config)
+  old = {**ADDED_FIELDS, **_training_values(recorded)}
+  new = {**ADDED_FIELDS, **_training_values(config)}
   return {k: (old.get(k), new.get(k)) for k in sorted({*old, *new}) if old.get(k) != new.get(k)}
 
 

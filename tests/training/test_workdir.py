@@ -105,6 +105,14 @@ def test_a_model_option_added_or_removed_is_a_difference(tmp_path):
     workdir_lib.check(_config(model_options={"width": 8}), str(tmp_path))
 
 
+def test_a_run_recorded_before_dtype_existed_resumes_in_float32_only():
+  old = _config().to_dict()
+  del old["dtype"]  # a config.json written before the field was added
+  assert workdir_lib.differences(old, _config().to_dict()) == {}
+  changed = workdir_lib.differences(old, _config(dtype="bfloat16").to_dict())
+  assert changed == {"config.dtype": ("float32", "bfloat16")}
+
+
 def test_an_unreadable_config_json(tmp_path):
   (tmp_path / "config.json").write_text('{"config": ')
   with pytest.raises(workdir_lib.WorkdirError, match=r"config.json cannot be read \(.*\); move"):
