@@ -1,8 +1,10 @@
 """The timing helper every sn_jax benchmark uses.
 
-Rules it enforces: compile time is measured apart (the first call), then warm-up calls, then
-``repeats`` timed calls, each ended by ``jax.block_until_ready``; the median is reported with
-the interquartile range. Results are written as JSON and as a markdown table into
+The measuring core is the package's (:mod:`sn_jax.bench`, re-exported here): compile time is
+measured apart (the first call), then warm-up calls, then ``repeats`` timed calls, each ended
+by ``jax.block_until_ready``; the median is reported with the interquartile range. What is
+specific to these scripts lives here: the peer comparisons, their command line, and the
+records. Results are written as JSON and as a markdown table into
 ``benchmarks/README.md`` between markers named after the benchmark, with the machine it ran on.
 
 Importing it keeps freed host memory for reuse (``sn_jax.host_memory.retain``), as sn_jax's
@@ -18,16 +20,17 @@ import importlib
 import json
 import os
 import pathlib
-import platform
-import statistics
-import time
 import types
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
-
-import jax
+from typing import Any
 
 from sn_jax._backend import host_memory
+
+# The measuring core, re-exported for the scripts.
+from sn_jax.bench import Timing as Timing
+from sn_jax.bench import machine as machine
+from sn_jax.bench import time_fn as time_fn
+from sn_jax.bench import time_side_by_side as time_side_by_side
 
 if os.environ.get("SN_JAX_BENCH_MALLOC") != "system":
   host_memory.retain()
@@ -35,42 +38,6 @@ if os.environ.get("SN_JAX_BENCH_MALLOC") != "system":
 BENCH_DIR = pathlib.Path(__file__).resolve().parent
 README = BENCH_DIR / "README.md"
 RESULTS_DIR = BENCH_DIR / "results"
-
-
-class Timing(NamedTuple):
-  """Seconds: ``compile_s`` is the first call (trace + compile + run); the rest are steady state."""
-
-  compile_s: float
-  median_s: float
-  q25_s: float
-  q75_s: float
-  repeats: int
-
-
-def time_fn(
-  fn: Callable[..., Any],
-  *args: Any,
-  repeats: int = 20,
-  warmup: int = 2,
-  min_total_s: float = 0.0,
-) -> Timing:
-  """Times ``fn(*args)``: the first call apart, then ``warmup`` untimed and ``repeats`` timed calls.
-
-  ``min_total_s`` adds repeats until the timed calls sum to at least that many seconds, for
-  functions so fast that 20 calls are noise.
-  """
-  start = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  compile_s = time.perf_counter() - start
-  for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
-  samples: list[float] = []
-  while len(samples) < repeats or sum(samples) < min_total_s:
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    samples.append(time.perf_counter() - start)
-  quartiles = statistics.quantiles(samples, n=4) if len(samples) > 1 else samples * 3
-  return Timing(compile_s, statistics.median(samples), quartiles[0], quartiles[2], len(samples))
 
 
 def compiled_flops(executable: Any) -> float | None:
@@ -83,44 +50,6 @@ def compiled_flops(executable: Any) -> float | None:
     analysis = analysis[0] if analysis else {}
   flops = (analysis or {}).get("flops")
   return None if flops is None or flops <= 0 else float(flops)
-
-
-def time_side_by_side(
-  fns: dict[str, Callable[[], Any]],
-  *,
-  repeats: int | dict[str, int] = 20,
-  warmup: int = 2,
-  rounds: int = 5,
-) -> dict[str, Timing]:
-  """Times several zero-argument functions interleaved, so drift in the machine hits all alike.
-
-  Each function is compiled and warmed up first; then ``rounds`` rounds each time every
-  function ``max(1, repeats // rounds)`` times, in turn. ``repeats`` may be a dict by name, so
-  that slow functions take fewer samples.
-  """
-  compile_s = {}
-  for name, fn in fns.items():
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    compile_s[name] = time.perf_counter() - start
-    for _ in range(warmup):
-      jax.block_until_ready(fn())
-  samples: dict[str, list[float]] = {name: [] for name in fns}
-  counts = repeats if isinstance(repeats, dict) else dict.fromkeys(fns, repeats)
-  per_round = {name: max(1, counts[name] // rounds) for name in fns}
-  for _ in range(rounds):
-    for name, fn in fns.items():
-      for _ in range(per_round[name]):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        samples[name].append(time.perf_counter() - start)
-  result = {}
-  for name, values in samples.items():
-    quartiles = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
-    result[name] = Timing(
-      compile_s[name], statistics.median(values), quartiles[0], quartiles[2], len(values)
-    )
-  return result
 
 
 def time_frameworks(
@@ -186,26 +115,6 @@ def report(
     print(notes)
   else:
     print(record(name, header, rows, notes=notes))
-
-
-def machine() -> str:
-  """A one-line description of the machine and software that a result was measured on."""
-  devices = jax.devices()
-  kind = devices[0].device_kind if devices else "?"
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          cpu = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
-  return (
-    f"{jax.default_backend()} ({len(devices)} x {kind}); CPU {cpu}, {os.cpu_count()} cores; "
-    f"jax {jax.__version__}; python {platform.python_version()}; host memory "
-    f"{'retained' if host_memory.retained() else 'not retained (glibc defaults)'}"
-  )
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -6,6 +6,8 @@ For example:
   sn-jax train --workdir /tmp/run --config.beta=2 --config.num_steps=100
   sn-jax train --config experiments/farnia2019/mnist_mlp1.py:pgm,runlocal --workdir /tmp/run
   sn-jax eval --config experiments/farnia2019/mnist_mlp1.py:pgm,runlocal --workdir /tmp/run
+  sn-jax bench                 # what spectral normalization costs a training step, here
+  sn-jax bench --suite attacks --batch-size 8,32,128 --steps 5,20 --plot attacks.png
   sn-jax train --workdir /tmp/amm --config.regularizer.name=amm --config.regularizer.weight=1 \
     --config.regularizer.options.lmbd=32 --config.regularizer.options.c=2 \
     --config.regularizer.options.d=1 --config.regularizer.options.aggregation=avg
@@ -16,7 +18,7 @@ sets a field, VALUE a Python literal, true/false, inf, or else a string. The opt
 model and of the regularizer need not be in the config: --config.model_options.NAME=VALUE and
 --config.regularizer.options.NAME=VALUE add one. Every field is checked before anything is
 loaded or compiled; a bad one ends the command with one line on stderr and exit status 2
-(--verbose adds the traceback).
+(--verbose adds the traceback). `sn-jax bench` takes no config: its options say what to time.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from sn_jax._backend import host_memory
+from sn_jax.bench import _command as bench
 from sn_jax.training import config as config_lib
 from sn_jax.training import evaluation, loop
 from sn_jax.training import workdir as workdir_lib
@@ -46,7 +49,9 @@ from sn_jax.training.arguments import (
   take_config_file,
 )
 
-COMMANDS = ("compare", "train", "eval")
+# The commands that train or evaluate from a config; `bench` measures and takes its own options.
+CONFIG_COMMANDS = ("compare", "train", "eval")
+COMMANDS = (*CONFIG_COMMANDS, "bench")
 # The main job: no SN, and beta = 1.6, on the paper's grid for beta.
 MAIN_BETAS = "inf,1.6"
 # One line per command for the help, and its usage.
@@ -66,6 +71,14 @@ _COMMAND_HELP = {
     "with config.robustness.enabled, also write the robustness report of clean, certified and "
     "AutoAttack accuracy to robustness.json and robustness.png",
     "sn-jax eval --workdir DIR [--config FILE[:ARGS]] [--config.FIELD=VALUE ...]",
+  ),
+  "bench": (
+    "time sn_jax on this machine: a training step without and with each spectral "
+    "normalization (normalization), the attacks against their input gradients (attacks), "
+    "adversarial training steps (training), operator norms (operators); the first call "
+    "(compile) apart, then the median and interquartile range of --repeats calls",
+    "sn-jax bench [--suite NAME] [--model NAME] [--batch-size N,...] [--steps K,...] "
+    "[--dtype NAME] [--devices N] [--repeats R] [--out FILE.json] [--plot FILE.png]",
   ),
 }
 _OPTIONS_HELP = (
@@ -120,7 +133,9 @@ def parse(argv: Sequence[str]) -> tuple[str, Any, str | None, list[float]]:
   if explicit == "help" or any(a in ("-h", "--help") for a in argv):
     raise HelpRequested(explicit if explicit in COMMANDS else None)
   command = argv.pop(0) if explicit else "compare"
-  if command not in COMMANDS:
+  if command == "bench":
+    raise UsageError("`sn-jax bench` takes no config; run() parses its options (sn_jax.bench).")
+  if command not in CONFIG_COMMANDS:
     raise UsageError(f"unknown command {command!r}; expected one of {COMMANDS}.")
   argv, spec = take_config_file(argv)
   argv, options = split_options(argv)
@@ -174,13 +189,17 @@ def help_text(command: str | None = None) -> str:
         "Commands:",
         *commands,
         "",
-        "`sn-jax COMMAND --help` lists the command's options and every config field.",
+        "`sn-jax COMMAND --help` lists the command's options and, for a command that takes a "
+        "config,",
+        "every config field.",
       ]
     )
   meaning, usage = _COMMAND_HELP[command]
   usage = textwrap.fill(usage, 100, initial_indent="usage: ", subsequent_indent=" " * 7)
   lines = [usage, "", textwrap.fill(meaning[0].upper() + meaning[1:] + ".", 100)]
   lines += ["", "Options:"]
+  if command == "bench":
+    return "\n".join(lines + [f"  {flag:<23}{text}" for flag, text in bench.OPTIONS_HELP])
   lines += [f"  {flag:<23}{text}" for flag, text in _OPTIONS_HELP]
   lines += ["", "Config fields (--config.FIELD=VALUE), with their defaults:"]
   defaults = config_lib.field_values(config_lib.default_config())
@@ -287,6 +306,10 @@ def run(argv: Sequence[str]) -> int:
   The config and the workdir are checked first, before any device is started, data loaded or
   directory created.
   """
+  if argv and argv[0] == "bench":
+    if any(a in ("-h", "--help") for a in argv):
+      raise HelpRequested("bench")
+    return bench.run(bench.parse_args(argv[1:]))
   override = "--override" in argv
   command, config, workdir, betas = parse([a for a in argv if a != "--override"])
   if override and command == "eval":

@@ -1,0 +1,32 @@
+"""Benchmarks of sn_jax on the machine at hand: the measuring core, the suites, ``sn-jax bench``.
+
+The core (:func:`time_fn`, :func:`time_side_by_side`, :class:`Timing`, :func:`environment`)
+measures the first call (trace and compile) apart, then warm-up calls, then the median and
+interquartile range of repeated calls, each ended by ``jax.block_until_ready``. Each suite is a
+function returning :class:`Row` s, one per function timed at one size, with its ratio to the
+suite's baseline:
+
+- :func:`normalization`: a training step without SN, with :class:`sn_jax.nn.SpectralNorm` and
+  each ``method``, and with ``flax.linen.SpectralNorm``;
+- :func:`attacks`: each attack against the input gradients it takes;
+- :func:`training`: ERM and each adversarial training step, with and without SN;
+- :func:`operators`: a convolution's operator norm by each method, against the SVD.
+
+The command ``sn-jax bench`` runs them (``sn-jax bench --help``) and prints :func:`table`;
+:mod:`sn_jax.bench.plot` draws how the costs grow with the batch size and the attack steps.
+The suites run sn_jax's training step, so they need the ``train`` extra
+(``pip install 'sn-jax[train]'``).
+"""
+
+from sn_jax.bench._attacks import attacks as attacks
+from sn_jax.bench._normalization import normalization as normalization
+from sn_jax.bench._operators import operators as operators
+from sn_jax.bench._rows import Row as Row
+from sn_jax.bench._rows import table as table
+from sn_jax.bench._setup import check_dtype as check_dtype
+from sn_jax.bench._timing import Timing as Timing
+from sn_jax.bench._timing import environment as environment
+from sn_jax.bench._timing import machine as machine
+from sn_jax.bench._timing import time_fn as time_fn
+from sn_jax.bench._timing import time_side_by_side as time_side_by_side
+from sn_jax.bench._training import training as training

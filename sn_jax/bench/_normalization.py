@@ -1,0 +1,69 @@
+"""The ``normalization`` suite: what spectral normalization adds to one training step."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sn_jax.bench import _setup, _steps
+from sn_jax.bench._rows import Row
+from sn_jax.bench._timing import time_side_by_side
+from sn_jax.training import step as train
+
+BASELINE = "no SN"
+# Row name -> the zoo model's normalization attributes.
+VARIANTS = {
+  BASELINE: {"normalization": "none"},
+  "SpectralNorm, method='power'": {"normalization": "operator", "method": "power"},
+  "SpectralNorm, method='fourier'": {"normalization": "operator", "method": "fourier"},
+  "SpectralNorm, method='gram'": {"normalization": "operator", "method": "gram"},
+  "flax.linen.SpectralNorm": {"normalization": "reshaped"},
+}
+
+
+def normalization(
+  model: str = "elunet",
+  batch_sizes: Sequence[int] = (32,),
+  *,
+  dtype: str = "float32",
+  num_devices: int = 1,
+  repeats: int = 10,
+  warmup: int = 1,
+) -> list[Row]:
+  """Times one training step of ``model`` without SN and with each spectral normalization.
+
+  The step is sn_jax's data-parallel training step (:mod:`sn_jax.training.step`: softmax
+  cross-entropy, gradient, SGD update, and one power-iteration step where the normalization
+  keeps state) on a random batch. Its variants: the plain layers (``'no SN'``, the baseline),
+  :class:`sn_jax.nn.SpectralNorm` with ``beta=1`` and each ``method``, and
+  ``flax.linen.SpectralNorm`` (the kernel reshaped to a matrix). At each batch size the
+  variants are timed side by side.
+
+  Args:
+    model: a model of :mod:`sn_jax.models`.
+    batch_sizes: the global batch sizes, each >= 1 and a multiple of ``num_devices``.
+    dtype: the compute dtype (see :func:`sn_jax.bench.check_dtype`).
+    num_devices: the first ``num_devices`` of ``jax.devices()`` run the step.
+    repeats: timed calls of each variant, >= 1.
+    warmup: untimed calls after the first, >= 0.
+
+  Returns:
+    One :class:`~sn_jax.bench.Row` per batch size and variant, with its ratio to ``'no SN'``
+    at the same batch size.
+  """
+  parallel = train.DataParallel(devices=_setup.devices(num_devices))
+  rows = []
+  for batch_size in batch_sizes:
+    x, y = _setup.batch(model, batch_size)
+    fns = {
+      name: _steps.step_runner(
+        _setup.get_model(model, dtype, beta=1.0, **attributes), model, x, y, parallel
+      )
+      for name, attributes in VARIANTS.items()
+    }
+    times = time_side_by_side(fns, repeats=repeats, warmup=warmup, rounds=min(5, repeats))
+    base = times[BASELINE].median_s
+    rows += [
+      Row("normalization", name, batch_size, dtype, None, t, BASELINE, base)
+      for name, t in times.items()
+    ]
+  return rows

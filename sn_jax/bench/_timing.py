@@ -1,0 +1,192 @@
+"""How sn_jax measures: the first call apart, warm-up, repeated calls, medians and quartiles.
+
+Every timed call ends with ``jax.block_until_ready``, so a time is the computation's and not
+its dispatch's. The first call (trace, compile and run) is reported apart as ``compile_s``;
+then ``warmup`` untimed calls; then the timed ones, summarized by their median and
+interquartile range. :func:`environment` describes the machine and software a time was
+measured on.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Hashable
+from typing import Any, NamedTuple
+
+import jax
+import jaxlib
+
+from sn_jax._backend import host_memory
+
+
+class Timing(NamedTuple):
+  """Seconds: ``compile_s`` is the first call (trace + compile + run); the rest are steady state.
+
+  Attributes:
+    compile_s: the first call.
+    median_s: the median of the timed calls.
+    q25_s: their first quartile.
+    q75_s: their third quartile.
+    repeats: the number of timed calls.
+  """
+
+  compile_s: float
+  median_s: float
+  q25_s: float
+  q75_s: float
+  repeats: int
+
+
+def _summary(compile_s: float, samples: list[float]) -> Timing:
+  quartiles = (
+    statistics.quantiles(samples, n=4, method="inclusive") if len(samples) > 1 else samples * 3
+  )
+  return Timing(compile_s, statistics.median(samples), quartiles[0], quartiles[2], len(samples))
+
+
+def _timed_call(fn: Callable[..., Any], *args: Any) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  return time.perf_counter() - start
+
+
+def time_fn(
+  fn: Callable[..., Any],
+  *args: Any,
+  repeats: int = 20,
+  warmup: int = 2,
+  min_total_s: float = 0.0,
+) -> Timing:
+  """Times ``fn(*args)``: the first call apart, then ``warmup`` untimed and ``repeats`` timed calls.
+
+  Args:
+    fn: the function; its result is waited for with ``jax.block_until_ready``.
+    *args: its arguments, the same at every call.
+    repeats: timed calls, >= 1.
+    warmup: untimed calls after the first, >= 0.
+    min_total_s: adds timed calls until they sum to at least that many seconds, for functions
+      so fast that ``repeats`` calls are noise.
+
+  Returns:
+    A :class:`Timing`.
+
+  Raises:
+    ValueError: for ``repeats`` < 1 or ``warmup`` < 0.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sn_jax import bench
+    >>> t = bench.time_fn(jnp.sin, jnp.ones(3), repeats=3, warmup=1)
+    >>> t.repeats, t.q25_s <= t.median_s <= t.q75_s
+    (3, True)
+  """
+  _check_counts(repeats=repeats, warmup=warmup)
+  compile_s = _timed_call(fn, *args)
+  for _ in range(warmup):
+    jax.block_until_ready(fn(*args))
+  samples: list[float] = []
+  while len(samples) < repeats or sum(samples) < min_total_s:
+    samples.append(_timed_call(fn, *args))
+  return _summary(compile_s, samples)
+
+
+def time_side_by_side(
+  fns: dict[Hashable, Callable[[], Any]],
+  *,
+  repeats: int | dict[Hashable, int] = 20,
+  warmup: int = 2,
+  rounds: int = 5,
+) -> dict[Hashable, Timing]:
+  """Times several zero-argument functions interleaved, so drift in the machine hits all alike.
+
+  Each function is called once (``compile_s``) and ``warmup`` times first; then ``rounds``
+  rounds each call every function ``max(1, repeats // rounds)`` times, in turn.
+
+  Args:
+    fns: name (any hashable key) to zero-argument function.
+    repeats: timed calls per function, >= 1, or a dict by name, so that slow functions take
+      fewer samples.
+    warmup: untimed calls after the first, >= 0.
+    rounds: rounds of interleaved calls, >= 1.
+
+  Returns:
+    Name to :class:`Timing`, in the order of ``fns``.
+
+  Raises:
+    ValueError: for ``repeats`` or ``rounds`` < 1, or ``warmup`` < 0.
+  """
+  counts = repeats if isinstance(repeats, dict) else dict.fromkeys(fns, repeats)
+  _check_counts(repeats=min(counts.values(), default=1), warmup=warmup, rounds=rounds)
+  compile_s = {}
+  for name, fn in fns.items():
+    compile_s[name] = _timed_call(fn)
+    for _ in range(warmup):
+      jax.block_until_ready(fn())
+  samples: dict[Hashable, list[float]] = {name: [] for name in fns}
+  per_round = {name: max(1, counts[name] // rounds) for name in fns}
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      samples[name] += [_timed_call(fn) for _ in range(per_round[name])]
+  return {name: _summary(compile_s[name], values) for name, values in samples.items()}
+
+
+def _check_counts(*, repeats: int, warmup: int, rounds: int = 1) -> None:
+  if repeats < 1:
+    raise ValueError(f"`repeats` must be >= 1, got {repeats}.")
+  if warmup < 0:
+    raise ValueError(f"`warmup` must be >= 0, got {warmup}.")
+  if rounds < 1:
+    raise ValueError(f"`rounds` must be >= 1, got {rounds}.")
+
+
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def environment() -> dict[str, Any]:
+  """What a measurement ran on: the accelerator, the host and the software.
+
+  Returns:
+    A JSON-ready dict: ``backend`` (``jax.default_backend()``), ``device_kind`` and
+    ``device_count`` (of ``jax.devices()``), ``cpu`` (the CPU model), ``cpu_count``, ``jax``,
+    ``jaxlib`` and ``python`` versions, and ``host_memory_retained``
+    (:func:`sn_jax.host_memory.retain` was called).
+
+  Example:
+    >>> from sn_jax import bench
+    >>> sorted(bench.environment())[:3]
+    ['backend', 'cpu', 'cpu_count']
+  """
+  devices = jax.devices()
+  return {
+    "backend": jax.default_backend(),
+    "device_kind": devices[0].device_kind if devices else "?",
+    "device_count": len(devices),
+    "cpu": _cpu_model(),
+    "cpu_count": os.cpu_count(),
+    "jax": jax.__version__,
+    "jaxlib": jaxlib.__version__,
+    "python": platform.python_version(),
+    "host_memory_retained": host_memory.retained(),
+  }
+
+
+def machine() -> str:
+  """:func:`environment` in one line, for the head of a table."""
+  env = environment()
+  memory = "retained" if env["host_memory_retained"] else "not retained (glibc defaults)"
+  return (
+    f"{env['backend']} ({env['device_count']} x {env['device_kind']}); CPU {env['cpu']}, "
+    f"{env['cpu_count']} cores; jax {env['jax']}, jaxlib {env['jaxlib']}; python "
+    f"{env['python']}; host memory {memory}"
+  )
