@@ -1,0 +1,2 @@
+"""Yan, Guo & Zhang (AMM): adversarial margin maximization against vanilla and adversarial
+training."""
