@@ -64,6 +64,8 @@ FIELDS: dict[str, str] = {
   "dataset": f"one of {', '.join(data.DATASETS)}",
   "data_dir": "the tfds data directory (None: ~/tensorflow_datasets)",
   "num_validation": "test images held out for validation, >= 0 (paper: 500)",
+  "random_labels": "fraction of training labels replaced by uniformly random ones (seeded by "
+  "seed), in [0, 1]: the memorization test",
   "model": f"one of {', '.join(sorted(models.INPUT_SHAPES))}",
   "model_options": "the model's options: --config.model_options.NAME=VALUE",
   "beta": "bound on each layer's spectral norm, > 0 (inf: no SN)",
@@ -131,6 +133,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.dataset = data.EMBEDDED_MNIST
   config.data_dir = ml_collections.FieldReference(None, field_type=str)
   config.num_validation = 0
+  config.random_labels = 0.0
   config.model = "mlp1"
   config.model_options = ml_collections.ConfigDict()
   config.beta = math.inf
@@ -316,6 +319,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
     f"in [0, {num_test}) for dataset {config.dataset!r} (its test split has {num_test} images)",
     config.num_validation,
   )
+  _check(0 <= config.random_labels <= 1, "random_labels", "in [0, 1]", config.random_labels)
   _check(config.beta > 0, "beta", "> 0 (inf: no normalization)", config.beta)
   _check(config.num_iters >= 1, "num_iters", ">= 1", config.num_iters)
   _check(config.dtype in DTYPES, "dtype", f"one of {DTYPES}", config.dtype)

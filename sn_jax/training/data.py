@@ -190,16 +190,60 @@ def load_tfds(name: str, *, data_dir: str | None = None, num_validation: int = 5
   return Datasets(train, validation, test)
 
 
-def load(name: str, *, data_dir: str | None = None, num_validation: int = 500) -> Datasets:
+def load(
+  name: str,
+  *,
+  data_dir: str | None = None,
+  num_validation: int = 500,
+  random_labels: float = 0.0,
+  seed: int = 0,
+) -> Datasets:
   """Any dataset of :data:`DATASETS` by name: the embedded MNIST or a tfds data source.
 
   For the embedded MNIST, ``num_validation`` comes out of its 1,000 test images.
+  ``random_labels`` > 0 replaces that fraction of the training labels
+  (:func:`randomize_labels`, seeded by ``seed``); validation and test keep theirs.
   """
   if name == EMBEDDED_MNIST:
-    return load_embedded_mnist(num_validation=num_validation)
-  if name in TFDS_DATASETS:
-    return load_tfds(name, data_dir=data_dir, num_validation=num_validation)
-  raise ValueError(f"`dataset` must be one of {DATASETS}, got {name!r}.")
+    datasets = load_embedded_mnist(num_validation=num_validation)
+  elif name in TFDS_DATASETS:
+    datasets = load_tfds(name, data_dir=data_dir, num_validation=num_validation)
+  else:
+    raise ValueError(f"`dataset` must be one of {DATASETS}, got {name!r}.")
+  if random_labels:
+    datasets = datasets._replace(train=randomize_labels(datasets.train, random_labels, seed=seed))
+  return datasets
+
+
+def randomize_labels(split: Split, fraction: float, *, seed: int) -> Split:
+  """``split`` with ``round(fraction * N)`` labels, at seeded random positions, replaced by
+  labels drawn uniformly from the 10 classes (a draw may equal the true label), as in Zhang et
+  al.'s memorization test (ICLR 2017, https://arxiv.org/abs/1611.03530).
+
+  Args:
+    split: the data.
+    fraction: in ``[0, 1]``; 1 randomizes every label.
+    seed: the seed of the positions and the new labels.
+
+  Returns:
+    A :class:`Split` with the same images.
+
+  Raises:
+    ValueError: if ``fraction`` is not in ``[0, 1]``.
+
+  Example:
+    >>> train = load_embedded_mnist().train
+    >>> noisy = randomize_labels(train, 0.5, seed=0)
+    >>> int(np.sum(noisy.labels != train.labels))  # 2,000 drawn, about a tenth kept by chance
+    1795
+  """
+  if not 0 <= fraction <= 1:
+    raise ValueError(f"`fraction` must be in [0, 1], got {fraction}.")
+  rng = np.random.default_rng(seed)
+  labels = np.array(split.labels, copy=True)
+  chosen = rng.permutation(len(labels))[: round(fraction * len(labels))]
+  labels[chosen] = rng.integers(0, 10, size=len(chosen), dtype=labels.dtype)
+  return split._replace(labels=labels)
 
 
 def balanced_subset(split: Split, size: int, *, seed: int) -> Split:

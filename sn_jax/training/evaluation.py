@@ -234,15 +234,25 @@ def restore_state(
   return _load_checkpoint(config, workdir, model)[3]
 
 
+def load_data(config: ml_collections.ConfigDict) -> data.Datasets:
+  """The run's data, as ``config`` names it: the dataset, its validation split and the random
+  training labels (``random_labels``, seeded by ``seed``)."""
+  return data.load(
+    config.dataset,
+    data_dir=config.data_dir,
+    num_validation=config.num_validation,
+    random_labels=config.random_labels,
+    seed=config.seed,
+  )
+
+
 def _load_checkpoint(config: ml_collections.ConfigDict, workdir: str, model: nn.Module | None):
   parallel = start(config)
   workdir_lib.check(config, workdir)  # only checks: evaluation never rewrites the record
   with contextlib.closing(checkpoints.manager(workdir, config, create=False)) as manager:
     if manager.latest_step() is None:
       raise FileNotFoundError(f"No complete checkpoint in {checkpoints.directory(workdir)}.")
-    datasets = data.load(
-      config.dataset, data_dir=config.data_dir, num_validation=config.num_validation
-    )
+    datasets = load_data(config)
     model = model or make_model(config)
     template = create_train_state(
       model, make_optimizer(config), input_shape=datasets.train.images.shape[1:], seed=config.seed

@@ -166,9 +166,7 @@ def _setup(
   if writer:
     stack.enter_context(workdir_lib.RunLock(workdir))
   record = workdir_lib.check(config, workdir, override=override)
-  datasets = data.load(
-    config.dataset, data_dir=config.data_dir, num_validation=config.num_validation
-  )
+  datasets = evaluation.load_data(config)
   per_epoch = data.steps_per_epoch(len(datasets.train.labels), config.batch_size)
   if per_epoch < 1:  # known only once the data is loaded (still before compiling)
     raise ConfigError(

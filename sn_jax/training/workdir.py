@@ -38,6 +38,7 @@ from sn_jax.training.config import default_config
 # Top-level config fields that change the trained network (see the module docstring).
 TRAINING_FIELDS = (
   "dataset",
+  "random_labels",
   "model",
   "model_options",
   "beta",
@@ -60,7 +61,7 @@ TRAINING_FIELDS = (
 # Training fields added after workdirs were first recorded, with the value that runs recorded
 # before them trained with (dotted, as :func:`differences` names them): their config.json lacks
 # the field and compares as that value.
-ADDED_FIELDS = {"config.dtype": "float32"}
+ADDED_FIELDS = {"config.dtype": "float32", "config.random_labels": 0.0}
 
 # The others: evaluation, where the data lives, how the run is spread, bookkeeping.
 FREE_FIELDS = (

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from sn_jax.training import data
+from sn_jax.training import config as config_lib
+from sn_jax.training import data, evaluation
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +175,36 @@ def test_unknown_dataset():
     data.load("imagenet")
   with pytest.raises(ValueError, match=r"`name` must be one of .*got 'imagenet'"):
     data.load_tfds("imagenet")
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 1.0])
+def test_randomize_labels_redraws_that_fraction_of_positions_reproducibly(mnist, fraction):
+  train = mnist.train
+  noisy = data.randomize_labels(train, fraction, seed=3)
+  assert noisy.images is train.images and noisy.labels.dtype == train.labels.dtype
+  assert noisy.labels is not train.labels  # the caller's labels are not modified
+  changed = int(np.sum(noisy.labels != train.labels))
+  drawn = round(fraction * len(train.labels))
+  # A redrawn label equals the true one with probability 1/10: about 0.9 * drawn change.
+  assert changed <= drawn and changed >= 0.85 * drawn
+  assert set(np.unique(noisy.labels)) <= set(range(10))
+  np.testing.assert_array_equal(noisy.labels, data.randomize_labels(train, fraction, seed=3).labels)
+  if fraction == 1.0:  # every label drawn afresh: about 10% agree with the truth by chance
+    assert abs(np.mean(noisy.labels == train.labels) - 0.1) < 0.02
+
+
+def test_randomize_labels_rejects_a_fraction_outside_0_1(mnist):
+  with pytest.raises(ValueError, match=r"`fraction` must be in \[0, 1\], got 1.5"):
+    data.randomize_labels(mnist.train, 1.5, seed=0)
+
+
+def test_a_run_with_random_labels_trains_on_them_and_evaluates_on_true_test_labels(mnist):
+  config = config_lib.default_config()
+  config.random_labels, config.seed, config.num_validation = 1.0, 7, 100
+  datasets = evaluation.load_data(config)
+  expected = data.randomize_labels(mnist.train, 1.0, seed=7).labels
+  np.testing.assert_array_equal(datasets.train.labels, expected)
+  np.testing.assert_array_equal(datasets.test.labels, mnist.test.labels)
+  config.random_labels = -0.1
+  with pytest.raises(config_lib.ConfigError, match=r"config.random_labels must be in \[0, 1\]"):
+    config_lib.validate_config(config, num_devices=None)

@@ -105,9 +105,9 @@ def test_a_model_option_added_or_removed_is_a_difference(tmp_path):
     workdir_lib.check(_config(model_options={"width": 8}), str(tmp_path))
 
 
-def test_a_run_recorded_before_dtype_existed_resumes_in_float32_only():
+def test_a_run_recorded_before_dtype_and_random_labels_existed_resumes_with_their_defaults():
   old = _config().to_dict()
-  del old["dtype"]  # a config.json written before the field was added
+  del old["dtype"], old["random_labels"]  # a config.json written before the fields were added
   assert workdir_lib.differences(old, _config().to_dict()) == {}
   changed = workdir_lib.differences(old, _config(dtype="bfloat16").to_dict())
   assert changed == {"config.dtype": ("float32", "bfloat16")}
