@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 
@@ -57,7 +58,7 @@ def local_response_normalization(
   window = (1,) * (x.ndim - 1) + (2 * depth_radius + 1,)
   padding = ((0, 0),) * (x.ndim - 1) + ((depth_radius, depth_radius),)
   wide = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  zero = jnp.zeros((), wide.dtype)
+  zero = np.zeros((), wide.dtype)  # a constant: a traced start value has no reverse-mode rule
   square_sum = lax.reduce_window(jnp.square(wide), zero, lax.add, window, (1,) * x.ndim, padding)
   y = wide / _positive_power(bias + alpha * square_sum, beta)
   return y.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else y

@@ -152,6 +152,21 @@ def test_local_response_normalization_matches_direct_computation():
   assert models.local_response_normalization is snn.local_response_normalization
 
 
+def test_local_response_normalization_has_a_jitted_gradient_matching_the_direct_one():
+  x = jax.random.normal(jax.random.key(1), (1, 2, 2, 7))
+  radius, alpha = 2, 0.5
+
+  def direct(x):  # the same map, written with a sum over shifted channels
+    padded = jnp.pad(jnp.square(x), ((0, 0),) * 3 + ((radius, radius),))
+    window = sum(padded[..., i : i + x.shape[-1]] for i in range(2 * radius + 1))
+    return x / (1.0 + alpha * window) ** 0.75
+
+  lrn = lambda x: models.local_response_normalization(x, depth_radius=radius, alpha=alpha)
+  loss = lambda f: lambda x: jnp.sum(jnp.sin(f(x)))
+  got = jax.jit(jax.grad(loss(lrn)))(x)
+  np.testing.assert_allclose(got, jax.grad(loss(direct))(x), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("beta", [0.25, 0.5, 0.75, 1, 1.25, 2.0, 0.6, 3.0])
 def test_local_response_normalization_power_and_gradient(beta):
   """Quarter exponents (raised by square roots) and others (pow) against float64 NumPy."""
@@ -215,8 +230,9 @@ def test_normalization_modes():
 
 @pytest.mark.parametrize("method", ["fourier", "gram"])
 def test_method_reaches_every_spectral_norm_layer(method):
-  # Fourier and Gram norms are exact for dense kernels from the first call; one power-iteration
-  # step at init is not, so matching the SVD shows the model handed `method` down.
+  # The Gram norm is exact for dense kernels from the first call, and 'fourier' keeps its own
+  # state; one power-iteration step at init is neither, so these show the model handed `method`
+  # down.
   x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
   variables = models.get_model("tiny", method=method).init(jax.random.key(0), x)
   dense = {
@@ -228,6 +244,9 @@ def test_method_reaches_every_spectral_norm_layer(method):
   norms = snn.spectral_norms(variables)
   for name, kernel in dense.items():
     (sigma,) = [v.sigma for path, v in norms.items() if name in str(path)]
-    np.testing.assert_allclose(
-      sigma, np.linalg.svd(np.asarray(kernel), compute_uv=False)[0], rtol=1e-4
-    )
+    if method == "fourier":  # power steps on the symbol: sigma at its own state's vectors
+      u = variables["spectral"][name]["u_fourier"]
+      expected = sn_jax.fourier_power_iteration(kernel, u, (), num_iters=0)[0]
+    else:
+      expected = np.linalg.svd(np.asarray(kernel), compute_uv=False)[0]
+    np.testing.assert_allclose(sigma, expected, rtol=1e-4)
