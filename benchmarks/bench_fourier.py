@@ -14,18 +14,27 @@ Two tables, each measured side by side in one run:
   ``SLOW_S`` or more (power iteration and the SVD at full sizes) are timed ``SLOW_REPEATS``
   times, the others side by side ``repeats`` times.
 - ``fourier_train_step``: one SGD step of ELU-Net and of the mini AlexNet (``sn_jax.models``)
-  with ``SpectralNorm(method=...)`` on every layer, ``'power'`` (1 step), ``'fourier'`` and
-  ``'gram'``, and without normalization. Pan & Mishra report up to 60% less time than
-  power-iteration SN; the ratio column says what our modes cost against ``'power'``.
+  with ``SpectralNorm(method=...)`` on every layer, ``'power'`` (1 step on the layer's map),
+  ``'fourier'`` (1 step on every block of the symbol) and ``'gram'``, and without
+  normalization. Pan & Mishra report up to 60% less time than power-iteration SN; the ratio
+  column says what our modes cost against ``'power'``.
+- ``fourier_layer_update``: per convolution of those two models, one normalization update
+  alone (sigma and its gradient with respect to the kernel, no network) for ``'power'``
+  (``sn_jax.power_iteration``, 1 step), ``'fourier'`` (``sn_jax.fourier_power_iteration``, 1
+  step) and the exact symbol norm (``sn_jax.fourier_conv_operator_norm``, what ``'fourier'``
+  computed before it iterated), with the real multiplications each needs
+  (:func:`multiplications`).
 
 Run: ``python benchmarks/bench_fourier.py`` (``--quick`` for a smoke run at tiny sizes that
-prints and records nothing; ``--part norms`` or ``--part train`` for one table). Writes the two
-sections of benchmarks/README.md.
+prints and records nothing; ``--part norms train layers`` or any subset for some tables,
+``--models elunet alexnet`` or one of them for the training steps).
+Writes the three sections of benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import statistics
 import time
@@ -36,6 +45,7 @@ import timing
 
 import sn_jax
 from sn_jax.nn import models
+from sn_jax.ops import _fourier_symbol
 
 # The SVD costs about (smaller side)^2 * (larger side): 3200 x 12544 takes ~11 s on 2 CPU cores,
 # 8192 x 8192 (3x3 512->512 at 4x4) over a minute per call, so that one is left out.
@@ -52,6 +62,19 @@ FULL_CASES = {
   "3x3 512->512 @4x4 CIRCULAR": ((3, 3, 512, 512), (4, 4), 1, "CIRCULAR"),
   "3x3 s2 64->128 @32x32 CIRCULAR": ((3, 3, 64, 128), (32, 32), 2, "CIRCULAR"),
   "6x6 s2 64->128 @14x14 VALID (ELU-Net)": ((6, 6, 64, 128), (14, 14), 2, "VALID"),
+}
+TRAIN_MODELS = ("elunet", "alexnet")
+# The convolutions of the model zoo's ELU-Net and mini AlexNet, at the input each one sees.
+MODEL_LAYERS = {
+  "elunet conv1 8x8 s2 1->64 @28x28 SAME": ((8, 8, 1, 64), (28, 28), 2, "SAME"),
+  "elunet conv2 6x6 s2 64->128 @14x14 VALID": ((6, 6, 64, 128), (14, 14), 2, "VALID"),
+  "elunet conv3 5x5 128->128 @5x5 VALID": ((5, 5, 128, 128), (5, 5), 1, "VALID"),
+  "alexnet conv1 5x5 3->96 @28x28 SAME": ((5, 5, 3, 96), (28, 28), 1, "SAME"),
+  "alexnet conv2 5x5 96->256 @13x13 SAME": ((5, 5, 96, 256), (13, 13), 1, "SAME"),
+}
+QUICK_LAYERS = {
+  "3x3 s2 4->8 @8x8 SAME": ((3, 3, 4, 8), (8, 8), 2, "SAME"),
+  "5x5 8->8 @5x5 VALID": ((5, 5, 8, 8), (5, 5), 1, "VALID"),
 }
 QUICK_CASES = {
   "3x3 4->4 @8x8 CIRCULAR": ((3, 3, 4, 4), (8, 8), 1, "CIRCULAR"),
@@ -183,6 +206,110 @@ def bench_norms(cases, repeats, rounds, record):
   record("fourier_norms", header, rows, notes)
 
 
+def multiplications(shape, spatial, strides, padding):
+  """Real multiplications of one update with one step: ``{'power': n, 'fourier': n}``.
+
+  ``'power'``: four passes over the layer's map on one example (``A u``, ``A^T v``, sigma's
+  ``A u`` and the kernel gradient), each ``prod(output spatial) * prod(kernel_size) * C_in *
+  C_out`` multiplications. ``'fourier'``: the DFT of the taps one dimension at a time as
+  computed (each stage sums over one dimension's taps, 2 real products per term on the first,
+  4 after), three complex matrix-vector products over all blocks (``B^H u``, ``B w``,
+  sigma's ``B^H u``; 4 real products per complex one) and the bilinear form of one block.
+  """
+  kernel = jax.ShapeDtypeStruct(shape, jax.numpy.float32)
+  plan = _fourier_symbol.make_plan(
+    kernel, spatial, strides=strides, padding=padding, kernel_dilation=1, feature_group_count=1
+  )
+  input_shape = (*spatial, shape[-2])
+  op = sn_jax.conv_operator(jax.numpy.zeros(shape), input_shape, strides=strides, padding=padding)
+  out = jax.eval_shape(op, jax.ShapeDtypeStruct(input_shape, jax.numpy.float32)).shape
+  channels = shape[-2] * shape[-1]
+  power = 4 * math.prod(out[:-1]) * math.prod(shape[:-2]) * channels
+  extents, symbol = list(shape[:-2]), 0
+  half = _fourier_symbol.half_shape(plan)
+  for j in reversed(range(len(extents))):
+    taps, extents[j] = extents[j], half[j] * plan.strides[j]
+    symbol += (2 if j == len(extents) - 1 else 4) * math.prod(extents) * channels * taps
+  num_blocks, rows, cols = _fourier_symbol.block_layout(plan, shape)
+  fourier = symbol + 3 * 4 * num_blocks * rows * cols + 2 * math.prod(shape)
+  return {"power": power, "fourier": fourier}
+
+
+def layer_updates(shape, spatial, strides, padding):
+  """Zero-argument functions, each one jitted update: sigma and its gradient in the kernel."""
+  fan_in = math.prod(shape[:-1])
+  kernel = jax.random.normal(jax.random.key(0), shape) * math.sqrt(2.0 / fan_in)
+  input_shape = (*spatial, shape[-2])
+  attrs = dict(strides=strides, padding=padding)
+  u_power = jax.random.normal(jax.random.key(1), input_shape)
+  u_fourier = sn_jax.fourier_power_init(jax.random.key(1), kernel, spatial, **attrs)
+
+  def power(kernel, u):
+    return sn_jax.power_iteration(sn_jax.layer_operator(kernel, input_shape, **attrs), u)
+
+  def fourier(kernel, u):
+    return sn_jax.fourier_power_iteration(kernel, u, spatial, **attrs)
+
+  def exact(kernel, u):
+    return sn_jax.fourier_conv_operator_norm(kernel, spatial, **attrs), u
+
+  fns = {}
+  for name, fn, u in (
+    ("power", power, u_power),
+    ("fourier", fourier, u_fourier),
+    ("exact symbol norm", exact, u_fourier),
+  ):
+    update = jax.jit(
+      jax.value_and_grad(fn, has_aux=True), compiler_options=sn_jax.compiler_options()
+    )
+    fns[name] = functools.partial(update, kernel, u)
+  return fns
+
+
+def bench_layers(cases, repeats, rounds, record):
+  rows = []
+  for case, (shape, spatial, strides, padding) in cases.items():
+    times = timing.time_side_by_side(
+      layer_updates(shape, spatial, strides, padding), repeats=repeats, rounds=rounds
+    )
+    counts = multiplications(shape, spatial, strides, padding)
+    power = times["power"].median_s
+    for name, t in times.items():
+      mults = counts.get(name)
+      rows.append(
+        [
+          case,
+          name,
+          t.median_s * 1e3,
+          (t.q75_s - t.q25_s) * 1e3,
+          t.median_s / power,
+          "-" if mults is None else mults / 1e6,
+          "-" if mults is None else mults / counts["power"],
+        ]
+      )
+  header = [
+    "layer",
+    "method",
+    "median (ms)",
+    "IQR (ms)",
+    "time vs power",
+    "multiplications (M)",
+    "mult. vs power",
+  ]
+  notes = (
+    "One jitted update of one layer: sigma after 1 step from a stored vector (none for the "
+    "exact symbol norm) and its gradient with respect to the kernel, He-normal kernel, "
+    "compiled with sn_jax.compiler_options(). Multiplications: real products as counted by "
+    "`multiplications` in the script ('power': 4 passes over the layer's map on one example; "
+    "'fourier': the DFT of the taps, 3 batched complex matrix-vector products over the "
+    "symbol's blocks, one block's bilinear form). 'fourier' needs fewer multiplications "
+    "where the circular grid is not much larger than the output and the kernel is large, "
+    "and more where the layer's output is small next to its padded grid (VALID on a small "
+    "input). `python benchmarks/bench_fourier.py --part layers`."
+  )
+  record("fourier_layer_update", header, rows, notes)
+
+
 def train_step(name, method, batch):
   """A zero-argument function running one jitted SGD step of ``name`` normalized by ``method``."""
   normalization = "none" if method == "none" else "operator"
@@ -193,9 +320,9 @@ def train_step(name, method, batch):
   return sgd_steps.sgd_step(model, x, y)
 
 
-def bench_train(batch, repeats, rounds, record):
+def bench_train(batch, repeats, rounds, record, names=TRAIN_MODELS):
   rows = []
-  for name in ("elunet", "alexnet"):
+  for name in names:
     methods = ("none", "power", "fourier", "gram")
     fns = {method: train_step(name, method, batch) for method in methods}
     times = timing.time_side_by_side(fns, repeats=repeats, rounds=rounds)
@@ -222,10 +349,11 @@ def bench_train(batch, repeats, rounds, record):
   ]
   notes = (
     f"One SGD step, softmax cross-entropy, batch {batch}, SpectralNorm(beta=1) on every layer; "
-    "'power' runs 1 power step per training step, 'fourier' the exact top singular value of "
-    f"the Fourier symbol of every layer, 'gram' {GRAM_ITERS} Gram steps; 'none' is the plain "
+    "'power' runs 1 power step per training step on each layer's map, 'fourier' 1 power step "
+    f"on every block of each layer's Fourier symbol, 'gram' {GRAM_ITERS} Gram steps; 'none' is "
+    "the plain "
     "model. Both models use "
-    "zero padding, so 'fourier' and 'gram' normalize by upper bounds. Every step compiles "
+    "zero padding, so 'fourier' and 'gram' converge to upper bounds. Every step compiles "
     "with sn_jax.compiler_options(). `python benchmarks/bench_fourier.py`."
   )
   record("fourier_train_step", header, rows, notes)
@@ -235,28 +363,37 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="tiny smoke run; records nothing")
   parser.add_argument("--batch", type=int, default=128)
-  parser.add_argument("--part", choices=("all", "norms", "train"), default="all")
+  parser.add_argument(
+    "--part", nargs="+", choices=("norms", "train", "layers"), default=["norms", "train", "layers"]
+  )
+  parser.add_argument(
+    "--models", nargs="+", choices=TRAIN_MODELS, default=list(TRAIN_MODELS), help="for train"
+  )
   args = parser.parse_args()
-  norms, train = args.part in ("all", "norms"), args.part in ("all", "train")
+  norms, train, layers = (part in args.part for part in ("norms", "train", "layers"))
 
   if args.quick:
 
     def record(name, header, rows, notes):
       print(f"{name} (quick, not recorded)\n{timing.markdown_table(header, rows)}\n")
 
+    if layers:
+      bench_layers(QUICK_LAYERS, repeats=2, rounds=1, record=record)
     if norms:
       bench_norms(QUICK_CASES, repeats=2, rounds=1, record=record)
     if train:
-      bench_train(batch=4, repeats=2, rounds=1, record=record)
+      bench_train(batch=4, repeats=2, rounds=1, record=record, names=args.models)
   else:
 
     def record(name, header, rows, notes):
       print(timing.record(name, header, rows, notes=notes))
 
+    if layers:
+      bench_layers(MODEL_LAYERS, repeats=20, rounds=5, record=record)
     if norms:
       bench_norms(FULL_CASES, repeats=10, rounds=5, record=record)
     if train:
-      bench_train(batch=args.batch, repeats=10, rounds=5, record=record)
+      bench_train(batch=args.batch, repeats=10, rounds=5, record=record, names=args.models)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from sn_jax.ops.convolution import conv as conv
 from sn_jax.ops.fourier import circular_conv_singular_values as circular_conv_singular_values
 from sn_jax.ops.fourier import clip_conv_operator_norm as clip_conv_operator_norm
 from sn_jax.ops.fourier import fourier_conv_operator_norm as fourier_conv_operator_norm
+from sn_jax.ops.fourier import fourier_power_init as fourier_power_init
+from sn_jax.ops.fourier import fourier_power_iteration as fourier_power_iteration
 from sn_jax.ops.fourier import gram_iteration_bound as gram_iteration_bound
 from sn_jax.ops.operators import conv_operator as conv_operator
 from sn_jax.ops.operators import conv_operator_norm as conv_operator_norm
@@ -49,6 +51,7 @@ _SUBMODULES = {
   "training": "sn_jax.training",
   "models": "sn_jax.models",
   "host_memory": "sn_jax.host_memory",
+  "bench": "sn_jax.bench",
 }
 
 # The flat modules of sn_jax 0.1, kept as deprecated aliases of their new homes.

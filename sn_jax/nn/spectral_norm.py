@@ -86,18 +86,14 @@ def _linear_map(layer: nn.Module, kernel: jax.Array, input_shape: tuple[int, ...
   return lambda x: plain.apply({"params": {"kernel": kernel}}, x[None])[0]
 
 
-def _fourier_sigma(
-  layer: nn.Module, kernel: jax.Array, input_shape: tuple[int, ...], method: str, gram_iters: int
-) -> jax.Array:
-  """Sigma of ``method='fourier'`` or ``'gram'``, from the kernel's Fourier symbol (no state)."""
-  spatial_shape, attributes = (), {}
-  if isinstance(layer, _CONV_TYPES):
-    kernel = kernel if layer.mask is None else kernel * layer.mask
-    spatial_shape = input_shape[:-1]
-    attributes = conv_attributes(layer)
-  if method == "fourier":
-    return fourier.fourier_conv_operator_norm(kernel, spatial_shape, **attributes)
-  return fourier.gram_iteration_bound(kernel, spatial_shape, num_iters=gram_iters, **attributes)
+def _symbol_arguments(
+  layer: nn.Module, kernel: jax.Array, input_shape: tuple[int, ...]
+) -> tuple[jax.Array, tuple[int, ...], dict[str, Any]]:
+  """``(kernel, spatial_shape, attributes)`` of the layer for :mod:`sn_jax.ops.fourier`."""
+  if isinstance(layer, nn.Dense):
+    return kernel, (), {}
+  kernel = kernel if layer.mask is None else kernel * layer.mask
+  return kernel, input_shape[:-1], conv_attributes(layer)
 
 
 class SpectralNorm(nn.Module):
@@ -124,7 +120,11 @@ class SpectralNorm(nn.Module):
     (``(in_features,)`` for a dense layer; ``(*spatial, C_in)`` for a convolution);
   - ``sigma``: float32 scalar, the last estimate (for inspection and logs);
   - ``beta``: float32 scalar, the wrapper's ``beta``, so that :func:`spectral_norms` can report
-    the effective norm from the variables alone.
+    the effective norm from the variables alone;
+  - ``u_fourier`` (``method='fourier'`` only): one unit vector per block of the kernel's
+    Fourier symbol, as :func:`sn_jax.fourier_power_init` draws it: complex64, shape
+    ``(num_blocks, prod(strides) * C_in // feature_group_count)`` for a convolution, float32
+    ``(1, in_features)`` for a dense layer.
 
   ``update_stats=True`` runs ``num_iters`` power-iteration steps from the stored ``u`` and writes
   the state (call ``apply`` with ``mutable=[collection_name]``); do this once per training step.
@@ -145,7 +145,13 @@ class SpectralNorm(nn.Module):
   map and its transpose before it. On CPU, jit the training step with
   ``compiler_options=sn_jax.compiler_options()``, as the trainer does. The recorded cost of a
   normalized training step against the plain one is in ``benchmarks/README.md``
-  (``benchmarks/results/spectral_norm_step.json``).
+  (``benchmarks/results/spectral_norm_step.json``). With ``method='fourier'`` it adds the
+  symbol (a DFT of the kernel's taps, a few multiplications per tap and symbol entry, and
+  ``L^d C_in C_out / (2 groups)`` complex entries for a circular grid of ``L^d`` points) and,
+  per step, two batched products with its blocks, about ``4 L^d C_in C_out / groups`` real
+  multiplications, against ``2 prod(N / s) prod(kernel_size) C_in C_out / groups`` for a step
+  of ``'power'``; the gradient reads only the kernel's taps. The two are compared per layer and per
+  training step in ``benchmarks/results/fourier_*.json``.
 
   The wrapped layer keeps its own parameters where Flax puts them: created inside a compact
   ``__call__`` it is a child of the enclosing module (as with ``flax.linen.SpectralNorm``);
@@ -154,23 +160,32 @@ class SpectralNorm(nn.Module):
   Attributes:
     layer: the wrapped layer.
     beta: the largest allowed operator norm, > 0; ``inf`` disables normalization.
-    num_iters: power-iteration steps per ``update_stats=True`` call, >= 1.
+    num_iters: power-iteration steps per ``update_stats=True`` call, >= 1 (on the layer's map
+      for ``'power'``, on every block of the symbol for ``'fourier'``).
     collection_name: the variable collection holding the state.
     stop_gradient_sigma: do not differentiate through sigma.
     method: how sigma is estimated. ``'power'``: power iteration on the layer's map, as
-      above; converges from below. ``'fourier'``: from the Fourier symbol of the kernel
-      (:func:`sn_jax.fourier_conv_operator_norm`), exact for ``padding='CIRCULAR'`` (strides
-      must divide the input size, strided ones through the polyphase symbol) and for dense
-      layers, and a guaranteed upper bound for zero padding (``'SAME'``, ``'VALID'``, pairs):
-      the norm of the circular convolution on the padded grid, which approaches the true norm
-      as the input grows, so such a layer may be normalized slightly more than needed.
-      ``'gram'``: Delattre et al.'s upper bound by ``gram_iters`` Gram steps
-      (:func:`sn_jax.gram_iteration_bound`, FFTs and matrix products only), never below
-      ``'fourier'``'s value and converging to it from above as ``gram_iters`` grows. Both are
-      recomputed from the kernel at every call, with or without ``update_stats``, and
-      differentiated exactly; ``u`` is kept (unused) so the state and the input-shape check are
-      the same for every method. With them the effective norm is at most ``beta`` up to float
-      rounding. ``nn.ConvTranspose`` and ``'REFLECT'`` padding support only ``'power'``.
+      above; converges from below. ``'fourier'``: Pan and Mishra's fast approximate spectral
+      normalization, power iteration on the Fourier symbol of the kernel
+      (:func:`sn_jax.fourier_power_iteration`): every call takes the symbol, and
+      ``update_stats=True`` runs ``num_iters`` steps on all frequency blocks at once from the
+      stored ``u_fourier`` (one batched product with the blocks and one with their conjugate
+      transposes per step; ``update_stats=False`` iterates nothing); sigma is the largest
+      ``||B_f^H u_f||`` over the blocks, differentiated with the vectors held constant like
+      ``'power'``. It converges from below to :func:`sn_jax.fourier_conv_operator_norm`'s
+      value: the exact norm for ``padding='CIRCULAR'`` (strides must divide the input size,
+      strided ones through the polyphase symbol) and for dense layers (where it is power
+      iteration on the matrix), and for zero padding (``'SAME'``, ``'VALID'``, pairs) an upper
+      bound, the norm of the circular convolution on the padded grid, which approaches the
+      true norm as the input grows; so such a layer may, once converged, be normalized
+      slightly more than needed. ``'gram'``: Delattre et al.'s upper bound by ``gram_iters``
+      Gram steps (:func:`sn_jax.gram_iteration_bound`, FFTs and matrix products only), never
+      below the exact symbol norm and converging to it from above as ``gram_iters`` grows; it
+      is recomputed from the kernel at every call, with or without ``update_stats``, and
+      differentiated exactly, so the effective norm is at most ``beta`` up to float rounding.
+      ``u`` is kept (unused) by both so that the state and the input-shape check are the same
+      for every method. ``nn.ConvTranspose`` and ``'REFLECT'`` padding support only
+      ``'power'``.
     gram_iters: Gram steps of ``method='gram'``, >= 1.
 
   Example:
@@ -244,6 +259,35 @@ class SpectralNorm(nn.Module):
     beta = self.variable(col, "beta", lambda: jnp.asarray(self.beta, jnp.float32))
     return u, sigma, beta
 
+  def _fourier_sigma(
+    self,
+    kernel: jax.Array,
+    spatial_shape: tuple[int, ...],
+    attributes: dict[str, Any],
+    update_stats: bool,
+  ) -> jax.Array:
+    """Sigma of ``method='fourier'``: power steps on the symbol's blocks from ``u_fourier``."""
+    col = self.collection_name
+    if not self.is_initializing() and not self.has_variable(col, "u_fourier"):
+      raise ValueError(
+        f"SpectralNorm(method='fourier') found no 'u_fourier' in the collection {col!r} (state "
+        "written by another method or an older sn_jax). Re-initialize the collection: "
+        f"variables = {{**variables, {col!r}: model.init(key, x)[{col!r}]}}."
+      )
+    u = self.variable(
+      col,
+      "u_fourier",
+      lambda: fourier.fourier_power_init(
+        self.make_rng("params"), kernel, spatial_shape, **attributes
+      ),
+    )
+    sigma, u_new = fourier.fourier_power_iteration(
+      kernel, u.value, spatial_shape, num_iters=self.num_iters if update_stats else 0, **attributes
+    )
+    if update_stats:
+      u.value = u_new
+    return sigma
+
   def _effective_kernel(self, kernel: jax.Array, x: jax.Array, update_stats: bool) -> jax.Array:
     input_shape = _example_shape(self.layer, kernel, x)
     u, sigma_var, beta_var = self._state_variables(input_shape)
@@ -254,8 +298,14 @@ class SpectralNorm(nn.Module):
         f"mutable=[{self.collection_name!r}], or pass update_stats=False (evaluation, attacks)."
       )
     if self.method != "power":
-      sigma = _fourier_sigma(
-        self.layer, kernel.astype(jnp.float32), input_shape, self.method, self.gram_iters
+      symbol_kernel, spatial_shape, attributes = _symbol_arguments(
+        self.layer, kernel.astype(jnp.float32), input_shape
+      )
+    if self.method == "fourier":
+      sigma = self._fourier_sigma(symbol_kernel, spatial_shape, attributes, update_stats)
+    elif self.method == "gram":
+      sigma = fourier.gram_iteration_bound(
+        symbol_kernel, spatial_shape, num_iters=self.gram_iters, **attributes
       )
     elif update_stats:
       sigma, u_new = power.power_iteration(op, u.value, num_iters=self.num_iters)
@@ -277,8 +327,8 @@ class SpectralNorm(nn.Module):
     Args:
       x: the wrapped layer's input, e.g. ``(batch, *spatial, C_in)`` for a convolution; the
         per-example shape must be the one the state was created with.
-      update_stats: run the power iteration and write the state (training), or not (evaluation
-        and attacks).
+      update_stats: run the power iteration (on the map or on the symbol) and write the state
+        (training), or not (evaluation and attacks).
 
     Returns:
       The wrapped layer's output.
@@ -286,8 +336,8 @@ class SpectralNorm(nn.Module):
     Raises:
       TypeError: if the layer is not linear in its kernel.
       ValueError: for ``beta`` <= 0, ``num_iters`` < 1, an unknown ``method``, an input whose
-        per-example shape differs from the one at init, missing state, or ``update_stats=True``
-        with the collection immutable.
+        per-example shape differs from the one at init, missing state (``u_fourier`` too, for
+        ``method='fourier'``), or ``update_stats=True`` with the collection immutable.
     """
     self._check_attributes()
     x = jnp.asarray(x)

@@ -1,7 +1,8 @@
 """The Fourier symbol of a convolution, for :mod:`sn_jax.ops.fourier` (which states the
 mathematics): the block-circulant operator that a kernel and Flax's attributes describe
-(:func:`make_plan`), its polyphase blocks (:func:`symbol`) and their inverse, and the top
-singular value over a batch of blocks.
+(:func:`make_plan`), its polyphase blocks (:func:`symbol`; a bilinear form of one block straight
+from the taps: :func:`block_form`) and their inverse, and the top singular value over a batch
+of blocks.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from sn_jax.ops import operators
@@ -122,37 +124,127 @@ def coarse_shape(plan: Plan) -> tuple[int, ...]:
   return tuple(n // s for n, s in zip(plan.circular_shape, plan.strides, strict=True))
 
 
+def half_shape(plan: Plan) -> tuple[int, ...]:
+  """``H``: the coarse grid with only the frequencies ``0 .. M[-1] // 2`` of its last axis."""
+  coarse = coarse_shape(plan)
+  return (*coarse[:-1], coarse[-1] // 2 + 1) if coarse else ()
+
+
+def block_layout(plan: Plan, kernel_shape: tuple[int, ...]) -> tuple[int, int, int]:
+  """``(number of blocks, rows, columns)`` of :func:`symbol` with its leading axes flattened."""
+  cin, cout = kernel_shape[-2:]
+  groups = plan.feature_group_count
+  return groups * math.prod(half_shape(plan)), math.prod(plan.strides) * cin, cout // groups
+
+
+def _tap_factors(kernel: jax.Array, plan: Plan, frequencies) -> list[jax.Array]:
+  """Per spatial dimension, the DFT of its taps at ``frequencies``: complex ``(*w, k, s)``.
+
+  Tap ``t`` of a dimension sits at ``p = d t`` on the fine grid, in phase ``r = p mod s`` at
+  coarse index ``q = p // s``; at coarse frequency ``w`` it is weighted ``exp(-2 pi i w q / M)``
+  on phase ``r`` and zero on the other phases. ``frequencies`` holds one int array per
+  dimension (numpy, or a traced scalar).
+  """
+  nd = len(plan.circular_shape)
+  dtype = kernel.dtype
+  dims = zip(kernel.shape[:nd], plan.kernel_dilation, plan.strides, coarse_shape(plan), strict=True)
+  factors = []
+  for (k, d, s, m), w in zip(dims, frequencies, strict=True):
+    position = np.arange(k) * d
+    angle = jnp.tensordot(w, position // s, axes=0) % m * (-2.0 * np.pi / m)
+    rotation = lax.complex(jnp.cos(angle).astype(dtype), jnp.sin(angle).astype(dtype))
+    onehot = np.eye(s, dtype=dtype)[position % s]
+    factors.append(jnp.einsum("...k,ks->...ks", rotation, onehot))
+  return factors
+
+
+def _float_kernel(kernel: jax.Array) -> jax.Array:
+  # The transforms and SVD need float32 or float64: half-precision kernels are promoted.
+  return kernel.astype(jnp.promote_types(kernel.dtype, jnp.float32))
+
+
+def symbol_parts(kernel: jax.Array, plan: Plan) -> tuple[jax.Array, jax.Array | None]:
+  """:func:`symbol` as its real and imaginary parts (``None`` for a dense kernel), real arrays.
+
+  A DFT of the taps, one spatial dimension at a time in real arithmetic: ``prod(H) S C_in C_out``
+  outputs, each a sum over one dimension's taps per stage, no zero-padded grid and no FFT of a
+  prime length; XLA computes it with real matrix products, several times faster on CPU than
+  complex ones.
+  """
+  nd = len(plan.circular_shape)
+  cin, cout = kernel.shape[-2:]
+  groups = plan.feature_group_count
+  kernel = _float_kernel(kernel)
+  half = half_shape(plan)
+  factors = _tap_factors(kernel, plan, [np.arange(h) for h in half])
+  # Axes: taps "abc", frequencies "xyz", phases "ABC"; each stage swaps one tap axis for its
+  # (frequency, phase) pair. The last dimension goes first: the kernel is real there.
+  axes = [*"abc"[:nd], "i", "o"]
+  re, im = kernel, None
+  for j in reversed(range(nd)):
+    source = "".join(axes)
+    axes[j] = "xyz"[j] + "ABC"[j]
+    target = "".join(axes)
+    spec = f"{source},{'xyz'[j]}{'abc'[j]}{'ABC'[j]}->{target}"
+    cos, sin = factors[j].real, factors[j].imag
+    if im is None:
+      re, im = jnp.einsum(spec, re, cos), jnp.einsum(spec, re, sin)
+    else:
+      re, im = (
+        jnp.einsum(spec, re, cos) - jnp.einsum(spec, im, sin),
+        jnp.einsum(spec, re, sin) + jnp.einsum(spec, im, cos),
+      )
+  # (H_1, s_1, ..., H_d, s_d, C_in, C_out) -> (groups, *H, S * C_in / groups, C_out / groups)
+  order = (*range(0, 2 * nd, 2), *range(1, 2 * nd, 2), 2 * nd, 2 * nd + 1)
+
+  def layout(part):
+    part = part.transpose(order)
+    part = part.reshape(*half, math.prod(plan.strides) * cin, groups, cout // groups)
+    return jnp.moveaxis(part, -2, 0)
+
+  return layout(re), None if im is None else layout(im)
+
+
 def symbol(kernel: jax.Array, plan: Plan) -> jax.Array:
   """Half of the operator's symbol, shape ``(groups, *H, S * C_in/groups, C_out/groups)``.
 
   ``M = L / strides`` is the coarse grid, ``S = prod(strides)`` the number of phases and
   ``H = (*M[:-1], M[-1] // 2 + 1)``. The kernel is real, so the block at frequency ``-w`` is the
-  complex conjugate of the block at ``w`` and has the same singular values: a real FFT keeps
-  only the frequencies ``0 .. M[-1] // 2`` of the last coarse axis, half the blocks, and the
+  complex conjugate of the block at ``w`` and has the same singular values: only the
+  frequencies ``0 .. M[-1] // 2`` of the last coarse axis are kept, half the blocks, and the
   ``(M[-1] - 1) // 2`` interior ones stand for a conjugate pair. A dense kernel (no spatial
-  dimension) is its own single real block.
+  dimension) is its own single real block. Computed by :func:`symbol_parts`.
+  """
+  re, im = symbol_parts(kernel, plan)
+  return re if im is None else lax.complex(re, im)
+
+
+def block_form(
+  kernel: jax.Array, plan: Plan, index: jax.Array, u: jax.Array, v: jax.Array
+) -> jax.Array:
+  """``Re(u^H B v)`` for block ``index`` of :func:`symbol` (leading axes flattened), from the taps.
+
+  ``u`` has the block's rows, ``v`` its columns; ``index`` is an int scalar, which may be traced.
+  Linear in the kernel and never forms the block: the DFT at one frequency is folded into ``u``
+  first, so the value and its gradient (an outer product) cost ``O(prod(kernel_size) C_in C_out)``.
   """
   nd = len(plan.circular_shape)
   cin, cout = kernel.shape[-2:]
-  groups = plan.feature_group_count
-  # The FFT and SVD need float32 or float64: half-precision kernels are promoted.
-  kernel = kernel.astype(jnp.promote_types(kernel.dtype, jnp.float32))
-  zero = jnp.zeros((), kernel.dtype)
-  # Tap k of the kernel sits at position d*k of the circular grid of size L.
-  config = [
-    (0, n - (k - 1) * d - 1, d - 1)
-    for k, d, n in zip(kernel.shape[:nd], plan.kernel_dilation, plan.circular_shape, strict=True)
-  ]
-  h = lax.pad(kernel, zero, [*config, (0, 0, 0), (0, 0, 0)])
-  # Polyphase: position j = s*q + r becomes (q, r); the FFT runs over the coarse index q.
-  split = [v for m, s in zip(coarse_shape(plan), plan.strides, strict=True) for v in (m, s)]
-  h = h.reshape(*split, cin, cout)
-  if nd:
-    h = jnp.fft.rfftn(h, axes=_spatial_axes(plan))
-  order = (*range(0, 2 * nd, 2), *range(1, 2 * nd, 2), 2 * nd, 2 * nd + 1)
-  h = h.transpose(order)
-  h = h.reshape(*h.shape[:nd], math.prod(plan.strides) * cin, groups, cout // groups)
-  return jnp.moveaxis(h, -2, 0)
+  width = cout // plan.feature_group_count
+  kernel = _float_kernel(kernel)
+  half = half_shape(plan)
+  group, frequency = jnp.divmod(index, math.prod(half))
+  factors = _tap_factors(kernel, plan, jnp.unravel_index(frequency, half))
+  taps, phases = "abc"[:nd], "ABC"[:nd]
+  spec = ",".join([*(f"{t}{r}" for t, r in zip(taps, phases, strict=True)), f"{phases}i"])
+  left = jnp.conj(u).reshape(*plan.strides, cin)
+  left = jnp.einsum(f"{spec}->{taps}i", *factors, left) if nd else left
+  right = lax.dynamic_update_slice(jnp.zeros(cout, v.dtype), v, (group * width,))
+  spec = f"{taps}io,{taps}i,o->"
+  value = jnp.einsum(spec, kernel, left.real, right.real)
+  if jnp.iscomplexobj(left) and jnp.iscomplexobj(right):
+    value = value - jnp.einsum(spec, kernel, left.imag, right.imag)
+  return value
 
 
 def kernel_from_symbol(blocks: jax.Array, plan: Plan, kernel_shape: tuple[int, ...]):

@@ -186,6 +186,96 @@ def test_gram_bound_and_fourier_norm_are_differentiable():
     assert value < 1e-15 and jnp.all(jnp.isfinite(grad))
 
 
+# Power iteration on the symbol: 1-D, strided, dilated, grouped, 3-D, zero-padded and dense.
+POWER_CASES = [
+  ((3, 2, 3), (8,), {}),
+  ((3, 3, 2, 3), (6, 6), {"strides": 2}),
+  ((2, 3, 2, 4), (6, 6), {"strides": (3, 2), "kernel_dilation": (2, 1)}),
+  ((3, 3, 2, 4), (8, 8), {"strides": 2, "feature_group_count": 2}),
+  ((3, 3, 3, 2, 2), (4, 4, 4), {"strides": 2}),
+  ((3, 3, 3, 4), (5, 7), {"padding": "SAME", "strides": 2}),
+  ((7, 5), (), {}),
+]
+
+
+@pytest.mark.parametrize("kernel_shape,spatial,attrs", POWER_CASES)
+def test_fourier_power_iteration_rises_to_the_exact_symbol_norm(kernel_shape, spatial, attrs):
+  kernel = _kernel(kernel_shape)
+  exact = float(sn_jax.fourier_conv_operator_norm(kernel, spatial, **attrs))
+  if not spatial:  # dense: the matrix's norm
+    np.testing.assert_allclose(exact, np.linalg.norm(np.asarray(kernel, np.float64), 2), rtol=1e-5)
+  elif attrs.get("padding", "CIRCULAR") == "CIRCULAR":  # the norm of the layer itself
+    np.testing.assert_allclose(exact, _svd_oracle(kernel, spatial, **attrs)[0], rtol=1e-5)
+  u = sn_jax.fourier_power_init(jax.random.key(0), kernel, spatial, **attrs)
+  sigmas = []
+  for _ in range(8):  # one step per call, as a training step takes it
+    sigma, u = sn_jax.fourier_power_iteration(kernel, u, spatial, **attrs)
+    sigmas.append(float(sigma))
+  # From below, never decreasing (each block's ||B^H u|| rises under power iteration).
+  assert all(b >= a * (1 - 1e-6) for a, b in itertools.pairwise(sigmas))
+  assert sigmas[-1] <= exact * (1 + 1e-6)
+  assert sigmas[0] < exact * (1 - 1e-4)  # the start is not already converged
+  sigma, u = sn_jax.fourier_power_iteration(kernel, u, spatial, num_iters=400, **attrs)
+  np.testing.assert_allclose(sigma, exact, rtol=1e-5)
+  # num_iters=0 evaluates at u and leaves it as it came in.
+  again, same = sn_jax.fourier_power_iteration(kernel, u, spatial, num_iters=0, **attrs)
+  np.testing.assert_allclose(again, sigma, rtol=1e-6)
+  np.testing.assert_allclose(same, u, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel_shape,spatial,attrs", POWER_CASES[1::2])
+def test_fourier_power_gradient_is_the_top_singular_values_once_converged(
+  kernel_shape, spatial, attrs
+):
+  kernel = _kernel(kernel_shape, seed=2)
+  u = sn_jax.fourier_power_init(jax.random.key(1), kernel, spatial, **attrs)
+  _, u = sn_jax.fourier_power_iteration(kernel, u, spatial, num_iters=400, **attrs)
+  grad = jax.grad(lambda k: sn_jax.fourier_power_iteration(k, u, spatial, num_iters=0, **attrs)[0])(
+    kernel
+  )
+  exact = jax.grad(lambda k: sn_jax.fourier_conv_operator_norm(k, spatial, **attrs))(kernel)
+  np.testing.assert_allclose(grad, exact, atol=1e-4 * float(jnp.abs(exact).max()))
+  # The vectors are constants: the gradient does not depend on how many steps the call takes.
+  grad_steps = jax.grad(
+    lambda k: sn_jax.fourier_power_iteration(k, u, spatial, num_iters=3, **attrs)[0]
+  )(kernel)
+  np.testing.assert_allclose(grad_steps, exact, atol=1e-4 * float(jnp.abs(exact).max()))
+
+
+@pytest.mark.parametrize(
+  "kernel_shape,spatial,attrs,shape,dtype",
+  [
+    ((3, 3, 2, 3), (6, 6), {}, (6 * 4, 2), jnp.complex64),
+    ((3, 3, 2, 4), (8, 8), {"strides": 2, "feature_group_count": 2}, (2 * 4 * 3, 8), jnp.complex64),
+    ((3, 2, 3), (9,), {"padding": "SAME"}, (6, 2), jnp.complex64),  # grid 11: 6 frequencies
+    ((7, 5), (), {}, (1, 7), jnp.float32),
+  ],
+)
+def test_fourier_power_init_shapes_and_dtypes(kernel_shape, spatial, attrs, shape, dtype):
+  kernel = _kernel(kernel_shape)
+  u = sn_jax.fourier_power_init(jax.random.key(0), kernel, spatial, **attrs)
+  assert u.shape == shape and u.dtype == dtype
+  np.testing.assert_allclose(jnp.linalg.norm(u, axis=-1), 1.0, rtol=1e-6)
+  half = sn_jax.fourier_power_init(jax.random.key(0), kernel.astype(jnp.bfloat16), spatial, **attrs)
+  assert half.dtype == dtype  # half-precision kernels are computed in float32
+  sigma, new = sn_jax.fourier_power_iteration(kernel, u, spatial, **attrs)
+  assert sigma.shape == () and sigma.dtype == jnp.float32
+  assert new.shape == shape and new.dtype == dtype
+
+
+def test_fourier_power_iteration_keeps_zero_blocks_and_compiles_once():
+  kernel = _kernel((3, 3, 2, 2))
+  u = sn_jax.fourier_power_init(jax.random.key(0), kernel, (6, 6))
+  sigma, new = sn_jax.fourier_power_iteration(jnp.zeros_like(kernel), u, (6, 6), num_iters=2)
+  assert float(sigma) == 0.0
+  np.testing.assert_allclose(new, u, atol=1e-6)
+  grad = jax.grad(lambda k: sn_jax.fourier_power_iteration(k, u, (6, 6))[0])(jnp.zeros_like(kernel))
+  assert jnp.all(jnp.isfinite(grad))
+  size = fourier._fourier_power._cache_size()
+  sn_jax.fourier_power_iteration(_kernel((3, 3, 2, 2), 1), new, (6, 6), num_iters=2)
+  assert fourier._fourier_power._cache_size() == size
+
+
 def _sedghi_clip(kernel, n, clip_to):
   """Sedghi et al.'s listing (ICLR 2019), in NumPy: one clip and truncation, stride 1."""
   transformed = np.fft.fft2(kernel, (n, n), axes=[0, 1])
@@ -341,6 +431,31 @@ def test_no_recompile_on_a_second_call():
       lambda k: sn_jax.fourier_conv_operator_norm(k[0, 0], (4,)),
       ValueError,
       r"`spatial_shape` must be 0 positive ints",
+    ),
+    (
+      lambda k: sn_jax.fourier_power_iteration(k, jnp.ones((9, 2), jnp.complex64), (6, 6)),
+      ValueError,
+      r"`u` must have shape \(24, 2\) \(one vector per block of the symbol\), got \(9, 2\)",
+    ),
+    (
+      lambda k: sn_jax.fourier_power_iteration(k, jnp.ones((24, 2)), (6, 6), num_iters=-1),
+      ValueError,
+      r"`num_iters` must be an int >= 0, got -1",
+    ),
+    (
+      lambda k: sn_jax.fourier_power_iteration(k, jnp.zeros((24, 2)).at[1:].set(1.0), (6, 6)),
+      ValueError,
+      r"every row of `u` must be non-zero .* rows \[0\] are zero",
+    ),
+    (
+      lambda k: sn_jax.fourier_power_iteration(k, jnp.full((24, 2), jnp.nan), (6, 6)),
+      ValueError,
+      r"`u` must be finite, got 48 non-finite entries of 48",
+    ),
+    (
+      lambda k: sn_jax.fourier_power_init(jax.random.key(0), k, (6, 6), padding="REFLECT"),
+      ValueError,
+      r"`padding`='REFLECT' is not supported",
     ),
   ],
 )
