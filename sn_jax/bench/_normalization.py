@@ -28,6 +28,7 @@ def normalization(
   num_devices: int = 1,
   repeats: int = 10,
   warmup: int = 1,
+  variants: Sequence[str] | None = None,
 ) -> list[Row]:
   """Times one training step of ``model`` without SN and with each spectral normalization.
 
@@ -45,11 +46,19 @@ def normalization(
     num_devices: the first ``num_devices`` of ``jax.devices()`` run the step.
     repeats: timed calls of each variant, >= 1.
     warmup: untimed calls after the first, >= 0.
+    variants: the names of :data:`VARIANTS` to time (the baseline always is); None: all.
 
   Returns:
     One :class:`~sn_jax.bench.Row` per batch size and variant, with its ratio to ``'no SN'``
     at the same batch size.
+
+  Raises:
+    ValueError: for a name of ``variants`` not in :data:`VARIANTS`.
   """
+  chosen = [BASELINE, *(v for v in variants or VARIANTS if v != BASELINE)]
+  unknown = sorted(set(chosen) - set(VARIANTS))
+  if unknown:
+    raise ValueError(f"`variants` must be names of {tuple(VARIANTS)}, got {unknown}.")
   parallel = train.DataParallel(devices=_setup.devices(num_devices))
   rows = []
   for batch_size in batch_sizes:
@@ -59,6 +68,7 @@ def normalization(
         _setup.get_model(model, dtype, beta=1.0, **attributes), model, x, y, parallel
       )
       for name, attributes in VARIANTS.items()
+      if name in chosen
     }
     times = time_side_by_side(fns, repeats=repeats, warmup=warmup, rounds=min(5, repeats))
     base = times[BASELINE].median_s

@@ -200,3 +200,12 @@ def test_bench_help_lists_its_options(capsys):
   for flag, _ in _command.OPTIONS_HELP:
     assert f"  {flag} " in out
   assert "Config fields" not in out and max(len(line) for line in out.splitlines()) <= 100
+
+
+def test_the_normalization_suite_times_the_chosen_variants_and_the_baseline(quick):
+  fourier = "SpectralNorm, method='fourier'"
+  rows = bench.normalization("tiny", [4], repeats=1, warmup=0, variants=[fourier])
+  assert [row.name for row in rows] == ["no SN", fourier]
+  assert all(row.baseline_s == rows[0].timing.median_s for row in rows)
+  with pytest.raises(ValueError, match=r"`variants` must be names of \(.*\), got \['svd'\]"):
+    bench.normalization("tiny", [4], variants=["svd"])

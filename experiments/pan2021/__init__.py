@@ -1,0 +1,1 @@
+"""Pan & Mishra: fast approximate spectral normalization through the Fourier transform."""
