@@ -41,11 +41,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments import provenance
+from experiments import common
 from experiments.farnia2019 import table1
 from sn_jax import attacks
-from sn_jax.training import config as config_lib
-from sn_jax.training import data, farnia2019, loop
+from sn_jax.training import data, farnia2019
 
 ARCHS = ("mlp800", "lenet")
 METHODS = ("vanilla", "amm", "adversarial")
@@ -121,16 +120,14 @@ def run(
       config = method_config(arch, method, steps)
       run_dir = os.path.join(workdir, f"{arch}_{method}_{steps}")
       table1.run_cell(config, run_dir)
-      state = loop.restore_state(config, run_dir)
-      variables = {"params": state.params, "spectral": state.spectral}
-      numbers = summarize(evaluate(config_lib.make_model(config), variables, x, y, eps))
+      numbers = summarize(evaluate(*common.restored(config, run_dir), x, y, eps))
       rows.append({"arch": arch, "method": method, "num_steps": steps, **numbers})
       print(f"{arch} {method}: " + ", ".join(f"{k} {v:.3f}" for k, v in numbers.items()))
   settings = dict(
     archs=list(archs), methods=list(methods), num_examples=int(x.shape[0]), eps=float(eps),
     eps_c2=EPS_C2, amm=AMM_OPTIONS,
   )  # fmt: skip
-  return {"settings": settings, "provenance": provenance.provenance(), "rows": rows}
+  return {"settings": settings, "provenance": common.provenance(), "rows": rows}
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
@@ -169,10 +166,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   )
   parser.add_argument("--out", default=None, help="results directory")
   args = parser.parse_args(argv)
-  for option in ("num_steps", "num_examples"):
-    value = getattr(args, option)
-    if value is not None and value < 1:
-      parser.error(f"--{option.replace('_', '-')} must be >= 1, got {value}")
+  common.check_at_least_one(parser, args, ["num_steps", "num_examples"])
   out, workdir = args.out, args.workdir or "runs/amm2019"
   if args.quick:
     args.archs, args.num_steps, args.num_examples = ["mlp800"], 5, 100

@@ -45,13 +45,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import provenance
+from experiments import common
 from experiments.farnia2019 import table1
-from sn_jax import analysis, attacks
+from sn_jax import analysis
 from sn_jax import nn as snn
 from sn_jax.analysis import plots
-from sn_jax.training import config as config_lib
-from sn_jax.training import data, evaluation, loop
+from sn_jax.training import data, evaluation
 
 ARCH = "mlp1"
 BETAS = (math.inf, 1.6)
@@ -77,26 +76,12 @@ def train_curve(workdir: str) -> list[tuple[int, float]]:
   return [(r["step"], r["accuracy"]) for r in records if "accuracy" in r and "epoch" in r]
 
 
-def restored(config, workdir: str):
-  """``(model, variables)`` of a finished run."""
-  state = loop.restore_state(config, workdir)
-  return config_lib.make_model(config), {"params": state.params, "spectral": state.spectral}
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def normalized_margins(model, variables, x: jax.Array, y: jax.Array) -> jax.Array:
   """``(B,)``: each logit margin over the product of the layers' effective spectral norms."""
   logits = model.apply(variables, x, update_stats=False)
   sigmas = jnp.stack([layer.norm for layer in snn.spectral_norms(variables).values()])
   return analysis.margins(logits, y) / analysis.margin_normalizer(sigmas)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 5))
-def robustness(model, variables, x, y, eps, norm: float) -> jax.Array:
-  """Accuracy under PGM at each radius of ``eps`` ``(E,)``, in one call."""
-  logits_fn = lambda z: model.apply(variables, z, update_stats=False)
-  attack = functools.partial(attacks.pgd, num_steps=15, norm=norm)
-  return attacks.robust_accuracy(logits_fn, x, y, attack=attack, eps=eps)
 
 
 def run(
@@ -126,7 +111,7 @@ def run(
       entry["random_labels"][name] = train_curve(run_dir)
       train, _, test = evaluation.load_data(config)
       x, y = jnp.asarray(train.images[:num_examples]), jnp.asarray(train.labels[:num_examples])
-      model, variables = restored(config, run_dir)
+      model, variables = common.restored(config, run_dir)
       entry["margins"][name] = _values(np.asarray(normalized_margins(model, variables, x, y)))
       if name == "true":  # kappa on the test digits, of the true-label run
         x, y = jnp.asarray(test.images[:num_examples]), jnp.asarray(test.labels[:num_examples])
@@ -140,13 +125,13 @@ def run(
     scale = data.mean_norm(datasets.train)
     x = jnp.asarray(datasets.test.images[:num_examples])
     y = jnp.asarray(datasets.test.labels[:num_examples])
-    model, variables = restored(config, run_dir)
+    model, variables = common.restored(config, run_dir)
     entry["robustness"] = {
       "l2": np.asarray(
-        robustness(model, variables, x, y, jnp.asarray(L2_RADII) * scale, 2.0)
+        common.robustness(model, variables, x, y, jnp.asarray(L2_RADII) * scale, 2.0)
       ).tolist(),
       "linf": np.asarray(
-        robustness(model, variables, x, y, jnp.asarray(LINF_RADII), math.inf)
+        common.robustness(model, variables, x, y, jnp.asarray(LINF_RADII), math.inf)
       ).tolist(),
     }
     out[f"{beta:g}"] = entry
@@ -163,7 +148,7 @@ def run(
     l2_radii_c2=list(L2_RADII),
     linf_radii=list(LINF_RADII),
   )
-  return {"settings": settings, "provenance": provenance.provenance(), "betas": out}
+  return {"settings": settings, "provenance": common.provenance(), "betas": out}
 
 
 def _values(values: np.ndarray) -> dict[str, Any]:
@@ -239,9 +224,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   )
   parser.add_argument("--out", default=None, help="results directory")
   args = parser.parse_args(argv)
-  for option in ("random_steps", "num_examples"):
-    if getattr(args, option) < 1:
-      parser.error(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
+  common.check_at_least_one(parser, args, ["random_steps", "num_examples"])
   out, workdir, pgm_steps = args.out, args.workdir or "runs/farnia2019_table1", None
   if args.quick:
     args.random_steps, args.num_examples, pgm_steps = 40, 64, 5

@@ -39,7 +39,7 @@ from typing import Any
 
 import ml_collections
 
-from experiments import provenance
+from experiments import common
 from sn_jax.training import data, farnia2019, loop
 
 ARCHS = ("mlp1", "mlp2", "elunet")
@@ -180,7 +180,7 @@ def run(
   settings = {"archs": list(archs), "attacks": list(attacks), "betas": [f"{b:g}" for b in betas]}
   return {
     "settings": settings,
-    "provenance": provenance.provenance(),
+    "provenance": common.provenance(),
     "rows": rows,
     "seconds": time.perf_counter() - start,
   }
@@ -231,8 +231,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   )
   parser.add_argument("--out", default=None, help="results directory")
   args = parser.parse_args(argv)
-  if args.num_steps is not None and args.num_steps < 1:
-    parser.error(f"--num-steps must be >= 1, got {args.num_steps}")
+  common.check_at_least_one(parser, args, ["num_steps"])
   if any(not beta > 0 for beta in args.betas):
     parser.error(f"--betas must be > 0 (inf: no SN), got {args.betas}")
   out, workdir = args.out, args.workdir or "runs/farnia2019_table1"

@@ -33,7 +33,6 @@ Expected runtime and result: not measured yet.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
@@ -41,16 +40,14 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import provenance
+from experiments import common
 from experiments.farnia2019 import table1
-from sn_jax import attacks, bench
+from sn_jax import bench
 from sn_jax.analysis import plots
-from sn_jax.training import config as config_lib
-from sn_jax.training import data, evaluation, loop
+from sn_jax.training import data, evaluation
 
 ARCH = "elunet"
 METHODS = {"no SN": None, "power": "power", "fourier": "fourier"}
@@ -90,14 +87,6 @@ def step_times(arch: str, batch_size: int, repeats: int) -> dict[str, Any]:
   }
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5))
-def robustness(model, variables, x, y, eps, norm: float) -> jax.Array:
-  """Accuracy under PGD-15 at each radius of ``eps`` ``(E,)``, in one call."""
-  logits_fn = lambda z: model.apply(variables, z, update_stats=False)
-  attack = functools.partial(attacks.pgd, num_steps=15, norm=norm)
-  return attacks.robust_accuracy(logits_fn, x, y, attack=attack, eps=eps)
-
-
 def run(
   workdir: str,
   *,
@@ -121,7 +110,7 @@ def run(
       l2_radii_c2=list(L2_RADII),
       linf_radii=list(LINF_RADII),
     ),
-    "provenance": provenance.provenance(),
+    "provenance": common.provenance(),
     "step": step_times(arch, batch_size, repeats),
     "models": {},
   }
@@ -129,15 +118,13 @@ def run(
     config = method_config(method, beta, num_steps, arch=arch, quick=quick)
     run_dir = os.path.join(workdir, f"{arch}_erm_{name.replace(' ', '_')}_beta{beta:g}_{num_steps}")
     trained = table1.run_cell(config, run_dir)
-    state = loop.restore_state(config, run_dir)
-    variables = {"params": state.params, "spectral": state.spectral}
-    model = config_lib.make_model(config)
+    model, variables = common.restored(config, run_dir)
     datasets = evaluation.load_data(config)
     scale = data.mean_norm(datasets.train)
     x = jnp.asarray(datasets.test.images[:num_examples])
     y = jnp.asarray(datasets.test.labels[:num_examples])
-    l2 = robustness(model, variables, x, y, jnp.asarray(L2_RADII) * scale, 2.0)
-    linf = robustness(model, variables, x, y, jnp.asarray(LINF_RADII), math.inf)
+    l2 = common.robustness(model, variables, x, y, jnp.asarray(L2_RADII) * scale, 2.0)
+    linf = common.robustness(model, variables, x, y, jnp.asarray(LINF_RADII), math.inf)
     result["models"][name] = {
       "test_clean": trained["test"]["clean"],
       "l2": np.asarray(l2).tolist(),
@@ -186,9 +173,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args = parser.parse_args(argv)
   if not args.beta > 0:
     parser.error(f"--beta must be > 0, got {args.beta}")
-  for option in ("num_steps", "batch_size", "repeats", "num_examples"):
-    if getattr(args, option) < 1:
-      parser.error(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
+  common.check_at_least_one(parser, args, ["num_steps", "batch_size", "repeats", "num_examples"])
   out, workdir, arch = args.out, args.workdir or "runs/pan2021", ARCH
   if args.quick:
     arch, args.num_steps, args.batch_size, args.repeats, args.num_examples = "tiny", 5, 8, 2, 64

@@ -43,12 +43,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import provenance
+from experiments import common
 from experiments.farnia2019 import table1
 from sn_jax import attacks, regularizers
 from sn_jax.analysis import plots
-from sn_jax.training import config as config_lib
-from sn_jax.training import data, loop
+from sn_jax.training import data
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 RADII = (0.01, 0.02, 0.05, 0.1, 0.2)  # fractions of C2
@@ -113,16 +112,15 @@ def run(
     "settings": dict(
       arch=ARCH, num_steps=steps, num_examples=int(x.shape[0]), radii_c2=list(radii), c2=scale
     ),
-    "provenance": provenance.provenance(),
+    "provenance": common.provenance(),
     "models": {},
   }
   for name, attack in MODELS.items():
     config = table1.cell_config(ARCH, attack, math.inf, steps, quick=quick)
     run_dir = os.path.join(workdir, f"{ARCH}_{attack}_betainf_{steps}")
     accuracy = table1.run_cell(config, run_dir)["test"]
-    state = loop.restore_state(config, run_dir)
-    variables = {"params": state.params, "spectral": state.spectral}
-    values = jax.jit(measure, static_argnums=0)(config_lib.make_model(config), variables, x, y, eps)
+    model, variables = common.restored(config, run_dir)
+    values = jax.jit(measure, static_argnums=0)(model, variables, x, y, eps)
     per_radius = {}
     for i, r in enumerate(radii):
       cos, shared = np.asarray(values["cos"][i]), np.asarray(values["shared"][i])
@@ -184,8 +182,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   )
   parser.add_argument("--out", default=None, help="results directory")
   args = parser.parse_args(argv)
-  if args.num_examples < 1:
-    parser.error(f"--num-examples must be >= 1, got {args.num_examples}")
+  common.check_at_least_one(parser, args, ["num_examples"])
   if any(not r > 0 for r in args.radii):
     parser.error(f"--radii must be > 0, got {args.radii}")
   out, workdir, steps = args.out, args.workdir or "runs/farnia2019_table1", None

@@ -1,0 +1,72 @@
+"""What the experiments' runners share: provenance, restoring a finished run, robustness curves,
+and their command-line checks."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import platform
+import subprocess
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+
+import sn_jax
+from sn_jax import attacks
+from sn_jax.training import config as config_lib
+from sn_jax.training import loop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def commit() -> str | None:
+  """The checkout's git commit (with ``+dirty`` if tracked files differ from it), or None."""
+  try:
+    git = ["git", "-C", ROOT]
+    head = subprocess.run(
+      [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+      [*git, "diff", "--quiet", "HEAD", "--", "sn_jax", "experiments"], check=False
+    ).returncode
+  except (OSError, subprocess.CalledProcessError):
+    return None
+  return head + ("+dirty" if dirty else "")
+
+
+def provenance() -> dict[str, Any]:
+  """``{'sn_jax', 'commit', 'jax', 'backend', 'machine'}``: the versions and the machine."""
+  return {
+    "sn_jax": sn_jax.__version__,
+    "commit": commit(),
+    "jax": jax.__version__,
+    "backend": jax.default_backend(),
+    "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+  }
+
+
+def restored(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, dict[str, Any]]:
+  """``(model, variables)`` of the run in ``workdir``, trained as ``config`` says."""
+  state = loop.restore_state(config, workdir)
+  return config_lib.make_model(config), {"params": state.params, "spectral": state.spectral}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def robustness(model, variables, x: jax.Array, y: jax.Array, eps: jax.Array, norm: float):
+  """Accuracy ``(E,)`` under PGD (15 steps of ``2 eps / 15``, the ``norm`` ball) at each radius
+  of ``eps`` ``(E,)``, in one compiled call (:func:`sn_jax.attacks.robust_accuracy`)."""
+  logits_fn = lambda z: model.apply(variables, z, update_stats=False)
+  attack = functools.partial(attacks.pgd, num_steps=15, norm=norm)
+  return attacks.robust_accuracy(logits_fn, x, y, attack=attack, eps=eps)
+
+
+def check_at_least_one(parser: argparse.ArgumentParser, args, options: Sequence[str]) -> None:
+  """Exits with the parser's usage error naming the first of ``options`` (attribute names)
+  that is set and below 1."""
+  for option in options:
+    value = getattr(args, option)
+    if value is not None and value < 1:
+      parser.error(f"--{option.replace('_', '-')} must be >= 1, got {value}")
