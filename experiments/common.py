@@ -8,6 +8,7 @@ import functools
 import os
 import platform
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,3 +71,42 @@ def check_at_least_one(parser: argparse.ArgumentParser, args, options: Sequence[
     value = getattr(args, option)
     if value is not None and value < 1:
       parser.error(f"--{option.replace('_', '-')} must be >= 1, got {value}")
+
+
+def parser(doc: str, default_workdir: str) -> argparse.ArgumentParser:
+  """A runner's command line: its docstring's first line, ``--quick``, ``--workdir``, ``--out``."""
+  parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+  parser.add_argument("--quick", action="store_true", help="smoke run, see the module docstring")
+  parser.add_argument(
+    "--workdir", default=None, help=f"runs' parent (default: {default_workdir}; --quick: temp)"
+  )
+  parser.add_argument("--out", default=None, help="results directory (--quick: temp)")
+  parser.set_defaults(default_workdir=default_workdir)
+  return parser
+
+
+def directories(args: argparse.Namespace, results_dir: str) -> tuple[str, str]:
+  """``(workdir, out)``: as given; else the defaults, or temporary directories with ``--quick``."""
+  if args.quick:
+    return args.workdir or tempfile.mkdtemp(prefix="runs_"), args.out or tempfile.mkdtemp()
+  return args.workdir or args.default_workdir, args.out or results_dir
+
+
+def robustness_figures(
+  radii: dict[str, Sequence[float]], curves: dict[str, dict[str, Any]], out: str, title: str
+) -> list[str]:
+  """``out/robustness_l2.png`` and ``out/robustness_linf.png``: per norm, ``curves[norm]`` maps
+  a label to the accuracies at ``radii[norm]`` (l2 radii in units of ``C2``)."""
+  from sn_jax.analysis import plots  # matplotlib: only where figures are drawn
+
+  return [
+    plots.curves(
+      radii[norm],
+      curves[norm],
+      os.path.join(out, f"robustness_{norm}.png"),
+      xlabel="eps / C2" if norm == "l2" else "eps",
+      ylabel="test accuracy under PGD-15",
+      title=f"{title}: {norm} PGD",
+    )
+    for norm in ("l2", "linf")
+  ]

@@ -28,11 +28,9 @@ Expected runtime and result: not measured yet.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -155,23 +153,16 @@ def save(result: dict[str, Any], out: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="smoke run, see the module docstring")
+  parser = common.parser(__doc__, "runs/amm2019")
   parser.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS))
   parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
   parser.add_argument("--num-steps", type=int, default=None, help="default: per architecture")
   parser.add_argument("--num-examples", type=int, default=1000, help="test digits evaluated")
-  parser.add_argument(
-    "--workdir", default=None, help="runs' parent (default: runs/amm2019; --quick: temp)"
-  )
-  parser.add_argument("--out", default=None, help="results directory")
   args = parser.parse_args(argv)
   common.check_at_least_one(parser, args, ["num_steps", "num_examples"])
-  out, workdir = args.out, args.workdir or "runs/amm2019"
   if args.quick:
     args.archs, args.num_steps, args.num_examples = ["mlp800"], 5, 100
-    out = out or tempfile.mkdtemp(prefix="amm2019_")
-    workdir = args.workdir or tempfile.mkdtemp(prefix="amm2019_runs_")
+  workdir, out = common.directories(args, RESULTS_DIR)
   result = run(
     workdir,
     archs=args.archs,
@@ -180,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     num_examples=args.num_examples,
   )
   print(markdown(result["rows"]))
-  print("wrote", *save(result, out or RESULTS_DIR))
+  print("wrote", *save(result, out))
   return result
 
 

@@ -32,12 +32,10 @@ Expected runtime and result: not measured yet.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -199,37 +197,22 @@ def save(result: dict[str, Any], out: str) -> list[str]:
       title=f"{ARCH}: input-gradient norms",
     )
   )
-  for norm, radii in (("l2", result["settings"]["l2_radii_c2"]),
-                      ("linf", result["settings"]["linf_radii"])):  # fmt: skip
-    paths.append(
-      plots.curves(
-        radii,
-        {f"beta {b}": e["robustness"][norm] for b, e in betas.items()},
-        os.path.join(out, f"robustness_{norm}.png"),
-        xlabel="eps / C2" if norm == "l2" else "eps",
-        ylabel="test accuracy",
-        title=f"{ARCH}, l2-PGM-trained: accuracy under {norm} PGM",
-      )
-    )
-  return paths
+  settings = result["settings"]
+  radii = {"l2": settings["l2_radii_c2"], "linf": settings["linf_radii"]}
+  curves = {n: {f"beta {b}": e["robustness"][n] for b, e in betas.items()} for n in radii}
+  return paths + common.robustness_figures(radii, curves, out, f"{ARCH}, l2-PGM-trained")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="smoke run, see the module docstring")
+  parser = common.parser(__doc__, "runs/farnia2019_table1")
   parser.add_argument("--random-steps", type=int, default=RANDOM_STEPS)
   parser.add_argument("--num-examples", type=int, default=500, help="digits measured")
-  parser.add_argument(
-    "--workdir", default=None, help="runs' parent (default: runs/farnia2019_table1; --quick: temp)"
-  )
-  parser.add_argument("--out", default=None, help="results directory")
   args = parser.parse_args(argv)
   common.check_at_least_one(parser, args, ["random_steps", "num_examples"])
-  out, workdir, pgm_steps = args.out, args.workdir or "runs/farnia2019_table1", None
+  pgm_steps = None
   if args.quick:
     args.random_steps, args.num_examples, pgm_steps = 40, 64, 5
-    out = out or tempfile.mkdtemp(prefix="generalization_")
-    workdir = args.workdir or tempfile.mkdtemp(prefix="generalization_runs_")
+  workdir, out = common.directories(args, RESULTS_DIR)
   result = run(
     workdir,
     random_steps=args.random_steps,
@@ -237,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     num_examples=args.num_examples,
     quick=args.quick,
   )
-  print("wrote", *save(result, out or RESULTS_DIR))
+  print("wrote", *save(result, out))
   return result
 
 

@@ -28,11 +28,9 @@ Expected runtime and result: not measured yet (the full grid has not been run).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -220,26 +218,19 @@ def save(result: dict[str, Any], out: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="smoke run, see the module docstring")
+  parser = common.parser(__doc__, "runs/farnia2019_table1")
   parser.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS))
   parser.add_argument("--attacks", nargs="+", choices=ATTACKS, default=list(ATTACKS))
   parser.add_argument("--betas", nargs="+", type=float, default=list(BETAS))
   parser.add_argument("--num-steps", type=int, default=None, help="default: per architecture")
-  parser.add_argument(
-    "--workdir", default=None, help="runs' parent (default: runs/farnia2019_table1; --quick: temp)"
-  )
-  parser.add_argument("--out", default=None, help="results directory")
   args = parser.parse_args(argv)
   common.check_at_least_one(parser, args, ["num_steps"])
   if any(not beta > 0 for beta in args.betas):
     parser.error(f"--betas must be > 0 (inf: no SN), got {args.betas}")
-  out, workdir = args.out, args.workdir or "runs/farnia2019_table1"
   if args.quick:
     args.archs, args.attacks, args.betas = ["mlp1"], ["fgm"], [math.inf, 1.6]
     args.num_steps = 5
-    out = out or tempfile.mkdtemp(prefix="table1_")
-    workdir = args.workdir or tempfile.mkdtemp(prefix="table1_runs_")
+  workdir, out = common.directories(args, RESULTS_DIR)
   result = run(
     workdir,
     archs=args.archs,
@@ -249,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     quick=args.quick,
   )
   print(markdown(result["rows"]))
-  print("wrote", *save(result, out or RESULTS_DIR))
+  print("wrote", *save(result, out))
   return result
 
 

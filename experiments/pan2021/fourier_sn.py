@@ -32,11 +32,9 @@ Expected runtime and result: not measured yet.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,7 +44,6 @@ import numpy as np
 from experiments import common
 from experiments.farnia2019 import table1
 from sn_jax import bench
-from sn_jax.analysis import plots
 from sn_jax.training import data, evaluation
 
 ARCH = "elunet"
@@ -146,39 +143,27 @@ def save(result: dict[str, Any], out: str) -> list[str]:
   with open(paths[0], "w") as f:
     json.dump(result, f, indent=1)
   settings = result["settings"]
-  for norm, radii in (("l2", settings["l2_radii_c2"]), ("linf", settings["linf_radii"])):
-    paths.append(
-      plots.curves(
-        radii,
-        {name: model[norm] for name, model in result["models"].items()},
-        os.path.join(out, f"robustness_{norm}.png"),
-        xlabel="eps / C2" if norm == "l2" else "eps",
-        ylabel="test accuracy under PGD-15",
-        title=f"{settings['arch']}, ERM, beta {settings['beta']:g}: SN by power vs Fourier",
-      )
-    )
-  return paths
+  radii = {"l2": settings["l2_radii_c2"], "linf": settings["linf_radii"]}
+  curves = {n: {name: model[n] for name, model in result["models"].items()} for n in radii}
+  title = f"{settings['arch']}, ERM, beta {settings['beta']:g}"
+  return paths + common.robustness_figures(radii, curves, out, title)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="smoke run, see the module docstring")
+  parser = common.parser(__doc__, "runs/pan2021")
   parser.add_argument("--beta", type=float, default=1.0, help="the SN runs' beta, > 0")
   parser.add_argument("--num-steps", type=int, default=600)
   parser.add_argument("--batch-size", type=int, default=128, help="of the timed step")
   parser.add_argument("--repeats", type=int, default=20, help="timed steps per method")
   parser.add_argument("--num-examples", type=int, default=500, help="test digits attacked")
-  parser.add_argument("--workdir", default=None, help="runs' parent (default: runs/pan2021)")
-  parser.add_argument("--out", default=None, help="results directory")
   args = parser.parse_args(argv)
   if not args.beta > 0:
     parser.error(f"--beta must be > 0, got {args.beta}")
   common.check_at_least_one(parser, args, ["num_steps", "batch_size", "repeats", "num_examples"])
-  out, workdir, arch = args.out, args.workdir or "runs/pan2021", ARCH
+  arch = ARCH
   if args.quick:
     arch, args.num_steps, args.batch_size, args.repeats, args.num_examples = "tiny", 5, 8, 2, 64
-    out = out or tempfile.mkdtemp(prefix="pan2021_")
-    workdir = args.workdir or tempfile.mkdtemp(prefix="pan2021_runs_")
+  workdir, out = common.directories(args, RESULTS_DIR)
   result = run(
     workdir,
     arch=arch,
@@ -189,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     num_examples=args.num_examples,
     quick=args.quick,
   )
-  print("wrote", *save(result, out or RESULTS_DIR))
+  print("wrote", *save(result, out))
   return result
 
 

@@ -31,11 +31,9 @@ Expected runtime and result: not measured yet.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -173,27 +171,21 @@ def save(result: dict[str, Any], out: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="smoke run, see the module docstring")
+  parser = common.parser(__doc__, "runs/farnia2019_table1")
   parser.add_argument("--num-examples", type=int, default=500, help="test digits measured")
   parser.add_argument("--radii", type=float, nargs="+", default=list(RADII), help="eps / C2")
-  parser.add_argument(
-    "--workdir", default=None, help="runs' parent (default: runs/farnia2019_table1; --quick: temp)"
-  )
-  parser.add_argument("--out", default=None, help="results directory")
   args = parser.parse_args(argv)
   common.check_at_least_one(parser, args, ["num_examples"])
   if any(not r > 0 for r in args.radii):
     parser.error(f"--radii must be > 0, got {args.radii}")
-  out, workdir, steps = args.out, args.workdir or "runs/farnia2019_table1", None
+  steps = None
   if args.quick:
     args.num_examples, args.radii, steps = 16, [0.02, 0.1], 5
-    out = out or tempfile.mkdtemp(prefix="alignment_")
-    workdir = args.workdir or tempfile.mkdtemp(prefix="alignment_runs_")
+  workdir, out = common.directories(args, RESULTS_DIR)
   result = run(
     workdir, num_steps=steps, num_examples=args.num_examples, radii=args.radii, quick=args.quick
   )
-  print("wrote", *save(result, out or RESULTS_DIR))
+  print("wrote", *save(result, out))
   return result
 
 
