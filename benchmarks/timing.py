@@ -31,6 +31,7 @@ from sn_jax.bench import Timing as Timing
 from sn_jax.bench import machine as machine
 from sn_jax.bench import time_fn as time_fn
 from sn_jax.bench import time_side_by_side as time_side_by_side
+from sn_jax.bench import write_section
 
 if os.environ.get("SN_JAX_BENCH_MALLOC") != "system":
   host_memory.retain()
@@ -151,13 +152,5 @@ def record(
   body = f"Measured {stamp} on {where}.\n\n{markdown_table(header, rows)}\n"
   if notes:
     body += f"\n{notes.strip()}\n"
-  begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-  text = README.read_text() if README.exists() else "# Benchmarks\n"
-  section = f"{begin}\n{body}{end}"
-  if begin in text and end in text:
-    head, rest = text.split(begin, 1)
-    text = head + section + rest.split(end, 1)[1]
-  else:
-    text = text.rstrip("\n") + f"\n\n{section}\n"
-  README.write_text(text)
+  write_section(README, name, body)
   return body

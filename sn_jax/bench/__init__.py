@@ -10,7 +10,13 @@ suite's baseline:
   each ``method``, and with ``flax.linen.SpectralNorm``;
 - :func:`attacks`: each attack against the input gradients it takes;
 - :func:`training`: ERM and each adversarial training step, with and without SN;
-- :func:`operators`: a convolution's operator norm by each method, against the SVD.
+- :func:`operators`: a convolution's operator norm by each method, against the SVD;
+- :func:`accelerator`: the preset for a GPU or TPU: ELU-Net and the mini AlexNet at batches
+  of 128 and 1024 in float32 and bfloat16, the normalization suite, PGD-10 and the PGM-10
+  training step.
+
+:func:`markdown` renders rows as a section of ``benchmarks/README.md``, and
+:func:`write_section` puts a section between that file's markers.
 
 The command ``sn-jax bench`` runs them (``sn-jax bench --help``) and prints :func:`table`;
 :mod:`sn_jax.bench.plot` draws how the costs grow with the batch size and the attack steps.
@@ -18,6 +24,9 @@ The suites run sn_jax's training step, so they need the ``train`` extra
 (``pip install 'sn-jax[train]'``).
 """
 
+from sn_jax.bench._accelerator import accelerator as accelerator
+from sn_jax.bench._accelerator import markdown as markdown
+from sn_jax.bench._accelerator import write_section as write_section
 from sn_jax.bench._attacks import attacks as attacks
 from sn_jax.bench._normalization import normalization as normalization
 from sn_jax.bench._operators import operators as operators
