@@ -11,8 +11,10 @@ embedded MNIST digits (4,000 train; 500 validation and 500 test digits), Adam 1e
 - **Normalized margins**: on the training digits, the logit margin divided by the product of the
   layers' spectral norms (:func:`sn_jax.analysis.margin_normalizer`, ``'spectral'``) is larger
   for true labels than for random ones (their margin-bound figures), per ``beta``.
-- **kappa**: the input-gradient norms ``||grad_x CE||`` on the test digits
-  (:func:`sn_jax.analysis.input_gradient_norms`) are smaller with SN.
+- **kappa**: the input-gradient norms ``||grad_x CE||`` on the training digits
+  (:func:`sn_jax.analysis.input_gradient_norms`) of the PGM-trained models below, the ``kappa``
+  that lower-bounds the gradient in their FGM/PGM generalization bounds (the bounds are
+  tighter where it is not small); the paper plots them, no SN against SN.
 - **Robustness curves**: test accuracy under l2 and l_inf PGM (15 steps of ``2 eps / 15``) over a
   grid of radii, in one compiled call per model (:func:`sn_jax.attacks.robust_accuracy`), for
   the l2-PGM-trained MLP1 of :mod:`experiments.farnia2019.table1` (its runs are read back from
@@ -27,7 +29,13 @@ Writes ``generalization.json`` and ``random_labels.png``, ``margins.png``, ``kap
 ``experiments/farnia2019/results``). ``--quick``: 40 and 5 steps, 64 digits, into temporary
 directories unless given.
 
-Expected runtime and result: not measured yet.
+Expected runtime: 11.5 minutes wall on a shared 2-core CPU (load average 5 to 7), the PGM runs
+read back from Table 1's runner; the four 2,500-step ERM runs dominate.
+Expected result (``results/generalization.json``): on random labels the train accuracy reaches
+1.000 without SN and 0.695 with beta 1.6 (true labels: 1.000 and 0.980); median normalized
+margins true vs random 0.466 vs 0.071 (no SN) and 1.815 vs 0.087 (beta 1.6); median kappa
+0.0007 without SN, 0.069 with it; under l2 PGD at ``eps / C2`` = 0 and 0.2, .950 and .192
+without SN, .922 and .320 with it.
 """
 
 from __future__ import annotations
@@ -96,7 +104,8 @@ def run(
     A JSON-ready dict: ``settings``, ``provenance``, and per ``beta`` (``'inf'``, ``'1.6'``):
     ``random_labels`` (the train-accuracy curves of the random- and true-label runs),
     ``margins`` (normalized margins on the training digits, true and random labels),
-    ``kappa`` (on the test digits), ``robustness`` (l2 and l_inf accuracy curves).
+    ``kappa`` (on the training digits, PGM-trained), ``robustness`` (l2 and l_inf accuracy
+    curves, PGM-trained).
   """
   pgm_steps = pgm_steps or table1.STEPS[ARCH]
   out: dict[str, Any] = {}
@@ -107,15 +116,10 @@ def run(
       run_dir = os.path.join(workdir, f"{ARCH}_labels_{name}_beta{beta:g}_{random_steps}")
       table1.run_cell(config, run_dir)
       entry["random_labels"][name] = train_curve(run_dir)
-      train, _, test = evaluation.load_data(config)
+      train = evaluation.load_data(config).train
       x, y = jnp.asarray(train.images[:num_examples]), jnp.asarray(train.labels[:num_examples])
       model, variables = common.restored(config, run_dir)
       entry["margins"][name] = _values(np.asarray(normalized_margins(model, variables, x, y)))
-      if name == "true":  # kappa on the test digits, of the true-label run
-        x, y = jnp.asarray(test.images[:num_examples]), jnp.asarray(test.labels[:num_examples])
-        logits_fn = functools.partial(model.apply, variables, update_stats=False)
-        kappa = analysis.input_gradient_norms(logits_fn, x, y)
-        entry["kappa"] = _values(np.asarray(kappa))
     config = table1.cell_config(ARCH, "pgm", beta, pgm_steps, quick=quick)
     run_dir = os.path.join(workdir, f"{ARCH}_pgm_beta{beta:g}_{pgm_steps}")
     table1.run_cell(config, run_dir)
@@ -124,6 +128,10 @@ def run(
     x = jnp.asarray(datasets.test.images[:num_examples])
     y = jnp.asarray(datasets.test.labels[:num_examples])
     model, variables = common.restored(config, run_dir)
+    logits_fn = functools.partial(model.apply, variables, update_stats=False)
+    train = datasets.train
+    x_train, y_train = (jnp.asarray(a[:num_examples]) for a in (train.images, train.labels))
+    entry["kappa"] = _values(np.asarray(analysis.input_gradient_norms(logits_fn, x_train, y_train)))
     entry["robustness"] = {
       "l2": np.asarray(
         common.robustness(model, variables, x, y, jnp.asarray(L2_RADII) * scale, 2.0)
@@ -193,7 +201,7 @@ def save(result: dict[str, Any], out: str) -> list[str]:
     plots.histograms(
       {f"beta {b}": e["kappa"]["values"] for b, e in betas.items()},
       os.path.join(out, "kappa.png"),
-      xlabel="||grad_x CE|| (test digits)",
+      xlabel="||grad_x CE|| (training digits, PGM-trained)",
       title=f"{ARCH}: input-gradient norms",
     )
   )
