@@ -91,6 +91,13 @@ def _marker(name: str) -> Callable:
   return jax.jit(mark)
 
 
+def _computes_in_param_dtype(module: nn.Module) -> bool:
+  """Whether the layer computes its exact linear map: no ``dtype``, or its parameters' (a
+  lower compute dtype rounds, and is bounded from the primitives it applies instead)."""
+  dtype = getattr(module, "dtype", None)
+  return dtype is None or jnp.dtype(dtype) == jnp.dtype(module.param_dtype)
+
+
 def _mark_layers(apply_fn: Callable, x: jax.Array, token: str):
   """Traces ``apply_fn(x)`` with every exactly-known Dense/Conv output tagged by a marker."""
   specs: list[_LayerSpec] = []
@@ -101,7 +108,7 @@ def _mark_layers(apply_fn: Callable, x: jax.Array, token: str):
     qualified = f"{type(module).__module__}.{type(module).__qualname__}"
     if context.method_name != "__call__" or qualified not in _LINEAR_CLASSES or not args:
       return out
-    if module.scope is None or getattr(module, "dtype", None) is not None:
+    if module.scope is None or not _computes_in_param_dtype(module):
       return out
     if isinstance(module, nn.Dense):
       if module.dot_general is not None or module.dot_general_cls is not None:
