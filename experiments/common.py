@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import platform
 import subprocess
@@ -13,7 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 import sn_jax
 from sn_jax import attacks
@@ -62,6 +65,29 @@ def robustness(model, variables, x: jax.Array, y: jax.Array, eps: jax.Array, nor
   logits_fn = lambda z: model.apply(variables, z, update_stats=False)
   attack = functools.partial(attacks.pgd, num_steps=15, norm=norm)
   return attacks.robust_accuracy(logits_fn, x, y, attack=attack, eps=eps)
+
+
+# The robustness curves' radii: l2 in units of C2 (the training digits' mean l2 norm), l_inf
+# absolute.
+L2_RADII = (0.0, 0.025, 0.05, 0.1, 0.15, 0.2)
+LINF_RADII = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
+
+
+def robustness_curves(
+  model,
+  variables,
+  x: jax.Array,
+  y: jax.Array,
+  c2: float,
+  *,
+  l2_radii: Sequence[float] = L2_RADII,
+  linf_radii: Sequence[float] = LINF_RADII,
+) -> dict[str, list[float]]:
+  """``{'l2': [...], 'linf': [...]}``: :func:`robustness` at ``l2_radii`` times ``c2`` and at
+  ``linf_radii``, one accuracy per radius."""
+  l2 = robustness(model, variables, x, y, jnp.asarray(l2_radii, jnp.float32) * c2, 2.0)
+  linf = robustness(model, variables, x, y, jnp.asarray(linf_radii, jnp.float32), math.inf)
+  return {"l2": np.asarray(l2).tolist(), "linf": np.asarray(linf).tolist()}
 
 
 def check_at_least_one(parser: argparse.ArgumentParser, args, options: Sequence[str]) -> None:

@@ -61,8 +61,6 @@ from sn_jax.training import data, evaluation
 ARCH = "mlp1"
 BETAS = (math.inf, 1.6)
 RANDOM_STEPS = 2500  # 80 epochs of 4,000 digits
-L2_RADII = (0.0, 0.025, 0.05, 0.1, 0.15, 0.2)  # times C2
-LINF_RADII = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
 RESULTS_DIR = table1.RESULTS_DIR
 
 
@@ -132,14 +130,7 @@ def run(
     train = datasets.train
     x_train, y_train = (jnp.asarray(a[:num_examples]) for a in (train.images, train.labels))
     entry["kappa"] = _values(np.asarray(analysis.input_gradient_norms(logits_fn, x_train, y_train)))
-    entry["robustness"] = {
-      "l2": np.asarray(
-        common.robustness(model, variables, x, y, jnp.asarray(L2_RADII) * scale, 2.0)
-      ).tolist(),
-      "linf": np.asarray(
-        common.robustness(model, variables, x, y, jnp.asarray(LINF_RADII), math.inf)
-      ).tolist(),
-    }
+    entry["robustness"] = common.robustness_curves(model, variables, x, y, scale)
     out[f"{beta:g}"] = entry
     print(
       f"beta {beta:g}: final train accuracy on random labels "
@@ -151,8 +142,8 @@ def run(
     random_steps=random_steps,
     pgm_steps=pgm_steps,
     num_examples=num_examples,
-    l2_radii_c2=list(L2_RADII),
-    linf_radii=list(LINF_RADII),
+    l2_radii_c2=list(common.L2_RADII),
+    linf_radii=list(common.LINF_RADII),
   )
   return {"settings": settings, "provenance": common.provenance(), "betas": out}
 

@@ -53,8 +53,6 @@ STEP_ROWS = {
   "power": "SpectralNorm, method='power'",
   "fourier": "SpectralNorm, method='fourier'",
 }
-L2_RADII = (0.0, 0.05, 0.1, 0.15, 0.2)  # times C2
-LINF_RADII = (0.0, 0.05, 0.1, 0.15, 0.2)
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -104,8 +102,8 @@ def run(
       batch_size=batch_size,
       repeats=repeats,
       num_examples=num_examples,
-      l2_radii_c2=list(L2_RADII),
-      linf_radii=list(LINF_RADII),
+      l2_radii_c2=list(common.L2_RADII),
+      linf_radii=list(common.LINF_RADII),
     ),
     "provenance": common.provenance(),
     "step": step_times(arch, batch_size, repeats),
@@ -120,18 +118,16 @@ def run(
     scale = data.mean_norm(datasets.train)
     x = jnp.asarray(datasets.test.images[:num_examples])
     y = jnp.asarray(datasets.test.labels[:num_examples])
-    l2 = common.robustness(model, variables, x, y, jnp.asarray(L2_RADII) * scale, 2.0)
-    linf = common.robustness(model, variables, x, y, jnp.asarray(LINF_RADII), math.inf)
+    curves = common.robustness_curves(model, variables, x, y, scale)
     result["models"][name] = {
       "test_clean": trained["test"]["clean"],
-      "l2": np.asarray(l2).tolist(),
-      "linf": np.asarray(linf).tolist(),
+      **curves,
       "sigmas": trained["sigmas"],
     }
     print(
       f"{name}: step {result['step'][name]['step_s'] * 1e3:.1f} ms, clean "
       f"{trained['test']['clean']:.3f}, "
-      f"l2 {np.round(np.asarray(l2), 3).tolist()}"
+      f"l2 {np.round(curves['l2'], 3).tolist()}"
     )
   return result
 

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import common
 from experiments.farnia2019 import generalization
 from sn_jax import nn as snn
 from sn_jax.training import config as config_lib
@@ -58,7 +59,7 @@ def test_quick_mode_writes_json_and_figures(tmp_path):
       assert all(0 <= a <= 1 for _, a in curve)
       assert len(entry["margins"][labels]["values"]) == 64
     assert len(entry["kappa"]["values"]) == 64 and entry["kappa"]["median"] > 0
-    for norm, radii in (("l2", generalization.L2_RADII), ("linf", generalization.LINF_RADII)):
+    for norm, radii in (("l2", common.L2_RADII), ("linf", common.LINF_RADII)):
       accuracy = entry["robustness"][norm]
       assert len(accuracy) == len(radii) and accuracy[0] >= accuracy[-1]
   recorded = json.loads((out / "generalization.json").read_text())

@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from experiments import common
 from experiments.pan2021 import fourier_sn
 from sn_jax.training import config as config_lib
 
@@ -29,8 +30,8 @@ def test_quick_mode_writes_json_and_figures(tmp_path):
     assert step["step_s"] > 0 and step["vs_no_sn"] == pytest.approx(step["step_s"] / plain)
     assert step["normalization_s"] == pytest.approx(step["step_s"] - plain)
   for model in result["models"].values():
-    assert len(model["l2"]) == len(fourier_sn.L2_RADII) and model["l2"][0] >= model["l2"][-1]
-    assert len(model["linf"]) == len(fourier_sn.LINF_RADII)
+    assert len(model["l2"]) == len(common.L2_RADII) and model["l2"][0] >= model["l2"][-1]
+    assert len(model["linf"]) == len(common.LINF_RADII)
   assert result["models"]["fourier"]["sigmas"]  # the normalized layers' sigmas are recorded
   assert json.loads((out / "fourier_sn.json").read_text())["settings"]["arch"] == "tiny"
   for name in ("robustness_l2.png", "robustness_linf.png"):
