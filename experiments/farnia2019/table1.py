@@ -19,7 +19,9 @@ one is read back, not retrained)::
 Writes ``table1.json`` (every run's accuracies, the selection, the paper's numbers, provenance),
 ``table1.md`` and ``beta_ARCH.png`` (accuracy under the training attack and the train-test gap
 against ``1 / beta``, per attack) into ``--out`` (default ``experiments/farnia2019/results``).
-``--archs``, ``--attacks``, ``--betas`` and ``--num-steps`` cut the grid down; ``--quick`` is a
+``--archs``, ``--attacks``, ``--betas`` and ``--num-steps`` cut the grid down (rows already in
+``--out``'s ``table1.json`` for the cells left out are kept, so the table can be made in parts,
+each row with its own provenance); ``--quick`` is a
 smoke run (MLP1 with FGM, beta inf and 1.6, 5 steps, small evaluation) that writes into a
 temporary directory unless ``--out`` is given.
 
@@ -164,10 +166,12 @@ def run(
 
   Returns:
     A JSON-ready dict: ``settings``, ``provenance``, ``rows`` (per architecture and attack: the
-    selected beta, accuracies without SN and with it, every beta's run, the paper's numbers) and
-    ``seconds`` (the wall time of the runs trained now).
+    selected beta, accuracies without SN and with it, every beta's run, the paper's numbers,
+    the provenance) and ``seconds`` (the wall time of this call: the runs trained now, and
+    those read back).
   """
   start = time.perf_counter()
+  provenance = common.provenance()
   rows = []
   for arch in archs:
     steps = num_steps or STEPS[arch]
@@ -179,14 +183,15 @@ def run(
         result = run_cell(config, os.path.join(workdir, name))
         runs[beta] = {split: result[split] for split in SPLITS} | {"step": result["step"]}
         print(f"{name}: " + ", ".join(f"{s} {runs[beta][s]['attack']:.3f}" for s in SPLITS))
-      row = {"arch": arch, "attack": attack, "num_steps": steps, **summarize(runs)}
+      row = {"arch": arch, "attack": attack, "num_steps": steps, "provenance": provenance}
+      row.update(summarize(runs))
       row["runs"] = {f"{beta:g}": r for beta, r in runs.items()}
       row["paper"] = dict(zip(PAPER_COLUMNS, PAPER[(arch, attack)], strict=True))
       rows.append(row)
   settings = {"archs": list(archs), "attacks": list(attacks), "betas": [f"{b:g}" for b in betas]}
   return {
     "settings": settings,
-    "provenance": common.provenance(),
+    "provenance": provenance,
     "rows": rows,
     "seconds": time.perf_counter() - start,
   }
@@ -214,10 +219,38 @@ def beta_figures(rows: Sequence[dict[str, Any]], out: str) -> list[str]:
   return paths
 
 
+def merged(result: dict[str, Any], recorded: dict[str, Any]) -> dict[str, Any]:
+  """``result`` with the rows of ``recorded`` (an earlier ``table1.json``) that it does not
+  redo, so that a table can be made in parts (``--archs``, ``--attacks``).
+
+  Every row carries the provenance of the run that made it (``row['provenance']``); rows
+  recorded before rows carried one take the earlier file's. Rows are in the grid's order.
+  """
+  redone = {(row["arch"], row["attack"]) for row in result["rows"]}
+  kept = [
+    {"provenance": recorded["provenance"], **row}
+    for row in recorded["rows"]
+    if (row["arch"], row["attack"]) not in redone
+  ]
+  order = lambda row: (ARCHS.index(row["arch"]), ATTACKS.index(row["attack"]))
+  rows = sorted(kept + result["rows"], key=order)
+  settings = dict(result["settings"])
+  for field in ("archs", "attacks"):
+    settings[field] = list(dict.fromkeys(row[field[:-1]] for row in rows))
+  return {**result, "settings": settings, "rows": rows}
+
+
 def save(result: dict[str, Any], out: str) -> list[str]:
-  """Writes ``out/table1.json``, ``out/table1.md`` and the figures; returns their paths."""
+  """Writes ``out/table1.json``, ``out/table1.md`` and the figures; returns their paths.
+
+  Rows already recorded in ``out/table1.json`` for cells that ``result`` does not redo are kept
+  (:func:`merged`).
+  """
   os.makedirs(out, exist_ok=True)
   json_path, md_path = os.path.join(out, "table1.json"), os.path.join(out, "table1.md")
+  if os.path.exists(json_path):
+    with open(json_path) as f:
+      result = merged(result, json.load(f))
   with open(json_path, "w") as f:
     json.dump(result, f, indent=1)
   with open(md_path, "w") as f:

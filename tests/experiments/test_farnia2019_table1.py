@@ -54,6 +54,30 @@ def test_quick_mode_writes_the_table_and_reads_finished_runs_back(tmp_path, monk
   assert again["rows"][0]["sn"] == row["sn"]
 
 
+def test_merged_keeps_the_recorded_rows_of_the_cells_not_redone_in_grid_order():
+  row = lambda arch, attack, tag: {"arch": arch, "attack": attack, "tag": tag}
+  recorded = {
+    "provenance": {"commit": "old"},
+    "rows": [row("mlp1", "erm", "old"), row("mlp1", "fgm", "old"), row("mlp2", "wrm", "old")],
+  }
+  new = {"provenance": {"commit": "new"}, "settings": {"archs": ["elunet", "mlp1"]}}
+  new["rows"] = [
+    {**row("elunet", "erm", "new"), "provenance": {"commit": "new"}},
+    {**row("mlp1", "fgm", "new"), "provenance": {"commit": "new"}},
+  ]
+  got = table1.merged(new, recorded)
+  cells = [(r["arch"], r["attack"], r["tag"], r["provenance"]["commit"]) for r in got["rows"]]
+  assert cells == [
+    ("mlp1", "erm", "old", "old"),
+    ("mlp1", "fgm", "new", "new"),
+    ("mlp2", "wrm", "old", "old"),
+    ("elunet", "erm", "new", "new"),
+  ]
+  assert got["settings"]["archs"] == ["mlp1", "mlp2", "elunet"]
+  assert got["settings"]["attacks"] == ["erm", "fgm", "wrm"]
+  assert got["provenance"] == {"commit": "new"}
+
+
 @pytest.mark.parametrize(
   "argv, message",
   [
