@@ -1,10 +1,12 @@
-"""What each of ``sn_jax.compiler_options()`` is worth: every option left out in turn.
+"""What each of ``sn_jax.compiler_options()`` is worth, and what sn_jax chooses per program.
 
 Side by side in one run, at batch 128, with sn_jax's default layers (``normalization='none'``):
 ELU-Net's input gradient, training step and PGD-10, the mini AlexNet's training step, and the
 MLP (``mlp1``)'s training step and PGD-10, as ``bench_conv`` defines them. Each program is
-compiled with all of sn_jax's options, with all but one (one column per option), and with
-XLA's defaults. A ratio above 1 in an option's column means the program is slower without it.
+compiled with XLA's defaults, with all of sn_jax's CPU options, with all but one (one column
+per option), and with ``sn_jax.compiler_options_for`` the program (what sn_jax's trainer
+compiles with: the convolution option only where the program applies convolutions). Every
+column is a time over XLA's defaults: above 1, slower than the defaults.
 
 Run: ``python benchmarks/bench_compiler_options.py`` (``--quick``: a smoke run,
 recording nothing).
@@ -29,15 +31,15 @@ PROGRAMS = {
 }
 ALL = "all options"
 DEFAULTS = "XLA defaults"
+CHOSEN = "compiler_options_for"
 
 
 def option_sets() -> dict[str, dict[str, str]]:
-  """Column name -> compiler options: all of sn_jax's, each left out, and none."""
+  """Column name -> compiler options: none, all of sn_jax's, and each of them left out."""
   options = sn_jax.compiler_options()
-  sets = {ALL: options}
+  sets = {DEFAULTS: {}, ALL: options}
   for name in options:
     sets[f"without {name}"] = {k: v for k, v in options.items() if k != name}
-  sets[DEFAULTS] = {}
   return sets
 
 
@@ -46,7 +48,9 @@ def main() -> None:
   batch, repeats, rounds = args.batch, args.repeats, args.rounds
   pgd_steps = 2 if args.quick else 10
   sets = option_sets()
-  header = ["model", "task", f"{ALL} ms", *(f"{name} / {ALL}" for name in sets if name != ALL)]
+  columns = [name for name in sets if name != DEFAULTS] + [CHOSEN]
+  header = ["model", "task", f"{DEFAULTS} ms", *(f"{name} / {DEFAULTS}" for name in columns)]
+  header.append(f"{CHOSEN} options")
   rows = []
   for model in PROGRAMS:
     x = jax.random.uniform(jax.random.key(0), (batch, *models.INPUT_SHAPES[model]))
@@ -55,21 +59,24 @@ def main() -> None:
     for task in PROGRAMS[model]:
       task = task.replace("PGD-10", f"PGD-{pgd_steps}")
       fn, fn_args = tasks[task]
+      chosen = sn_jax.compiler_options_for(fn, *fn_args)
       fns = {
         name: functools.partial(
           jax.jit(fn, compiler_options=options).lower(*fn_args).compile(), *fn_args
         )
-        for name, options in sets.items()
+        for name, options in {**sets, CHOSEN: chosen}.items()
       }
       times = timing.time_side_by_side(fns, repeats=repeats, rounds=rounds)
       ms = {name: t.median_s * 1e3 for name, t in times.items()}
-      rows.append([model, task, ms[ALL], *(ms[name] / ms[ALL] for name in sets if name != ALL)])
+      ratios = [ms[name] / ms[DEFAULTS] for name in columns]
+      rows.append([model, task, ms[DEFAULTS], *ratios, ", ".join(sorted(chosen)) or "none"])
       print(rows[-1], flush=True)
   notes = (
     f"Batch {batch}, float32, sn_jax.nn.Conv and sn_jax.ops.pooling.max_pool layers, no spectral "
     f"normalization; medians of interleaved runs, compile time excluded. '{ALL}' is "
     f"sn_jax.compiler_options() ({sn_jax.compiler_options() or 'none on this backend'}); "
-    "each 'without' column is the time with that option left out over the time with all."
+    f"each 'without' column leaves that option out; '{CHOSEN}' is what sn_jax's trainer "
+    "compiles the program with. Every ratio is over the time with XLA's defaults."
   )
   timing.report(
     f"compiler_options_{jax.default_backend()}", header, rows, notes=notes, quick=args.quick

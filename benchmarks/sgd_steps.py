@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -31,16 +30,13 @@ def sgd_step(
     x: the batch, ``(batch, *input_shape)``.
     y: integer labels, ``(batch,)``.
     learning_rate: SGD's.
-    compiler_options: for ``jax.jit``; ``None`` means ``sn_jax.compiler_options()``, what
-      sn_jax's trainer compiles with. ``{}`` is XLA's defaults.
+    compiler_options: for ``jax.jit``; ``None`` means ``sn_jax.compiler_options_for`` the step,
+      what sn_jax's trainer compiles with. ``{}`` is XLA's defaults.
   """
-  if compiler_options is None:
-    compiler_options = sn_jax.compiler_options()
   variables = jax.jit(model.init)(jax.random.key(0), x)
   mutable = [name for name in variables if name != "params"]
   tx = optax.sgd(learning_rate)
 
-  @functools.partial(jax.jit, donate_argnums=0, compiler_options=compiler_options)
   def step(state, x, y):
     variables, opt_state = state
 
@@ -56,6 +52,9 @@ def sgd_step(
     return ({**variables, **new_state, "params": params}, opt_state), loss
 
   state = [(variables, tx.init(variables["params"]))]
+  if compiler_options is None:
+    compiler_options = sn_jax.compiler_options_for(step, state[0], x, y)
+  step = jax.jit(step, donate_argnums=0, compiler_options=compiler_options)
 
   def run():
     state[0], loss = step(state[0], x, y)

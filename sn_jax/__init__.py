@@ -20,6 +20,7 @@ import importlib
 import warnings
 
 from sn_jax._backend.compiler import compiler_options as compiler_options
+from sn_jax._backend.compiler import compiler_options_for as compiler_options_for
 from sn_jax.ops.convolution import conv as conv
 from sn_jax.ops.fourier import circular_conv_singular_values as circular_conv_singular_values
 from sn_jax.ops.fourier import clip_conv_operator_norm as clip_conv_operator_norm

@@ -31,6 +31,7 @@ DOCUMENTED = {
     "gram_iteration_bound",
     "clip_conv_operator_norm",
     "compiler_options",
+    "compiler_options_for",
   ],
   "sn_jax.ops": [
     "power_iteration",

@@ -1,13 +1,16 @@
-"""The XLA compiler options sn_jax's programs compile with, per backend.
+"""The XLA compiler options sn_jax's programs compile with, per backend and program.
 
-sn_jax's trainer compiles its steps with :func:`compiler_options`; a program of your own gets
-the same with ``jax.jit(fn, compiler_options=sn_jax.compiler_options())``.
+sn_jax's trainer compiles its steps with :func:`jit`, which picks :func:`compiler_options` for
+the program it is given (whether it applies convolutions); a program of your own gets the same
+with ``jax.jit(fn, compiler_options=sn_jax.compiler_options_for(fn, *args))``.
 """
 
 from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,16 +30,20 @@ _MEASURED: dict[str, dict[str, str]] = {
     "xla_cpu_experimental_ynn_fusion_type": _YNN_WITHOUT_CONVOLUTIONS,
   },
 }
+# The options that help only programs applying convolutions (they slow the others down).
+_FOR_CONVOLUTIONS = frozenset({"xla_cpu_experimental_ynn_fusion_type"})
+_CONVOLUTION_PRIMITIVES = frozenset({"conv_general_dilated"})
 
 
-def compiler_options(backend: str | None = None) -> dict[str, str]:
+def compiler_options(backend: str | None = None, *, convolutions: bool = True) -> dict[str, str]:
   """The XLA options to compile sn_jax's programs with on ``backend``, for ``jax.jit``.
 
   GPU and TPU get none (XLA's defaults). On CPU:
 
-  - ``xla_cpu_experimental_ynn_fusion_type``: matrix products and reductions still go to
-    YNNPACK, convolutions no longer do (XLA's own convolutions run them, forward and
-    backward).
+  - ``xla_cpu_experimental_ynn_fusion_type``, for programs that apply convolutions only: matrix
+    products and reductions still go to YNNPACK, convolutions no longer do (XLA's own
+    convolutions run them, forward and backward). Without convolutions the option only takes
+    YNNPACK's other fusions away, which made the MLP's training step slower.
   - ``xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED``: the memory-optimized
     schedule, which keeps a batch's large matrix products from waiting behind unrelated
     copies, and under which programs that mix batch-sized products with LAPACK calls
@@ -51,6 +58,8 @@ def compiler_options(backend: str | None = None) -> dict[str, str]:
   Args:
     backend: ``'cpu'``, ``'gpu'``, ``'tpu'`` or the platform of an installed plugin; defaults
       to ``jax.default_backend()``. Backends sn_jax has not measured get no options.
+    convolutions: whether the program applies convolutions; :func:`compiler_options_for`
+      finds out from the program.
 
   Returns:
     A new dict of option name to value, for ``jax.jit(..., compiler_options=...)``; empty
@@ -69,7 +78,73 @@ def compiler_options(backend: str | None = None) -> dict[str, str]:
     backend = jax.default_backend()  # a plugin's platform is valid too: it gets no options
   elif backend not in BACKENDS and backend != jax.default_backend():
     raise ValueError(f"`backend` must be one of {BACKENDS} or None, got {backend!r}.")
-  return dict(_accepted(backend, tuple(_MEASURED.get(backend, {}).items())))
+  measured = _MEASURED.get(backend, {})
+  wanted = {k: v for k, v in measured.items() if convolutions or k not in _FOR_CONVOLUTIONS}
+  return dict(_accepted(backend, tuple(wanted.items())))
+
+
+def compiler_options_for(fn: Callable, *args: Any, backend: str | None = None) -> dict[str, str]:
+  """:func:`compiler_options` for the program ``fn(*args)``: ``convolutions`` set by whether it
+  applies one (:func:`applies_convolutions`).
+
+  Args:
+    fn: the function to be jitted; it is traced once (with ``jax.make_jaxpr``), not run. A
+      ``jax.jit`` of the same function reuses that trace.
+    *args: arguments of the call to compile for, arrays or ``jax.ShapeDtypeStruct``.
+    backend: as in :func:`compiler_options`.
+
+  Returns:
+    A new dict of option name to value, for ``jax.jit(fn, compiler_options=...)``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, sn_jax
+    >>> step = lambda x: jnp.tanh(x @ x)
+    >>> x = jnp.ones((4, 4))
+    >>> y = jax.jit(step, compiler_options=sn_jax.compiler_options_for(step, x))(x)
+  """
+  return compiler_options(backend, convolutions=applies_convolutions(fn, *args))
+
+
+def applies_convolutions(fn: Callable, *args: Any) -> bool:
+  """Whether ``fn(*args)`` applies a convolution anywhere (its gradients, transposes and nested
+  calls included), from its traced program; nothing is computed.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sn_jax._backend import compiler
+    >>> compiler.applies_convolutions(lambda x: jnp.tanh(x @ x), jnp.ones((2, 2)))
+    False
+  """
+  return _has_convolution(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def _has_convolution(jaxpr: Any) -> bool:
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in _CONVOLUTION_PRIMITIVES:
+      return True
+    for value in eqn.params.values():
+      for inner in value if isinstance(value, (tuple, list)) else (value,):
+        inner = getattr(inner, "jaxpr", inner)  # a ClosedJaxpr's Jaxpr
+        if hasattr(inner, "eqns") and _has_convolution(inner):
+          return True
+  return False
+
+
+def jit(fn: Callable, *, backend: str | None = None, **jit_kwargs: Any) -> Callable:
+  """``jax.jit(fn, **jit_kwargs)`` compiled with :func:`compiler_options` for ``backend`` and for
+  ``fn``'s own program: on its first call, the wrapper traces ``fn`` once to see whether it
+  applies convolutions, then jits with the options that suit it (later calls reuse that jit).
+  """
+  jitted = None
+
+  def call(*args):
+    nonlocal jitted
+    if jitted is None:
+      options = compiler_options_for(fn, *args, backend=backend)
+      jitted = jax.jit(fn, compiler_options=options, **jit_kwargs)
+    return jitted(*args)
+
+  return functools.wraps(fn)(call)
 
 
 @functools.cache

@@ -10,8 +10,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-import sn_jax
 from sn_jax import attacks as attacks_lib
+from sn_jax._backend import compiler
 from sn_jax.bench import _setup
 from sn_jax.bench._rows import Row
 from sn_jax.bench._timing import time_side_by_side
@@ -35,7 +35,7 @@ def _jitted(net, attack, args) -> Callable[[], jax.Array]:
   def call(variables, x, y, key):
     return attack(lambda z: net.apply(variables, z, update_stats=False), x, y, key)
 
-  return functools.partial(jax.jit(call, compiler_options=sn_jax.compiler_options()), *args)
+  return functools.partial(compiler.jit(call), *args)
 
 
 def _attacks(k: int) -> dict[str, tuple[Callable[..., Any], int | None]]:
@@ -88,7 +88,7 @@ def attacks(
 
   The model is the zoo's ``model`` with :class:`sn_jax.nn.SpectralNorm` (``beta=1``, power
   iteration off during the attack). Each attack is jitted with the model's variables as an
-  argument, compiled with :func:`sn_jax.compiler_options`, and timed side by side with one
+  argument, compiled with :func:`sn_jax.compiler_options_for` it, and timed side by side with one
   jitted input gradient of the summed cross-entropy (the row ``'input gradient'``), on a
   random batch in [0, 1] with l_inf radius 8/255. With ``k`` steps: FGM (1 gradient), PGD-k
   with a random start (k), WRM-k (k + 1), DeepFool-k with 10 candidates (k (C - 1) = 9 k:

@@ -236,7 +236,8 @@ class DataParallel:
   ``mode='shard_map'`` (the default) jits ``jax.shard_map`` over a 1-D mesh of ``devices``
   (all devices of all processes by default); ``mode='pmap'`` uses ``jax.pmap`` over this
   process's devices. Either way the state is replicated and the batch is split along its first
-  axis. ``shard_map`` compiles with :func:`sn_jax.compiler_options` for the devices' backend;
+  axis. ``shard_map`` compiles with :func:`sn_jax.compiler_options` for the devices' backend and
+  the program (whether it applies convolutions);
   ``jax.pmap`` takes no compiler options, so ``'pmap'`` compiles with XLA's defaults.
 
   Args:
@@ -275,8 +276,7 @@ class DataParallel:
     if self.mode == "pmap":
       return jax.pmap(fn, axis_name=AXIS, devices=self.local_devices, donate_argnums=donate)
     mapped = jax.shard_map(fn, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P())
-    options = compiler.compiler_options(self.devices[0].platform)
-    return jax.jit(mapped, donate_argnums=donate, compiler_options=options)
+    return compiler.jit(mapped, backend=self.devices[0].platform, donate_argnums=donate)
 
   def replicate(self, tree: Any) -> Any:
     """Places a copy of a tree (the same on every process) on all devices."""

@@ -120,3 +120,40 @@ def test_spectral_norm_step_is_the_same_with_and_without_the_options():
   tuned = jax.jit(step, compiler_options=sn_jax.compiler_options("cpu"))(variables)
   for a, b in zip(jax.tree.leaves(default), jax.tree.leaves(tuned), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_programs_without_convolutions_keep_ynnpack_fusions():
+  assert sn_jax.compiler_options("cpu", convolutions=False) == {
+    "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
+  }
+  assert sn_jax.compiler_options("gpu", convolutions=False) == {}
+
+
+@pytest.mark.parametrize("name, expected", [("mlp1", False), ("tiny", True), ("elunet", True)])
+def test_applies_convolutions_sees_them_in_the_gradient_of_a_normalized_model(name, expected):
+  model = models.get_model(name, beta=1.0)
+  x = jnp.zeros((2, *models.INPUT_SHAPES[name]))
+  variables = model.init(jax.random.key(0), x)
+
+  def loss(params):
+    logits, _ = model.apply({**variables, "params": params}, x, mutable=["spectral"])
+    return logits.sum()
+
+  assert compiler.applies_convolutions(jax.grad(loss), variables["params"]) is expected
+
+
+def test_jit_chooses_the_options_for_its_program_once(monkeypatch):
+  seen = []
+  choose = compiler.compiler_options
+  monkeypatch.setattr(
+    compiler, "compiler_options", lambda *a, **k: seen.append(k) or choose(*a, **k)
+  )
+  kernel = jnp.ones((3, 3, 1, 2))
+  conv = lambda x: jax.lax.conv_general_dilated(
+    x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+  dense, convolved = compiler.jit(lambda x: jnp.tanh(x @ x)), compiler.jit(conv)
+  for _ in range(2):
+    np.testing.assert_allclose(dense(jnp.eye(3)), np.tanh(np.eye(3)), rtol=1e-6)
+    assert convolved(jnp.ones((1, 5, 5, 1))).shape == (1, 5, 5, 2)
+  assert seen == [{"convolutions": False}, {"convolutions": True}]
