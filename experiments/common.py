@@ -41,11 +41,17 @@ def commit() -> str | None:
   return head + ("+dirty" if dirty else "")
 
 
+# The checkout's commit when this process imported the runners: the code it runs, even if the
+# checkout moves on during a long run.
+_COMMIT_AT_START = commit()
+
+
 def provenance() -> dict[str, Any]:
-  """``{'sn_jax', 'commit', 'jax', 'backend', 'machine'}``: the versions and the machine."""
+  """``{'sn_jax', 'commit', 'jax', 'backend', 'machine'}``: the versions (the commit the process
+  started from) and the machine."""
   return {
     "sn_jax": sn_jax.__version__,
-    "commit": commit(),
+    "commit": _COMMIT_AT_START,
     "jax": jax.__version__,
     "backend": jax.default_backend(),
     "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
