@@ -23,27 +23,26 @@ BACKENDS = ("cpu", "gpu", "tpu")
 # -individual_convolution, which compiler options cannot spell (they take whole lists).
 _YNN_WITHOUT_CONVOLUTIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
 
-# backend -> the options that help there (see compiler_options's docstring).
+# backend -> the options that help programs applying convolutions there (see
+# compiler_options's docstring); other programs run best with XLA's defaults.
 _MEASURED: dict[str, dict[str, str]] = {
   "cpu": {
     "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
     "xla_cpu_experimental_ynn_fusion_type": _YNN_WITHOUT_CONVOLUTIONS,
   },
 }
-# The options that help only programs applying convolutions (they slow the others down).
-_FOR_CONVOLUTIONS = frozenset({"xla_cpu_experimental_ynn_fusion_type"})
 _CONVOLUTION_PRIMITIVES = frozenset({"conv_general_dilated"})
 
 
 def compiler_options(backend: str | None = None, *, convolutions: bool = True) -> dict[str, str]:
   """The XLA options to compile sn_jax's programs with on ``backend``, for ``jax.jit``.
 
-  GPU and TPU get none (XLA's defaults). On CPU:
+  GPU and TPU get none (XLA's defaults), and so do programs without convolutions on CPU (the
+  options made the MLP's training step and PGD slower). Programs with convolutions on CPU:
 
-  - ``xla_cpu_experimental_ynn_fusion_type``, for programs that apply convolutions only: matrix
-    products and reductions still go to YNNPACK, convolutions no longer do (XLA's own
-    convolutions run them, forward and backward). Without convolutions the option only takes
-    YNNPACK's other fusions away, which made the MLP's training step slower.
+  - ``xla_cpu_experimental_ynn_fusion_type``: matrix products and reductions still go to
+    YNNPACK, convolutions no longer do (XLA's own convolutions run them, forward and
+    backward).
   - ``xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED``: the memory-optimized
     schedule, which keeps a batch's large matrix products from waiting behind unrelated
     copies, and under which programs that mix batch-sized products with LAPACK calls
@@ -78,9 +77,9 @@ def compiler_options(backend: str | None = None, *, convolutions: bool = True) -
     backend = jax.default_backend()  # a plugin's platform is valid too: it gets no options
   elif backend not in BACKENDS and backend != jax.default_backend():
     raise ValueError(f"`backend` must be one of {BACKENDS} or None, got {backend!r}.")
-  measured = _MEASURED.get(backend, {})
-  wanted = {k: v for k, v in measured.items() if convolutions or k not in _FOR_CONVOLUTIONS}
-  return dict(_accepted(backend, tuple(wanted.items())))
+  if not convolutions:
+    return {}
+  return dict(_accepted(backend, tuple(_MEASURED.get(backend, {}).items())))
 
 
 def compiler_options_for(fn: Callable, *args: Any, backend: str | None = None) -> dict[str, str]:
