@@ -36,7 +36,13 @@ Writes ``robustness.json`` and ``robustness_l2.png``, ``robustness_linf.png`` in
 some of the six. ``--quick``: four of them (ERM, PGD linf, d.d. p=2, layer-wise SN), 5 training
 steps, 64 digits, into a temporary directory unless ``--out`` is given.
 
-Expected runtime and result: not measured yet.
+Expected runtime: the six runs of 600 steps and their curves took 22 minutes elapsed on a 2-core
+CPU shared with another run, 13 of them paused for benchmarks: about 9 minutes of running.
+Expected result (``results/robustness.json``, 1,000 test digits): the d.d. penalty tracks PGD
+training in the norm it regularizes, and the layer-wise penalty falls far short. l2 PGD at
+``0.1 C2``: ERM .281, layer-wise SN .542, PGD l2 .698, d.d. p=2 .832 (PGD linf .828, d.d. p=inf
+.805). l_inf PGD at 0.1: ERM .003, layer-wise SN .050, PGD l2 .194, d.d. p=2 .595, PGD linf .727,
+d.d. p=inf .739. Clean accuracy .94-.96 for all six.
 """
 
 from __future__ import annotations
