@@ -18,7 +18,10 @@ Expected result (the paper's Table 1, accuracy under the training attack): ERM/F
 accuracy .79/.54/.50/.61 without SN and .79/.63/.62/.65 with SN (beta 2.0/1.6/1.6/1.3). With `linf`
 (eps 0.1): FGM/PGM .51/.44 without SN, .56/.54 with SN.
 Expected runtime: not measured here (no network for the data, no accelerator); up to 200 epochs
-of batch 128 with early stopping. `runlocal` trains 20 steps (the dataset must still be prepared).
+of batch 128 with early stopping. Estimated from its training steps timed on a 2-core CPU
+(``results/full_scale_cost.md``), one 200-epoch SN run costs ERM/FGM/PGM/WRM 13.0/30.5/183.5/196.3
+CPU hours, the six-beta grid of the four attacks 2,539; an accelerator's cost is unmeasured.
+`runlocal` trains 20 steps (the dataset must still be prepared).
 """
 
 from sn_jax.training.farnia2019 import farnia2019_config

@@ -18,7 +18,10 @@ Expected result (the paper's Table 1, accuracy under the training attack): ERM/P
 .85/.53/.66 without SN and .86/.58/.67 with SN (beta 1.6). The paper leaves FGM out (it diverged at
 beta=inf). With `linf`: PGM .48 vs .56.
 Expected runtime: not measured here (no network for the data, no accelerator); up to 200 epochs
-of batch 128 with early stopping. `runlocal` trains 20 steps (the dataset must still be prepared).
+of batch 128 with early stopping. Estimated from its training steps timed on a 2-core CPU
+(``results/full_scale_cost.md``), one 200-epoch SN run costs ERM/FGM/PGM/WRM 43.6/67.5/300.0/334.4
+CPU hours, the six-beta grid of the four attacks 4,494; an accelerator's cost is unmeasured.
+`runlocal` trains 20 steps (the dataset must still be prepared).
 """
 
 from sn_jax.training.farnia2019 import farnia2019_config

@@ -17,7 +17,10 @@ validation accuracy under the training attack:
 Expected result (the paper's Table 1, accuracy under the training attack): ERM/FGM/PGM/WRM test
 accuracy .49/.36/.36/.41 without SN and .53/.46/.46/.50 with SN.
 Expected runtime: not measured here (no network for the data, no accelerator); up to 200 epochs
-of batch 128 with early stopping. `runlocal` trains 20 steps (the dataset must still be prepared).
+of batch 128 with early stopping. Estimated from its training steps timed on a 2-core CPU
+(``results/full_scale_cost.md``), one 200-epoch SN run costs ERM/FGM/PGM/WRM 0.2/0.3/1.8/1.6
+CPU hours, the six-beta grid of the four attacks 23; an accelerator's cost is unmeasured.
+`runlocal` trains 20 steps (the dataset must still be prepared).
 """
 
 from sn_jax.training.farnia2019 import farnia2019_config

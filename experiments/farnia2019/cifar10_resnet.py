@@ -17,7 +17,10 @@ validation accuracy under the training attack:
 Expected result (the paper's Table 1, accuracy under the training attack): ERM/PGM/WRM test accuracy
 .80/.49/.63 without SN and .83/.55/.66 with SN (beta 1.6/2.5/1.6). With `linf`: PGM .44 vs .53.
 Expected runtime: not measured here (no network for the data, no accelerator); up to 200 epochs
-of batch 128 with early stopping. `runlocal` trains 20 steps (the dataset must still be prepared).
+of batch 128 with early stopping. Estimated from its training steps timed on a 2-core CPU
+(``results/full_scale_cost.md``), one 200-epoch SN run costs ERM/FGM/PGM/WRM 21.7/37.2/206.3/210.9
+CPU hours, the six-beta grid of the four attacks 2,876; an accelerator's cost is unmeasured.
+`runlocal` trains 20 steps (the dataset must still be prepared).
 """
 
 from sn_jax.training.farnia2019 import farnia2019_config

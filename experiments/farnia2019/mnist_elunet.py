@@ -18,7 +18,10 @@ Expected result (the paper's Table 1, accuracy under the training attack): ERM/F
 accuracy .99/.97/.97/.92 without SN and .99/.97/.97/.93 with SN (beta=4 selected for FGM, PGM and
 WRM); train accuracy 1.00/.98/.99/.95 vs 1.00/1.00/1.00/.95.
 Expected runtime: not measured here (no network for the data, no accelerator); up to 200 epochs
-of batch 128 with early stopping. `runlocal` trains 20 steps on the embedded MNIST digits (no
+of batch 128 with early stopping. Estimated from its training steps timed on a 2-core CPU
+(``results/full_scale_cost.md``), one 200-epoch SN run costs ERM/FGM/PGM/WRM 2.2/3.3/17.9/18.2
+CPU hours, the six-beta grid of the four attacks 248; an accelerator's cost is unmeasured.
+`runlocal` trains 20 steps on the embedded MNIST digits (no
 download), about a minute on a 2-core CPU.
 """
 
