@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import math
 import os
 import platform
@@ -71,6 +72,36 @@ def robustness(model, variables, x: jax.Array, y: jax.Array, eps: jax.Array, nor
   logits_fn = lambda z: model.apply(variables, z, update_stats=False)
   attack = functools.partial(attacks.pgd, num_steps=15, norm=norm)
   return attacks.robust_accuracy(logits_fn, x, y, attack=attack, eps=eps)
+
+
+def merged(
+  result: dict[str, Any], recorded_path: str, orders: dict[str, Sequence[str]]
+) -> dict[str, Any]:
+  """``result`` with the rows recorded in ``recorded_path`` (an earlier run's JSON, if there is
+  one) that it does not redo, so that a runner's table can be made in parts.
+
+  A row is identified by its fields named in ``orders`` (e.g. ``{'arch': ARCHS, 'attack':
+  ATTACKS}``) and the rows are sorted in those orders. Every row carries the provenance of the
+  run that made it (``row['provenance']``; recorded rows without one take their file's), and
+  ``settings[FIELD + 's']`` lists the values present.
+  """
+  if not os.path.exists(recorded_path):
+    return result
+  with open(recorded_path) as f:
+    recorded = json.load(f)
+  cell = lambda row: tuple(row[field] for field in orders)
+  redone = {cell(row) for row in result["rows"]}
+  kept = [
+    {"provenance": recorded["provenance"], **row}
+    for row in recorded["rows"]
+    if cell(row) not in redone
+  ]
+  order = lambda row: tuple(list(values).index(row[f]) for f, values in orders.items())
+  rows = sorted(kept + result["rows"], key=order)
+  settings = dict(result["settings"])
+  for field in orders:
+    settings[f"{field}s"] = list(dict.fromkeys(row[field] for row in rows))
+  return {**result, "settings": settings, "rows": rows}
 
 
 # The robustness curves' radii: l2 in units of C2 (the training digits' mean l2 norm), l_inf

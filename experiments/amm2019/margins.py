@@ -20,7 +20,8 @@ Command::
   python -m experiments.amm2019.margins
 
 Writes ``margins.json`` and ``margins.md`` into ``--out`` (default
-``experiments/amm2019/results``); runs resume from ``--workdir``. ``--quick``: MLP800 only, 5
+``experiments/amm2019/results``; rows already there for the models and methods not run are kept,
+so the table can be made in parts); runs resume from ``--workdir``. ``--quick``: MLP800 only, 5
 steps, 100 test digits, into a temporary directory unless ``--out`` is given.
 
 Expected runtime and result: not measured yet.
@@ -111,6 +112,7 @@ def run(
   eps = jnp.float32(EPS_C2 * data.mean_norm(digits.train))
   x = jnp.asarray(digits.test.images[:num_examples])
   y = jnp.asarray(digits.test.labels[:num_examples])
+  provenance = common.provenance()
   rows = []
   for arch in archs:
     steps = num_steps or STEPS[arch]
@@ -120,12 +122,13 @@ def run(
       table1.run_cell(config, run_dir)
       numbers = summarize(evaluate(*common.restored(config, run_dir), x, y, eps))
       rows.append({"arch": arch, "method": method, "num_steps": steps, **numbers})
+      rows[-1]["provenance"] = provenance
       print(f"{arch} {method}: " + ", ".join(f"{k} {v:.3f}" for k, v in numbers.items()))
   settings = dict(
     archs=list(archs), methods=list(methods), num_examples=int(x.shape[0]), eps=float(eps),
     eps_c2=EPS_C2, amm=AMM_OPTIONS,
   )  # fmt: skip
-  return {"settings": settings, "provenance": common.provenance(), "rows": rows}
+  return {"settings": settings, "provenance": provenance, "rows": rows}
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
@@ -142,9 +145,12 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def save(result: dict[str, Any], out: str) -> list[str]:
-  """Writes ``out/margins.json`` and ``out/margins.md``; returns their paths."""
+  """Writes ``out/margins.json`` and ``out/margins.md``; returns their paths. Rows already
+  recorded there for the (model, method) pairs ``result`` does not redo are kept
+  (:func:`experiments.common.merged`)."""
   os.makedirs(out, exist_ok=True)
   paths = [os.path.join(out, "margins.json"), os.path.join(out, "margins.md")]
+  result = common.merged(result, paths[0], {"arch": ARCHS, "method": METHODS})
   with open(paths[0], "w") as f:
     json.dump(result, f, indent=1)
   with open(paths[1], "w") as f:

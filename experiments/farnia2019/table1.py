@@ -91,12 +91,21 @@ def cell_config(
 
 
 def run_cell(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains and evaluates ``config`` in ``workdir``, or reads back a finished run's results."""
+  """Trains and evaluates ``config`` in ``workdir``, or reads back a finished run's results.
+
+  Raises:
+    SystemExit: with status ``128 + signal`` when SIGINT or SIGTERM interrupted the training
+      (it saved a checkpoint, and the next call resumes it): the runner stops there instead of
+      measuring a half-trained model and going on to the next run.
+  """
   path = os.path.join(workdir, "results.json")
   if os.path.exists(path):
     with open(path) as f:
       return json.load(f)
-  return loop.train_and_evaluate(config, workdir)
+  result = loop.train_and_evaluate(config, workdir)
+  if result["interrupted"] is not None:
+    raise SystemExit(128 + result["interrupted"])
+  return result
 
 
 def select_beta(runs: dict[float, dict[str, Any]]) -> float | None:
@@ -219,38 +228,15 @@ def beta_figures(rows: Sequence[dict[str, Any]], out: str) -> list[str]:
   return paths
 
 
-def merged(result: dict[str, Any], recorded: dict[str, Any]) -> dict[str, Any]:
-  """``result`` with the rows of ``recorded`` (an earlier ``table1.json``) that it does not
-  redo, so that a table can be made in parts (``--archs``, ``--attacks``).
-
-  Every row carries the provenance of the run that made it (``row['provenance']``); rows
-  recorded before rows carried one take the earlier file's. Rows are in the grid's order.
-  """
-  redone = {(row["arch"], row["attack"]) for row in result["rows"]}
-  kept = [
-    {"provenance": recorded["provenance"], **row}
-    for row in recorded["rows"]
-    if (row["arch"], row["attack"]) not in redone
-  ]
-  order = lambda row: (ARCHS.index(row["arch"]), ATTACKS.index(row["attack"]))
-  rows = sorted(kept + result["rows"], key=order)
-  settings = dict(result["settings"])
-  for field in ("archs", "attacks"):
-    settings[field] = list(dict.fromkeys(row[field[:-1]] for row in rows))
-  return {**result, "settings": settings, "rows": rows}
-
-
 def save(result: dict[str, Any], out: str) -> list[str]:
   """Writes ``out/table1.json``, ``out/table1.md`` and the figures; returns their paths.
 
   Rows already recorded in ``out/table1.json`` for cells that ``result`` does not redo are kept
-  (:func:`merged`).
+  (:func:`experiments.common.merged`).
   """
   os.makedirs(out, exist_ok=True)
   json_path, md_path = os.path.join(out, "table1.json"), os.path.join(out, "table1.md")
-  if os.path.exists(json_path):
-    with open(json_path) as f:
-      result = merged(result, json.load(f))
+  result = common.merged(result, json_path, {"arch": ARCHS, "attack": ATTACKS})
   with open(json_path, "w") as f:
     json.dump(result, f, indent=1)
   with open(md_path, "w") as f:

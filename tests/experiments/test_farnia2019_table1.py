@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from experiments import common
 from experiments.farnia2019 import table1
 from sn_jax.training import loop
 
@@ -54,18 +55,20 @@ def test_quick_mode_writes_the_table_and_reads_finished_runs_back(tmp_path, monk
   assert again["rows"][0]["sn"] == row["sn"]
 
 
-def test_merged_keeps_the_recorded_rows_of_the_cells_not_redone_in_grid_order():
+def test_a_part_of_the_grid_keeps_the_recorded_rows_of_the_other_cells_in_grid_order(tmp_path):
   row = lambda arch, attack, tag: {"arch": arch, "attack": attack, "tag": tag}
   recorded = {
     "provenance": {"commit": "old"},
     "rows": [row("mlp1", "erm", "old"), row("mlp1", "fgm", "old"), row("mlp2", "wrm", "old")],
   }
+  path = tmp_path / "table1.json"
+  path.write_text(json.dumps(recorded))
   new = {"provenance": {"commit": "new"}, "settings": {"archs": ["elunet", "mlp1"]}}
   new["rows"] = [
     {**row("elunet", "erm", "new"), "provenance": {"commit": "new"}},
     {**row("mlp1", "fgm", "new"), "provenance": {"commit": "new"}},
   ]
-  got = table1.merged(new, recorded)
+  got = common.merged(new, str(path), {"arch": table1.ARCHS, "attack": table1.ATTACKS})
   cells = [(r["arch"], r["attack"], r["tag"], r["provenance"]["commit"]) for r in got["rows"]]
   assert cells == [
     ("mlp1", "erm", "old", "old"),
@@ -76,6 +79,7 @@ def test_merged_keeps_the_recorded_rows_of_the_cells_not_redone_in_grid_order():
   assert got["settings"]["archs"] == ["mlp1", "mlp2", "elunet"]
   assert got["settings"]["attacks"] == ["erm", "fgm", "wrm"]
   assert got["provenance"] == {"commit": "new"}
+  assert common.merged(new, str(tmp_path / "none.json"), {"arch": table1.ARCHS}) is new
 
 
 @pytest.mark.parametrize(
@@ -91,3 +95,13 @@ def test_bad_options_are_refused_by_name(argv, message, capsys):
     table1.main(argv)
   assert raised.value.code == 2
   assert message in capsys.readouterr().err
+
+
+def test_an_interrupted_run_stops_the_runner_with_the_signals_status(tmp_path, monkeypatch):
+  """SIGINT/SIGTERM stop the training with a checkpoint; the runner must not measure the
+  half-trained model nor go on to the next run."""
+  monkeypatch.setattr(loop, "train_and_evaluate", lambda config, workdir: {"interrupted": 15})
+  config = table1.cell_config("mlp1", "erm", math.inf, 5, quick=True)
+  with pytest.raises(SystemExit) as raised:
+    table1.run_cell(config, str(tmp_path / "run"))
+  assert raised.value.code == 128 + 15
