@@ -27,7 +27,15 @@ Writes ``fourier_sn.json``, ``robustness_l2.png`` and ``robustness_linf.png`` in
 model's step timed at batch 8, 5 training steps, 64 digits, into temporary directories unless
 given.
 
-Expected runtime and result: not measured yet.
+Expected runtime: 11 minutes wall on a 2-core CPU shared with other runs (572 s of CPU time).
+Expected result (``results/fourier_sn.json``, beta 1, 600 steps, 500 test digits): the training
+step at batch 128 took 69.2 ms without SN, 73.0 ms with ``'power'`` (1.054x) and 76.6 ms with
+``'fourier'`` (1.106x), so the Fourier normalization cost twice the power iteration's 3.7 ms
+here, not less; the step timing shared the machine with another run for part of its time.
+Robustness: both SN models trade clean accuracy (0.838 power, 0.842 fourier, against 0.948)
+for accuracy at large radii (l2 PGD at 0.2 C2: 0.338 and 0.360 against 0.110; l_inf 0.1: 0.390
+and 0.372 against 0.128); ``'fourier'`` is neither clearly more nor less robust than
+``'power'``.
 """
 
 from __future__ import annotations
