@@ -28,14 +28,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def commit() -> str | None:
-  """The checkout's git commit (with ``+dirty`` if tracked files differ from it), or None."""
+  """The checkout's git commit (with ``+dirty`` if tracked code differs from it; recorded results
+  do not count), or None."""
   try:
     git = ["git", "-C", ROOT]
     head = subprocess.run(
       [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
     ).stdout.strip()
     dirty = subprocess.run(
-      [*git, "diff", "--quiet", "HEAD", "--", "sn_jax", "experiments"], check=False
+      [*git, "diff", "--quiet", "HEAD", "--", "sn_jax", "experiments", ":!experiments/*/results"],
+      check=False,
     ).returncode
   except (OSError, subprocess.CalledProcessError):
     return None
