@@ -128,8 +128,8 @@ def run(
       run_dir = os.path.join(workdir, f"{arch}_{method}_{steps}")
       table1.run_cell(config, run_dir)
       numbers = summarize(evaluate(*common.restored(config, run_dir), x, y, eps))
-      rows.append({"arch": arch, "method": method, "num_steps": steps, **numbers})
-      rows[-1]["provenance"] = provenance
+      row = {"arch": arch, "method": method, "num_steps": steps, "provenance": provenance}
+      rows.append({**row, **numbers})
       print(f"{arch} {method}: " + ", ".join(f"{k} {v:.3f}" for k, v in numbers.items()))
   settings = dict(
     archs=list(archs), methods=list(methods), num_examples=int(x.shape[0]), eps=float(eps),

@@ -109,8 +109,8 @@ def run(
   robustness curves.
 
   Returns:
-    A JSON-ready dict: ``settings``, ``provenance`` and ``models`` (per label: the clean test
-    accuracy after training and the ``l2`` and ``linf`` accuracies at the grid's radii).
+    A JSON-ready dict: ``settings``, ``provenance`` and ``models`` (per label: the ``l2`` and
+    ``linf`` accuracies at the grid's radii, whose first, radius 0, is the clean accuracy).
   """
   steps = num_steps or table1.STEPS[ARCH]
   digits = data.load_embedded_mnist()

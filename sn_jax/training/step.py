@@ -236,8 +236,8 @@ class DataParallel:
   ``mode='shard_map'`` (the default) jits ``jax.shard_map`` over a 1-D mesh of ``devices``
   (all devices of all processes by default); ``mode='pmap'`` uses ``jax.pmap`` over this
   process's devices. Either way the state is replicated and the batch is split along its first
-  axis. ``shard_map`` compiles with :func:`sn_jax.compiler_options` for the devices' backend and
-  the program (whether it applies convolutions);
+  axis. ``shard_map`` compiles with :func:`sn_jax.compiler_options_for` the step, on the
+  devices' backend;
   ``jax.pmap`` takes no compiler options, so ``'pmap'`` compiles with XLA's defaults.
 
   Args:
