@@ -20,9 +20,25 @@ from sn_jax.attacks._common import (
 )
 
 
-def _is_fooled(logits: jax.Array, labels: jax.Array, targeted: bool) -> jax.Array:
-  """``(B, C), (B,) -> (B,)`` bool: classified away from ``labels`` (as ``labels`` if targeted)."""
-  return (jnp.argmax(logits, axis=-1) == labels) == targeted
+def _is_fooled(logits: jax.Array, labels: jax.Array, toward: jax.Array) -> jax.Array:
+  """``(B, C), (B,), (B,) -> (B,)`` bool: classified away from ``labels`` (as ``labels`` where
+  ``toward``)."""
+  return (jnp.argmax(logits, axis=-1) == labels) == toward
+
+
+def _toward(targeted: bool | jax.typing.ArrayLike, x: jax.Array) -> jax.Array:
+  """``targeted`` as a bool array ``(B,)``; ValueError unless it is a bool or a bool array
+  ``(B,)``."""
+  if isinstance(targeted, bool):
+    toward = jnp.full(x.shape[:1], targeted)
+  else:
+    toward = jnp.asarray(targeted)
+    if toward.dtype != jnp.bool_ or toward.shape != x.shape[:1]:
+      raise ValueError(
+        f"`targeted` must be a bool or a bool array of shape {x.shape[:1]} (one per example), "
+        f"got {toward.dtype} {toward.shape}."
+      )
+  return toward
 
 
 def _deepfool(
@@ -35,11 +51,12 @@ def _deepfool(
   overshoot: jax.typing.ArrayLike,
   clip_min: jax.typing.ArrayLike | None,
   clip_max: jax.typing.ArrayLike | None,
-  targeted: bool,
+  targeted: bool | jax.typing.ArrayLike,
   differentiable: bool,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """:func:`deepfool_perturbation`'s checks and loop: ``(r, x_adv, labels)``, ``(B, ...)`` twice
-  and ``(B,)``, with ``x_adv = clip(x + r)`` exactly (``x + r`` may round off the bounds).
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """:func:`deepfool_perturbation`'s checks and loop: ``(r, x_adv, labels, toward)``,
+  ``(B, ...)`` twice and ``(B,)`` twice, with ``x_adv = clip(x + r)`` exactly (``x + r`` may
+  round off the bounds) and ``toward`` the examples moved toward their label.
 
   ``differentiable``: recompute each step's chosen gradient ``w_{k*}`` with a pullback of its
   own cotangent, so that double backprop runs through one ``(B, ...)`` pullback per step
@@ -53,8 +70,9 @@ def _deepfool(
   ):
     raise ValueError(f"`overshoot` must be finite and >= 0, got {concrete_overshoot.tolist()}.")
   _check_clip(clip_min, clip_max)
+  toward = _toward(targeted, x)
   logits0 = lax.stop_gradient(logits_fn(x))
-  labels = _labels(lambda _: logits0, x, y, targeted)
+  labels = _labels(lambda _: logits0, x, y, targeted is not False)
   num_total = logits0.shape[-1]
   is_label = jax.nn.one_hot(labels, num_total, dtype=logits0.dtype)  # (B, C)
   _, others = lax.top_k(jnp.where(is_label > 0, -jnp.inf, logits0), min(num_classes, num_total) - 1)
@@ -71,11 +89,9 @@ def _deepfool(
     label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
     g = jnp.take_along_axis(logits, others, axis=-1) - label_logit  # (B, K)
     w_sq = jnp.sum(jnp.square(w.reshape(*w.shape[:2], -1)), axis=-1).T  # (B, K)
-    if targeted:
-      best = jnp.argmax(g, axis=-1)
-    else:
-      safe_w_sq = jnp.where(w_sq > 0, w_sq, 1)
-      best = jnp.argmin(jnp.where(w_sq > 0, jnp.abs(g) * lax.rsqrt(safe_w_sq), jnp.inf), axis=-1)
+    safe_w_sq = jnp.where(w_sq > 0, w_sq, 1)
+    nearest = jnp.argmin(jnp.where(w_sq > 0, jnp.abs(g) * lax.rsqrt(safe_w_sq), jnp.inf), axis=-1)
+    best = jnp.where(toward, jnp.argmax(g, axis=-1), nearest)
     pick = jax.nn.one_hot(best, g.shape[-1], dtype=x.dtype)  # (B, K)
     if differentiable:
       (w_best,) = pullback(jnp.einsum("bk,kbc->bc", pick, cotangents))
@@ -83,15 +99,15 @@ def _deepfool(
       w_best = jnp.einsum("bk,kb...->b...", pick, w)
     w_best_sq = jnp.sum(jnp.square(w_best.reshape(w_best.shape[0], -1)), axis=-1)  # (B,)
     size = jnp.abs(jnp.sum(pick * g, axis=-1)) / jnp.where(w_best_sq > 0, w_best_sq, 1)
-    size = jnp.where(_is_fooled(logits, labels, targeted) | (w_best_sq == 0), 0, size)
-    size = -size if targeted else size
+    size = jnp.where(_is_fooled(logits, labels, toward) | (w_best_sq == 0), 0, size)
+    size = jnp.where(toward, -size, size)
     return r + _expand(size, x) * w_best
 
   r = scale * lax.fori_loop(0, num_steps, step, jnp.zeros_like(x))
   if clip_min is None and clip_max is None:
-    return r, x + r, labels
+    return r, x + r, labels, toward
   x_adv = _clip(x + r, clip_min, clip_max)
-  return x_adv - x, x_adv, labels
+  return x_adv - x, x_adv, labels, toward
 
 
 def deepfool_perturbation(
@@ -105,7 +121,7 @@ def deepfool_perturbation(
   clip_min: jax.typing.ArrayLike | None = None,
   clip_max: jax.typing.ArrayLike | None = None,
   differentiable: bool = False,
-  targeted: bool = False,
+  targeted: bool | jax.typing.ArrayLike = False,
 ) -> tuple[jax.Array, jax.Array]:
   r"""Multi-class L2 DeepFool: the perturbation ``r`` and whether ``x + r`` fools the model.
 
@@ -138,7 +154,9 @@ def deepfool_perturbation(
       gradients), for the AMM regularizer; otherwise ``r`` is a constant for differentiation.
       The choice of :math:`k^*` is a constant either way, so each step recomputes
       :math:`w_{k^*}` with one more backward pass and differentiates only that one.
-    targeted: move toward ``y`` instead of away from it.
+    targeted: move toward ``y`` instead of away from it: a bool for the whole batch, or a bool
+      array ``(B,)``, one per example (AMM runs its batches in one call: away from the label
+      where the model is right, toward it where it is wrong).
 
   Returns:
     ``(r, fooled)``: ``r`` shaped like ``x`` and ``fooled`` bool ``(B,)``, whether ``x + r`` is
@@ -149,7 +167,8 @@ def deepfool_perturbation(
     TypeError: if ``x`` is not floating point or ``y`` not integer.
     ValueError: for num_steps < 1, num_classes < 2, overshoot < 0 or not finite, ``y`` of the
       wrong length or (when concrete) outside ``[0, C)``, ``logits_fn`` output not ``(B, C)``,
-      clip_min > clip_max, or ``targeted`` without ``y``.
+      clip_min > clip_max, ``targeted`` neither a bool nor a bool array ``(B,)``, or
+      ``targeted`` without ``y``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -164,7 +183,7 @@ def deepfool_perturbation(
     Moosavi-Dezfooli et al., https://arxiv.org/abs/1511.04599; Yan et al. (AMM),
     https://arxiv.org/abs/1911.05916.
   """
-  r, x_adv, labels = _deepfool(
+  r, x_adv, labels, toward = _deepfool(
     logits_fn,
     x,
     y,
@@ -178,7 +197,7 @@ def deepfool_perturbation(
   )
   if not differentiable:
     r = lax.stop_gradient(r)
-  return r, _is_fooled(logits_fn(x_adv), labels, targeted)
+  return r, _is_fooled(logits_fn(x_adv), labels, toward)
 
 
 def deepfool(
@@ -191,7 +210,7 @@ def deepfool(
   overshoot: float = 0.02,
   clip_min: jax.typing.ArrayLike | None = None,
   clip_max: jax.typing.ArrayLike | None = None,
-  targeted: bool = False,
+  targeted: bool | jax.typing.ArrayLike = False,
 ) -> jax.Array:
   """DeepFool's adversarial example ``x + r``; see :func:`deepfool_perturbation` for everything.
 
@@ -209,7 +228,7 @@ def deepfool(
     Moosavi-Dezfooli et al., https://arxiv.org/abs/1511.04599.
   """
   x = jnp.asarray(x)
-  _, x_adv, _ = _deepfool(
+  _, x_adv, *_ = _deepfool(
     logits_fn,
     x,
     y,

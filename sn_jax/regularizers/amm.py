@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from sn_jax import attacks
-from sn_jax.regularizers._batch import LogitsFn, check_batch, expand, safe_norm
+from sn_jax.regularizers._batch import LogitsFn, check_batch, safe_norm
 
 
 def _worst_per_class(r_norm, group, labels, num_classes, num_top, largest):
@@ -33,6 +33,36 @@ def _worst_per_class(r_norm, group, labels, num_classes, num_top, largest):
   per_class = jnp.any((batch[:, None] == worst[None, :]) & present[None, :], axis=1)
   rank = jnp.zeros_like(batch).at[jnp.argsort(key, stable=True)].set(batch)
   return per_class & (rank < num_top) & group
+
+
+def _selected(r_norm, labels, pos, neg, *, num_classes, aggregation, top_frac):
+  """The examples whose terms AMM sums, a bool mask ``(B,)``: every one of ``pos | neg`` for
+  ``'avg'``; for ``'min'`` at most ``num_classes`` of each group (:func:`_worst_per_class`)."""
+  if aggregation == "avg":
+    return pos | neg
+  num_top = max(1, int(r_norm.shape[0] * top_frac))
+  smallest = _worst_per_class(r_norm, pos, labels, num_classes, num_top, largest=False)
+  return smallest | _worst_per_class(r_norm, neg, labels, num_classes, num_top, largest=True)
+
+
+def _terms(r_norm, correct, *, lmbd, c, d, clip):
+  """Each example's AMM term ``(B,)``: ``min(lmbd exp(-c ||r||), clip)`` where ``correct``, else
+  ``min(lmbd exp(d ||r||), clip)`` with ``||r||`` clamped first so that its gradient stops there."""
+  neg_norm = jnp.minimum(r_norm, math.log(clip / lmbd + 1.0) / d)
+  pos_term = jnp.minimum(lmbd * jnp.exp(-c * r_norm), clip)
+  return jnp.where(correct, pos_term, jnp.minimum(lmbd * jnp.exp(d * neg_norm), clip))
+
+
+def _check_options(*, lmbd, c, d, clip, aggregation, top_frac):
+  if aggregation not in ("min", "avg"):
+    raise ValueError(f"`aggregation` must be 'min' or 'avg', got {aggregation!r}.")
+  if not 0 < top_frac <= 1:
+    raise ValueError(f"`top_frac` must be in (0, 1], got {top_frac!r}.")
+  if not (lmbd > 0 and clip > 0 and c >= 0 and d > 0):
+    raise ValueError(
+      f"AMM needs `lmbd` > 0, `clip` > 0, `c` >= 0 and `d` > 0; got lmbd={lmbd!r}, "
+      f"clip={clip!r}, c={c!r}, d={d!r}."
+    )
 
 
 def amm_penalty(
@@ -88,16 +118,9 @@ def amm_penalty(
     Yan, Guo, Zhang. Adversarial Margin Maximization Networks. TPAMI 2019.
     https://arxiv.org/abs/1911.05916
   """
-  if aggregation not in ("min", "avg"):
-    raise ValueError(f"`aggregation` must be 'min' or 'avg', got {aggregation!r}.")
-  if not 0 < top_frac <= 1:
-    raise ValueError(f"`top_frac` must be in (0, 1], got {top_frac!r}.")
-  if not (lmbd > 0 and clip > 0 and c >= 0 and d > 0):
-    raise ValueError(
-      f"AMM needs `lmbd` > 0, `clip` > 0, `c` >= 0 and `d` > 0; got lmbd={lmbd!r}, "
-      f"clip={clip!r}, c={c!r}, d={d!r}."
-    )
-  r_norm, labels, correct = jnp.asarray(r_norm), jnp.asarray(labels), jnp.asarray(correct)
+  _check_options(lmbd=lmbd, c=c, d=d, clip=clip, aggregation=aggregation, top_frac=top_frac)
+  r_norm, labels = jnp.asarray(r_norm), jnp.asarray(labels)
+  correct = jnp.asarray(correct, bool)
   batch = r_norm.shape[:1]
   valid = jnp.ones(batch, bool) if valid is None else jnp.asarray(valid, bool)
   if r_norm.ndim != 1 or any(a.shape != batch for a in (labels, correct, valid)):
@@ -105,17 +128,12 @@ def amm_penalty(
       "`r_norm`, `labels`, `correct` and `valid` must all have shape (batch,); got "
       f"{r_norm.shape}, {labels.shape}, {correct.shape}, {valid.shape}."
     )
-  correct = correct.astype(bool)
-  pos, neg = correct & valid, ~correct & valid
-  pos_term = jnp.minimum(lmbd * jnp.exp(-c * r_norm), clip)
-  neg_norm = jnp.minimum(r_norm, math.log(clip / lmbd + 1.0) / d)
-  neg_term = jnp.minimum(lmbd * jnp.exp(d * neg_norm), clip)
-  if aggregation == "min":
-    num_top = max(1, int(batch[0] * top_frac))
-    pos = _worst_per_class(r_norm, pos, labels, num_classes, num_top, largest=False)
-    neg = _worst_per_class(r_norm, neg, labels, num_classes, num_top, largest=True)
-  total = jnp.sum(jnp.where(pos, pos_term, 0.0)) + jnp.sum(jnp.where(neg, neg_term, 0.0))
-  return total / batch[0]
+  selected = _selected(
+    r_norm, labels, correct & valid, ~correct & valid, num_classes=num_classes,
+    aggregation=aggregation, top_frac=top_frac,
+  )  # fmt: skip
+  terms = _terms(r_norm, correct, lmbd=lmbd, c=c, d=d, clip=clip)
+  return jnp.sum(jnp.where(selected, terms, 0.0)) / batch[0]
 
 
 def amm_regularizer(
@@ -138,9 +156,15 @@ def amm_regularizer(
 
   Correctly classified examples get the untargeted DeepFool perturbation ``r`` (their margin
   proxy ``||r||``); misclassified ones the targeted perturbation toward their true label.
-  Both come from :func:`sn_jax.attacks.deepfool_perturbation` with ``differentiable=True``, so
-  the gradient flows through the input gradients (double backprop). Add the result to the
-  cross-entropy with weight 1: ``lmbd`` is the paper's weight, and the clip depends on it.
+  Both come from one :func:`sn_jax.attacks.deepfool_perturbation` with ``differentiable=True``
+  (``targeted`` per example), so
+  the gradient flows through the input gradients (double backprop). ``'min'`` sums at most
+  ``K`` terms of each sign (``K`` classes), so, as ``amm.pytorch`` does, DeepFool first runs on
+  the whole batch without double backprop to choose them, and only the ``min(B, 2 K)`` chosen
+  examples run again with it: the value and the gradient of differentiating the whole batch, at
+  a fraction of the cost (LeNet, batch 128: see the AMM section of ``benchmarks/README.md``).
+  Add the result to the cross-entropy with weight 1: ``lmbd`` is the paper's weight, and the
+  clip depends on it.
 
   Args:
     logits_fn: maps ``(B, ...)`` to logits ``(B, K)``; deterministic (no dropout, BN in eval).
@@ -172,27 +196,31 @@ def amm_regularizer(
     Yan, Guo, Zhang. Adversarial Margin Maximization Networks. TPAMI 2019.
     https://arxiv.org/abs/1911.05916
   """
+  _check_options(lmbd=lmbd, c=c, d=d, clip=clip, aggregation=aggregation, top_frac=top_frac)
   x, y = jnp.asarray(x), jnp.asarray(y)
   check_batch(x)
+  batch_size = x.shape[0]
   logits = lax.stop_gradient(logits_fn(x))
+  num_classes = logits.shape[-1]
   correct = jnp.argmax(logits, axis=-1) == y
-  options = dict(
-    num_steps=num_steps, num_classes=num_candidates, overshoot=overshoot, differentiable=True
+  options = dict(num_steps=num_steps, num_classes=num_candidates, overshoot=overshoot)
+  if aggregation == "min":
+    # At most num_classes terms of each sign are summed: choose them from DeepFool run without
+    # double backprop, then redo only theirs with it, as amm.pytorch does.
+    r, fooled = attacks.deepfool_perturbation(logits_fn, x, y, targeted=~correct, **options)
+    valid = fooled | use_failed
+    selected = _selected(
+      safe_norm(r), y, correct & valid, ~correct & valid, num_classes=num_classes,
+      aggregation=aggregation, top_frac=top_frac,
+    )  # fmt: skip
+    size = min(batch_size, 2 * num_classes)
+    (index,) = jnp.nonzero(selected, size=size, fill_value=0)
+    kept = jnp.arange(size) < jnp.sum(selected)
+    x, y, correct = x[index], y[index], correct[index]
+  r, fooled = attacks.deepfool_perturbation(
+    logits_fn, x, y, targeted=~correct, differentiable=True, **options
   )
-  r_away, fooled_away = attacks.deepfool_perturbation(logits_fn, x, y, **options)
-  r_toward, fooled_toward = attacks.deepfool_perturbation(logits_fn, x, y, targeted=True, **options)
-  r = jnp.where(expand(correct, x), r_away, r_toward)
-  fooled = jnp.where(correct, fooled_away, fooled_toward)
-  return amm_penalty(
-    safe_norm(r),
-    y,
-    correct,
-    num_classes=logits.shape[-1],
-    lmbd=lmbd,
-    c=c,
-    d=d,
-    clip=clip,
-    aggregation=aggregation,
-    top_frac=top_frac,
-    valid=None if use_failed else fooled,
-  )
+  if aggregation == "avg":
+    kept = fooled | use_failed
+  terms = _terms(safe_norm(r), correct, lmbd=lmbd, c=c, d=d, clip=clip)
+  return jnp.sum(jnp.where(kept, terms, 0.0)) / batch_size

@@ -197,6 +197,24 @@ def test_deepfool_targeted_reaches_the_target():
   np.testing.assert_array_equal(np.argmax((x + np.asarray(r)) @ w + b, axis=-1), target)
 
 
+def test_deepfool_targeted_per_example_matches_the_two_batch_wide_runs():
+  # AMM's batches in one run: away from the label where the flag is off, toward it where on.
+  logits_fn, _, _ = linear_model(num_features=6, num_classes=4)
+  x, y = normal(10, 6), np.arange(10) % 4
+  toward = np.arange(10) % 3 == 0
+  options = dict(num_classes=4, num_steps=3)
+  r, fooled = attacks.deepfool_perturbation(
+    logits_fn, x, y, targeted=jnp.asarray(toward), **options
+  )
+  for flag in (False, True):
+    expected_r, expected_fooled = attacks.deepfool_perturbation(
+      logits_fn, x, y, targeted=flag, **options
+    )
+    rows = toward == flag
+    np.testing.assert_allclose(np.asarray(r)[rows], np.asarray(expected_r)[rows], rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(fooled)[rows], np.asarray(expected_fooled)[rows])
+
+
 def clipped_deepfool(w, b, x, label, *, num_steps, scale, low, high, clip_each_step=True):
   """DeepFool on a linear model with bounds, in float64 from the closed form: each step is the
   minimal step of the linear model at the clipped point (``clip_each_step``), for examples not
@@ -803,6 +821,16 @@ _Y = jnp.array([0, 1])
       lambda: attacks.deepfool(_F, _X, num_classes=1),
       ValueError,
       r"`num_classes` must be an int >= 2, got 1",
+    ),
+    (
+      lambda: attacks.deepfool(_F, _X, jnp.array([0, 1]), targeted=jnp.array([True])),
+      ValueError,
+      r"`targeted` must be a bool or a bool array of shape \(2,\)",
+    ),
+    (
+      lambda: attacks.deepfool(_F, _X, targeted=jnp.array([True, False])),
+      ValueError,
+      r"`targeted=True` needs the target classes `y`",
     ),
     (
       lambda: attacks.deepfool(_F, _X, overshoot=-0.1),
