@@ -48,14 +48,12 @@ import ml_collections
 import numpy as np
 
 from experiments import common
+from experiments.amm2019.full_scale import AMM_OPTIONS, ARCHS, METHODS
 from experiments.farnia2019 import table1
 from sn_jax import attacks
 from sn_jax.training import data, farnia2019
 
-ARCHS = ("mlp800", "lenet")
-METHODS = ("vanilla", "amm", "adversarial")
 STEPS = {"mlp800": 600, "lenet": 600}
-AMM_OPTIONS = dict(lmbd=32.0, c=2.0, d=1.0, aggregation="min")
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 EPS_C2 = 0.05  # the l2 attack radius, in units of C2
 
