@@ -61,6 +61,22 @@ def provenance() -> dict[str, Any]:
   }
 
 
+def write_results(
+  out: str, stem: str, result: dict[str, Any], table: str | None = None
+) -> list[str]:
+  """Writes ``result`` to ``out/STEM.json`` and, given, the markdown ``table`` to ``out/STEM.md``
+  (``out`` created if need be); returns the paths written."""
+  os.makedirs(out, exist_ok=True)
+  paths = [os.path.join(out, f"{stem}.json")]
+  with open(paths[0], "w") as f:
+    json.dump(result, f, indent=1)
+  if table is not None:
+    paths.append(os.path.join(out, f"{stem}.md"))
+    with open(paths[1], "w") as f:
+      f.write(table + "\n")
+  return paths
+
+
 def restored(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, dict[str, Any]]:
   """``(model, variables)`` of the run in ``workdir``, trained as ``config`` says."""
   state = loop.restore_state(config, workdir)

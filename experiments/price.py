@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
-import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -154,11 +153,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
   settings = dict(repeats=repeats, quick=args.quick, environment=bench.environment())
   result = {"settings": settings, "provenance": common.provenance(), "rows": rows}
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "full_scale_cost.json"), "w") as f:
-    json.dump(result, f, indent=1)
-  with open(os.path.join(out, "full_scale_cost.md"), "w") as f:
-    f.write(markdown(rows) + "\n")
+  common.write_results(out, "full_scale_cost", result, markdown(rows))
   print(markdown(rows))
   return result
 

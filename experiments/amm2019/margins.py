@@ -37,7 +37,6 @@ AMM raises rho from 0.101 to 0.136 and PGD-20 accuracy from 0.778 to 0.880 (clea
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -153,14 +152,10 @@ def save(result: dict[str, Any], out: str) -> list[str]:
   """Writes ``out/margins.json`` and ``out/margins.md``; returns their paths. Rows already
   recorded there for the (model, method) pairs ``result`` does not redo are kept
   (:func:`experiments.common.merged`)."""
-  os.makedirs(out, exist_ok=True)
-  paths = [os.path.join(out, "margins.json"), os.path.join(out, "margins.md")]
-  result = common.merged(result, paths[0], {"arch": ARCHS, "method": METHODS})
-  with open(paths[0], "w") as f:
-    json.dump(result, f, indent=1)
-  with open(paths[1], "w") as f:
-    f.write(markdown(result["rows"]) + "\n")
-  return paths
+  result = common.merged(
+    result, os.path.join(out, "margins.json"), {"arch": ARCHS, "method": METHODS}
+  )
+  return common.write_results(out, "margins", result, markdown(result["rows"]))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -37,7 +37,6 @@ the MNIST rows are 307 (ELU-Net 248 of them, a PGM run 18 hours).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import tempfile
@@ -139,11 +138,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     betas=list(BETAS), repeats=args.repeats, quick=args.quick,
   )  # fmt: skip
   result = {"settings": settings, "provenance": common.provenance(), "times": times, "rows": rows}
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "full_scale_cost.json"), "w") as f:
-    json.dump(result, f, indent=1)
-  with open(os.path.join(out, "full_scale_cost.md"), "w") as f:
-    f.write(markdown(rows) + "\n")
+  common.write_results(out, "full_scale_cost", result, markdown(rows))
   print(markdown(rows))
   return result
 

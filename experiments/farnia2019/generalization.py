@@ -154,10 +154,7 @@ def _values(values: np.ndarray) -> dict[str, Any]:
 
 def save(result: dict[str, Any], out: str) -> list[str]:
   """Writes the JSON and the five figures into ``out``; returns their paths."""
-  os.makedirs(out, exist_ok=True)
-  paths = [os.path.join(out, "generalization.json")]
-  with open(paths[0], "w") as f:
-    json.dump(result, f, indent=1)
+  paths = common.write_results(out, "generalization", result)
   betas = result["betas"]
   curves = {
     f"beta {b}, {labels} labels": [acc for _, acc in e["random_labels"][labels]]

@@ -238,14 +238,11 @@ def save(result: dict[str, Any], out: str) -> list[str]:
   Rows already recorded in ``out/table1.json`` for cells that ``result`` does not redo are kept
   (:func:`experiments.common.merged`).
   """
-  os.makedirs(out, exist_ok=True)
-  json_path, md_path = os.path.join(out, "table1.json"), os.path.join(out, "table1.md")
-  result = common.merged(result, json_path, {"arch": ARCHS, "attack": ATTACKS})
-  with open(json_path, "w") as f:
-    json.dump(result, f, indent=1)
-  with open(md_path, "w") as f:
-    f.write(markdown(result["rows"]) + "\n")
-  return [json_path, md_path, *beta_figures(result["rows"], out)]
+  result = common.merged(
+    result, os.path.join(out, "table1.json"), {"arch": ARCHS, "attack": ATTACKS}
+  )
+  paths = common.write_results(out, "table1", result, markdown(result["rows"]))
+  return [*paths, *beta_figures(result["rows"], out)]
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -40,7 +40,6 @@ and 0.372 against 0.128); ``'fourier'`` is neither clearly more nor less robust 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -142,10 +141,7 @@ def run(
 
 def save(result: dict[str, Any], out: str) -> list[str]:
   """Writes ``fourier_sn.json`` and the two robustness figures into ``out``."""
-  os.makedirs(out, exist_ok=True)
-  paths = [os.path.join(out, "fourier_sn.json")]
-  with open(paths[0], "w") as f:
-    json.dump(result, f, indent=1)
+  paths = common.write_results(out, "fourier_sn", result)
   settings = result["settings"]
   radii = {"l2": settings["l2_radii_c2"], "linf": settings["linf_radii"]}
   curves = {n: {name: model[n] for name, model in result["models"].items()} for n in radii}

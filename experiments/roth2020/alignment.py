@@ -37,7 +37,6 @@ same radii.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -143,11 +142,7 @@ def run(
 
 def save(result: dict[str, Any], out: str) -> list[str]:
   """Writes ``alignment.json``, the ``|cos|`` histograms and ``patterns.png`` into ``out``."""
-  os.makedirs(out, exist_ok=True)
-  json_path = os.path.join(out, "alignment.json")
-  with open(json_path, "w") as f:
-    json.dump(result, f, indent=1)
-  paths = [json_path]
+  paths = common.write_results(out, "alignment", result)
   for name, model in result["models"].items():
     series = {f"eps {r} C2": v["cos"] for r, v in model["radii"].items()}
     paths.append(

@@ -47,7 +47,6 @@ d.d. p=inf .739. Clean accuracy .94-.96 for all six.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -58,20 +57,22 @@ import ml_collections
 
 from experiments import common
 from experiments.farnia2019 import table1
+from experiments.roth2020 import full_scale
 from sn_jax.training import data
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 ARCH = "mlp2"
 L2_EPS_C2, LINF_EPS = 0.05, 0.1  # the training radii: Farnia et al.'s l2 and l_inf PGM
-# label -> (the training attack, the regularizer or None)
-MODELS = {
-  "ERM": ("erm", None),
-  "PGD l2": ("pgm", None),
-  "PGD linf": ("pgm,linf", None),
-  "d.d. p=2": ("erm", ("data_dependent", 2.0)),
-  "d.d. p=inf": ("erm", ("data_dependent", math.inf)),
-  "layer-wise SN": ("erm", ("spectral_norm", None)),
+LABELS = {
+  "ERM": "erm",
+  "PGD l2": "pgd_l2",
+  "PGD linf": "pgd_linf",
+  "d.d. p=2": "dd_p2",
+  "d.d. p=inf": "dd_pinf",
+  "layer-wise SN": "layerwise",
 }
+# label -> (the training attack, the regularizer: (name, p) or None), as at full scale
+MODELS = {label: full_scale.SPECS[spec] for label, spec in LABELS.items()}
 # --quick's models: each kind of training the runner configures (ERM, an attack, both penalties).
 QUICK_MODELS = ["ERM", "PGD linf", "d.d. p=2", "layer-wise SN"]
 
@@ -138,15 +139,12 @@ def run(
 
 def save(result: dict[str, Any], out: str) -> list[str]:
   """Writes ``robustness.json``, ``robustness_l2.png`` and ``robustness_linf.png`` into ``out``."""
-  os.makedirs(out, exist_ok=True)
-  path = os.path.join(out, "robustness.json")
-  with open(path, "w") as f:
-    json.dump(result, f, indent=1)
+  paths = common.write_results(out, "robustness", result)
   settings = result["settings"]
   radii = {"l2": settings["l2_radii_c2"], "linf": settings["linf_radii"]}
   curves = {norm: {k: v[norm] for k, v in result["models"].items()} for norm in radii}
   title = f"{settings['arch']}, {settings['num_steps']} steps"
-  return [path, *common.robustness_figures(radii, curves, out, title)]
+  return [*paths, *common.robustness_figures(radii, curves, out, title)]
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
