@@ -6,9 +6,11 @@ for every spec in the file's ``SPECS``), builds the training steps ``sn-jax trai
 regularizer, alternating steps), on random inputs of the dataset's shape at the config's batch
 size, and times each (:func:`sn_jax.bench.time_fn`: the first call apart, then the median of
 ``--repeats``). A run costs its mean step time (over the steps it alternates) times its steps:
-``config.num_steps``, or ``num_epochs * ceil(N / batch_size)`` with ``N`` the training split's
-size. That is an upper bound where early stopping ends runs sooner, and an estimate for this
-machine only; the radii do not change a step's cost, so relative ones are taken in units of 1.
+``config.num_steps``, or ``num_epochs * floor(N / batch_size)`` with ``N`` the training split's
+size (the trainer drops the last partial batch). That is an upper bound where early stopping
+ends runs sooner, and an estimate for this machine only; the radii do not change a step's cost,
+so relative ones are taken in units of 1. Its hours are this machine's hours (one process using
+all its cores), as ``CPU h`` in the tables.
 
 Command::
 

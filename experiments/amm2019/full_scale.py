@@ -24,8 +24,10 @@ stopping at 99.9% train accuracy, which can end a run before its 100 epochs.
 Expected runtime: not run here (no network for the data, no accelerator). Estimated from its
 training steps timed on a quiet 2-core Intel Xeon (``results/full_scale_cost.md``, by
 ``python -m experiments.price experiments/amm2019/full_scale.py --out
-experiments/amm2019/results``): CPU hours per run in that table, upper bounds; an
-accelerator's cost is unmeasured.
+experiments/amm2019/results``, 3 repeats), upper bounds, in CPU hours per run (hours of that
+machine): MLP-800 vanilla / AMM / adversarial 0.4 / 2.1 / 0.8, LeNet 0.8 / 20.7 / 5.1; 30 for
+the six. LeNet's AMM step (1.24 s at batch 100) is 25x its vanilla step. An accelerator's cost
+is unmeasured.
 Expected result: the paper's claim, AMM raises the DeepFool margin and the accuracy under
 attack over vanilla training; the embedded-digit runs reproduce it qualitatively
 (``results/margins.md``).

@@ -36,6 +36,9 @@ Robustness: both SN models trade clean accuracy (0.838 power, 0.842 fourier, aga
 for accuracy at large radii (l2 PGD at 0.2 C2: 0.338 and 0.360 against 0.110; l_inf 0.1: 0.390
 and 0.372 against 0.128); ``'fourier'`` is neither clearly more nor less robust than
 ``'power'``.
+
+Full scale (ELU-Net on MNIST and the mini AlexNet on CIFAR-10, through tfds):
+``experiments/pan2021/full_scale.py``.
 """
 
 from __future__ import annotations

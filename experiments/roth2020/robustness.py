@@ -43,6 +43,9 @@ training in the norm it regularizes, and the layer-wise penalty falls far short.
 ``0.1 C2``: ERM .281, layer-wise SN .542, PGD l2 .698, d.d. p=2 .832 (PGD linf .828, d.d. p=inf
 .805). l_inf PGD at 0.1: ERM .003, layer-wise SN .050, PGD l2 .194, d.d. p=2 .595, PGD linf .727,
 d.d. p=inf .739. Clean accuracy .94-.96 for all six.
+
+Full scale (their CIFAR-10 protocol, 50 epochs, through tfds): the same six trainings in
+``experiments/roth2020/full_scale.py``.
 """
 
 from __future__ import annotations
