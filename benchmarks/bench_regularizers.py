@@ -7,7 +7,8 @@ of :mod:`sn_jax.training.step` (``shard_map`` over all devices), every step conf
 attack Roth et al. compare their data-dependent regularizer against.
 
 Run: ``python benchmarks/bench_regularizers.py`` (``--quick``: a batch of 16, few repeats;
-records nothing). Defaults: Roth et al.'s batch of 32; each row is probed with one step, then
+records nothing). Defaults: Roth et al.'s batch of 32, recorded as ``regularizers``; another
+``--batch B`` is recorded as ``regularizers_batchB``. Each row is probed with one step, then
 timed for up to ``--budget-s`` seconds (10 samples at most, 5 at least), so a full run takes a
 few minutes whatever a row costs, as long as it compiles and runs one step in that time.
 """
@@ -46,6 +47,7 @@ STEPS = {
   ),
 }
 REFERENCE = "PGD-10 adversarial"
+DEFAULT_BATCH = 32  # Roth et al.'s
 
 
 def regularizer_config(scale, *, attack, regularizer, options):
@@ -73,7 +75,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--quick", action="store_true", help="smoke run: small batch, no record")
   parser.add_argument("--parallel", default="shard_map", choices=("shard_map", "pmap"))
-  parser.add_argument("--batch", type=int, default=32, help="global batch (Roth et al.: 32)")
+  parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="global batch")
   parser.add_argument(
     "--budget-s", type=float, default=30.0, help="seconds of timed calls per row, at most"
   )
@@ -126,7 +128,8 @@ def main() -> None:
     print(timing.markdown_table(header, rows))
     print(notes)
   else:
-    print(timing.record("regularizers", header, rows, notes=notes))
+    name = "regularizers" if batch_size == DEFAULT_BATCH else f"regularizers_batch{batch_size}"
+    print(timing.record(name, header, rows, notes=notes))
 
 
 if __name__ == "__main__":
