@@ -23,10 +23,10 @@ training steps timed on a quiet 2-core Intel Xeon (``results/full_scale_cost.md`
 experiments/pan2021/results``, 3 repeats), upper bounds, in CPU hours per run (hours of that
 machine): ELU-Net none / power / fourier 2.0 / 2.1 / 2.1 (steps of 76.1 / 81.8 / 80.1 ms),
 AlexNet 11.7 / 11.8 / 12.9 (541.7 / 546.7 / 596.2 ms); 43 for the six. Those steps were timed 3
-times each, one method after the other; the methods' relative cost is better read from
-``benchmarks/results/fourier_train_step.json`` (10 calls each, interleaved in 5 rounds:
-``'fourier'`` 1.13x ``'power'`` on ELU-Net, 1.04x on the mini AlexNet, with SGD). An
-accelerator's cost is unmeasured.
+times each, one method after the other, before the Fourier symbol became two matrix products;
+the methods' relative cost is better read from ``benchmarks/results/fourier_train_step.json``
+(10 calls each, interleaved in 5 rounds, with SGD: ``'fourier'`` 1.04x ``'power'`` on ELU-Net,
+1.00-1.02x on the mini AlexNet). An accelerator's cost is unmeasured.
 Expected result: the paper claims ``'fourier'`` takes up to 60% less time than power-iteration
 SN and trains more robust models; on the embedded digits neither held for ELU-Net
 (``results/fourier_sn.json``).
