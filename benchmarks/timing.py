@@ -5,7 +5,8 @@ measured apart (the first call), then warm-up calls, then ``repeats`` timed call
 by ``jax.block_until_ready``; the median is reported with the interquartile range. What is
 specific to these scripts lives here: the peer comparisons, their command line, and the
 records. Results are written as JSON and as a markdown table into
-``benchmarks/README.md`` between markers named after the benchmark, with the machine it ran on.
+``benchmarks/README.md`` between markers named after the benchmark, with the machine it ran on
+and the versions of the peer frameworks it imported.
 
 Importing it keeps freed host memory for reuse (``sn_jax.host_memory.retain``), as sn_jax's
 command line does, before any computation; ``SN_JAX_BENCH_MALLOC=system`` leaves glibc's
@@ -20,6 +21,7 @@ import importlib
 import json
 import os
 import pathlib
+import sys
 import types
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -39,6 +41,14 @@ if os.environ.get("SN_JAX_BENCH_MALLOC") != "system":
 BENCH_DIR = pathlib.Path(__file__).resolve().parent
 README = BENCH_DIR / "README.md"
 RESULTS_DIR = BENCH_DIR / "results"
+# The peer frameworks a record names, with their versions, when the script imported them.
+PEERS = ("torch", "torchattacks", "foolbox")
+
+
+def peer_versions() -> str:
+  """``'torch 2.x; torchattacks 3.x'`` for the peers this process imported, else ``''``."""
+  loaded = [name for name in PEERS if name in sys.modules]
+  return "; ".join(f"{name} {getattr(sys.modules[name], '__version__', '?')}" for name in loaded)
 
 
 def compiled_flops(executable: Any) -> float | None:
@@ -138,7 +148,7 @@ def record(
   appended if the README does not have it yet. Returns the markdown written.
   """
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-  where = machine()
+  where = "; ".join(part for part in (machine(), peer_versions()) if part)
   RESULTS_DIR.mkdir(exist_ok=True)
   payload = {
     "name": name,
