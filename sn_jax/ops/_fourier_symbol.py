@@ -198,8 +198,8 @@ def symbol_parts(kernel: jax.Array, plan: Plan) -> tuple[jax.Array, jax.Array | 
   ``-2 pi sum_j w_j q_j / M_j`` for every kept frequency ``w`` and coarse tap index ``q``
   (``prod(H)`` x ``prod(Q)``), times the taps arranged by coarse index and phase
   (:func:`_by_coarse_tap`). No zero-padded grid, no FFT of a prime length, no complex
-  arithmetic and no transpose of the result: on CPU several times faster than a DFT one
-  dimension at a time.
+  arithmetic, and for one feature group no transpose of the result: on CPU several times faster
+  than a DFT one dimension at a time.
   """
   nd = len(plan.circular_shape)
   cin, cout = kernel.shape[-2:]
