@@ -371,9 +371,13 @@ def summary(args, cleans, rows, timings, total_s, torch) -> str:
     f"Scale measured: the first {n} test digits, l_inf radii {', '.join(map(str, args.eps))}"
     f"{', l2 ' + ', '.join(map(str, args.l2_eps)) if args.l2_eps else ''}; models "
     f"{', '.join(args.models)}; attacks {', '.join(args.attacks)}"
-    f"{' (the AutoAttack only where timed)' if args.autoattack_timed_only else ''}; each attack "
-    f"timed at l_inf {', '.join(map(str, args.timing_eps)) or 'no radius'}. The run "
-    f"took {total_s / 60:.0f} min."
+    f"{' (the AutoAttack only where timed)' if args.autoattack_timed_only else ''}; "
+    + (
+      f"each attack timed at l_inf {', '.join(map(str, args.timing_eps))}"
+      if args.timing_eps
+      else "no attack timed"
+    )
+    + f". The run took {total_s / 60:.0f} min."
   )
   full = (n, args.eps, args.l2_eps) == (1000, [0.1, 0.2, 0.3], [2.0])
   full &= len(args.models) == len(MODELS) and len(args.attacks) == len(ATTACKS)
