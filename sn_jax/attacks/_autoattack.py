@@ -37,6 +37,9 @@ VERSIONS = {
 ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 _TARGETS = 9  # target classes of APGD-T and FAB-T (fewer when the model has fewer classes)
 _EOT_ITER = 20  # draws per gradient of the 'rand' version
+# A chunk with few robust examples is attacked at a quarter of its size, a quarter of that, ...,
+# down to this many: one compiled variant of each attack per size.
+_SMALLEST_CHUNK = 4
 
 
 class AutoAttackResult(NamedTuple):
@@ -144,9 +147,11 @@ def autoattack(
   ``jax.jit`` traces the whole sequence once: by default every attack runs on the whole batch
   (skipped only once no example is left) and its results are masked. With ``chunk_size``, the
   examples still robust are moved to the front before each attack and the batch is attacked in
-  chunks of that size, skipping the chunks with none left, so an attack costs about what the
-  robust examples need, as in the authors' code; a 1-D ``eps`` is then evaluated one radius
-  at a time. The settings are the authors' for each version:
+  chunks of that size, skipping the chunks with none left and attacking a chunk with few left
+  at a smaller size (a quarter of ``chunk_size``, a quarter of that, ..., down to 4: each attack
+  is compiled once per size), so an attack costs about what the robust examples need, as in the
+  authors' code; a 1-D ``eps`` is then evaluated one radius at a time. The settings are the
+  authors' for each version:
 
   - ``'standard'``: :func:`apgd` on the cross-entropy, :func:`apgd_targeted` and
     :func:`fab_targeted` with 9 target classes, one restart each, and :func:`square` with 5000
@@ -269,8 +274,10 @@ def _on_robust(attack, x, y, robust, key, chunk_size: int | None) -> jax.Array:
 
   Without ``chunk_size``, on the whole batch, skipped when no example is robust. With it, the
   robust examples are moved to the front and the batch is attacked in chunks of that size (the
-  last one padded), each skipped when it holds no robust example; the result is put back in
-  the original order. Under ``vmap`` a skipped branch still runs, and only the masks decide.
+  last one padded), each skipped when it holds no robust example and otherwise attacked on its
+  first ``n`` examples, ``n`` the smallest of :func:`_chunk_sizes` that holds its robust ones
+  (they come first); the result is put back in the original order. Under ``vmap`` every branch
+  runs, and only the masks decide.
 
   Returns:
     The attack's points, shaped like ``x``; ``x`` itself where it was skipped.
@@ -286,12 +293,33 @@ def _on_robust(attack, x, y, robust, key, chunk_size: int | None) -> jax.Array:
     a = jnp.concatenate([a, jnp.repeat(a[:1], num_chunks * chunk_size - batch, axis=0)])
     return a.reshape(num_chunks, chunk_size, *a.shape[1:])
 
+  sizes = _chunk_sizes(chunk_size)
+
   def one(inputs):
     x_chunk, y_chunk, robust_chunk, chunk_key = inputs
-    run = lambda: attack(x_chunk, y_chunk, key=chunk_key)
-    return lax.cond(jnp.any(robust_chunk), run, lambda: x_chunk)
+
+    def on_first(size):
+      def run():
+        head = attack(x_chunk[:size], y_chunk[:size], key=chunk_key)
+        return jnp.concatenate([head, x_chunk[size:]])
+
+      return run
+
+    count = jnp.sum(robust_chunk)
+    # 0: skip; k >= 1: the k-th size, the smallest that holds the chunk's robust examples.
+    branch = jnp.where(count == 0, 0, 1 + jnp.sum(jnp.asarray(sizes[:-1]) < count))
+    return lax.switch(branch, [lambda: x_chunk, *(on_first(size) for size in sizes)])
 
   padded_robust = jnp.concatenate([robust[order], jnp.zeros(num_chunks * chunk_size - batch, bool)])
   inputs = (chunks(x), chunks(y), padded_robust.reshape(num_chunks, chunk_size))
   out = lax.map(one, (*inputs, jax.random.split(key, num_chunks)))
   return out.reshape(-1, *x.shape[1:])[:batch][jnp.argsort(order)]
+
+
+def _chunk_sizes(chunk_size: int) -> list[int]:
+  """The sizes a chunk of ``chunk_size`` is attacked at, ascending: ``chunk_size``, a quarter of
+  it (rounded up), a quarter of that, ..., none below ``_SMALLEST_CHUNK``."""
+  sizes = [chunk_size]
+  while -(-sizes[-1] // 4) >= _SMALLEST_CHUNK:
+    sizes.append(-(-sizes[-1] // 4))
+  return sizes[::-1]

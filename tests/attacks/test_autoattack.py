@@ -13,6 +13,7 @@ from quick_compile import QUICK
 
 from sn_jax import attacks
 from sn_jax.attacks._apgd import _loss_and_grad
+from sn_jax.attacks._autoattack import _chunk_sizes, _on_robust
 
 KEY = jax.random.key(0)
 FAST = dict(num_steps=8, num_queries=30)  # a short run of every attack
@@ -161,7 +162,7 @@ def test_every_version_names_its_attacks_in_the_authors_order():
   assert attacks.autoattack_attacks("custom", ["square", "fab"]) == ("square", "fab")
 
 
-@pytest.mark.parametrize("chunk_size", [None, 5])
+@pytest.mark.parametrize("chunk_size", [None, 5, 13])  # 13: chunks attacked at 4 or 13
 def test_the_result_stays_in_the_ball_and_the_box_and_robust_ones_keep_x(chunk_size):
   f, w, x, y = linear(1, batch=16)
   x = (x - x.min()) / (x.max() - x.min())  # in [0, 1]
@@ -176,6 +177,25 @@ def test_the_result_stays_in_the_ball_and_the_box_and_robust_ones_keep_x(chunk_s
     np.testing.assert_array_equal(x_adv[k][robust], x[robust])
     assert np.all(np.argmax(f(x_adv[k][~robust]), axis=1) != y[~robust])
   assert np.sum(broken_by[1] == -1) <= np.sum(broken_by[0] == -1) < len(x)
+
+
+def test_a_chunk_with_few_robust_examples_is_attacked_at_a_smaller_size():
+  assert _chunk_sizes(100) == [7, 25, 100] and _chunk_sizes(16) == [4, 16]
+  assert _chunk_sizes(13) == [4, 13] and _chunk_sizes(12) == [12] and _chunk_sizes(1) == [1]
+  # A stand-in attack that marks each example with the size of the batch it was attacked in.
+  attack = lambda x, y, key: x + x.shape[0]
+  on_robust = jax.jit(_on_robust, static_argnums=(0, 5))
+  x = jnp.zeros((40, 2))
+  for num_robust in (20, 21, 16, 3):
+    robust = np.zeros(40, bool)
+    robust[np.random.default_rng(num_robust).permutation(40)[:num_robust]] = True
+    out = np.asarray(on_robust(attack, x, x[:, 0], robust, KEY, 16))[:, 0]
+    # Chunks of 16 fill with the robust examples first: full ones are attacked at 16, the one
+    # with the rest at the smaller of 4 and 16 that holds it, the empty ones not at all.
+    full, rest = divmod(num_robust, 16)
+    expected = [16.0] * (16 * full) + [4.0 if rest <= 4 else 16.0] * rest
+    np.testing.assert_array_equal(np.sort(out[robust]), np.sort(expected))
+    assert set(out[~robust]) <= {0.0, 4.0, 16.0}
 
 
 def test_an_eps_curve_equals_separate_calls_and_each_program_traces_once():
