@@ -320,6 +320,6 @@ def _chunk_sizes(chunk_size: int) -> list[int]:
   """The sizes a chunk of ``chunk_size`` is attacked at, ascending: ``chunk_size``, a quarter of
   it (rounded up), a quarter of that, ..., none below ``_SMALLEST_CHUNK``."""
   sizes = [chunk_size]
-  while -(-sizes[-1] // 4) >= _SMALLEST_CHUNK:
-    sizes.append(-(-sizes[-1] // 4))
+  while (quarter := -(-sizes[-1] // 4)) >= _SMALLEST_CHUNK:
+    sizes.append(quarter)
   return sizes[::-1]
