@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import warnings
 
 # mallopt's parameters, from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
@@ -45,13 +46,16 @@ def retain() -> bool:
   every sn_jax result is the same, bit for bit, before and after the call.
 
   Call it at the start of the program, before the first JAX computation: a thread that
-  already owns an arena keeps it, and its blocks above 64 MiB are still mapped afresh. The
-  same settings for a whole process, from its start: ``GLIBC_TUNABLES=`` :data:`TUNABLES`.
-  sn_jax has no call that undoes it.
+  already allocated owns an arena of its own, which the threads started later may share, and
+  its blocks above 64 MiB are still mapped afresh. :func:`retain` then warns
+  (``RuntimeWarning``, naming how many arenas there were). The same settings for a whole
+  process, from its start, where no thread can come first: ``GLIBC_TUNABLES=``
+  :data:`TUNABLES`. sn_jax has no call that undoes it.
 
   Returns:
     True if the options were set (or already were); False where the C library is not glibc,
-    and nothing changed.
+    or where another allocator replaces glibc's ``malloc`` (jemalloc or tcmalloc through
+    ``LD_PRELOAD``): glibc's options would not reach it, and nothing changed.
 
   Usage, first thing in a training script::
 
@@ -64,9 +68,22 @@ def retain() -> bool:
     return True
   if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
     return False
+  if not _malloc_is_glibcs():
+    return False
+  arenas = _arena_count()
   mallopt = ctypes.CDLL(None).mallopt
   settings = ((_M_TRIM_THRESHOLD, _INT_MAX), (_M_MMAP_MAX, 0), (_M_ARENA_MAX, 1))
   _retained = all(mallopt(option, value) == 1 for option, value in settings)
+  if _retained and arenas > 1:
+    warnings.warn(
+      f"host_memory.retain() came after other threads had allocated: glibc already had "
+      f"{arenas} arenas, and threads that allocate in one other than the main arena still map "
+      f"their large blocks afresh at every call. Call retain() before anything starts threads "
+      f"(the first JAX computation, a data loader), or start the process with "
+      f"GLIBC_TUNABLES={TUNABLES}.",
+      RuntimeWarning,
+      stacklevel=2,
+    )
   return _retained
 
 
@@ -82,3 +99,37 @@ def retained() -> bool:
 def _set_by_environment() -> bool:
   tunables = os.environ.get("GLIBC_TUNABLES", "").split(":")
   return "glibc.malloc.mmap_max=0" in tunables and "glibc.malloc.arena_max=1" in tunables
+
+
+def _malloc_is_glibcs() -> bool:
+  """Whether the process's ``malloc`` is glibc's own, not one that ``LD_PRELOAD`` put first."""
+  process, libc = ctypes.CDLL(None), ctypes.CDLL("libc.so.6")
+  return _address(process.malloc) == _address(libc.malloc)
+
+
+def _address(function) -> int:
+  return ctypes.cast(function, ctypes.c_void_p).value
+
+
+def _arena_count() -> int:
+  """How many arenas glibc's allocator has: the main one and one per thread group (glibc only).
+
+  Read from ``malloc_info``'s report (one ``<heap nr=...>`` element per arena), written into
+  memory through ``open_memstream``.
+  """
+  libc = ctypes.CDLL("libc.so.6")
+  libc.open_memstream.restype = ctypes.c_void_p
+  libc.open_memstream.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t)]
+  libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+  libc.fclose.argtypes = [ctypes.c_void_p]
+  libc.free.argtypes = [ctypes.c_void_p]
+  report, size = ctypes.c_void_p(), ctypes.c_size_t()
+  stream = libc.open_memstream(ctypes.byref(report), ctypes.byref(size))
+  if not stream:
+    raise OSError(ctypes.get_errno(), "open_memstream failed")
+  libc.malloc_info(0, stream)
+  libc.fclose(stream)
+  try:
+    return ctypes.string_at(report.value, size.value).count(b"<heap nr=")
+  finally:
+    libc.free(report)

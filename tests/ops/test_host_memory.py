@@ -7,7 +7,9 @@ the first computation.
 """
 
 import json
+import os
 import platform
+import shutil
 import subprocess
 import sys
 
@@ -16,13 +18,18 @@ import pytest
 from sn_jax._backend import host_memory
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+# glibc's malloc is the one every process here uses (no allocator in /etc/ld.so.preload).
+GLIBC_MALLOC = GLIBC and host_memory._malloc_is_glibcs()
+NOT_GLIBC_MALLOC = "the setting is glibc's malloc's; elsewhere retain() changes nothing"
 
 # The gradient of two 3x3 convolutions at batch 32 (a 96 MiB scratch buffer), called nine
-# times after three warm-up calls; prints the scratch size and the median of the minor faults
-# per call (the heap may still grow at a call or two when other processes load the machine).
+# times after three warm-up calls; prints the scratch size, the median of the minor faults per
+# call (the heap may still grow at a call or two when other processes load the machine) and how
+# many malloc arenas there were before retain() (one: no other thread had allocated).
 PROGRAM = """
 import json, resource, sys
 from sn_jax._backend import host_memory
+arenas = host_memory._arena_count()
 retained = host_memory.retain() if sys.argv[1] == "retain" else False
 import jax, jax.numpy as jnp
 def loss(kernel, x):
@@ -41,25 +48,84 @@ for _ in range(9):
   faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 faults = sorted(faults)[4]
 temp = f.memory_analysis().temp_size_in_bytes
-print(json.dumps(dict(retained=retained, faults=faults, temp=temp)))
+print(json.dumps(dict(retained=retained, faults=faults, temp=temp, arenas=arenas)))
+"""
+
+# A malloc of its own, put before glibc's with LD_PRELOAD (as jemalloc or tcmalloc would be).
+INTERPOSED_MALLOC = """
+#include <stddef.h>
+extern void *__libc_malloc(size_t);
+void *malloc(size_t size) { return __libc_malloc(size); }
 """
 
 
-def _run(mode: str) -> dict:
-  result = subprocess.run(
-    [sys.executable, "-c", PROGRAM, mode], capture_output=True, text=True, check=True
+def _environment(**settings: str) -> dict:
+  """The subprocesses' environment: no allocator settings, preloads or XLA flags inherited
+  from the test run, one BLAS thread (which starts before retain() can run)."""
+  inherited = {name: os.environ[name] for name in ("PATH", "HOME") if name in os.environ}
+  return {**inherited, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", **settings}
+
+
+def _python(program: str, *args: str, **environment: str) -> subprocess.CompletedProcess:
+  return subprocess.run(
+    [sys.executable, "-c", program, *args],
+    capture_output=True,
+    text=True,
+    check=True,
+    env=_environment(**environment),
   )
-  return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not GLIBC, reason="the setting is glibc's; elsewhere retain() changes nothing")
+def _run(mode: str) -> dict:
+  return json.loads(_python(PROGRAM, mode).stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not GLIBC_MALLOC, reason=NOT_GLIBC_MALLOC)
 def test_retained_memory_is_not_faulted_in_again():
   default, retained = _run("default"), _run("retain")
   pages = default["temp"] / 4096
   assert default["temp"] > 64 * 2**20  # above glibc's mmap thresholds, main arena's or not
   assert not default["retained"] and retained["retained"]
+  assert retained["arenas"] == 1, "a thread allocated before retain(): its arena is not covered"
   assert default["faults"] > 0.5 * pages  # mapped afresh at every call
   assert retained["faults"] < 0.02 * pages
+
+
+@pytest.mark.skipif(not GLIBC_MALLOC, reason=NOT_GLIBC_MALLOC)
+def test_retain_warns_when_a_thread_already_has_an_arena():
+  program = """
+import threading
+from sn_jax._backend import host_memory
+thread = threading.Thread(target=lambda: bytearray(2**20))  # its first malloc: a new arena
+thread.start()
+thread.join()
+print(host_memory.retain(), host_memory.retained())
+"""
+  result = _python(program)
+  assert result.stdout.split() == ["True", "True"]
+  assert "RuntimeWarning" in result.stderr and "glibc already had 2 arenas" in result.stderr
+  assert "GLIBC_TUNABLES=" + host_memory.TUNABLES in result.stderr
+
+
+@pytest.mark.skipif(not GLIBC_MALLOC, reason=NOT_GLIBC_MALLOC)
+def test_retain_called_first_does_not_warn():
+  program = "from sn_jax._backend import host_memory; print(host_memory.retain())"
+  result = _python(program)
+  assert result.stdout.split() == ["True"] and "Warning" not in result.stderr
+
+
+@pytest.mark.skipif(
+  not GLIBC_MALLOC or shutil.which("cc") is None, reason="glibc's malloc, and cc to build another"
+)
+def test_retain_changes_nothing_when_another_malloc_is_preloaded(tmp_path):
+  source, library = tmp_path / "malloc.c", tmp_path / "libmalloc.so"
+  source.write_text(INTERPOSED_MALLOC)
+  subprocess.run(["cc", "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
+  program = (
+    "from sn_jax._backend import host_memory; print(host_memory.retain(), host_memory.retained())"
+  )
+  assert _python(program).stdout.split() == ["True", "True"]
+  assert _python(program, LD_PRELOAD=str(library)).stdout.split() == ["False", "False"]
 
 
 def test_retain_does_nothing_without_glibc(monkeypatch):
