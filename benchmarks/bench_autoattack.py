@@ -388,7 +388,8 @@ def summary(args, cleans, rows, timings, total_s, torch) -> str:
     per_digit = sum(r[3] + r[4] for r in whole) / len(whole) / n
     scale += (
       " The full scale (1000 digits, l_inf 0.1, 0.2, 0.3 and l2 2.0, both models, all five "
-      f"attacks) was not run here: at the AutoAttack times below it takes about "
+      f"attacks) was not run here: at the mean of the AutoAttack times below (the radii timed; "
+      f"a radius where more digits stay robust costs more) it takes about "
       f"{per_digit * 1000 * 8 * 2 / 3600:.0f} hours on this machine."
     )
   elif not full:
