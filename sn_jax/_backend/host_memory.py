@@ -117,7 +117,7 @@ def _arena_count() -> int:
   Read from ``malloc_info``'s report (one ``<heap nr=...>`` element per arena), written into
   memory through ``open_memstream``.
   """
-  libc = ctypes.CDLL("libc.so.6")
+  libc = ctypes.CDLL("libc.so.6", use_errno=True)  # for get_errno below
   libc.open_memstream.restype = ctypes.c_void_p
   libc.open_memstream.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t)]
   libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]

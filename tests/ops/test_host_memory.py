@@ -61,7 +61,8 @@ void *malloc(size_t size) { return __libc_malloc(size); }
 
 def _environment(**settings: str) -> dict:
   """The subprocesses' environment: no allocator settings, preloads or XLA flags inherited
-  from the test run, one BLAS thread (which starts before retain() can run)."""
+  from the test run, and BLAS on the calling thread alone (NumPy's import, which comes before
+  retain(), would otherwise start BLAS threads)."""
   inherited = {name: os.environ[name] for name in ("PATH", "HOME") if name in os.environ}
   return {**inherited, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", **settings}
 
