@@ -146,10 +146,11 @@ def square(
 
   Minimizes the margin :math:`z_y - \max_{i \ne y} z_i` using only the model's outputs, and
   keeps a proposal if it lowers the margin (or misclassifies); an example stops once it is
-  misclassified. The square's side is ``round(sqrt(p H W))`` (l_2: at least 3, odd), at most
-  ``min(H, W)``, with ``p = p_init`` halved at 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000
-  ten-thousandths of ``num_queries`` (``rescale_schedule``, the authors' default for the attack
-  alone) or queries (AutoAttack's setting).
+  misclassified, and the search once every example is (as in the authors' code). The square's
+  side is ``round(sqrt(p H W))`` (l_2: at least 3, odd), at most ``min(H, W)``, with ``p =
+  p_init`` halved at 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 ten-thousandths of
+  ``num_queries`` (``rescale_schedule``, the authors' default for the attack alone) or queries
+  (AutoAttack's setting).
 
   * l_inf: starts from vertical stripes, ``x + eps * s`` with a random sign ``s`` per column and
     channel; a proposal sets one random square of each channel to ``x + eps * s`` with a random
@@ -172,7 +173,8 @@ def square(
     y: labels ``(B,)``; None: the model's predictions.
     eps: radius, finite and >= 0: a scalar, or ``(E,)`` for E attacks in one call.
     norm: ``jnp.inf`` or 2 (images of at least 5 x 5 pixels).
-    num_queries: iterations, >= 1, each one model evaluation (plus one at the start).
+    num_queries: iterations, >= 1, each one model evaluation (plus one at the start); fewer
+      run when every example is misclassified earlier.
     p_init: the initial fraction of the pixels a square covers, in (0, 1].
     rescale_schedule: halve ``p`` at fractions of ``num_queries`` (True) or at fixed query
       counts, as :func:`autoattack` runs it (False).
@@ -279,7 +281,16 @@ def square(
       keep = (margin_best > 0) & (new < margin_best)
       return jnp.where(_expand(keep, x), x_new, x_best), jnp.where(keep, new, margin_best)
 
-    x_best, _ = lax.fori_loop(0, num_queries, body, (x_best, margin_best))
+    def searching(carry):
+      i, _, margin_best = carry
+      return (i < num_queries) & jnp.any(margin_best > 0)
+
+    def step(carry):
+      i, x_best, margin_best = carry
+      return i + 1, *body(i, (x_best, margin_best))
+
+    start = (jnp.zeros((), jnp.int32), x_best, margin_best)
+    _, x_best, _ = lax.while_loop(searching, step, start)
     return _finish(x, x_best)
 
   return _over_radii(attack_one, eps)

@@ -74,6 +74,34 @@ def test_square_fools_a_three_class_linear_model_with_a_larger_radius():
   assert np.all(margins(f(x_adv), y) < 0)
 
 
+def test_the_search_stops_once_every_example_is_misclassified_with_the_full_budgets_result():
+  f, x, y, distance = linear(1)
+  calls = [0]
+
+  def counted(z):
+    jax.debug.callback(lambda: calls.__setitem__(0, calls[0] + 1))
+    return f(z)
+
+  def run(eps, num_queries):
+    calls[0] = 0
+    square = lambda: attacks.square(
+      counted, x, y, eps=eps, num_queries=num_queries, rescale_schedule=False, key=KEY
+    )
+    x_adv = jax.block_until_ready(jax.jit(square, compiler_options=QUICK)())
+    jax.effects_barrier()
+    return np.asarray(x_adv), calls[0]
+
+  beyond = float(1.5 * distance.max())
+  short, short_calls = run(beyond, 2000)
+  long, long_calls = run(beyond, 4000)
+  assert np.all(margins(f(short), y) < 0)
+  np.testing.assert_array_equal(short, long)
+  assert short_calls == long_calls < 2000
+  # Where an example cannot be fooled, every query is made (plus the clean and start margins).
+  _, calls_below = run(float(0.5 * distance.min()), 300)
+  assert calls_below == 300 + 2
+
+
 def test_the_square_size_follows_the_reference_schedule():
   # p = p_init / 2^k after 10, 50, 200, ... ten-thousandths of the budget; side round(sqrt(p HW)).
   p = [0.8 / 2**k for k in (0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9)]
