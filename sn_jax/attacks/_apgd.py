@@ -188,25 +188,57 @@ def _single_run(
   return s.x_best, s.loss_best, s.x_fooled, s.fooled
 
 
-def _best_of_runs(logits_fn, x, labels, num_runs: int, run: Callable[..., Any], key) -> jax.Array:
-  """Runs ``run(index, key)`` for ``index < num_runs`` in a ``lax.scan`` and keeps, per example,
-  ``x`` if the model already misclassifies it, else the first run's misclassified point, else the
-  highest-loss point of all runs."""
+def _best_of_runs(logits_fn, x, labels, runs: jax.Array, run: Callable[..., Any], key) -> jax.Array:
+  """Runs ``run(index, key)`` for each ``index`` of ``runs`` (int ``(R,)``) in a ``lax.scan`` and
+  keeps, per example, ``x`` if the model already misclassifies it, else the first run's
+  misclassified point, else the highest-loss point of all runs. A run is skipped once every
+  example is misclassified (what it would find could not change the result)."""
   done = jnp.argmax(logits_fn(x), axis=-1) != labels
 
   def keep(carry, inputs):
-    out, done, best = carry
-    x_best, loss_best, x_fooled, fooled = run(*inputs)
-    take_fooled = ~done & fooled
-    take_best = ~done & ~fooled & (loss_best > best)
-    out = jnp.where(_expand(take_fooled, x), x_fooled, out)
-    out = jnp.where(_expand(take_best, x), x_best, out)
-    return (out, done | fooled, jnp.where(take_best, loss_best, best)), None
+    def attack():
+      out, done, best = carry
+      x_best, loss_best, x_fooled, fooled = run(*inputs)
+      take_fooled = ~done & fooled
+      take_best = ~done & ~fooled & (loss_best > best)
+      out = jnp.where(_expand(take_fooled, x), x_fooled, out)
+      out = jnp.where(_expand(take_best, x), x_best, out)
+      return out, done | fooled, jnp.where(take_best, loss_best, best)
+
+    return lax.cond(jnp.all(carry[1]), lambda: carry, attack), None
 
   start = (x, done, jnp.full(x.shape[:1], -jnp.inf, x.dtype))
-  inputs = (jnp.arange(num_runs), jax.random.split(key, num_runs))
+  inputs = (runs, jax.random.split(key, runs.shape[0]))
   (out, _, _), _ = lax.scan(keep, _varying_like_x(start, x), inputs)
   return out
+
+
+def _apgd(draw, predict, x, labels, eps, key, runs, loss_of_run, options) -> jax.Array:
+  """The APGD runs numbered ``runs`` (int ``(R,)``), the run ``i`` maximizing ``loss_of_run(i)``,
+  combined by :func:`_best_of_runs`, at each radius of ``eps``; ``options``: the keywords of
+  :func:`_single_run`. Inputs are checked; ``labels`` ``(B,)`` are the true labels."""
+
+  def attack_one(eps):
+    eps = eps.astype(x.dtype)
+
+    def run(index, run_key):
+      return _single_run(draw, loss_of_run(index), x, labels, eps, run_key, **options)
+
+    return _finish(x, _best_of_runs(predict, x, labels, runs, run, key))
+
+  return _over_radii(attack_one, eps)
+
+
+def _targeted_dlr(logits_fn, x, num_classes: int, num_restarts: int):
+  """``loss_of_run`` of APGD-T: the run ``i`` targets the class with the ``(i // num_restarts +
+  2)``-th largest logit at ``x``."""
+  ranked = jnp.argsort(lax.stop_gradient(logits_fn(x)), axis=-1)  # (B, C), ascending
+
+  def loss_of_run(index):
+    target = ranked[:, num_classes - 2 - index // num_restarts]
+    return lambda logits, labels: dlr_loss_targeted(logits, labels, target)
+
+  return loss_of_run
 
 
 def _draw_and_predict(logits_fn, eot_iter: int | None, key: jax.Array):
@@ -330,16 +362,8 @@ def apgd(
   options = dict(
     norm=norm, num_steps=num_steps, rho=rho, eot_iter=eot_iter, clip_min=clip_min, clip_max=clip_max
   )
-
-  def attack_one(eps):
-    eps = eps.astype(x.dtype)
-
-    def run(_, run_key):
-      return _single_run(draw, losses[loss], x, labels, eps, run_key, **options)
-
-    return _finish(x, _best_of_runs(predict, x, labels, num_restarts, run, key))
-
-  return _over_radii(attack_one, eps)
+  runs = jnp.arange(num_restarts)
+  return _apgd(draw, predict, x, labels, eps, key, runs, lambda _: losses[loss], options)
 
 
 def apgd_targeted(
@@ -410,22 +434,10 @@ def apgd_targeted(
       f"`num_target_classes` (={num_target_classes}) must be <= C - 1 = {num_classes - 1}."
     )
   labels = _labels(logits_fn, x, y, False)
-  ranked = jnp.argsort(lax.stop_gradient(logits_fn(x)), axis=-1)  # (B, C), ascending
-  options = dict(norm=norm, num_steps=num_steps, rho=rho, clip_min=clip_min, clip_max=clip_max)
+  options = dict(
+    norm=norm, num_steps=num_steps, rho=rho, eot_iter=1, clip_min=clip_min, clip_max=clip_max
+  )
   draw, _, _ = _draw_and_predict(logits_fn, None, key)
-
-  def attack_one(eps):
-    eps = eps.astype(x.dtype)
-
-    def run(index, run_key):
-      target = ranked[:, num_classes - 2 - index // num_restarts]
-
-      def loss_fn(logits, labels):
-        return dlr_loss_targeted(logits, labels, target)
-
-      return _single_run(draw, loss_fn, x, labels, eps, run_key, eot_iter=1, **options)
-
-    num_runs = num_target_classes * num_restarts
-    return _finish(x, _best_of_runs(logits_fn, x, labels, num_runs, run, key))
-
-  return _over_radii(attack_one, eps)
+  runs = jnp.arange(num_target_classes * num_restarts)
+  loss_of_run = _targeted_dlr(logits_fn, x, num_classes, num_restarts)
+  return _apgd(draw, logits_fn, x, labels, eps, key, runs, loss_of_run, options)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sn_jax.attacks._apgd import apgd, apgd_targeted
+from sn_jax.attacks._apgd import _apgd, _draw_and_predict, _targeted_dlr
 from sn_jax.attacks._common import (
   LogitsFn,
   _check_clip,
@@ -24,8 +24,10 @@ from sn_jax.attacks._common import (
   _labels,
   _num_classes,
   _over_radii,
+  cross_entropy,
 )
-from sn_jax.attacks._fab import fab, fab_targeted
+from sn_jax.attacks._dlr import dlr_loss
+from sn_jax.attacks._fab import _fab, _ranked_targets
 from sn_jax.attacks._square import square
 
 # The attacks of each version, in the order they run, as the authors' code sets them.
@@ -103,23 +105,55 @@ def autoattack_attacks(version: str = "standard", attacks: Sequence[str] | None 
 
 
 def _attack_fns(
-  version: str, num_classes: int, num_steps: int, num_queries: int, options: dict
-) -> dict[str, Callable[..., jax.Array]]:
-  """Each attack as ``(logits_fn, x, y, eps, key) -> x_adv``, with its settings of ``version``."""
+  logits_fn, version: str, num_classes: int, num_steps: int, num_queries: int, options: dict
+) -> dict[str, tuple[int, Callable[..., jax.Array]]]:
+  """Each attack of ``version`` as ``(num_runs, attack)``, with the authors' settings.
+
+  ``attack(x, y, *, eps, key, runs)`` gives the points of the attack's runs numbered ``runs``
+  (int ``(R,)``, each below ``num_runs``: a target class times ``num_restarts`` plus a restart)
+  at a scalar ``eps``, on checked inputs and true labels ``y``; ``options``: norm and clip box.
+  """
   restarts = 5 if version == "plus" else 1
   targets = min(_TARGETS, num_classes - 1)
-  eot = {"eot_iter": _EOT_ITER} if version == "rand" else {}
-  apgd_options = dict(num_steps=num_steps, num_restarts=restarts, **eot, **options)
-  fab_options = dict(num_steps=num_steps, **options)
+  eot_iter = _EOT_ITER if version == "rand" else None
+  # The authors' APGD and FAB settings (the defaults of :func:`apgd` and :func:`fab`).
+  apgd_options = dict(num_steps=num_steps, rho=0.75, **options)
+  fab_options = dict(num_steps=num_steps, alpha_max=0.1, eta=1.05, beta=0.9, **options)
+
+  def apgd_on(loss):
+    def attack(x, y, *, eps, key, runs):
+      draw, predict, eot = _draw_and_predict(logits_fn, eot_iter, key)
+      run_options = dict(eot_iter=eot, **apgd_options)
+      return _apgd(draw, predict, x, y, eps, key, runs, lambda _: loss, run_options)
+
+    return restarts, attack
+
+  def apgd_t(x, y, *, eps, key, runs):
+    draw, _, _ = _draw_and_predict(logits_fn, None, key)
+    loss_of_run = _targeted_dlr(logits_fn, x, num_classes, 1)
+    run_options = dict(eot_iter=1, **apgd_options)
+    return _apgd(draw, logits_fn, x, y, eps, key, runs, loss_of_run, run_options)
+
+  def fab_untargeted(x, y, *, eps, key, runs):
+    return _fab(logits_fn, x, y, eps, key, runs, None, restarts, fab_options)
+
+  def fab_t(x, y, *, eps, key, runs):
+    target_of = _ranked_targets(logits_fn, x, num_classes)
+    return _fab(logits_fn, x, y, eps, key, runs, target_of, 1, fab_options)
+
+  def square_attack(x, y, *, eps, key, runs):
+    del runs  # one run
+    return square(
+      logits_fn, x, y, eps=eps, key=key, num_queries=num_queries, rescale_schedule=False, **options
+    )
+
   return {
-    "apgd-ce": functools.partial(apgd, loss="ce", **apgd_options),
-    "apgd-dlr": functools.partial(apgd, loss="dlr", **apgd_options),
-    "apgd-t": functools.partial(
-      apgd_targeted, num_target_classes=targets, num_steps=num_steps, **options
-    ),
-    "fab": functools.partial(fab, num_restarts=restarts, **fab_options),
-    "fab-t": functools.partial(fab_targeted, num_target_classes=targets, **fab_options),
-    "square": functools.partial(square, num_queries=num_queries, rescale_schedule=False, **options),
+    "apgd-ce": apgd_on(cross_entropy),
+    "apgd-dlr": apgd_on(dlr_loss),
+    "apgd-t": (targets, apgd_t),
+    "fab": (restarts, fab_untargeted),
+    "fab-t": (targets, fab_t),
+    "square": (1, square_attack),
   }
 
 
@@ -141,17 +175,19 @@ def autoattack(
 ) -> AutoAttackResult:
   """AutoAttack: a fixed sequence of parameter-free attacks, each on the examples still robust.
 
-  Runs the attacks of :func:`autoattack_attacks` in order. After each one, an example it fools
-  (that the model misclassifies at its adversarial point) keeps that point and is marked broken
-  by it; the next attacks only count for the examples still robust. Shapes are static, so one
-  ``jax.jit`` traces the whole sequence once: by default every attack runs on the whole batch
-  (skipped only once no example is left) and its results are masked. With ``chunk_size``, the
-  examples still robust are moved to the front before each attack and the batch is attacked in
-  chunks of that size, skipping the chunks with none left and attacking a chunk with few left
-  at a smaller size (a quarter of ``chunk_size``, a quarter of that, ..., down to 4: each attack
-  is compiled once per size), so an attack costs about what the robust examples need, as in the
-  authors' code; a 1-D ``eps`` is then evaluated one radius at a time. The settings are the
-  authors' for each version:
+  Runs the attacks of :func:`autoattack_attacks` in order, and the runs of each attack (one per
+  target class of APGD-T and FAB-T, one per restart of ``'plus'``'s APGD and FAB) one after
+  another, as in the authors' code. After each run, an example it fools (that the model
+  misclassifies at its adversarial point) keeps that point and is marked broken by its attack;
+  the next runs only count for the examples still robust. Shapes are static, so one ``jax.jit``
+  traces the whole sequence once: by default every run attacks the whole batch (skipped only once
+  no example is left) and its results are masked. With ``chunk_size``, the examples still robust
+  are moved to the front before each run and the batch is attacked in chunks of that size,
+  skipping the chunks with none left and attacking a chunk with few left at a smaller size (a
+  quarter of ``chunk_size``, a quarter of that, ..., down to 4: each attack is compiled once per
+  size), so a run costs about what the robust examples need, as in the authors' code; a 1-D
+  ``eps`` is then evaluated one radius at a time. The settings are the authors' for each
+  version:
 
   - ``'standard'``: :func:`apgd` on the cross-entropy, :func:`apgd_targeted` and
     :func:`fab_targeted` with 9 target classes, one restart each, and :func:`square` with 5000
@@ -249,7 +285,7 @@ def autoattack(
       )
   y = _labels(predict, x, y, False)
   options = dict(norm=norm, clip_min=clip_min, clip_max=clip_max)
-  fns = _attack_fns(version, num_classes, num_steps, num_queries, options)
+  fns = _attack_fns(attacked, version, num_classes, num_steps, num_queries, options)
   keys = jax.random.split(key, len(names))
 
   def attack_one(eps):
@@ -257,16 +293,40 @@ def autoattack(
     clean_wrong = jnp.argmax(predict(x), axis=-1) != y
     x_adv, broken_by = x, jnp.where(clean_wrong, 0, -1).astype(jnp.int32)
     for stage, (name, stage_key) in enumerate(zip(names, keys, strict=True), start=1):
-      attack = functools.partial(fns[name], attacked, eps=eps)
-      candidate = _on_robust(attack, x, y, broken_by == -1, stage_key, chunk_size)
-      fooled = (broken_by == -1) & (jnp.argmax(predict(candidate), axis=-1) != y)
-      x_adv = jnp.where(_expand(fooled, x), candidate, x_adv)
-      broken_by = jnp.where(fooled, stage, broken_by)
+      num_runs, attack = fns[name]
+      attack = functools.partial(attack, eps=eps)
+      x_adv, broken_by = _run_stage(
+        attack, num_runs, stage, x, y, predict, (x_adv, broken_by), stage_key, chunk_size
+      )
     return AutoAttackResult(_finish(x, x_adv), broken_by)
 
   if eps.ndim == 1 and chunk_size is not None:
     return lax.map(attack_one, eps)  # one radius at a time, so that skipped chunks are skipped
   return _over_radii(attack_one, eps)
+
+
+def _run_stage(attack, num_runs: int, stage: int, x, y, predict, carry, key, chunk_size):
+  """The runs of one attack, one after another, each on the examples no earlier run fooled.
+
+  As in the authors' code, where APGD-T and FAB-T attack, for each target class in turn, only the
+  examples still robust (and APGD and FAB each restart on those). ``carry`` is ``(x_adv,
+  broken_by)``; an example the run ``attack(x, y, key=..., runs=...)`` fools gets its point and
+  ``stage``. Returns the new ``(x_adv, broken_by)``.
+  """
+
+  def one_run(carry, inputs):
+    x_adv, broken_by = carry
+    run, run_key = inputs
+    robust = broken_by == -1
+    run_attack = functools.partial(attack, runs=run[None])
+    candidate = _on_robust(run_attack, x, y, robust, run_key, chunk_size)
+    fooled = robust & (jnp.argmax(predict(candidate), axis=-1) != y)
+    x_adv = jnp.where(_expand(fooled, x), candidate, x_adv)
+    return (x_adv, jnp.where(fooled, stage, broken_by)), None
+
+  inputs = (jnp.arange(num_runs), jax.random.split(key, num_runs))
+  carry, _ = lax.scan(one_run, carry, inputs)
+  return carry
 
 
 def _on_robust(attack, x, y, robust, key, chunk_size: int | None) -> jax.Array:

@@ -180,11 +180,12 @@ def _check_fab(logits_fn, x, eps, norm, num_restarts, options, key):
   return x, eps, norm, num_classes
 
 
-def _fab(logits_fn, x, y, eps, key, targets, num_targets, num_restarts, options):
-  """Shared body of :func:`fab` and :func:`fab_targeted`: ``num_targets * num_restarts`` runs
-  (``targets`` None: untargeted), each target's first run from ``x``, the others from random
-  points; per example, the first run that finds a misclassified point within ``eps`` wins."""
-  labels = _labels(logits_fn, x, y, False)
+def _fab(logits_fn, x, labels, eps, key, runs, targets, num_restarts: int, options) -> jax.Array:
+  """Shared body of :func:`fab` and :func:`fab_targeted`: the runs numbered ``runs`` (int
+  ``(R,)``), the run ``i`` toward ``targets(i // num_restarts)`` (``targets`` None: untargeted),
+  from ``x`` where ``i % num_restarts == 0`` and from a random point otherwise; per example, the
+  first run that finds a misclassified point within ``eps`` wins. Inputs are checked; ``labels``
+  ``(B,)`` are the true labels."""
 
   def attack_one(eps):
     eps = eps.astype(x.dtype)
@@ -202,10 +203,16 @@ def _fab(logits_fn, x, y, eps, key, targets, num_targets, num_restarts, options)
       # (a loss of -inf never replaces it).
       return x, jnp.full(x.shape[:1], -jnp.inf, x.dtype), x_best, size_best <= eps
 
-    num_runs = num_targets * num_restarts
-    return _finish(x, _best_of_runs(logits_fn, x, labels, num_runs, run, key))
+    return _finish(x, _best_of_runs(logits_fn, x, labels, runs, run, key))
 
   return _over_radii(attack_one, eps)
+
+
+def _ranked_targets(logits_fn, x, num_classes: int):
+  """``targets`` of FAB-T: ``targets(k)`` ``(B,)``, the class with the ``(k + 2)``-th largest
+  logit at ``x``."""
+  ranked = jnp.argsort(lax.stop_gradient(logits_fn(x)), axis=-1)  # (B, C), ascending
+  return lambda k: ranked[:, num_classes - 2 - k]
 
 
 def fab(
@@ -295,7 +302,8 @@ def fab(
     clip_max=clip_max,
   )
   x, eps, options["norm"], _ = _check_fab(logits_fn, x, eps, norm, num_restarts, options, key)
-  return _fab(logits_fn, x, y, eps, key, None, 1, num_restarts, options)
+  labels = _labels(logits_fn, x, y, False)
+  return _fab(logits_fn, x, labels, eps, key, jnp.arange(num_restarts), None, num_restarts, options)
 
 
 def fab_targeted(
@@ -376,9 +384,7 @@ def fab_targeted(
     raise ValueError(
       f"`num_target_classes` (={num_target_classes}) must be <= C - 1 = {num_classes - 1}."
     )
-  ranked = jnp.argsort(lax.stop_gradient(logits_fn(x)), axis=-1)  # (B, C), ascending
-
-  def targets(index):
-    return ranked[:, num_classes - 2 - index]
-
-  return _fab(logits_fn, x, y, eps, key, targets, num_target_classes, num_restarts, options)
+  labels = _labels(logits_fn, x, y, False)
+  runs = jnp.arange(num_target_classes * num_restarts)
+  targets = _ranked_targets(logits_fn, x, num_classes)
+  return _fab(logits_fn, x, labels, eps, key, runs, targets, num_restarts, options)

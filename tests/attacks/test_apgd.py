@@ -136,6 +136,41 @@ def test_apgd_keeps_already_misclassified_examples_and_y_none_attacks_the_predic
   )
 
 
+def counted(f):
+  """``f`` that adds its batch size to ``calls[0]`` at each evaluation, also under ``jit``."""
+  calls = [0]
+
+  def tally(batch):
+    calls[0] += int(batch)
+
+  def g(z):
+    jax.debug.callback(tally, z.shape[0])
+    return f(z)
+
+  return g, calls
+
+
+def test_target_classes_are_skipped_once_every_example_is_misclassified():
+  f, w, b, x, y = linear(4)
+  distance = np.min(np.divide(*pair_terms(w, b, x, y, jnp.inf)), axis=1)
+
+  def evaluations(eps, num_target_classes):
+    g, calls = counted(f)
+    run = lambda: attacks.apgd_targeted(
+      g, x, y, eps=eps, num_target_classes=num_target_classes, num_steps=5, key=KEY
+    )
+    jax.block_until_ready(jax.jit(run, compiler_options=QUICK)())
+    jax.effects_barrier()
+    return calls[0]
+
+  # Far beyond every example's distance the first target breaks all: the next two never run.
+  beyond = float(3 * distance.max())
+  assert evaluations(beyond, 3) == evaluations(beyond, 1)
+  # Below every distance each target runs: a start and 5 steps, each evaluating the batch once.
+  below = float(0.5 * distance.min())
+  assert evaluations(below, 3) - evaluations(below, 1) == 2 * 6 * len(x)
+
+
 # --- the DLR losses -----------------------------------------------------------------------------
 
 

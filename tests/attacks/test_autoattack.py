@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 from quick_compile import QUICK
 
 from sn_jax import attacks
-from sn_jax.attacks._apgd import _loss_and_grad
+from sn_jax.attacks._apgd import _apgd, _loss_and_grad, _targeted_dlr
 from sn_jax.attacks._autoattack import _chunk_sizes, _on_robust
 
 KEY = jax.random.key(0)
@@ -116,36 +116,43 @@ def test_a_linear_model_is_broken_exactly_within_its_minimal_distance(norm, vers
   assert np.all(size <= eps + 10 * np.finfo(np.float32).eps * np.abs(x).max())
 
 
-def test_each_attack_runs_on_what_the_previous_ones_left():
-  # A transliteration of the sequence: each stage is the attack alone, with its key.
-  f, _, x, y = linear(2, batch=16)
+def test_each_attack_and_each_target_class_runs_on_what_the_earlier_ones_left():
+  # A transliteration of the sequence: each stage is the attack alone, with its key; APGD-T one
+  # target class at a time (its own key), each on the examples still robust, as the authors do.
+  f, _, x, y = linear(6, batch=16)
   y = y.copy()
   y[0] = (y[0] + 1) % 4  # misclassified without attack
   names = ("square", "apgd-t")  # not the standard order
-  eps = 0.4
+  eps = 0.3
   quick = functools.partial(jax.jit, compiler_options=QUICK)
   result = quick(
     lambda: attacks.autoattack(f, x, y, eps=eps, version="custom", attacks=names, key=KEY, **FAST)
   )()
-  keys = jax.random.split(KEY, len(names))
-  runs = [
-    quick(
-      lambda: attacks.square(f, x, y, eps=eps, num_queries=30, rescale_schedule=False, key=keys[0])
-    )(),
-    quick(
-      lambda: attacks.apgd_targeted(
-        f, x, y, eps=eps, num_target_classes=3, num_steps=8, key=keys[1]
-      )
-    )(),
-  ]
+  # A run's key: the stage's key split into one per run.
+  square_key, apgd_t_key = jax.random.split(KEY, len(names))
+  square_key, apgd_t_keys = jax.random.split(square_key, 1)[0], jax.random.split(apgd_t_key, 3)
+  x_square = attacks.square(
+    f, x, y, eps=eps, num_queries=30, rescale_schedule=False, key=square_key
+  )
+  options = dict(norm=jnp.inf, num_steps=8, rho=0.75, eot_iter=1, clip_min=None, clip_max=None)
+  loss_of_run = _targeted_dlr(f, x, 4, 1)
+
+  @quick
+  def apgd_t_run(target, target_key):
+    draw = lambda z, _: f(z)
+    return _apgd(draw, f, x, y, jnp.asarray(eps), target_key, target[None], loss_of_run, options)
+
+  runs = [(1, x_square)] + [(2, apgd_t_run(t, k)) for t, k in enumerate(apgd_t_keys)]
   expected = np.where(np.argmax(f(x), axis=1) != y, 0, -1)
-  x_expected = x.copy()
-  for stage, x_run in enumerate(runs, start=1):
+  x_expected, breaks = x.copy(), []
+  for stage, x_run in runs:
     fooled = (expected == -1) & (np.argmax(f(x_run), axis=1) != y)
     expected[fooled], x_expected[fooled] = stage, np.asarray(x_run)[fooled]
+    breaks.append(int(fooled.sum()))
   np.testing.assert_array_equal(result.broken_by, expected)
   np.testing.assert_array_equal(result.x_adv, x_expected)
   assert result.broken_by[0] == 0 and {1, 2, -1} <= set(expected.tolist())
+  assert breaks[2] > 0, breaks  # the second target class breaks what the first one left
 
 
 def test_every_version_names_its_attacks_in_the_authors_order():
