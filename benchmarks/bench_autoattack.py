@@ -252,14 +252,12 @@ def evaluate_model(name, args, x, y, torch, torch_models, torchattacks):
   for norm, eps_list in radii(args):
     for attack in args.attacks:
       fn = sn_jax_attack(attack, norm, args.steps, args.queries, args.chunk_size)
-      if attack != "autoattack":  # one call for the whole curve
-        start = time.perf_counter()
-        ours = np.asarray(fn(model, variables, x, y, jnp.asarray(eps_list, jnp.float32), key))
-        say(f"sn_jax {attack}, {norm_name(norm)} {eps_list}", start)
-        rows += [
-          row(name, norm, e, attack, o, run(attack, norm, e))
-          for e, o in zip(eps_list, ours, strict=True)
-        ]
+      if attack != "autoattack":
+        for eps in eps_list:  # per radius, so that an attack stops once every digit is broken
+          start = time.perf_counter()
+          (ours,) = np.asarray(fn(model, variables, x, y, jnp.asarray([eps], jnp.float32), key))
+          say(f"sn_jax {attack}, {norm_name(norm)} {eps}", start)
+          rows.append(row(name, norm, eps, attack, ours, run(attack, norm, eps)))
         for eps in eps_list if norm == math.inf else []:
           if eps in args.timing_eps:
             radius = jnp.asarray([eps], jnp.float32)
