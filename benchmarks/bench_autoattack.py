@@ -27,17 +27,22 @@ Run: ``python benchmarks/bench_autoattack.py`` (the full scale: 1000 digits, l_i
 and l2 2.0, both models, all attacks; many hours on a 2-core CPU). ``--num-examples``, ``--eps``,
 ``--l2-eps``, ``--models``, ``--attacks`` and ``--timing-eps`` cut it down; ``--chunk-size`` sets
 sn_jax's ``autoattack(chunk_size=)``; ``--record-name`` names the README section and results JSON
-the run writes. ``--quick`` is a smoke run that records nothing: untrained weights, 8 digits,
-l_inf 0.2, the first model, APGD-CE and the AutoAttack with 3 iterations and 20 queries. Needs
-torch and torchattacks (install torchattacks with ``--no-deps`` next to a CPU torch: its pinned
-requirements pull another torch and an old requests). Writes its section of
-benchmarks/README.md and ``results/NAME.json`` (``--record-name``).
+the run writes. Each row is saved as it is measured to ``results/NAME.partial.json``;
+``--resume`` goes on with such an unfinished run (same options; each model checked to give the
+same logits), so the full scale can be run in parts. ``--quick`` is a smoke run that records
+nothing: untrained weights, 8 digits, l_inf 0.2, the first model, APGD-CE and the AutoAttack
+with 3 iterations and 20 queries. Needs torch and torchattacks (install torchattacks with
+``--no-deps`` next to a CPU torch: its pinned requirements pull another torch and an old
+requests). Writes its section of benchmarks/README.md and ``results/NAME.json``
+(``--record-name``).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import functools
+import json
 import math
 import os
 import time
@@ -173,6 +178,99 @@ def torch_attack(torchattacks, net, name: str, norm: float, eps: float, steps: i
   return torchattacks.MultiAttack([made[n]() for n in ATTACKS[:4]])
 
 
+# The options a resumed run must share with the run it goes on with.
+SETTINGS = ("num_examples", "eps", "l2_eps", "models", "attacks", "timing_eps",
+            "autoattack_timed_only", "chunk_size", "steps", "queries", "train_steps")  # fmt: skip
+
+
+class Progress:
+  """The rows measured so far, saved after each one to ``results/NAME.partial.json``.
+
+  A run longer than one sitting, or cut off, goes on with ``--resume`` where it stopped: the rows
+  already there are not measured again, each model must give the same logits as when its first
+  rows were measured (it is retrained from the same seed where the cache is gone), and the
+  file is removed once the section is recorded. A ``--quick`` run saves nothing.
+  """
+
+  def __init__(self, args: argparse.Namespace):
+    self.path = (
+      None
+      if args.quick
+      else os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "results", f"{args.record_name}.partial.json"
+      )
+    )
+    self.settings = json.loads(json.dumps({k: getattr(args, k) for k in SETTINGS}))
+    self.state = dict(settings=self.settings, rows=[], timings=[], models={}, elapsed_s=0.0,
+                      parts=[])  # fmt: skip
+    if self.path and os.path.exists(self.path):
+      if not args.resume:
+        raise SystemExit(
+          f"{self.path} holds the rows of an unfinished run: pass --resume to go on with it, or "
+          "delete the file to start over."
+        )
+      with open(self.path) as f:
+        self.state = json.load(f)
+      differ = [k for k in SETTINGS if self.state["settings"].get(k) != self.settings[k]]
+      if differ:
+        changes = (
+          f"{k}={self.state['settings'].get(k)!r} (now {self.settings[k]!r})" for k in differ
+        )
+        raise SystemExit(
+          f"--resume: the unfinished run in {self.path} has other settings: " + ", ".join(changes)
+        )
+      print(f"resuming {self.path}: {len(self.state['rows'])} accuracy rows and "
+            f"{len(self.state['timings'])} timing rows already measured", flush=True)  # fmt: skip
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    self.state["parts"].append(stamp)
+    self.elapsed_before, self.started = self.state["elapsed_s"], time.perf_counter()
+
+  def has(self, kind: str, model: str, radius: str, measure: str) -> bool:
+    """Whether the ``kind`` row (``'rows'`` or ``'timings'``) of this cell is measured."""
+    return any(r[:3] == [model, radius, measure] for r in self.state[kind])
+
+  def add(self, kind: str, row: list) -> None:
+    self.state[kind].append(row)
+    self.save()
+
+  def check_model(self, name: str, clean: float, logits: np.ndarray) -> None:
+    """Records model ``name``'s clean accuracy and logits on the first digits, or checks them
+    against those recorded: the rows of a resumed run must all come from the same weights."""
+    first = np.asarray(logits[:8], np.float64)
+    saved = self.state["models"].get(name)
+    if saved is None:
+      self.state["models"][name] = dict(clean=clean, logits=first.tolist())
+      self.save()
+    elif not np.allclose(first, saved["logits"], rtol=1e-4, atol=1e-4 * np.abs(first).max()):
+      raise SystemExit(
+        f"--resume: model {name!r} gives other logits than when its first rows were measured "
+        f"(largest difference {np.abs(first - saved['logits']).max():.3g}); its rows cannot be "
+        "combined. Delete the partial file to start over."
+      )
+
+  def rows(self, kind: str) -> list[list]:
+    return self.state[kind]
+
+  def cleans(self) -> dict[str, float]:
+    return {name: m["clean"] for name, m in self.state["models"].items()}
+
+  def elapsed_s(self) -> float:
+    return self.elapsed_before + time.perf_counter() - self.started
+
+  def save(self) -> None:
+    """Writes the file whole or not at all (a temporary file renamed over it)."""
+    if self.path is None:
+      return
+    self.state["elapsed_s"] = self.elapsed_s()
+    with open(self.path + ".tmp", "w") as f:
+      json.dump(self.state, f)
+    os.replace(self.path + ".tmp", self.path)
+
+  def finish(self) -> None:
+    if self.path and os.path.exists(self.path):
+      os.remove(self.path)
+
+
 def parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="tiny smoke run; records nothing")
@@ -206,6 +304,11 @@ def parse_args() -> argparse.Namespace:
     help="the README section and results/NAME.json this run writes (default: autoattack)",
   )
   parser.add_argument("--cache", default="/tmp/sn_jax_autoattack_models")
+  parser.add_argument(
+    "--resume",
+    action="store_true",
+    help="go on with the unfinished run saved in results/NAME.partial.json (same options)",
+  )
   args = parser.parse_args()
   args.steps, args.queries, args.train_steps = 100, 5000, dict(TRAIN_STEPS)
   if args.quick:
@@ -235,8 +338,8 @@ def check_twin(name, model, variables, net, x, xt, torch) -> float:
   return gap
 
 
-def evaluate_model(name, args, x, y, torch, torch_models, torchattacks):
-  """``(clean accuracy, accuracy rows, timing rows)`` of model ``name``."""
+def evaluate_model(name, args, x, y, torch, torch_models, torchattacks, progress) -> None:
+  """Measures model ``name``'s accuracy and timing rows into ``progress``, but those it has."""
   model, variables = trained_model(name, args.cache, args.train_steps[name])
   net = torch_models.elu_net_from_layers(effective_layers(model, variables, x[:1])).eval()
   xt, yt = torch_models.to_torch(x, y)
@@ -246,40 +349,37 @@ def evaluate_model(name, args, x, y, torch, torch_models, torchattacks):
   print(
     f"{name}: clean accuracy {clean:.1f}% on {len(y)} test digits; twin logits within {gap:.1e}"
   )
+  progress.check_model(name, clean, np.asarray(logits))
   key = jax.random.key(SEED)
   run = functools.partial(run_torch, torchattacks, torch, net, xt, yt, args)
-  rows, timings = [], []
   for norm, eps_list in radii(args):
     for attack in args.attacks:
       fn = sn_jax_attack(attack, norm, args.steps, args.queries, args.chunk_size)
-      if attack != "autoattack":
-        for eps in eps_list:  # per radius, so that an attack stops once every digit is broken
-          start = time.perf_counter()
-          (ours,) = np.asarray(fn(model, variables, x, y, jnp.asarray([eps], jnp.float32), key))
-          say(f"sn_jax {attack}, {norm_name(norm)} {eps}", start)
-          rows.append(row(name, norm, eps, attack, ours, run(attack, norm, eps)))
-        for eps in eps_list if norm == math.inf else []:
-          if eps in args.timing_eps:
-            radius = jnp.asarray([eps], jnp.float32)
-            *_, times = time_attack(fn, model, variables, x, y, key, run, attack, eps, radius)
-            timings.append(timing_row(name, attack, eps, times))
-        continue
       for eps in eps_list:  # per radius, as torchattacks runs it
+        radius = f"{norm_name(norm)} {eps:g}"
+        measured = progress.has("rows", name, radius, accuracy_measure(attack))
         timed = norm == math.inf and eps in args.timing_eps
-        if args.autoattack_timed_only and not timed:
+        timed = timed and not progress.has("timings", name, radius, time_measure(attack))
+        if attack == "autoattack" and args.autoattack_timed_only and not timed:
           continue
         if timed:
-          ours, theirs, times = time_attack(
-            fn, model, variables, x, y, key, run, attack, eps, jnp.float32(eps)
-          )
-          timings.append(timing_row(name, attack, eps, times))
+          # sn_jax's standalone attacks take a 1-D eps; its AutoAttack a scalar one.
+          arg = jnp.float32(eps) if attack == "autoattack" else jnp.asarray([eps], jnp.float32)
+          ours, theirs, times = time_attack(fn, model, variables, x, y, key, run, attack, eps, arg)
+          progress.add("timings", timing_row(name, attack, eps, times))
+          ours = ours if attack == "autoattack" else ours[0]
+        elif measured:
+          continue
         else:
+          # One radius at a time, so that an attack stops once every digit is broken.
           start = time.perf_counter()
-          ours = np.asarray(fn(model, variables, x, y, jnp.float32(eps), key))
-          say(f"sn_jax autoattack, {norm_name(norm)} {eps}", start)
-          theirs = run("autoattack", norm, eps)
-        rows.append(row(name, norm, eps, attack, ours, theirs))
-  return clean, rows, timings
+          arg = jnp.float32(eps) if attack == "autoattack" else jnp.asarray([eps], jnp.float32)
+          ours = np.asarray(fn(model, variables, x, y, arg, key))
+          ours = ours if attack == "autoattack" else ours[0]
+          say(f"sn_jax {attack}, {radius}", start)
+          theirs = run(attack, norm, eps)
+        if not measured:
+          progress.add("rows", row(name, norm, eps, attack, ours, theirs))
 
 
 def norm_name(norm: float) -> str:
@@ -306,8 +406,16 @@ def row(model, norm, eps, attack, ours, theirs) -> list:
   ours, theirs = 100 * float(np.mean(ours)), 100 * float(np.mean(theirs))
   print(f"  {model} {norm_name(norm)} {eps:g} {attack}: sn_jax {ours:.1f}%, torchattacks "
         f"{theirs:.1f}%", flush=True)  # fmt: skip
-  return [model, f"{norm_name(norm)} {eps:g}", f"robust accuracy (%), {attack}", ours, theirs,
+  return [model, f"{norm_name(norm)} {eps:g}", accuracy_measure(attack), ours, theirs,
           ours - theirs]  # fmt: skip
+
+
+def accuracy_measure(attack: str) -> str:
+  return f"robust accuracy (%), {attack}"
+
+
+def time_measure(attack: str) -> str:
+  return f"time (s), {attack}; last: torchattacks / sn_jax"
 
 
 def time_attack(fn, model, variables, x, y, key, run, attack, eps, radius):
@@ -333,7 +441,7 @@ def timing_row(model, attack, eps, times) -> list:
   ours, theirs = times["sn_jax"], times["torchattacks"]
   print(f"  {model} {attack} linf {eps:g}: sn_jax {ours.median_s:.1f} s (first call "
         f"{ours.compile_s:.1f} s), torchattacks {theirs.median_s:.1f} s", flush=True)  # fmt: skip
-  return [model, f"linf {eps:g}", f"time (s), {attack}; last: torchattacks / sn_jax",
+  return [model, f"linf {eps:g}", time_measure(attack),
           ours.median_s, theirs.median_s, theirs.median_s / ours.median_s, ours.compile_s,
           theirs.compile_s, attack]  # fmt: skip
 
@@ -347,22 +455,18 @@ def main() -> None:
   test = data.load_embedded_mnist(num_test=1000).test
   n = args.num_examples
   x, y = jnp.asarray(test.images[:n]), jnp.asarray(test.labels[:n])
-  start = time.perf_counter()
-  cleans, rows, timings = {}, [], []
+  progress = Progress(args)
   for name in args.models:
-    clean, model_rows, model_timings = evaluate_model(
-      name, args, x, y, torch, torch_models, torchattacks
-    )
-    cleans[name] = clean
-    rows += model_rows
-    timings += model_timings
+    evaluate_model(name, args, x, y, torch, torch_models, torchattacks, progress)
+  rows, timings = progress.rows("rows"), progress.rows("timings")
   header = ["model", "radius", "measure", "sn_jax", "torchattacks", "difference (points)"]
-  notes = summary(args, cleans, rows, timings, time.perf_counter() - start, torch)
+  notes = summary(args, progress.cleans(), rows, timings, progress, torch)
   table = [r[:6] for r in rows] + [r[:6] for r in timings]
   timing.report(args.record_name, header, table, notes=notes, quick=args.quick)
+  progress.finish()
 
 
-def summary(args, cleans, rows, timings, total_s, torch) -> str:
+def summary(args, cleans, rows, timings, progress, torch) -> str:
   """The notes under the table: the scale measured, the verdicts, the settings."""
   n = args.num_examples
   scale = (
@@ -375,7 +479,12 @@ def summary(args, cleans, rows, timings, total_s, torch) -> str:
       if args.timing_eps
       else "no attack timed"
     )
-    + f". The run took {total_s / 60:.0f} min."
+    + f". The run took {progress.elapsed_s() / 60:.0f} min"
+    + (
+      f" in {len(progress.state['parts'])} parts (started {', '.join(progress.state['parts'])})."
+      if len(progress.state["parts"]) > 1
+      else "."
+    )
   )
   full = (n, args.eps, args.l2_eps) == (1000, [0.1, 0.2, 0.3], [2.0])
   full &= len(args.models) == len(MODELS) and len(args.attacks) == len(ATTACKS)
