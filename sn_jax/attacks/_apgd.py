@@ -28,6 +28,7 @@ from sn_jax.attacks._common import (
   _num_classes,
   _over_radii,
   _project,
+  _ranked_targets,
   _unit,
   _varying_like_x,
   cross_entropy,
@@ -232,10 +233,10 @@ def _apgd(draw, predict, x, labels, eps, key, runs, loss_of_run, options) -> jax
 def _targeted_dlr(logits_fn, x, num_classes: int, num_restarts: int):
   """``loss_of_run`` of APGD-T: the run ``i`` targets the class with the ``(i // num_restarts +
   2)``-th largest logit at ``x``."""
-  ranked = jnp.argsort(lax.stop_gradient(logits_fn(x)), axis=-1)  # (B, C), ascending
+  targets = _ranked_targets(logits_fn, x, num_classes)
 
   def loss_of_run(index):
-    target = ranked[:, num_classes - 2 - index // num_restarts]
+    target = targets(index // num_restarts)
     return lambda logits, labels: dlr_loss_targeted(logits, labels, target)
 
   return loss_of_run

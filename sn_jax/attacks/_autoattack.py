@@ -24,10 +24,11 @@ from sn_jax.attacks._common import (
   _labels,
   _num_classes,
   _over_radii,
+  _ranked_targets,
   cross_entropy,
 )
 from sn_jax.attacks._dlr import dlr_loss
-from sn_jax.attacks._fab import _fab, _ranked_targets
+from sn_jax.attacks._fab import _fab
 from sn_jax.attacks._square import square
 
 # The attacks of each version, in the order they run, as the authors' code sets them.

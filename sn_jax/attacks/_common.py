@@ -269,3 +269,10 @@ def _varying_like_x(carry: Any, x: jax.Array) -> Any:
 def _finish(x: jax.Array, x_adv: jax.Array) -> jax.Array:
   """``x_adv``, exactly, with the perturbation ``x_adv - x`` a constant for differentiation."""
   return lax.stop_gradient(x_adv) + (x - lax.stop_gradient(x))
+
+
+def _ranked_targets(logits_fn, x, num_classes: int):
+  """The target classes of APGD-T and FAB-T: ``targets(k)`` ``(B,)``, the class with the
+  ``(k + 2)``-th largest logit at ``x``."""
+  ranked = jnp.argsort(lax.stop_gradient(logits_fn(x)), axis=-1)  # (B, C), ascending
+  return lambda k: ranked[:, num_classes - 2 - k]

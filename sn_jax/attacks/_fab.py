@@ -24,6 +24,7 @@ from sn_jax.attacks._common import (
   _norm,
   _num_classes,
   _over_radii,
+  _ranked_targets,
   _varying_like_x,
 )
 
@@ -206,13 +207,6 @@ def _fab(logits_fn, x, labels, eps, key, runs, targets, num_restarts: int, optio
     return _finish(x, _best_of_runs(logits_fn, x, labels, runs, run, key))
 
   return _over_radii(attack_one, eps)
-
-
-def _ranked_targets(logits_fn, x, num_classes: int):
-  """``targets`` of FAB-T: ``targets(k)`` ``(B,)``, the class with the ``(k + 2)``-th largest
-  logit at ``x``."""
-  ranked = jnp.argsort(lax.stop_gradient(logits_fn(x)), axis=-1)  # (B, C), ascending
-  return lambda k: ranked[:, num_classes - 2 - k]
 
 
 def fab(
