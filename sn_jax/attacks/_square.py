@@ -28,6 +28,9 @@ from sn_jax.attacks._common import (
 # The fraction p of the pixels a square covers drops by halves at these thresholds of the query
 # count (the reference schedule, for 10000 queries), or of 10000 * query / num_queries (rescaled).
 _P_THRESHOLDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+# The search moves its unfooled examples to a batch of half the size, then half of that, ...,
+# down to this many: one compiled model evaluation per size.
+_SMALLEST_SEARCH = 4
 
 
 def _square_sides(
@@ -49,6 +52,16 @@ def _square_sides(
       side += 1 - side % 2
     sides[query] = min(max(side, 1), height, width)
   return sides
+
+
+def _search_sizes(batch: int) -> list[int]:
+  """The batch sizes the search runs at, descending: ``batch``, half of it (rounded up), half of
+  that, ..., none below ``_SMALLEST_SEARCH``: at each it runs until its unfooled examples fit the
+  next one, so at least half of the examples it evaluates are unfooled (above the smallest)."""
+  sizes = [batch]
+  while (half := -(-sizes[-1] // 2)) >= _SMALLEST_SEARCH:
+    sizes.append(half)
+  return sizes
 
 
 def _eta_rectangle(rows: int, cols: int) -> np.ndarray:
@@ -92,25 +105,24 @@ def _l2_start(key, x, eps):
   return x + eps * delta / _expand(_norm(delta, 2.0) + 1e-12, x)
 
 
-def _linf_proposal(key, x, x_best, eps, square):
-  """``x_best`` with the pixels in ``square`` (B, H, W, 1) set to ``x + eps * s``, ``s`` a random
-  sign per example and channel (written as the authors do: add ``2 eps s``, project)."""
-  signs = jax.random.rademacher(key, (x.shape[0], 1, 1, x.shape[3]), x.dtype)
-  return jnp.clip(x_best + jnp.where(square, 2 * eps * signs, 0), x - eps, x + eps)
+def _linf_proposal(x, x_best, eps, square, signs):
+  """``x_best`` with the pixels in ``square`` (B, H, W, 1) set to ``x + eps * signs`` (signs
+  (B, C), each +-1), written as the authors do: add ``2 eps signs``, project onto the ball."""
+  step = jnp.where(square, 2 * eps * signs[:, None, None, :], 0)
+  return jnp.clip(x_best + step, x - eps, x + eps)
 
 
-def _l2_proposal(key, x, x_best, eps, first, corner, second, pattern):
+def _l2_proposal(x, x_best, eps, first, corner, second, pattern, flip, signs):
   """``x_best`` with the perturbation of the squares ``first`` and ``second`` (B, H, W, 1) moved
   into ``first`` (corner ``(top, left)``, each (B,)) together with ``pattern`` (a zero-padded
-  :func:`_eta`, random orientation, random sign per channel); rescaled onto the sphere."""
-  batch, height, width, channels = x.shape
-  flip_key, sign_key = jax.random.split(key)
-  flip = jax.random.bernoulli(flip_key, 0.5, (batch, 1, 1))
-  pattern = jnp.where(flip, pattern.T[None], pattern[None])  # (B, S, S)
+  :func:`_eta`, transposed where ``flip`` (B,), times ``signs`` (B, C)); rescaled onto the
+  sphere."""
+  _, height, width, channels = x.shape
+  pattern = jnp.where(flip[:, None, None], pattern.T[None], pattern[None])  # (B, S, S)
   local_r = jnp.clip(jnp.arange(height)[None] - corner[0][:, None], 0, pattern.shape[1] - 1)
   local_c = jnp.clip(jnp.arange(width)[None] - corner[1][:, None], 0, pattern.shape[2] - 1)
   eta = jax.vmap(lambda p, r, c: p[r[:, None], c[None, :]])(pattern, local_r, local_c)
-  signs = jax.random.rademacher(sign_key, (batch, 1, 1, channels), x.dtype)
+  signs = signs[:, None, None, :]
 
   def window_norm(v):  # (B, H, W, C) -> (B, 1, 1, C): per example and channel
     return jnp.sqrt(jnp.sum(jnp.square(v), axis=(1, 2), keepdims=True))
@@ -141,6 +153,7 @@ def square(
   key: jax.Array,
   clip_min: jax.typing.ArrayLike | None = None,
   clip_max: jax.typing.ArrayLike | None = None,
+  compact: bool = True,
 ) -> jax.Array:
   r"""The Square Attack: a random search over square-shaped updates, l_inf or l_2.
 
@@ -161,13 +174,21 @@ def square(
     pattern there, and rescales onto the sphere of radius ``eps``.
 
   Points are clipped to ``[clip_min, clip_max]`` after each proposal. Unlike the authors' code,
-  squares, signs and orientations are drawn per example, so an example's result does not depend
-  on the rest of the batch, and every position of the square is possible
-  (``[0, H - side] x [0, W - side]``, as in the paper; the authors' code never places a square
-  on the last row or column).
+  squares, signs and orientations are drawn per example from its own key (``key`` folded with
+  the example's index, then with the query), so an example's result does not depend on the rest
+  of the batch, and every position of the square is possible (``[0, H - side] x [0, W - side]``,
+  as in the paper; the authors' code never places a square on the last row or column).
+
+  Like the authors' code, which evaluates only the examples not yet misclassified at each query,
+  the search (``compact``) moves the unfooled examples to a batch of half the size once they fit
+  in one, then half of that, ..., down to 4 examples, so at least half of each evaluation is
+  spent on unfooled examples; the result is the same as without (``compact=False``: every query
+  evaluates the whole batch until every example is misclassified), and ``logits_fn`` is compiled
+  once per size.
 
   Args:
-    logits_fn: pure function ``(B, H, W, C) -> (B, K)``.
+    logits_fn: pure function ``(N, H, W, C) -> (N, K)``, each example's logits independent of the
+      others' (``compact`` calls it on batches of the unfooled examples, ``N <= B``).
     x: images ``(B, H, W, C)`` (NHWC), floating point, inside ``[clip_min, clip_max]`` if those
       are given.
     y: labels ``(B,)``; None: the model's predictions.
@@ -181,6 +202,8 @@ def square(
     key: PRNG key; the same key gives the same result.
     clip_min: lower bound of the valid input range, or None (no clipping).
     clip_max: upper bound, or None.
+    compact: evaluate only the still unfooled examples, on smaller batches (True); or every
+      example at every query (False), for a ``logits_fn`` that only takes batches of ``B``.
 
   Returns:
     ``x_adv`` shaped like ``x`` (``(E, B, H, W, C)`` when ``eps`` is 1-D): per example, ``x`` if
@@ -190,9 +213,10 @@ def square(
   Raises:
     TypeError: if ``x`` is not floating point or ``y`` not integer.
     ValueError: for ``x`` not 4-D (or smaller than 5 x 5 with ``norm=2``), eps < 0 or not
-      finite, a norm other than inf or 2, num_queries < 1, p_init outside (0, 1], no ``key``,
-      ``y`` of the wrong shape or (when concrete) outside ``[0, K)``, ``logits_fn`` output not
-      ``(B, K)``, or clip_min > clip_max.
+      finite, a norm other than inf or 2, num_queries < 1, p_init outside (0, 1],
+      ``rescale_schedule`` or ``compact`` not a bool, no ``key``, ``y`` of the wrong shape or
+      (when concrete) outside ``[0, K)``, ``logits_fn`` output not ``(B, K)``, or clip_min >
+      clip_max.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -230,6 +254,8 @@ def square(
   batch, height, width, _ = x.shape
   if not isinstance(rescale_schedule, bool):
     raise ValueError(f"`rescale_schedule` must be True or False, got {rescale_schedule!r}.")
+  if not isinstance(compact, bool):
+    raise ValueError(f"`compact` must be True or False, got {compact!r}.")
   sides = _square_sides(num_queries, p_init, height, width, norm, rescale_schedule)
   # l_2: the pattern of each side that occurs, zero-padded to the largest, and which one to use.
   distinct = np.unique(sides)
@@ -242,16 +268,60 @@ def square(
   rows = jnp.arange(height)[None, :, None, None]
   cols = jnp.arange(width)[None, None, :, None]
 
-  def margin(z):
-    return -logit_margin(logits_fn(z), labels)
-
-  def random_square(key, side):
-    """A uniformly placed ``side x side`` square per example: mask (B, H, W, 1), corner."""
-    u = jax.random.uniform(key, (2, batch), x.dtype)
-    top = jnp.floor(u[0] * (height - side + 1)).astype(jnp.int32)
-    left = jnp.floor(u[1] * (width - side + 1)).astype(jnp.int32)
+  def random_square(u, side):
+    """The ``side x side`` square with corner ``floor(u * (H - side + 1, W - side + 1))`` per
+    example (``u`` (B, 2) uniform in [0, 1)): mask (B, H, W, 1), corner (top, left)."""
+    top = jnp.floor(u[:, 0] * (height - side + 1)).astype(jnp.int32)
+    left = jnp.floor(u[:, 1] * (width - side + 1)).astype(jnp.int32)
     r, c = rows - top[:, None, None, None], cols - left[:, None, None, None]
     return (r >= 0) & (r < side) & (c >= 0) & (c < side), (top, left)
+
+  def draw(key):
+    """One example's draws at one query: two corners, a sign per channel, an orientation."""
+    first_key, second_key, sign_key, flip_key = jax.random.split(key, 4)
+    return (
+      jax.random.uniform(first_key, (2,), x.dtype),
+      jax.random.uniform(second_key, (2,), x.dtype),
+      jax.random.rademacher(sign_key, (x.shape[3],), x.dtype),
+      jax.random.bernoulli(flip_key),
+    )
+
+  def propose(i, x_c, x_best, eps, keys):
+    """Query ``i``'s proposal for each example of ``x_c``, from its key (B,) folded with ``i``."""
+    first_u, second_u, signs, flip = jax.vmap(draw)(
+      jax.vmap(jax.random.fold_in, (0, None))(keys, i)
+    )
+    first, corner = random_square(first_u, sides[i])
+    if norm == math.inf:
+      return _linf_proposal(x_c, x_best, eps, first, signs)
+    second, _ = random_square(second_u, sides[i])
+    pattern = jnp.asarray(patterns)[pattern_index[i]]
+    return _l2_proposal(x_c, x_best, eps, first, corner, second, pattern, flip, signs)
+
+  def search(eps, start, size, leave_at):
+    """Queries on ``size`` examples, the unfooled ones first (every unfooled one fits), until
+    ``num_queries`` are spent or at most ``leave_at`` of them are unfooled."""
+    query, x_best, margin_best, keys = start
+    chosen = jnp.argsort(margin_best <= 0, stable=True)[:size]
+    x_c, labels_c, keys_c = x[chosen], labels[chosen], keys[chosen]
+
+    def step(carry):
+      i, x_best, margin_best = carry
+      x_new = _clip(propose(i, x_c, x_best, eps, keys_c), clip_min, clip_max)
+      new = -logit_margin(logits_fn(x_new), labels_c)
+      keep = (margin_best > 0) & (new < margin_best)
+      x_best = jnp.where(_expand(keep, x_c), x_new, x_best)
+      return i + 1, x_best, jnp.where(keep, new, margin_best)
+
+    def searching(carry):
+      i, _, margin_best = carry
+      return (i < num_queries) & (jnp.sum(margin_best > 0) > leave_at)
+
+    query, x_chosen, margin_chosen = lax.while_loop(
+      searching, step, (query, x_best[chosen], margin_best[chosen])
+    )
+    x_best = x_best.at[chosen].set(x_chosen, unique_indices=True)
+    return query, x_best, margin_best.at[chosen].set(margin_chosen, unique_indices=True), keys
 
   def attack_one(eps):
     eps = eps.astype(x.dtype)
@@ -262,35 +332,15 @@ def square(
     else:
       x_best = _clip(_l2_start(init_key, x, eps), clip_min, clip_max)
     # Already misclassified examples keep x and never move.
-    clean = margin(x)
-    margin_best = jnp.where(clean > 0, margin(x_best), clean)
+    clean = -logit_margin(logits_fn(x), labels)
+    margin_best = jnp.where(clean > 0, -logit_margin(logits_fn(x_best), labels), clean)
     x_best = jnp.where(_expand(clean > 0, x), x_best, x)
-
-    def body(i, carry):
-      x_best, margin_best = carry
-      first_key, second_key, update_key = jax.random.split(jax.random.fold_in(loop_key, i), 3)
-      first, corner = random_square(first_key, sides[i])
-      if norm == math.inf:
-        x_new = _linf_proposal(update_key, x, x_best, eps, first)
-      else:
-        second, _ = random_square(second_key, sides[i])
-        pattern = jnp.asarray(patterns)[pattern_index[i]]
-        x_new = _l2_proposal(update_key, x, x_best, eps, first, corner, second, pattern)
-      x_new = _clip(x_new, clip_min, clip_max)
-      new = margin(x_new)
-      keep = (margin_best > 0) & (new < margin_best)
-      return jnp.where(_expand(keep, x), x_new, x_best), jnp.where(keep, new, margin_best)
-
-    def searching(carry):
-      i, _, margin_best = carry
-      return (i < num_queries) & jnp.any(margin_best > 0)
-
-    def step(carry):
-      i, x_best, margin_best = carry
-      return i + 1, *body(i, (x_best, margin_best))
-
-    start = (jnp.zeros((), jnp.int32), x_best, margin_best)
-    _, x_best, _ = lax.while_loop(searching, step, start)
-    return _finish(x, x_best)
+    # Each example draws from its own key, so its search is the same at any size it runs at.
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(loop_key, jnp.arange(batch))
+    state = (jnp.zeros((), jnp.int32), x_best, margin_best, keys)
+    sizes = _search_sizes(batch) if compact else [batch]
+    for size, leave_at in zip(sizes, [*sizes[1:], 0], strict=True):
+      state = search(eps, state, size, leave_at)
+    return _finish(x, state[1])
 
   return _over_radii(attack_one, eps)

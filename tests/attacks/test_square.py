@@ -102,6 +102,36 @@ def test_the_search_stops_once_every_example_is_misclassified_with_the_full_budg
   assert calls_below == 300 + 2
 
 
+@pytest.mark.parametrize("norm, shape", [(jnp.inf, (16, 4, 4, 2)), (2.0, (16, 5, 5, 1))])
+def test_the_search_on_ever_fewer_unfooled_examples_gives_the_whole_batch_result(norm, shape):
+  f, x, y, distance = linear(3, shape=shape, norm=norm)
+  evaluations = {True: {}, False: {}}  # batch size -> model evaluations at it
+
+  def run(compact):
+    def logits_fn(z):
+      size = z.shape[0]
+      count = lambda: evaluations[compact].__setitem__(size, evaluations[compact].get(size, 0) + 1)
+      jax.debug.callback(count)
+      return f(z)
+
+    square = lambda e: attacks.square(
+      logits_fn, x, y, eps=e, norm=norm, num_queries=300, compact=compact, key=KEY
+    )
+    eps = np.quantile(distance, 0.9)  # 12 or more of the 16 fooled in 300 queries, not all
+    x_adv = jax.block_until_ready(jax.jit(square, compiler_options=QUICK)(eps))
+    jax.effects_barrier()
+    return np.asarray(x_adv)
+
+  compacted, whole = run(True), run(False)
+  np.testing.assert_array_equal(compacted, whole)
+  fooled = margins(f(compacted), y) < 0
+  assert 12 <= fooled.sum() < len(y)
+  # Without compaction every query evaluates all 16 examples; with it, the last ones run on 4.
+  assert evaluations[False] == {16: 300 + 2}
+  assert set(evaluations[True]) == {16, 8, 4} and sum(evaluations[True].values()) == 300 + 2
+  assert evaluations[True][4] > 0
+
+
 def test_the_square_size_follows_the_reference_schedule():
   # p = p_init / 2^k after 10, 50, 200, ... ten-thousandths of the budget; side round(sqrt(p HW)).
   p = [0.8 / 2**k for k in (0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9)]
@@ -217,6 +247,11 @@ BAD = [
     ValueError,
     "`rescale_schedule` must be True or False",
   ),
+  (
+    lambda: attacks.square(f3, X, Y, eps=0.1, compact=1, key=KEY),
+    ValueError,
+    "`compact` must be True or False",
+  ),
   (lambda: attacks.square(f3, X, Y, eps=0.1, key=None), ValueError, "PRNG `key`"),
   (lambda: attacks.square(f3, X, Y[:1], eps=0.1, key=KEY), ValueError, "`y` must have shape"),
   (lambda: attacks.square(f3, X[:, 0], Y, eps=0.1, key=KEY), ValueError, "`x` must be images"),
@@ -244,7 +279,8 @@ def test_l2_square_traces_once():
   w = jax.random.normal(jax.random.key(1), (25, 3))
 
   def call(w, x, e, k):
-    return attacks.square(lambda z: z.reshape(2, -1) @ w, x, eps=e, norm=2, num_queries=5, key=k)
+    logits_fn = lambda z: z.reshape(z.shape[0], -1) @ w
+    return attacks.square(logits_fn, x, eps=e, norm=2, num_queries=5, key=k)
 
   jitted = jax.jit(chex.assert_max_traces(call, n=1), compiler_options=QUICK)
   for seed in (1, 2):
