@@ -223,7 +223,7 @@ def square(
     >>> from sn_jax import attacks
     >>> logits_fn = lambda x: jnp.stack([-x.sum((1, 2, 3)), x.sum((1, 2, 3))], axis=-1)
     >>> x_adv = attacks.square(logits_fn, jnp.full((1, 2, 2, 1), -0.1), jnp.array([0]),
-    ...                        eps=0.2, num_queries=20, key=jax.random.key(0))
+    ...                        eps=0.2, num_queries=100, key=jax.random.key(0))
     >>> bool(logits_fn(x_adv).argmax() == 1)
     True
 
