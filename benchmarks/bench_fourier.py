@@ -213,8 +213,8 @@ def multiplications(shape, spatial, strides, padding):
   ``A u`` and the kernel gradient), each ``prod(output spatial) * prod(kernel_size) * C_in *
   C_out`` multiplications. ``'fourier'``: the DFT of the taps one dimension at a time as
   computed (each stage sums over one dimension's taps, 2 real products per term on the first,
-  4 after), three complex matrix-vector products over all blocks (``B^H u``, ``B w``,
-  sigma's ``B^H u``; 4 real products per complex one) and the bilinear form of one block.
+  4 after), two complex matrix-vector products over all blocks (``B^H u`` and ``B w``, whose
+  norm is sigma; 4 real products per complex one) and the bilinear form of one block.
   """
   kernel = jax.ShapeDtypeStruct(shape, jax.numpy.float32)
   plan = _fourier_symbol.make_plan(
@@ -231,7 +231,7 @@ def multiplications(shape, spatial, strides, padding):
     taps, extents[j] = extents[j], half[j] * plan.strides[j]
     symbol += (2 if j == len(extents) - 1 else 4) * math.prod(extents) * channels * taps
   num_blocks, rows, cols = _fourier_symbol.block_layout(plan, shape)
-  fourier = symbol + 3 * 4 * num_blocks * rows * cols + 2 * math.prod(shape)
+  fourier = symbol + 2 * 4 * num_blocks * rows * cols + 2 * math.prod(shape)
   return {"power": power, "fourier": fourier}
 
 
@@ -301,7 +301,7 @@ def bench_layers(cases, repeats, rounds, record):
     "exact symbol norm) and its gradient with respect to the kernel, He-normal kernel, "
     "compiled with sn_jax.compiler_options(). Multiplications: real products as counted by "
     "`multiplications` in the script ('power': 4 passes over the layer's map on one example; "
-    "'fourier': the DFT of the taps, 3 batched complex matrix-vector products over the "
+    "'fourier': the DFT of the taps, 2 batched complex matrix-vector products over the "
     "symbol's blocks, one block's bilinear form). 'fourier' needs fewer multiplications "
     "where the circular grid is not much larger than the output and the kernel is large, "
     "and more where the layer's output is small next to its padded grid (VALID on a small "

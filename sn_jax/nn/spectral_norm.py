@@ -171,11 +171,13 @@ class SpectralNorm(nn.Module):
       ``update_stats=True`` runs ``num_iters`` steps on all frequency blocks at once from the
       stored ``u_fourier`` (one batched product with the blocks and one with their conjugate
       transposes per step; ``update_stats=False`` iterates nothing); sigma is the largest
-      ``||B_f^H u_f||`` over the blocks, differentiated with the vectors held constant like
-      ``'power'``. It converges from below to :func:`sn_jax.fourier_conv_operator_norm`'s
-      value: the exact norm for ``padding='CIRCULAR'`` (strides must divide the input size,
-      strided ones through the polyphase symbol) and for dense layers (where it is power
-      iteration on the matrix), and for zero padding (``'SAME'``, ``'VALID'``, pairs) an upper
+      ``||B_f w_f||`` over the blocks, ``w_f`` the last step's normalized ``B_f^H u_f`` (with
+      ``update_stats=False``, the largest ``||B_f^H u_f||``), differentiated with the vectors
+      held constant like ``'power'``. It converges from below to
+      :func:`sn_jax.fourier_conv_operator_norm`'s value: the exact norm for
+      ``padding='CIRCULAR'`` (strides must divide the input size, strided ones through the
+      polyphase symbol) and for dense layers (where it is power iteration on the matrix), and
+      for zero padding (``'SAME'``, ``'VALID'``, pairs) an upper
       bound, the norm of the circular convolution on the padded grid, which approaches the
       true norm as the input grows; so such a layer may, once converged, be normalized
       slightly more than needed. ``'gram'``: Delattre et al.'s upper bound by ``gram_iters``

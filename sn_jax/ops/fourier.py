@@ -300,22 +300,29 @@ def _times(blocks, w):
 def _fourier_power(kernel, u, plan, num_iters):
   re, im = lax.stop_gradient(symbol_parts(kernel, plan))
   blocks = tuple(p.reshape(-1, *p.shape[-2:]) for p in (re, im) if p is not None)
-  parts = _split(lax.stop_gradient(u))
+  parts = _normalize_parts(_split(lax.stop_gradient(u)))
 
-  def step(_, parts):
-    # One batched product with B^H and one with B: a power step on B B^H for every block.
-    new = _normalize_parts(_times(blocks, _normalize_parts(_adjoint_times(blocks, parts))))
+  def step(parts):
+    """One power step on ``B B^H`` for every block (one batched product with ``B^H``, one with
+    ``B``): ``(w, B w, new u)`` with ``w = B^H u / ||B^H u||``; a zero block keeps its ``u``."""
+    right = _normalize_parts(_adjoint_times(blocks, parts))
+    images = _times(blocks, right)
+    new = _normalize_parts(images)
     keep = _squared_norms(new) > 0
-    return tuple(jnp.where(keep, n, p) for n, p in zip(new, parts, strict=True))
+    return right, images, tuple(jnp.where(keep, n, p) for n, p in zip(new, parts, strict=True))
 
-  parts = lax.fori_loop(0, num_iters, step, _normalize_parts(parts))
-  u = _join(parts)
-  images = _adjoint_times(blocks, parts)
-  best = jnp.argmax(_squared_norms(images)[:, 0])
-  v = _join(_normalize_parts(tuple(image[best] for image in images)))
-  # sigma = ||B^H u|| = Re(u^H B v) at the winning block, with u and v held constant: its
-  # gradient is that of the top singular value once u has converged, and it reads the taps only.
-  return block_form(kernel, plan, best, u[best], v), u
+  if num_iters == 0:  # sigma = ||B^H u|| = Re(u^H B w) at u itself
+    images = _adjoint_times(blocks, parts)
+    left, right, sizes = parts, _normalize_parts(images), _squared_norms(images)
+  else:  # sigma = ||B w|| = Re(u_new^H B w) of the last step: no further product
+    parts = lax.fori_loop(0, num_iters - 1, lambda _, p: step(p)[2], parts)
+    right, images, parts = step(parts)
+    left, sizes = parts, _squared_norms(images)
+  best = jnp.argmax(sizes[:, 0])
+  # The bilinear form at the winning block, with both vectors held constant: its gradient is
+  # that of the top singular value once u has converged, and it reads the taps only.
+  left, right = (_join(tuple(part[best] for part in vectors)) for vectors in (left, right))
+  return block_form(kernel, plan, best, left, right), _join(parts)
 
 
 def _check_vector(u: jax.Array, shape: tuple[int, int]) -> None:
@@ -359,21 +366,26 @@ def fourier_power_iteration(
   of the symbol (those of :func:`fourier_conv_operator_norm`, strided, dilated and grouped ones
   included) come from one DFT of the kernel's taps, and each step maps every ``u_f`` to
   ``B_f B_f^H u_f / ||B_f B_f^H u_f||``, one batched product with the blocks and one with their
-  conjugate transposes. The estimate is :math:`\sigma = \max_f \|B_f^H u_f\|`.
+  conjugate transposes. The estimate comes from the last step's products, as in Miyato et al.'s
+  spectral normalization, so a step costs those two and nothing more: :math:`\sigma = \max_f
+  \|B_f w_f\|` with :math:`w_f = B_f^H u_f / \|B_f^H u_f\|` (``u_f`` before the step);
+  ``num_iters=0`` evaluates :math:`\max_f \|B_f^H u_f\|` instead, one product.
 
-  Each ``||B_f^H u_f||`` is at most ``B_f``'s top singular value and does not decrease from one
-  step to the next, so ``sigma`` converges from below to the largest singular value over the
-  blocks, which :func:`fourier_conv_operator_norm` computes directly: the exact operator norm
-  for ``padding='CIRCULAR'``, an upper bound of the layer's norm for a zero padding (the norm of
-  the circular convolution on the padded grid). During convergence a zero-padded layer's
-  estimate can lie below its true norm. Each block converges at the rate of its own gap
-  ``(sigma_2 / sigma_1)^2``.
+  Both are at most ``B_f``'s top singular value and they interleave, never decreasing
+  (``||B^H u_k|| <= ||B w_{k+1}|| <= ||B^H u_{k+1}||``), so ``sigma`` converges from below
+  to the largest singular value over the blocks, which :func:`fourier_conv_operator_norm`
+  computes directly: the exact operator norm for ``padding='CIRCULAR'``, an upper bound of the
+  layer's norm for a zero padding (the norm of the circular convolution on the padded grid).
+  During convergence a zero-padded layer's estimate can lie below its true norm. Each block
+  converges at the rate of its own gap ``(sigma_2 / sigma_1)^2``.
 
   The vectors are held constant for differentiation: the gradient of ``sigma`` is that of
-  ``||B_f^H u_f||`` at the winning block, recomputed from the kernel's taps alone (no transform
-  of the grid), and equals the gradient of the top singular value once ``u`` has converged.
-  A 2-D dense kernel is the single real block ``W``: this is then power iteration on the
-  matrix. A zero block gives ``sigma = 0`` and leaves its row of ``u`` as it came in.
+  ``Re(u_f^H B_f w_f)`` at the winning block (``u_f`` the new vector, ``w_f`` as above; for
+  ``num_iters=0`` the given ``u_f`` and ``B_f^H u_f`` normalized), recomputed from the kernel's
+  taps alone (no transform of the grid), and equals the gradient of the top singular value
+  once ``u`` has converged. A 2-D dense kernel is the single real block ``W``: this is then
+  power iteration on the matrix. A zero block gives ``sigma = 0`` and leaves its row of ``u``
+  as it came in.
 
   Args:
     kernel: Flax layout ``(*kernel_size, C_in // feature_group_count, C_out)`` with 1 to 3

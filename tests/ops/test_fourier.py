@@ -223,6 +223,29 @@ def test_fourier_power_iteration_rises_to_the_exact_symbol_norm(kernel_shape, sp
   np.testing.assert_allclose(same, u, atol=1e-6)
 
 
+def test_a_power_step_estimates_sigma_from_its_own_two_products():
+  # Dense: the single block W, sigma = ||W w|| with w = W^T u / ||W^T u|| (Miyato et al.).
+  kernel = _kernel((7, 5), seed=3)
+  u = sn_jax.fourier_power_init(jax.random.key(0), kernel, ())
+  sigma, new = sn_jax.fourier_power_iteration(kernel, u, ())
+  w64, u64 = np.asarray(kernel, np.float64), np.asarray(u[0], np.float64)
+  w = w64.T @ u64 / np.linalg.norm(w64.T @ u64)
+  np.testing.assert_allclose(sigma, np.linalg.norm(w64 @ w), rtol=1e-5)
+  np.testing.assert_allclose(new[0], w64 @ w / np.linalg.norm(w64 @ w), atol=1e-5)
+  # Conv: a step's estimate lies between the evaluations (num_iters=0) before and after it.
+  kernel_shape, spatial, attrs = POWER_CASES[3]
+  kernel = _kernel(kernel_shape)
+  u = sn_jax.fourier_power_init(jax.random.key(0), kernel, spatial, **attrs)
+  start, _ = sn_jax.fourier_power_iteration(kernel, u, spatial, num_iters=0, **attrs)
+  before = start
+  for _ in range(4):
+    sigma, u = sn_jax.fourier_power_iteration(kernel, u, spatial, **attrs)
+    after, _ = sn_jax.fourier_power_iteration(kernel, u, spatial, num_iters=0, **attrs)
+    assert before * (1 - 1e-6) <= sigma <= after * (1 + 1e-6)
+    before = after
+  assert start < after * (1 - 1e-4)  # the steps were not already converged
+
+
 @pytest.mark.parametrize("kernel_shape,spatial,attrs", POWER_CASES[1::2])
 def test_fourier_power_gradient_is_the_top_singular_values_once_converged(
   kernel_shape, spatial, attrs
