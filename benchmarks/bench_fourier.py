@@ -211,10 +211,11 @@ def multiplications(shape, spatial, strides, padding):
 
   ``'power'``: four passes over the layer's map on one example (``A u``, ``A^T v``, sigma's
   ``A u`` and the kernel gradient), each ``prod(output spatial) * prod(kernel_size) * C_in *
-  C_out`` multiplications. ``'fourier'``: the DFT of the taps one dimension at a time as
-  computed (each stage sums over one dimension's taps, 2 real products per term on the first,
-  4 after), two complex matrix-vector products over all blocks (``B^H u`` and ``B w``, whose
-  norm is sigma; 4 real products per complex one) and the bilinear form of one block.
+  C_out`` multiplications. ``'fourier'``: the DFT of the taps as computed, two real matrix
+  products (cosines and sines of every kept frequency times the taps by coarse index and phase,
+  ``sn_jax.ops._fourier_symbol.symbol_parts``), two complex matrix-vector products over all
+  blocks (``B^H u`` and ``B w``, whose norm is sigma; 4 real products per complex one) and the
+  bilinear form of one block.
   """
   kernel = jax.ShapeDtypeStruct(shape, jax.numpy.float32)
   plan = _fourier_symbol.make_plan(
@@ -223,16 +224,12 @@ def multiplications(shape, spatial, strides, padding):
   input_shape = (*spatial, shape[-2])
   op = sn_jax.conv_operator(jax.numpy.zeros(shape), input_shape, strides=strides, padding=padding)
   out = jax.eval_shape(op, jax.ShapeDtypeStruct(input_shape, jax.numpy.float32)).shape
-  channels = shape[-2] * shape[-1]
-  power = 4 * math.prod(out[:-1]) * math.prod(shape[:-2]) * channels
-  extents, symbol = list(shape[:-2]), 0
-  half = _fourier_symbol.half_shape(plan)
-  for j in reversed(range(len(extents))):
-    taps, extents[j] = extents[j], half[j] * plan.strides[j]
-    symbol += (2 if j == len(extents) - 1 else 4) * math.prod(extents) * channels * taps
+  power = 4 * math.prod(out[:-1]) * math.prod(shape[:-2]) * shape[-2] * shape[-1]
+  taps = jax.eval_shape(lambda k: _fourier_symbol._by_coarse_tap(k, plan)[0], kernel).shape
+  frequencies = math.prod(_fourier_symbol.half_shape(plan))
   num_blocks, rows, cols = _fourier_symbol.block_layout(plan, shape)
-  fourier = symbol + 2 * 4 * num_blocks * rows * cols + 2 * math.prod(shape)
-  return {"power": power, "fourier": fourier}
+  fourier = 2 * frequencies * math.prod(taps) + 2 * 4 * num_blocks * rows * cols
+  return {"power": power, "fourier": fourier + 2 * math.prod(shape)}
 
 
 def layer_updates(shape, spatial, strides, padding):
