@@ -209,8 +209,8 @@ def bench_norms(cases, repeats, rounds, record):
 def multiplications(shape, spatial, strides, padding):
   """Real multiplications of one update with one step: ``{'power': n, 'fourier': n}``.
 
-  ``'power'``: four passes over the layer's map on one example (``A u``, ``A^T v``, sigma's
-  ``A u`` and the kernel gradient), each ``prod(output spatial) * prod(kernel_size) * C_in *
+  ``'power'``: three passes over the layer's map on one example (``A u``, ``A^T v``, whose
+  norm is sigma, and the kernel gradient), each ``prod(output spatial) * prod(kernel_size) * C_in *
   C_out`` multiplications. ``'fourier'``: the DFT of the taps as computed, two real matrix
   products (cosines and sines of every kept frequency times the taps by coarse index and phase,
   ``sn_jax.ops._fourier_symbol.symbol_parts``), two complex matrix-vector products over all
@@ -224,7 +224,7 @@ def multiplications(shape, spatial, strides, padding):
   input_shape = (*spatial, shape[-2])
   op = sn_jax.conv_operator(jax.numpy.zeros(shape), input_shape, strides=strides, padding=padding)
   out = jax.eval_shape(op, jax.ShapeDtypeStruct(input_shape, jax.numpy.float32)).shape
-  power = 4 * math.prod(out[:-1]) * math.prod(shape[:-2]) * shape[-2] * shape[-1]
+  power = 3 * math.prod(out[:-1]) * math.prod(shape[:-2]) * shape[-2] * shape[-1]
   taps = jax.eval_shape(lambda k: _fourier_symbol._by_coarse_tap(k, plan)[0], kernel).shape
   frequencies = math.prod(_fourier_symbol.half_shape(plan))
   num_blocks, rows, cols = _fourier_symbol.block_layout(plan, shape)
@@ -297,7 +297,7 @@ def bench_layers(cases, repeats, rounds, record):
     "One jitted update of one layer: sigma after 1 step from a stored vector (none for the "
     "exact symbol norm) and its gradient with respect to the kernel, He-normal kernel, "
     "compiled with sn_jax.compiler_options(). Multiplications: real products as counted by "
-    "`multiplications` in the script ('power': 4 passes over the layer's map on one example; "
+    "`multiplications` in the script ('power': 3 passes over the layer's map on one example; "
     "'fourier': the DFT of the taps, 2 batched complex matrix-vector products over the "
     "symbol's blocks, one block's bilinear form). 'fourier' needs fewer multiplications "
     "where the circular grid is not much larger than the output and the kernel is large, "

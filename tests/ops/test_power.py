@@ -37,7 +37,9 @@ def test_power_iteration_one_step_is_farnias_update():
   v = w @ u_hat / jnp.linalg.norm(w @ u_hat)
   expected_u = w.T @ v / jnp.linalg.norm(w.T @ v)
   np.testing.assert_allclose(u, expected_u, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(sigma, jnp.linalg.norm(w @ expected_u), rtol=1e-5)
+  # Farnia et al.'s sigma: <conv(u_new), v> with the v the step started from, = ||W^T v||.
+  np.testing.assert_allclose(sigma, jnp.vdot(w @ expected_u, v), rtol=1e-5)
+  np.testing.assert_allclose(sigma, jnp.linalg.norm(w.T @ v), rtol=1e-5)
 
 
 def test_four_times_identity_kernel_has_norm_four():
