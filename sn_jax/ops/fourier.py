@@ -315,7 +315,8 @@ def _fourier_power(kernel, u, plan, num_iters):
     images = _adjoint_times(blocks, parts)
     left, right, sizes = parts, _normalize_parts(images), _squared_norms(images)
   else:  # sigma = ||B w|| = Re(u_new^H B w) of the last step: no further product
-    parts = lax.fori_loop(0, num_iters - 1, lambda _, p: step(p)[2], parts)
+    if num_iters > 1:
+      parts = lax.fori_loop(0, num_iters - 1, lambda _, p: step(p)[2], parts)
     right, images, parts = step(parts)
     left, sizes = parts, _squared_norms(images)
   best = jnp.argmax(sizes[:, 0])

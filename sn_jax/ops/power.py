@@ -189,7 +189,8 @@ def power_iteration(
     return a_t_v, jnp.where(jnp.any(u_new != 0), u_new, u)
 
   u = _safe_normalize(lax.stop_gradient(u), eps)
-  u = lax.fori_loop(0, num_iters - 1, lambda _, u: step(u, adjoint)[1], u)
+  if num_iters > 1:
+    u = lax.fori_loop(0, num_iters - 1, lambda _, u: step(u, adjoint)[1], u)
   # The last A^T v through the adjoint of ``op`` itself, so that sigma = <u_new, A^T v> =
   # ||A^T v|| is differentiable in what ``op`` closes over, with no further product.
   a_t_v, u = step(u, transpose_of(op, example))

@@ -169,3 +169,17 @@ def test_a_zero_or_non_finite_start_vector_is_refused(u, match):
 def test_a_traced_zero_start_vector_gives_sigma_zero_as_documented():
   sigma, u = jax.jit(lambda u: sn_jax.power_iteration(lambda x: 2.0 * x, u))(jnp.zeros(3))
   assert float(sigma) == 0.0 and not np.any(np.asarray(u))
+
+
+def test_one_differentiated_step_makes_three_passes_over_the_map():
+  # A u, A^T v (whose norm is sigma) and the kernel gradient: no further product for sigma.
+  u = jnp.ones((8, 8, 2))
+
+  def sigma(kernel):
+    op = lambda x: jax.lax.conv_general_dilated(
+      x[None], kernel, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )[0]
+    return sn_jax.power_iteration(op, u)[0]
+
+  compiled = jax.jit(jax.value_and_grad(sigma)).lower(jnp.ones((3, 3, 2, 4))).compile()
+  assert compiled.as_text().count(" convolution(") == 3
