@@ -7,6 +7,7 @@ grouped convolutions get an exact adjoint without a hand-written transposed conv
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -143,8 +144,9 @@ def power_iteration(
 
   The vectors are held constant for differentiation (``stop_gradient``): the gradient of the
   returned ``sigma`` with respect to whatever ``op`` closes over is ``v^T (dA) u``, which is the
-  exact gradient of :math:`\sigma_{max}` once ``u`` and ``v`` have converged. It is taken
-  through the last ``A^T v``, so differentiating costs one more pass over ``A``, not two.
+  exact gradient of :math:`\sigma_{max}` once ``u`` and ``v`` have converged. The value comes
+  from the last ``A^T v``, so differentiating costs one more pass over ``A`` (its gradient in
+  what it closes over), not two.
 
   A zero operator yields ``sigma = 0`` and leaves ``u`` as it came in (normalized), so the
   state never becomes NaN and resumes as soon as the operator is non-zero.
@@ -182,19 +184,42 @@ def power_iteration(
   frozen, adjoint = _frozen_ops(op, example)
   _check_start_vector(u, eps)
 
-  def step(u, adjoint):
-    """``(A^T v, new u)`` with ``v = A u / ||A u||``; a zero ``A^T v`` keeps ``u``."""
-    a_t_v = adjoint(_safe_normalize(frozen(u), eps))
-    u_new = _safe_normalize(lax.stop_gradient(a_t_v), eps)
-    return a_t_v, jnp.where(jnp.any(u_new != 0), u_new, u)
+  def step(u):
+    """``(v, A^T v, new u)`` with ``v = A u / ||A u||``; a zero ``A^T v`` keeps ``u``."""
+    v = _safe_normalize(frozen(u), eps)
+    a_t_v = adjoint(v)
+    u_new = _safe_normalize(a_t_v, eps)
+    return v, a_t_v, jnp.where(jnp.any(u_new != 0), u_new, u)
 
   u = _safe_normalize(lax.stop_gradient(u), eps)
   if num_iters > 1:
-    u = lax.fori_loop(0, num_iters - 1, lambda _, u: step(u, adjoint)[1], u)
-  # The last A^T v through the adjoint of ``op`` itself, so that sigma = <u_new, A^T v> =
-  # ||A^T v|| is differentiable in what ``op`` closes over, with no further product.
-  a_t_v, u = step(u, transpose_of(op, example))
-  return jnp.vdot(u, a_t_v).real, u
+    u = lax.fori_loop(0, num_iters - 1, lambda _, u: step(u)[2], u)
+  v, a_t_v, u = step(u)
+  # sigma = <A u_new, v> = ||A^T v||: the value from the last step's own product, the gradient
+  # that of <A u_new, v> in what ``op`` closes over (one pass, the map's own kernel gradient).
+  converted, consts = jax.closure_convert(op, example)
+  return _bilinear(converted, consts, u, v, jnp.vdot(u, a_t_v).real), u
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _bilinear(converted, consts, u, v, value):
+  """``value``, given equal to ``<converted(u, *consts), v>``, with that form's gradient in
+  ``consts`` (``u`` and ``v`` held constant), so the form itself is never evaluated."""
+  return value
+
+
+def _bilinear_fwd(converted, consts, u, v, value):
+  return value, (consts, u, v)
+
+
+def _bilinear_bwd(converted, residuals, g):
+  consts, u, v = residuals
+  _, vjp = jax.vjp(lambda *c: converted(u, *c), *consts)
+  zero = jnp.zeros((), g.dtype)
+  return list(vjp(g * v)), jnp.zeros_like(u), jnp.zeros_like(v), zero
+
+
+_bilinear.defvjp(_bilinear_fwd, _bilinear_bwd)
 
 
 class NormInfo(NamedTuple):
