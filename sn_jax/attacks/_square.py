@@ -268,6 +268,9 @@ def square(
   rows = jnp.arange(height)[None, :, None, None]
   cols = jnp.arange(width)[None, None, :, None]
 
+  def margin(z, labels):
+    return -logit_margin(logits_fn(z), labels)
+
   def random_square(u, side):
     """The ``side x side`` square with corner ``floor(u * (H - side + 1, W - side + 1))`` per
     example (``u`` (B, 2) uniform in [0, 1)): mask (B, H, W, 1), corner (top, left)."""
@@ -298,17 +301,17 @@ def square(
     pattern = jnp.asarray(patterns)[pattern_index[i]]
     return _l2_proposal(x_c, x_best, eps, first, corner, second, pattern, flip, signs)
 
-  def search(eps, start, size, leave_at):
+  def search(eps, keys, start, size, leave_at):
     """Queries on ``size`` examples, the unfooled ones first (every unfooled one fits), until
-    ``num_queries`` are spent or at most ``leave_at`` of them are unfooled."""
-    query, x_best, margin_best, keys = start
+    ``num_queries`` are spent or at most ``leave_at`` of them are unfooled; ``keys`` (B,)."""
+    query, x_best, margin_best = start
     chosen = jnp.argsort(margin_best <= 0, stable=True)[:size]
     x_c, labels_c, keys_c = x[chosen], labels[chosen], keys[chosen]
 
     def step(carry):
       i, x_best, margin_best = carry
       x_new = _clip(propose(i, x_c, x_best, eps, keys_c), clip_min, clip_max)
-      new = -logit_margin(logits_fn(x_new), labels_c)
+      new = margin(x_new, labels_c)
       keep = (margin_best > 0) & (new < margin_best)
       x_best = jnp.where(_expand(keep, x_c), x_new, x_best)
       return i + 1, x_best, jnp.where(keep, new, margin_best)
@@ -321,7 +324,7 @@ def square(
       searching, step, (query, x_best[chosen], margin_best[chosen])
     )
     x_best = x_best.at[chosen].set(x_chosen, unique_indices=True)
-    return query, x_best, margin_best.at[chosen].set(margin_chosen, unique_indices=True), keys
+    return query, x_best, margin_best.at[chosen].set(margin_chosen, unique_indices=True)
 
   def attack_one(eps):
     eps = eps.astype(x.dtype)
@@ -332,15 +335,15 @@ def square(
     else:
       x_best = _clip(_l2_start(init_key, x, eps), clip_min, clip_max)
     # Already misclassified examples keep x and never move.
-    clean = -logit_margin(logits_fn(x), labels)
-    margin_best = jnp.where(clean > 0, -logit_margin(logits_fn(x_best), labels), clean)
+    clean = margin(x, labels)
+    margin_best = jnp.where(clean > 0, margin(x_best, labels), clean)
     x_best = jnp.where(_expand(clean > 0, x), x_best, x)
     # Each example draws from its own key, so its search is the same at any size it runs at.
     keys = jax.vmap(jax.random.fold_in, (None, 0))(loop_key, jnp.arange(batch))
-    state = (jnp.zeros((), jnp.int32), x_best, margin_best, keys)
+    state = (jnp.zeros((), jnp.int32), x_best, margin_best)
     sizes = _search_sizes(batch) if compact else [batch]
     for size, leave_at in zip(sizes, [*sizes[1:], 0], strict=True):
-      state = search(eps, state, size, leave_at)
+      state = search(eps, keys, state, size, leave_at)
     return _finish(x, state[1])
 
   return _over_radii(attack_one, eps)

@@ -78,8 +78,9 @@ def transpose_of(op: LinearOp, example: jax.ShapeDtypeStruct | jax.Array) -> Lin
   return lambda y: transposed(y)[0]
 
 
-def _frozen_ops(op: LinearOp, example: jax.ShapeDtypeStruct) -> tuple[LinearOp, LinearOp]:
-  """Validates ``op`` and returns ``(op, adjoint)`` with everything ``op`` closes over frozen.
+def _frozen_ops(op: LinearOp, example: jax.ShapeDtypeStruct):
+  """Validates ``op`` and returns ``(op, adjoint)`` with everything ``op`` closes over frozen,
+  and ``(converted, consts)`` from ``jax.closure_convert``, not frozen.
 
   The iteration only searches for singular vectors, so no gradient may flow through it: the
   traced values that ``op`` closes over (a kernel being trained, say) are hoisted out with
@@ -94,12 +95,12 @@ def _frozen_ops(op: LinearOp, example: jax.ShapeDtypeStruct) -> tuple[LinearOp, 
       "example with u.astype(jnp.float32)."
     )
   converted, consts = jax.closure_convert(op, example)
-  consts = [lax.stop_gradient(c) for c in consts]
+  frozen_consts = [lax.stop_gradient(c) for c in consts]
 
   def frozen(x):
-    return converted(x, *consts)
+    return converted(x, *frozen_consts)
 
-  return frozen, transpose_of(frozen, example)
+  return frozen, transpose_of(frozen, example), (converted, consts)
 
 
 def _rayleigh_sigma(op: LinearOp, u: jax.Array, eps: float) -> jax.Array:
@@ -181,7 +182,7 @@ def power_iteration(
   check_num_iters(num_iters)
   u = jnp.asarray(u)
   example = jax.ShapeDtypeStruct(u.shape, u.dtype)
-  frozen, adjoint = _frozen_ops(op, example)
+  frozen, adjoint, (converted, consts) = _frozen_ops(op, example)
   _check_start_vector(u, eps)
 
   def step(u):
@@ -197,7 +198,6 @@ def power_iteration(
   v, a_t_v, u = step(u)
   # sigma = <A u_new, v> = ||A^T v||: the value from the last step's own product, the gradient
   # that of <A u_new, v> in what ``op`` closes over (one pass, the map's own kernel gradient).
-  converted, consts = jax.closure_convert(op, example)
   return _bilinear(converted, consts, u, v, jnp.vdot(u, a_t_v).real), u
 
 
@@ -368,7 +368,7 @@ def operator_norm(
   check_num_iters(check_every, "check_every")
   input_shape = tuple(input_shape)
   example = jax.ShapeDtypeStruct(input_shape, jnp.dtype(dtype))
-  frozen, adjoint = _frozen_ops(op, example)
+  frozen, adjoint, _ = _frozen_ops(op, example)
   gram = _flat_ops(frozen, adjoint, input_shape)
   key = jax.random.key(0) if key is None else key
   u0 = jax.random.normal(key, (math.prod(input_shape),), dtype)
