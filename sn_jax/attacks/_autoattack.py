@@ -25,6 +25,7 @@ from sn_jax.attacks._common import (
   _num_classes,
   _over_radii,
   _ranked_targets,
+  _shrinking_sizes,
   cross_entropy,
 )
 from sn_jax.attacks._dlr import dlr_loss
@@ -336,7 +337,8 @@ def _on_robust(attack, x, y, robust, key, chunk_size: int | None) -> jax.Array:
   Without ``chunk_size``, on the whole batch, skipped when no example is robust. With it, the
   robust examples are moved to the front and the batch is attacked in chunks of that size (the
   last one padded), each skipped when it holds no robust example and otherwise attacked on its
-  first ``n`` examples, ``n`` the smallest of :func:`_chunk_sizes` that holds its robust ones
+  first ``n`` examples, ``n`` the smallest of ``chunk_size``, a quarter of it (rounded up), a
+  quarter of that, ..., none below ``_SMALLEST_CHUNK``, that holds its robust ones
   (they come first); the result is put back in the original order. Under ``vmap`` every branch
   runs, and only the masks decide.
 
@@ -354,7 +356,7 @@ def _on_robust(attack, x, y, robust, key, chunk_size: int | None) -> jax.Array:
     a = jnp.concatenate([a, jnp.repeat(a[:1], num_chunks * chunk_size - batch, axis=0)])
     return a.reshape(num_chunks, chunk_size, *a.shape[1:])
 
-  sizes = _chunk_sizes(chunk_size)
+  sizes = _shrinking_sizes(chunk_size, 4, _SMALLEST_CHUNK)[::-1]  # ascending
 
   def one(inputs):
     x_chunk, y_chunk, robust_chunk, chunk_key = inputs
@@ -375,12 +377,3 @@ def _on_robust(attack, x, y, robust, key, chunk_size: int | None) -> jax.Array:
   inputs = (chunks(x), chunks(y), padded_robust.reshape(num_chunks, chunk_size))
   out = lax.map(one, (*inputs, jax.random.split(key, num_chunks)))
   return out.reshape(-1, *x.shape[1:])[:batch][jnp.argsort(order)]
-
-
-def _chunk_sizes(chunk_size: int) -> list[int]:
-  """The sizes a chunk of ``chunk_size`` is attacked at, ascending: ``chunk_size``, a quarter of
-  it (rounded up), a quarter of that, ..., none below ``_SMALLEST_CHUNK``."""
-  sizes = [chunk_size]
-  while (quarter := -(-sizes[-1] // 4)) >= _SMALLEST_CHUNK:
-    sizes.append(quarter)
-  return sizes[::-1]

@@ -276,3 +276,13 @@ def _ranked_targets(logits_fn, x, num_classes: int):
   ``(k + 2)``-th largest logit at ``x``."""
   ranked = jnp.argsort(lax.stop_gradient(logits_fn(x)), axis=-1)  # (B, C), ascending
   return lambda k: ranked[:, num_classes - 2 - k]
+
+
+def _shrinking_sizes(size: int, divisor: int, smallest: int) -> list[int]:
+  """``[size, ceil(size / divisor), ceil(that / divisor), ...]``, descending, none below
+  ``smallest`` (but always ``size`` itself): the batch sizes an attack is compiled at when it
+  moves its remaining examples to smaller batches."""
+  sizes = [size]
+  while (smaller := -(-sizes[-1] // divisor)) >= smallest:
+    sizes.append(smaller)
+  return sizes

@@ -22,6 +22,7 @@ from sn_jax.attacks._common import (
   _labels,
   _norm,
   _over_radii,
+  _shrinking_sizes,
   logit_margin,
 )
 
@@ -29,7 +30,9 @@ from sn_jax.attacks._common import (
 # count (the reference schedule, for 10000 queries), or of 10000 * query / num_queries (rescaled).
 _P_THRESHOLDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 # The search moves its unfooled examples to a batch of half the size, then half of that, ...,
-# down to this many: one compiled model evaluation per size.
+# down to this many: one compiled model evaluation per size. At each size it runs until its
+# unfooled examples fit the next one, so at least half of the examples it evaluates are unfooled
+# (above the smallest).
 _SMALLEST_SEARCH = 4
 
 
@@ -52,16 +55,6 @@ def _square_sides(
       side += 1 - side % 2
     sides[query] = min(max(side, 1), height, width)
   return sides
-
-
-def _search_sizes(batch: int) -> list[int]:
-  """The batch sizes the search runs at, descending: ``batch``, half of it (rounded up), half of
-  that, ..., none below ``_SMALLEST_SEARCH``: at each it runs until its unfooled examples fit the
-  next one, so at least half of the examples it evaluates are unfooled (above the smallest)."""
-  sizes = [batch]
-  while (half := -(-sizes[-1] // 2)) >= _SMALLEST_SEARCH:
-    sizes.append(half)
-  return sizes
 
 
 def _eta_rectangle(rows: int, cols: int) -> np.ndarray:
@@ -341,7 +334,7 @@ def square(
     # Each example draws from its own key, so its search is the same at any size it runs at.
     keys = jax.vmap(jax.random.fold_in, (None, 0))(loop_key, jnp.arange(batch))
     state = (jnp.zeros((), jnp.int32), x_best, margin_best)
-    sizes = _search_sizes(batch) if compact else [batch]
+    sizes = _shrinking_sizes(batch, 2, _SMALLEST_SEARCH) if compact else [batch]
     for size, leave_at in zip(sizes, [*sizes[1:], 0], strict=True):
       state = search(eps, keys, state, size, leave_at)
     return _finish(x, state[1])

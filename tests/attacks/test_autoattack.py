@@ -13,7 +13,8 @@ from quick_compile import QUICK
 
 from sn_jax import attacks
 from sn_jax.attacks._apgd import _apgd, _loss_and_grad, _targeted_dlr
-from sn_jax.attacks._autoattack import _chunk_sizes, _on_robust
+from sn_jax.attacks._autoattack import _on_robust
+from sn_jax.attacks._common import _shrinking_sizes
 
 KEY = jax.random.key(0)
 FAST = dict(num_steps=8, num_queries=30)  # a short run of every attack
@@ -187,8 +188,10 @@ def test_the_result_stays_in_the_ball_and_the_box_and_robust_ones_keep_x(chunk_s
 
 
 def test_a_chunk_with_few_robust_examples_is_attacked_at_a_smaller_size():
-  assert _chunk_sizes(100) == [7, 25, 100] and _chunk_sizes(16) == [4, 16]
-  assert _chunk_sizes(13) == [4, 13] and _chunk_sizes(12) == [12] and _chunk_sizes(1) == [1]
+  quarters = lambda size: _shrinking_sizes(size, 4, 4)
+  assert quarters(100) == [100, 25, 7] and quarters(16) == [16, 4]
+  assert quarters(13) == [13, 4] and quarters(12) == [12] and quarters(1) == [1]
+  assert _shrinking_sizes(100, 2, 4) == [100, 50, 25, 13, 7, 4]
   # A stand-in attack that marks each example with the size of the batch it was attacked in.
   attack = lambda x, y, key: x + x.shape[0]
   on_robust = jax.jit(_on_robust, static_argnums=(0, 5))
