@@ -2,7 +2,10 @@
 
 The core (:func:`time_fn`, :func:`time_side_by_side`, :class:`Timing`, :func:`environment`)
 measures the first call (trace and compile) apart, then warm-up calls, then the median and
-interquartile range of repeated calls, each ended by ``jax.block_until_ready``. Each suite is a
+interquartile range of repeated calls, each ended by ``jax.block_until_ready``;
+:func:`time_paired` calls functions in shuffled rounds and gives each one's time over a
+baseline's as the median of the per-round ratios, with a 95% bootstrap interval
+(:class:`PairedRatio`), for ratios of a few percent that drift would drown. Each suite is a
 function returning :class:`Row` s, one per function timed at one size, with its ratio to the
 suite's baseline:
 
@@ -33,9 +36,11 @@ from sn_jax.bench._operators import operators as operators
 from sn_jax.bench._rows import Row as Row
 from sn_jax.bench._rows import table as table
 from sn_jax.bench._setup import check_dtype as check_dtype
+from sn_jax.bench._timing import PairedRatio as PairedRatio
 from sn_jax.bench._timing import Timing as Timing
 from sn_jax.bench._timing import environment as environment
 from sn_jax.bench._timing import machine as machine
 from sn_jax.bench._timing import time_fn as time_fn
+from sn_jax.bench._timing import time_paired as time_paired
 from sn_jax.bench._timing import time_side_by_side as time_side_by_side
 from sn_jax.bench._training import training as training

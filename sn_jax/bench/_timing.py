@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jaxlib
+import numpy as np
 
 from sn_jax._backend import host_memory
 
@@ -131,6 +132,83 @@ def time_side_by_side(
     for name, fn in fns.items():
       samples[name] += [_timed_call(fn) for _ in range(per_round[name])]
   return {name: _summary(compile_s[name], values) for name, values in samples.items()}
+
+
+class PairedRatio(NamedTuple):
+  """A function's time over its baseline's, from calls paired in rounds (:func:`time_paired`).
+
+  Attributes:
+    median: the median over the rounds of the function's time over the baseline's time in
+      the same round.
+    low: the 2.5th percentile of that median over bootstrap resamples of the rounds.
+    high: the 97.5th percentile: ``[low, high]`` is a 95% interval for the median ratio.
+    rounds: the number of rounds.
+  """
+
+  median: float
+  low: float
+  high: float
+  rounds: int
+
+
+def time_paired(
+  fns: dict[Hashable, Callable[[], Any]],
+  baselines: dict[Hashable, Hashable],
+  *,
+  rounds: int = 100,
+  warmup: int = 2,
+  seed: int = 0,
+) -> tuple[dict[Hashable, Timing], dict[Hashable, PairedRatio]]:
+  """Times functions in rounds and gives each one's ratio to its baseline, round by round.
+
+  Each function is called once (``compile_s``) and ``warmup`` times first; then each of the
+  ``rounds`` rounds calls every function once, in an order shuffled anew (seeded by ``seed``).
+  A function's ratio is the median over the rounds of its time over its baseline's time in the
+  same round: pairing the calls cancels the machine's drift, which moves a small ratio (a few
+  percent) by more than itself when medians of separate runs are divided. The interval is a
+  bootstrap over the rounds (2000 resamples).
+
+  Args:
+    fns: name (any hashable key) to zero-argument function.
+    baselines: name of a function to the name of its baseline, both keys of ``fns``; a
+      function's ratio to itself is 1.
+    rounds: rounds of calls, >= 2.
+    warmup: untimed calls after the first, >= 0.
+    seed: seeds the call order and the bootstrap.
+
+  Returns:
+    ``(timings, ratios)``: name to :class:`Timing` over the ``rounds`` calls, in the order of
+    ``fns``; name to :class:`PairedRatio` for each name of ``baselines``.
+
+  Raises:
+    ValueError: for ``rounds`` < 2, ``warmup`` < 0, or a name in ``baselines`` (key or value)
+      that is not a key of ``fns``.
+  """
+  _check_counts(repeats=1, warmup=warmup)
+  if rounds < 2:
+    raise ValueError(f"`rounds` must be >= 2 to pair calls, got {rounds}.")
+  unknown = [name for pair in baselines.items() for name in pair if name not in fns]
+  if unknown:
+    raise ValueError(f"`baselines` names functions not in `fns`: {unknown!r}.")
+  compile_s = {}
+  for name, fn in fns.items():
+    compile_s[name] = _timed_call(fn)
+    for _ in range(warmup):
+      jax.block_until_ready(fn())
+  rng = np.random.default_rng(seed)
+  names = list(fns)
+  samples = {name: np.empty(rounds) for name in names}
+  for r in range(rounds):
+    for i in rng.permutation(len(names)):
+      samples[names[i]][r] = _timed_call(fns[names[i]])
+  timings = {name: _summary(compile_s[name], list(samples[name])) for name in names}
+  resamples = rng.integers(0, rounds, size=(2000, rounds))
+  ratios = {}
+  for name, baseline in baselines.items():
+    ratio = samples[name] / samples[baseline]
+    low, high = np.percentile(np.median(ratio[resamples], axis=1), [2.5, 97.5])
+    ratios[name] = PairedRatio(float(np.median(ratio)), float(low), float(high), rounds)
+  return timings, ratios
 
 
 def _check_counts(*, repeats: int, warmup: int, rounds: int = 1) -> None:

@@ -126,6 +126,42 @@ def test_time_fn_counts_its_calls():
     bench.time_fn(lambda: None, repeats=0)
 
 
+def test_time_paired_divides_each_call_by_its_baseline_in_the_same_round(monkeypatch):
+  # A fake clock: each function advances it by its cost; the machine drifts (every call costs
+  # from 1 to 4 times more over the rounds) and 'slow' always costs 1.5 times the baseline of
+  # its round, so every round's ratio, their median and the interval are exactly 1.5.
+  clock, rounds = [0.0], 9
+  calls = {"base": 0, "slow": 0}
+  drift = lambda count: 1.0 + 3.0 * max(count - 3, 0) / (rounds - 1)  # 3 calls before rounds
+
+  def fn(name, factor):
+    def call():
+      clock[0] += factor * drift(calls[name])
+      calls[name] += 1
+
+    return call
+
+  monkeypatch.setattr("sn_jax.bench._timing.time.perf_counter", lambda: clock[0])
+  fns = {"base": fn("base", 1.0), "slow": fn("slow", 1.5)}
+  timings, ratios = bench.time_paired(fns, {"slow": "base", "base": "base"}, rounds=rounds)
+  assert calls == {"base": 1 + 2 + rounds, "slow": 1 + 2 + rounds}
+  assert list(timings) == ["base", "slow"] and timings["slow"].repeats == rounds
+  assert ratios["slow"] == bench.PairedRatio(1.5, 1.5, 1.5, rounds)
+  assert ratios["base"].median == 1.0
+  with pytest.raises(ValueError, match=r"`rounds` must be >= 2 to pair calls, got 1"):
+    bench.time_paired(fns, {}, rounds=1)
+  with pytest.raises(ValueError, match=r"`baselines` names functions not in `fns`: \['plain'\]"):
+    bench.time_paired(fns, {"slow": "plain"})
+
+
+def test_time_paired_gives_an_interval_around_the_median_ratio():
+  # Real calls: the interval holds the median, whatever the machine's noise.
+  fns = {"a": lambda: jax.numpy.zeros(8) + 1, "b": lambda: jax.numpy.zeros(64) * 2}
+  _, ratios = bench.time_paired(fns, {"b": "a"}, rounds=20, warmup=1)
+  ratio = ratios["b"]
+  assert ratio.rounds == 20 and 0 < ratio.low <= ratio.median <= ratio.high
+
+
 def _row(name, batch_size, steps, median_s):
   timing = bench.Timing(1.0, median_s, median_s, median_s, 1)
   return bench.Row("attacks", name, batch_size, "float32", steps, timing)
