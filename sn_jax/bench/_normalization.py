@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from sn_jax.bench import _setup, _steps
 from sn_jax.bench._rows import Row
-from sn_jax.bench._timing import time_side_by_side
+from sn_jax.bench._timing import time_paired, time_side_by_side
 from sn_jax.training import step as train
 
 BASELINE = "no SN"
@@ -37,14 +37,17 @@ def normalization(
   keeps state) on a random batch. Its variants: the plain layers (``'no SN'``, the baseline),
   :class:`sn_jax.nn.SpectralNorm` with ``beta=1`` and each ``method``, and
   ``flax.linen.SpectralNorm`` (the kernel reshaped to a matrix). At each batch size the
-  variants are timed side by side.
+  variants are timed in ``repeats`` rounds, each calling every variant once in a shuffled
+  order, and a variant's ratio is the median of its per-round ratios to ``'no SN'``, with a
+  95% interval (:func:`~sn_jax.bench.time_paired`); with ``repeats=1``, one call each and the
+  ratio of the two times.
 
   Args:
     model: a model of :mod:`sn_jax.models`.
     batch_sizes: the global batch sizes, each >= 1 and a multiple of ``num_devices``.
     dtype: the compute dtype (see :func:`sn_jax.bench.check_dtype`).
     num_devices: the first ``num_devices`` of ``jax.devices()`` run the step.
-    repeats: timed calls of each variant, >= 1.
+    repeats: timed calls of each variant (rounds), >= 1.
     warmup: untimed calls after the first, >= 0.
     variants: the names of :data:`VARIANTS` to time (the baseline always is); None: all.
 
@@ -70,10 +73,13 @@ def normalization(
       for name, attributes in VARIANTS.items()
       if name in chosen
     }
-    times = time_side_by_side(fns, repeats=repeats, warmup=warmup, rounds=min(5, repeats))
+    if repeats >= 2:
+      times, ratios = time_paired(fns, dict.fromkeys(fns, BASELINE), rounds=repeats, warmup=warmup)
+    else:
+      times, ratios = time_side_by_side(fns, repeats=1, warmup=warmup, rounds=1), {}
     base = times[BASELINE].median_s
     rows += [
-      Row("normalization", name, batch_size, dtype, None, t, BASELINE, base)
+      Row("normalization", name, batch_size, dtype, None, t, BASELINE, base, ratios.get(name))
       for name, t in times.items()
     ]
   return rows

@@ -11,7 +11,7 @@ import datetime
 from collections.abc import Sequence
 from typing import Any
 
-from sn_jax.bench._timing import Timing
+from sn_jax.bench._timing import PairedRatio, Timing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +27,9 @@ class Row:
     timing: the measured :class:`~sn_jax.bench.Timing`.
     baseline: what the ratio compares with (``'no SN'``, ``'11 input gradients'``), or None.
     baseline_s: the baseline's seconds, or None.
+    paired_ratio: the ratio to the baseline from calls paired in rounds
+      (:func:`~sn_jax.bench.time_paired`), with its interval, or None (the ratio is then
+      ``timing.median_s / baseline_s``).
   """
 
   suite: str
@@ -37,10 +40,14 @@ class Row:
   timing: Timing
   baseline: str | None = None
   baseline_s: float | None = None
+  paired_ratio: PairedRatio | None = None
 
   @property
   def ratio(self) -> float | None:
-    """``timing.median_s / baseline_s``, or None without a baseline."""
+    """The paired ratio's median, else ``timing.median_s / baseline_s``, or None without a
+    baseline."""
+    if self.paired_ratio is not None:
+      return self.paired_ratio.median
     return None if self.baseline_s is None else self.timing.median_s / self.baseline_s
 
   @property
@@ -59,6 +66,8 @@ class Row:
       **self.timing._asdict(),
       "examples_per_s": self.examples_per_s,
       "ratio": self.ratio,
+      "ratio_low": None if self.paired_ratio is None else self.paired_ratio.low,
+      "ratio_high": None if self.paired_ratio is None else self.paired_ratio.high,
       "baseline": self.baseline,
       "baseline_s": self.baseline_s,
     }
@@ -72,6 +81,7 @@ _COLUMNS = (
   ("median ms", 11, "{:.3f}"),
   ("IQR ms", 9, "{:.3f}"),
   ("ratio", 7, "{:.3f}"),
+  ("95% interval", 14, "{0.low:.3f}-{0.high:.3f}"),
   ("ex/s", 10, "{:.4g}"),
   ("compile s", 10, "{:.2f}"),
 )
@@ -81,7 +91,8 @@ def table(rows: Sequence[Row]) -> str:
   """The rows as a plain-text table, one line each; ``-`` where a column does not apply.
 
   Columns: suite, name, batch size, steps, median and interquartile range (ms), ratio to the
-  row's baseline, examples per second, first call (s).
+  row's baseline (with its 95% interval where the calls were paired), examples per second,
+  first call (s).
   """
   head = "".join(
     f"{title:<{width}}" if i < 2 else f"{title:>{width}}"
@@ -98,6 +109,7 @@ def table(rows: Sequence[Row]) -> str:
       t.median_s * 1e3,
       (t.q75_s - t.q25_s) * 1e3,
       row.ratio,
+      row.paired_ratio,
       row.examples_per_s,
       t.compile_s,
     )

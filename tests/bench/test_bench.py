@@ -29,6 +29,8 @@ ROW_FIELDS = {
   "repeats",
   "examples_per_s",
   "ratio",
+  "ratio_low",
+  "ratio_high",
   "baseline",
   "baseline_s",
 }
@@ -243,5 +245,13 @@ def test_the_normalization_suite_times_the_chosen_variants_and_the_baseline(quic
   rows = bench.normalization("tiny", [4], repeats=1, warmup=0, variants=[fourier])
   assert [row.name for row in rows] == ["no SN", fourier]
   assert all(row.baseline_s == rows[0].timing.median_s for row in rows)
+  assert all(row.paired_ratio is None for row in rows)  # one call each: nothing to pair
+  rows = bench.normalization("tiny", [4], repeats=3, warmup=0, variants=[fourier])
+  paired = rows[1].paired_ratio
+  assert paired.rounds == 3 and paired.low <= paired.median <= paired.high
+  assert rows[1].ratio == paired.median and rows[0].ratio == 1.0
+  fields = rows[1].to_dict()
+  assert (fields["ratio_low"], fields["ratio_high"]) == (paired.low, paired.high)
+  assert f"{paired.low:.3f}-{paired.high:.3f}" in bench.table(rows).splitlines()[2]
   with pytest.raises(ValueError, match=r"`variants` must be names of \(.*\), got \['svd'\]"):
     bench.normalization("tiny", [4], variants=["svd"])
