@@ -185,6 +185,7 @@ _HEADER = (
   "median (ms)",
   "IQR (ms)",
   "ratio",
+  "95% interval",
   "baseline",
   "examples/s",
   "first call (s)",
@@ -261,6 +262,9 @@ def markdown(
       t.median_s * 1e3,
       (t.q75_s - t.q25_s) * 1e3,
       row.ratio,
+      None
+      if row.paired_ratio is None
+      else f"{row.paired_ratio.low:.3f}-{row.paired_ratio.high:.3f}",
       row.baseline,
       row.examples_per_s,
       t.compile_s,

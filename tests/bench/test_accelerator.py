@@ -2,6 +2,7 @@
 section and its README markers, the preset's option errors, and ``benchmarks/accelerator.sh``'s
 arguments."""
 
+import dataclasses
 import json
 import pathlib
 import re
@@ -107,8 +108,8 @@ def test_the_tiny_preset_end_to_end(tmp_path, capsys, quick):
   )
   assert section[4] == f"- Software: jax {jax.__version__}, jaxlib {env['jaxlib']}"
   assert section[6] == (
-    "| model | suite | name | batch | dtype | steps | median (ms) | IQR (ms) | ratio | baseline "
-    "| examples/s | first call (s) |"
+    "| model | suite | name | batch | dtype | steps | median (ms) | IQR (ms) | ratio "
+    "| 95% interval | baseline | examples/s | first call (s) |"
   )
   table = section[8:]
   assert len(table) == len(rows)
@@ -124,6 +125,7 @@ def test_the_tiny_preset_end_to_end(tmp_path, capsys, quick):
     ]
     assert float(cells[6]) == pytest.approx(row["median_s"] * 1e3, rel=1e-3)
     assert float(cells[8]) == pytest.approx(row["ratio"], rel=1e-3)
+    assert cells[9] == "-"  # the tiny preset calls each function once: nothing paired
 
 
 def _row(name, batch_size, median_s):
@@ -139,8 +141,13 @@ def test_the_markdown_section_and_its_markers(tmp_path):
   )
   assert section.endswith("|\n")
   assert section.splitlines()[-1] == (
-    "| - | operators | exact (SVD) | - | float32 | - | 250 | 0 | - | - | - | 1.5 |"
+    "| - | operators | exact (SVD) | - | float32 | - | 250 | 0 | - | - | - | - | 1.5 |"
   )
+  paired = dataclasses.replace(
+    _row("no SN", 4, 0.25), baseline="no SN", paired_ratio=bench.PairedRatio(1.0, 0.9876, 1.0432, 5)
+  )
+  cells = bench.markdown([("tiny", paired)], env, date="D", command="c").splitlines()[-1].split("|")
+  assert [cell.strip() for cell in cells[9:11]] == ["1", "0.988-1.043"]
   readme = tmp_path / "README.md"
   readme.write_text("# Benchmarks\n\nIntro.\n\n<!-- bench:other -->\nkept\n<!-- /bench:other -->\n")
   bench.write_section(readme, "accelerator", "first\n")
