@@ -232,9 +232,9 @@ def markdown(
     - Host: CPU x, 8 cores; python 3.11; host memory retained
     - Software: jax 0.1, jaxlib 0.1
     <BLANKLINE>
-    | model | suite | name | batch | dtype | steps | median (ms) | IQR (ms) | ratio | baseline | examples/s | first call (s) |
-    |---|---|---|---|---|---|---|---|---|---|---|---|
-    | elunet | attacks | PGD | 8 | float32 | 10 | 500 | 200 | - | - | 16 | 2 |
+    | model | suite | name | batch | dtype | steps | median (ms) | IQR (ms) | ratio | 95% interval | baseline | examples/s | first call (s) |
+    |---|---|---|---|---|---|---|---|---|---|---|---|---|
+    | elunet | attacks | PGD | 8 | float32 | 10 | 500 | 200 | - | - | - | 16 | 2 |
     <BLANKLINE>
   """  # noqa: E501
   env = environment
