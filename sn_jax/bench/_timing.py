@@ -121,11 +121,7 @@ def time_side_by_side(
   """
   counts = repeats if isinstance(repeats, dict) else dict.fromkeys(fns, repeats)
   _check_counts(repeats=min(counts.values(), default=1), warmup=warmup, rounds=rounds)
-  compile_s = {}
-  for name, fn in fns.items():
-    compile_s[name] = _timed_call(fn)
-    for _ in range(warmup):
-      jax.block_until_ready(fn())
+  compile_s = _first_calls(fns, warmup)
   samples: dict[Hashable, list[float]] = {name: [] for name in fns}
   per_round = {name: max(1, counts[name] // rounds) for name in fns}
   for _ in range(rounds):
@@ -190,11 +186,7 @@ def time_paired(
   unknown = [name for pair in baselines.items() for name in pair if name not in fns]
   if unknown:
     raise ValueError(f"`baselines` names functions not in `fns`: {unknown!r}.")
-  compile_s = {}
-  for name, fn in fns.items():
-    compile_s[name] = _timed_call(fn)
-    for _ in range(warmup):
-      jax.block_until_ready(fn())
+  compile_s = _first_calls(fns, warmup)
   rng = np.random.default_rng(seed)
   names = list(fns)
   samples = {name: np.empty(rounds) for name in names}
@@ -209,6 +201,17 @@ def time_paired(
     low, high = np.percentile(np.median(ratio[resamples], axis=1), [2.5, 97.5])
     ratios[name] = PairedRatio(float(np.median(ratio)), float(low), float(high), rounds)
   return timings, ratios
+
+
+def _first_calls(fns: dict[Hashable, Callable[[], Any]], warmup: int) -> dict[Hashable, float]:
+  """Calls each function once, timed (trace, compile and run), then ``warmup`` times untimed;
+  returns name to the first call's seconds."""
+  compile_s = {}
+  for name, fn in fns.items():
+    compile_s[name] = _timed_call(fn)
+    for _ in range(warmup):
+      jax.block_until_ready(fn())
+  return compile_s
 
 
 def _check_counts(*, repeats: int, warmup: int, rounds: int = 1) -> None:
