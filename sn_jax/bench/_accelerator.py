@@ -262,9 +262,7 @@ def markdown(
       t.median_s * 1e3,
       (t.q75_s - t.q25_s) * 1e3,
       row.ratio,
-      None
-      if row.paired_ratio is None
-      else f"{row.paired_ratio.low:.3f}-{row.paired_ratio.high:.3f}",
+      row.interval,
       row.baseline,
       row.examples_per_s,
       t.compile_s,

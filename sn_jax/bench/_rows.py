@@ -51,6 +51,14 @@ class Row:
     return None if self.baseline_s is None else self.timing.median_s / self.baseline_s
 
   @property
+  def interval(self) -> str | None:
+    """The paired ratio's 95% interval as the tables print it, ``'low-high'`` to three
+    decimals, or None where the calls were not paired."""
+    if self.paired_ratio is None:
+      return None
+    return f"{self.paired_ratio.low:.3f}-{self.paired_ratio.high:.3f}"
+
+  @property
   def examples_per_s(self) -> float | None:
     """``batch_size / timing.median_s``, or None without a batch."""
     return None if self.batch_size is None else self.batch_size / self.timing.median_s
@@ -81,7 +89,7 @@ _COLUMNS = (
   ("median ms", 11, "{:.3f}"),
   ("IQR ms", 9, "{:.3f}"),
   ("ratio", 7, "{:.3f}"),
-  ("95% interval", 14, "{0.low:.3f}-{0.high:.3f}"),
+  ("95% interval", 14, "{}"),
   ("ex/s", 10, "{:.4g}"),
   ("compile s", 10, "{:.2f}"),
 )
@@ -109,7 +117,7 @@ def table(rows: Sequence[Row]) -> str:
       t.median_s * 1e3,
       (t.q75_s - t.q25_s) * 1e3,
       row.ratio,
-      row.paired_ratio,
+      row.interval,
       row.examples_per_s,
       t.compile_s,
     )
