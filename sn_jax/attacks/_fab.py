@@ -62,7 +62,8 @@ def _smallest_radius(weight: jax.Array, reach: jax.Array, excess: jax.Array):
   infinity = jnp.full(excess.shape, lax.bitcast_convert_type(jnp.array(jnp.inf, dtype), as_int))
   reachable = reaches(infinity)
   # The bit pattern of inf is below 2^(bits - 1): bits - 1 halvings leave adjacent floats.
-  low, _ = lax.fori_loop(0, bits - 1, halve, (jnp.zeros_like(infinity), infinity))
+  bounds = _varying_like_x((jnp.zeros_like(infinity), infinity), reachable)
+  low, _ = lax.fori_loop(0, bits - 1, halve, bounds)
   saturated = reach <= lax.bitcast_convert_type(low, dtype)[..., None]
   before = jnp.sum(jnp.where(saturated, weight * reach, 0), axis=-1)
   slope = jnp.sum(jnp.where(saturated, 0, weight), axis=-1)
