@@ -41,8 +41,8 @@ VERSIONS = {
 ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 _TARGETS = 9  # target classes of APGD-T and FAB-T (fewer when the model has fewer classes)
 _EOT_ITER = 20  # draws per gradient of the 'rand' version
-# A chunk with few robust examples is attacked at a quarter of its size, a quarter of that, ...,
-# down to this many: one compiled variant of each attack per size.
+# A chunk with few robust examples is attacked at half its size, half of that, ..., down to this
+# many: one compiled variant of each attack per size.
 _SMALLEST_CHUNK = 4
 
 
@@ -185,9 +185,9 @@ def autoattack(
   traces the whole sequence once: by default every run attacks the whole batch (skipped only once
   no example is left) and its results are masked. With ``chunk_size``, the examples still robust
   are moved to the front before each run and the batch is attacked in chunks of that size,
-  skipping the chunks with none left and attacking a chunk with few left at a smaller size (a
-  quarter of ``chunk_size``, a quarter of that, ..., down to 4: each attack is compiled once per
-  size), so a run costs about what the robust examples need, as in the authors' code; a 1-D
+  skipping the chunks with none left and attacking a chunk with few left at a smaller size (half
+  of ``chunk_size``, half of that, ..., down to 4: each attack is compiled once per size, and at
+  least half of the examples it attacks are robust), so a run costs about what the robust examples need, as in the authors' code; a 1-D
   ``eps`` is then evaluated one radius at a time. The settings are the authors' for each
   version:
 
@@ -337,8 +337,8 @@ def _on_robust(attack, x, y, robust, key, chunk_size: int | None) -> jax.Array:
   Without ``chunk_size``, on the whole batch, skipped when no example is robust. With it, the
   robust examples are moved to the front and the batch is attacked in chunks of that size (the
   last one padded), each skipped when it holds no robust example and otherwise attacked on its
-  first ``n`` examples, ``n`` the smallest of ``chunk_size``, a quarter of it (rounded up), a
-  quarter of that, ..., none below ``_SMALLEST_CHUNK``, that holds its robust ones
+  first ``n`` examples, ``n`` the smallest of ``chunk_size``, half of it (rounded up), half of
+  that, ..., none below ``_SMALLEST_CHUNK``, that holds its robust ones
   (they come first); the result is put back in the original order. Under ``vmap`` every branch
   runs, and only the masks decide.
 
@@ -356,7 +356,7 @@ def _on_robust(attack, x, y, robust, key, chunk_size: int | None) -> jax.Array:
     a = jnp.concatenate([a, jnp.repeat(a[:1], num_chunks * chunk_size - batch, axis=0)])
     return a.reshape(num_chunks, chunk_size, *a.shape[1:])
 
-  sizes = _shrinking_sizes(chunk_size, 4, _SMALLEST_CHUNK)[::-1]  # ascending
+  sizes = _shrinking_sizes(chunk_size, 2, _SMALLEST_CHUNK)[::-1]  # ascending
 
   def one(inputs):
     x_chunk, y_chunk, robust_chunk, chunk_key = inputs
