@@ -29,6 +29,7 @@ from sn_jax.attacks._common import (
   _over_radii,
   _project,
   _ranked_targets,
+  _shrinking_sizes,
   _unit,
   _varying_like_x,
   cross_entropy,
@@ -38,6 +39,8 @@ from sn_jax.attacks._dlr import dlr_loss, dlr_loss_targeted
 DrawFn = Callable[[jax.Array, jax.Array], jax.Array]  # (inputs, key) -> logits
 
 _MOMENTUM = 0.75  # alpha: weight of the new projected step against the previous update
+_SMALLEST_STEPPED = 4  # the smallest batch a run that stops fooled examples moves them to
+RunLossFn = Callable[[jax.Array, jax.Array, Any], jax.Array]  # (logits, labels, extra) -> (B,)
 
 
 def _checkpoint_windows(num_steps: int) -> np.ndarray:
@@ -76,28 +79,29 @@ class _State(NamedTuple):
   loss_best_checked: jax.Array  # (B,): loss_best at the last checkpoint
 
 
-def _loss_and_grad(draw: DrawFn, loss_fn: LossFn, labels: jax.Array, eot_iter: int):
-  """``(z, key) -> (loss (B,), logits (B, C), d sum(loss)/dz (B, ...))``.
+def _loss_and_grad(draw: DrawFn, loss_fn: RunLossFn, eot_iter: int):
+  """``(z, labels, extra, key) -> (loss (B,), logits (B, C), d sum(loss)/dz (B, ...))``.
 
-  One forward-backward pass through ``draw(z, key)``; with ``eot_iter > 1``, the gradient is the
-  mean over ``eot_iter`` draws with independent keys (expectation over transformation) and the
-  loss and logits are the last draw's, as in the authors' code.
+  One forward-backward pass through ``draw(z, key)`` and ``loss_fn(logits, labels, extra)``;
+  with ``eot_iter > 1``, the gradient is the mean over ``eot_iter`` draws with independent keys
+  (expectation over transformation) and the loss and logits are the last draw's, as in the
+  authors' code.
   """
 
-  def total(z, key):
+  def total(z, labels, extra, key):
     logits = draw(z, key)
-    loss = loss_fn(logits, labels)
+    loss = loss_fn(logits, labels, extra)
     return jnp.sum(loss), (loss, logits)
 
   grad_fn = jax.grad(total, has_aux=True)
 
-  def evaluate(z, key):
+  def evaluate(z, labels, extra, key):
     keys = jax.random.split(key, eot_iter)
-    grad, (loss, logits) = grad_fn(z, keys[0])
+    grad, (loss, logits) = grad_fn(z, labels, extra, keys[0])
 
     def add(carry, draw_key):
       grad_sum, _, _ = carry
-      grad, (loss, logits) = grad_fn(z, draw_key)
+      grad, (loss, logits) = grad_fn(z, labels, extra, draw_key)
       return (grad_sum + grad, loss, logits), None
 
     (grad, loss, logits), _ = lax.scan(add, (grad, loss, logits), keys[1:])
@@ -107,29 +111,48 @@ def _loss_and_grad(draw: DrawFn, loss_fn: LossFn, labels: jax.Array, eot_iter: i
 
 
 def _single_run(
-  draw, loss_fn, x, labels, eps, key, *, norm, num_steps, rho, eot_iter, clip_min, clip_max
+  draw,
+  run_loss,
+  x,
+  labels,
+  eps,
+  key,
+  *,
+  norm,
+  num_steps,
+  rho,
+  eot_iter,
+  clip_min,
+  clip_max,
+  stop_when_fooled=False,
 ):
   """One APGD run from a random start on the sphere of radius ``eps``.
 
   ``draw(z, key)`` gives the logits; it ignores ``key`` unless the model is randomized.
+  ``run_loss`` is ``(loss_fn, extra)``: the run maximizes ``loss_fn(logits, labels, extra)``,
+  ``extra`` a pytree of per-example arrays ``(B, ...)`` (APGD-T's targets) or None.
+
+  With ``stop_when_fooled`` (AutoAttack, which only asks whether an example is fooled), an
+  example stops once it is misclassified: the steps run on a batch of half the size once the
+  unfooled examples fit in it, then half of that, ..., down to 4 (``_SMALLEST_STEPPED``), as
+  Square does. Every computation is per example, so each example's iterates are those of the
+  run without it (for a randomized model, the draws differ). Needs clip bounds without a batch
+  axis.
 
   Returns ``(x_best, loss_best, x_fooled, fooled)``: the highest-loss point and its loss, and the
-  last misclassified point with whether there was one.
+  last misclassified point (the first, with ``stop_when_fooled``) with whether there was one.
   """
-  evaluate = _loss_and_grad(draw, loss_fn, labels, eot_iter)
+  loss_fn, extra = run_loss
+  evaluate = _loss_and_grad(draw, loss_fn, eot_iter)
   eot_key = jax.random.fold_in(key, 1)  # the draws' keys; ``key`` itself makes the start
   windows = jnp.asarray(_checkpoint_windows(num_steps))
-
-  def project(z):
-    return _clip(x + _project(z - x, eps, norm), clip_min, clip_max)
-
   noise = (
     jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
     if norm == math.inf
     else jax.random.normal(key, x.shape, x.dtype)
   )
   x0 = _clip(x + eps * noise / _expand(_norm(noise, norm) + 1e-12, x), clip_min, clip_max)
-  loss0, logits0, grad0 = evaluate(x0, jax.random.fold_in(eot_key, num_steps))
+  loss0, logits0, grad0 = evaluate(x0, labels, extra, jax.random.fold_in(eot_key, num_steps))
   batch = x.shape[0]
   state = _State(
     x_adv=x0,
@@ -148,44 +171,73 @@ def _single_run(
     loss_best_checked=loss0,
   )
 
-  def body(i, s: _State) -> _State:
-    a = jnp.where(i > 0, _MOMENTUM, 1.0).astype(x.dtype)
-    z = project(s.x_adv + _expand(s.step_size, x) * _unit(s.grad, norm))
-    x_new = project(s.x_adv + a * (z - s.x_adv) + (1 - a) * (s.x_adv - s.x_prev))
-    loss, logits, grad = evaluate(x_new, jax.random.fold_in(eot_key, i))
+  def step(x, labels, extra):
+    """The step ``(i, state) -> state`` on the examples ``x`` ``(N, ...)``."""
 
-    wrong = jnp.argmax(logits, axis=-1) != labels
-    improved = loss > s.loss_best
-    x_best = jnp.where(_expand(improved, x), x_new, s.x_best)
-    grad_best = jnp.where(_expand(improved, x), grad, s.grad_best)
-    loss_best = jnp.where(improved, loss, s.loss_best)
-    increases = s.increases + (loss > s.loss_prev)
+    def project(z):
+      return _clip(x + _project(z - x, eps, norm), clip_min, clip_max)
 
-    # At a checkpoint, halve the step and restart from the best point where fewer than a
-    # fraction rho of the steps since the last one increased the loss, or where neither the step
-    # size nor the best loss changed since then.
-    window = windows[i]
-    check = window > 0
-    halve = check & (
-      (increases <= window * rho) | (~s.reduced & (s.loss_best_checked >= loss_best))
-    )
-    return _State(
-      x_adv=jnp.where(_expand(halve, x), x_best, x_new),
-      x_prev=s.x_adv,
-      grad=jnp.where(_expand(halve, x), grad_best, grad),
-      step_size=jnp.where(halve, s.step_size / 2, s.step_size),
-      x_best=x_best,
-      grad_best=grad_best,
-      loss_best=loss_best,
-      x_fooled=jnp.where(_expand(wrong, x), x_new, s.x_fooled),
-      fooled=s.fooled | wrong,
-      loss_prev=loss,
-      increases=jnp.where(check, 0, increases),
-      reduced=jnp.where(check, halve, s.reduced),
-      loss_best_checked=jnp.where(check, loss_best, s.loss_best_checked),
-    )
+    def body(i, s: _State) -> _State:
+      a = jnp.where(i > 0, _MOMENTUM, 1.0).astype(x.dtype)
+      z = project(s.x_adv + _expand(s.step_size, x) * _unit(s.grad, norm))
+      x_new = project(s.x_adv + a * (z - s.x_adv) + (1 - a) * (s.x_adv - s.x_prev))
+      loss, logits, grad = evaluate(x_new, labels, extra, jax.random.fold_in(eot_key, i))
 
-  s = lax.fori_loop(0, num_steps, body, _varying_like_x(state, x))
+      wrong = jnp.argmax(logits, axis=-1) != labels
+      improved = loss > s.loss_best
+      x_best = jnp.where(_expand(improved, x), x_new, s.x_best)
+      grad_best = jnp.where(_expand(improved, x), grad, s.grad_best)
+      loss_best = jnp.where(improved, loss, s.loss_best)
+      increases = s.increases + (loss > s.loss_prev)
+
+      # At a checkpoint, halve the step and restart from the best point where fewer than a
+      # fraction rho of the steps since the last one increased the loss, or where neither the
+      # step size nor the best loss changed since then.
+      window = windows[i]
+      check = window > 0
+      halve = check & (
+        (increases <= window * rho) | (~s.reduced & (s.loss_best_checked >= loss_best))
+      )
+      return _State(
+        x_adv=jnp.where(_expand(halve, x), x_best, x_new),
+        x_prev=s.x_adv,
+        grad=jnp.where(_expand(halve, x), grad_best, grad),
+        step_size=jnp.where(halve, s.step_size / 2, s.step_size),
+        x_best=x_best,
+        grad_best=grad_best,
+        loss_best=loss_best,
+        x_fooled=jnp.where(_expand(wrong, x), x_new, s.x_fooled),
+        fooled=s.fooled | wrong,
+        loss_prev=loss,
+        increases=jnp.where(check, 0, increases),
+        reduced=jnp.where(check, halve, s.reduced),
+        loss_best_checked=jnp.where(check, loss_best, s.loss_best_checked),
+      )
+
+    return body
+
+  state = _varying_like_x(state, x)
+  if not stop_when_fooled:
+    s = lax.fori_loop(0, num_steps, step(x, labels, extra), state)
+    return s.x_best, s.loss_best, s.x_fooled, s.fooled
+
+  def steps_on(carry, size, leave_at):
+    """Steps on ``size`` examples, the unfooled ones first (every unfooled one fits), until
+    ``num_steps`` are done or at most ``leave_at`` of them are unfooled."""
+    i, s = carry
+    chosen = jnp.argsort(s.fooled, stable=True)[:size]
+    take = lambda a: a[chosen]
+    body = step(x[chosen], labels[chosen], jax.tree.map(take, extra))
+    going = lambda c: (c[0] < num_steps) & (jnp.sum(~c[1].fooled) > leave_at)
+    i, part = lax.while_loop(going, lambda c: (c[0] + 1, body(*c)), (i, jax.tree.map(take, s)))
+    put = lambda a, b: a.at[chosen].set(b, unique_indices=True)
+    return i, jax.tree.map(put, s, part)
+
+  carry = (jnp.zeros((), jnp.int32), state)
+  sizes = _shrinking_sizes(batch, 2, _SMALLEST_STEPPED)
+  for size, leave_at in zip(sizes, [*sizes[1:], 0], strict=True):
+    carry = steps_on(carry, size, leave_at)
+  s = carry[1]
   return s.x_best, s.loss_best, s.x_fooled, s.fooled
 
 
@@ -215,7 +267,8 @@ def _best_of_runs(logits_fn, x, labels, runs: jax.Array, run: Callable[..., Any]
 
 
 def _apgd(draw, predict, x, labels, eps, key, runs, loss_of_run, options) -> jax.Array:
-  """The APGD runs numbered ``runs`` (int ``(R,)``), the run ``i`` maximizing ``loss_of_run(i)``,
+  """The APGD runs numbered ``runs`` (int ``(R,)``), the run ``i`` maximizing the loss
+  ``loss_of_run(i)`` (``(loss_fn, extra)``, see :func:`_single_run`),
   combined by :func:`_best_of_runs`, at each radius of ``eps``; ``options``: the keywords of
   :func:`_single_run`. Inputs are checked; ``labels`` ``(B,)`` are the true labels."""
 
@@ -230,16 +283,16 @@ def _apgd(draw, predict, x, labels, eps, key, runs, loss_of_run, options) -> jax
   return _over_radii(attack_one, eps)
 
 
+def _untargeted(loss_fn: LossFn):
+  """``loss_of_run`` of every run maximizing ``loss_fn(logits, labels)``."""
+  return lambda _: (lambda logits, labels, _: loss_fn(logits, labels), None)
+
+
 def _targeted_dlr(logits_fn, x, num_classes: int, num_restarts: int):
   """``loss_of_run`` of APGD-T: the run ``i`` targets the class with the ``(i // num_restarts +
   2)``-th largest logit at ``x``."""
   targets = _ranked_targets(logits_fn, x, num_classes)
-
-  def loss_of_run(index):
-    target = targets(index // num_restarts)
-    return lambda logits, labels: dlr_loss_targeted(logits, labels, target)
-
-  return loss_of_run
+  return lambda index: (dlr_loss_targeted, targets(index // num_restarts))
 
 
 def _draw_and_predict(logits_fn, eot_iter: int | None, key: jax.Array):
@@ -364,7 +417,7 @@ def apgd(
     norm=norm, num_steps=num_steps, rho=rho, eot_iter=eot_iter, clip_min=clip_min, clip_max=clip_max
   )
   runs = jnp.arange(num_restarts)
-  return _apgd(draw, predict, x, labels, eps, key, runs, lambda _: losses[loss], options)
+  return _apgd(draw, predict, x, labels, eps, key, runs, _untargeted(losses[loss]), options)
 
 
 def apgd_targeted(

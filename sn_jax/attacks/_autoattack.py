@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sn_jax.attacks._apgd import _apgd, _draw_and_predict, _targeted_dlr
+from sn_jax.attacks._apgd import _apgd, _draw_and_predict, _targeted_dlr, _untargeted
 from sn_jax.attacks._common import (
   LogitsFn,
   _check_clip,
@@ -122,18 +122,21 @@ def _attack_fns(
   apgd_options = dict(num_steps=num_steps, rho=0.75, **options)
   fab_options = dict(num_steps=num_steps, alpha_max=0.1, eta=1.05, beta=0.9, **options)
 
+  def stops(x):  # APGD stops a fooled example where it can move examples with their bounds
+    return not any(_per_example(options[name], x) for name in ("clip_min", "clip_max"))
+
   def apgd_on(loss):
     def attack(x, y, *, eps, key, runs):
       draw, predict, eot = _draw_and_predict(logits_fn, eot_iter, key)
-      run_options = dict(eot_iter=eot, **apgd_options)
-      return _apgd(draw, predict, x, y, eps, key, runs, lambda _: loss, run_options)
+      run_options = dict(eot_iter=eot, stop_when_fooled=stops(x), **apgd_options)
+      return _apgd(draw, predict, x, y, eps, key, runs, _untargeted(loss), run_options)
 
     return restarts, attack
 
   def apgd_t(x, y, *, eps, key, runs):
     draw, _, _ = _draw_and_predict(logits_fn, None, key)
     loss_of_run = _targeted_dlr(logits_fn, x, num_classes, 1)
-    run_options = dict(eot_iter=1, **apgd_options)
+    run_options = dict(eot_iter=1, stop_when_fooled=stops(x), **apgd_options)
     return _apgd(draw, logits_fn, x, y, eps, key, runs, loss_of_run, run_options)
 
   def fab_untargeted(x, y, *, eps, key, runs):
@@ -187,9 +190,13 @@ def autoattack(
   are moved to the front before each run and the batch is attacked in chunks of that size,
   skipping the chunks with none left and attacking a chunk with few left at a smaller size (half
   of ``chunk_size``, half of that, ..., down to 4: each attack is compiled once per size, and at
-  least half of the examples it attacks are robust), so a run costs about what the robust examples need, as in the authors' code; a 1-D
-  ``eps`` is then evaluated one radius at a time. The settings are the authors' for each
-  version:
+  least half of the examples it attacks are robust), so a run costs about what the robust
+  examples need, as in the authors' code; a 1-D ``eps`` is then evaluated one radius at a time.
+  Within an APGD or APGD-T run, an example stops once it is misclassified (its point is then the
+  first misclassified iterate, where :func:`apgd` alone returns the last), and the run goes on
+  at half the batch size once the examples still unfooled fit, half of that, ..., down to 4: the
+  authors' code steps every example of the run to the end, with the same outcome for each. (Not
+  with clip bounds per example.) The settings are the authors' for each version:
 
   - ``'standard'``: :func:`apgd` on the cross-entropy, :func:`apgd_targeted` and
     :func:`fab_targeted` with 9 target classes, one restart each, and :func:`square` with 5000
@@ -268,7 +275,7 @@ def autoattack(
     )
   _check_clip(clip_min, clip_max)
   for name, bound in (("clip_min", clip_min), ("clip_max", clip_max)):
-    if chunk_size is not None and jnp.ndim(bound) == x.ndim and jnp.shape(bound)[0] > 1:
+    if chunk_size is not None and _per_example(bound, x):
       raise ValueError(
         f"`{name}` with one bound per example (shape {jnp.shape(bound)}) cannot follow the "
         "examples into chunks: pass chunk_size=None, or bounds without a batch axis."
@@ -305,6 +312,11 @@ def autoattack(
   if eps.ndim == 1 and chunk_size is not None:
     return lax.map(attack_one, eps)  # one radius at a time, so that skipped chunks are skipped
   return _over_radii(attack_one, eps)
+
+
+def _per_example(bound, x) -> bool:
+  """Whether the clip ``bound`` has one value per example of ``x`` (a batch axis above 1)."""
+  return jnp.ndim(bound) == x.ndim and jnp.shape(bound)[0] > 1
 
 
 def _run_stage(attack, num_runs: int, stage: int, x, y, predict, carry, key, chunk_size):

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from quick_compile import QUICK
 
 from sn_jax import attacks
-from sn_jax.attacks._apgd import _checkpoint_windows
+from sn_jax.attacks._apgd import _apgd, _checkpoint_windows, _untargeted
 
 KEY = jax.random.key(0)
 DUAL = {jnp.inf: 1, 2.0: 2}  # the dual norm of each attack norm, for the closed forms
@@ -169,6 +169,42 @@ def test_target_classes_are_skipped_once_every_example_is_misclassified():
   # Below every distance each target runs: a start and 5 steps, each evaluating the batch once.
   below = float(0.5 * distance.min())
   assert evaluations(below, 3) - evaluations(below, 1) == 2 * 6 * len(x)
+
+
+@pytest.mark.parametrize("norm", [jnp.inf, 2.0])
+def test_a_run_that_stops_fooled_examples_decides_alike_on_fewer_evaluations(norm):
+  f, w, b, x, y = linear(5, batch=16)
+  distance = np.min(np.divide(*pair_terms(w, b, x, y, norm)), axis=1)
+  x, y = jnp.asarray(x), jnp.asarray(y)  # checked inputs, as the public attacks pass them
+  eps = jnp.asarray(np.median(distance), jnp.float32)  # about half the examples can be broken
+
+  def attack(stop_when_fooled, model=f):
+    options = dict(norm=norm, num_steps=20, rho=0.75, eot_iter=1, clip_min=None, clip_max=None)
+    run = lambda: _apgd(
+      lambda z, _: model(z), model, x, y, eps, KEY, jnp.arange(1),
+      _untargeted(attacks.cross_entropy), dict(options, stop_when_fooled=stop_when_fooled),
+    )  # fmt: skip
+    return np.asarray(jax.jit(run, compiler_options=QUICK)())
+
+  def evaluations(stop_when_fooled):
+    g, calls = counted(f)
+    attack(stop_when_fooled, g)
+    jax.effects_barrier()
+    return calls[0]
+
+  every_step, stopped = attack(False), attack(True)
+  fooled = np.argmax(f(every_step), axis=1) != y
+  assert 0 < fooled.sum() < len(x)
+  np.testing.assert_array_equal(np.argmax(f(stopped), axis=1) != y, fooled)
+  # The examples never fooled take every step either way; the others stop at a fooled point.
+  np.testing.assert_allclose(stopped[~fooled], every_step[~fooled], atol=1e-5)
+  size = lambda d: np.abs(d).max(1) if norm == jnp.inf else np.linalg.norm(d, axis=1)
+  assert np.all(size(stopped - x) <= eps + 1e-5)
+  # The run without stopping evaluates every example at the start, at each step, and (to keep
+  # the clean mistakes) once before; stopping moves the unfooled ones to batches of 8 and 4.
+  assert evaluations(False) == (1 + 1 + 20) * len(x)
+  fewer = evaluations(True)
+  assert 2 * len(x) + 20 * np.sum(~fooled) <= fewer <= 2 * len(x) + 20 * len(x) - 8 * 5
 
 
 # --- the DLR losses -----------------------------------------------------------------------------

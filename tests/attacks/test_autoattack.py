@@ -136,12 +136,14 @@ def test_each_attack_and_each_target_class_runs_on_what_the_earlier_ones_left():
     f, x, y, eps=eps, num_queries=30, rescale_schedule=False, key=square_key
   )
   options = dict(norm=jnp.inf, num_steps=8, rho=0.75, eot_iter=1, clip_min=None, clip_max=None)
+  options["stop_when_fooled"] = True  # as every APGD run of the AutoAttack
   loss_of_run = _targeted_dlr(f, x, 4, 1)
 
   @quick
   def apgd_t_run(target, target_key):
     draw = lambda z, _: f(z)
-    return _apgd(draw, f, x, y, jnp.asarray(eps), target_key, target[None], loss_of_run, options)
+    x_, y_, eps_ = jnp.asarray(x), jnp.asarray(y), jnp.asarray(eps)  # checked inputs, as AA's
+    return _apgd(draw, f, x_, y_, eps_, target_key, target[None], loss_of_run, options)
 
   runs = [(1, x_square)] + [(2, apgd_t_run(t, k)) for t, k in enumerate(apgd_t_keys)]
   expected = np.where(np.argmax(f(x), axis=1) != y, 0, -1)
@@ -230,7 +232,8 @@ def test_eot_averages_the_gradient_over_independent_draws():
   def randomized(z, key):  # a random sign on each input feature
     return (z * jax.random.rademacher(key, z.shape[1:], z.dtype)[None]) @ w
 
-  loss, logits, grad = _loss_and_grad(randomized, attacks.cross_entropy, y, 5)(x, KEY)
+  loss_fn = lambda logits, labels, _: attacks.cross_entropy(logits, labels)
+  loss, logits, grad = _loss_and_grad(randomized, loss_fn, 5)(x, y, None, KEY)
   draws = [
     jax.grad(lambda z, k=k: jnp.sum(attacks.cross_entropy(randomized(z, k), y)))(x)
     for k in jax.random.split(KEY, 5)
