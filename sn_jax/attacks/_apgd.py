@@ -125,6 +125,7 @@ def _single_run(
   clip_min,
   clip_max,
   stop_when_fooled=False,
+  active=None,
 ):
   """One APGD run from a random start on the sphere of radius ``eps``.
 
@@ -137,7 +138,8 @@ def _single_run(
   unfooled examples fit in it, then half of that, ..., down to 4 (``_SMALLEST_STEPPED``), as
   Square does. Every computation is per example, so each example's iterates are those of the
   run without it (for a randomized model, the draws differ). Needs clip bounds without a batch
-  axis.
+  axis. ``active`` (``(B,)`` bool, with ``stop_when_fooled`` only): the examples to attack; the
+  others count as fooled from the start, are never stepped, and get meaningless results.
 
   Returns ``(x_best, loss_best, x_fooled, fooled)``: the highest-loss point and its loss, and the
   last misclassified point (the first, with ``stop_when_fooled``) with whether there was one.
@@ -216,6 +218,9 @@ def _single_run(
 
     return body
 
+  if active is not None:
+    assert stop_when_fooled, "only a run that stops fooled examples leaves inactive ones out"
+    state = state._replace(fooled=state.fooled | ~active)
   state = _varying_like_x(state, x)
   if not stop_when_fooled:
     s = lax.fori_loop(0, num_steps, step(x, labels, extra), state)

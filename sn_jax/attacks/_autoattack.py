@@ -107,36 +107,42 @@ def autoattack_attacks(version: str = "standard", attacks: Sequence[str] | None 
 
 
 def _attack_fns(
-  logits_fn, version: str, num_classes: int, num_steps: int, num_queries: int, options: dict
-) -> dict[str, tuple[int, Callable[..., jax.Array]]]:
-  """Each attack of ``version`` as ``(num_runs, attack)``, with the authors' settings.
+  logits_fn,
+  version: str,
+  num_classes: int,
+  num_steps: int,
+  num_queries: int,
+  options: dict,
+  apgd_stops: bool,
+) -> dict[str, tuple[int, Callable[..., jax.Array], bool]]:
+  """Each attack of ``version`` as ``(num_runs, attack, takes_active)``, with the authors'
+  settings.
 
   ``attack(x, y, *, eps, key, runs)`` gives the points of the attack's runs numbered ``runs``
   (int ``(R,)``, each below ``num_runs``: a target class times ``num_restarts`` plus a restart)
   at a scalar ``eps``, on checked inputs and true labels ``y``; ``options``: norm and clip box.
+  With ``apgd_stops``, APGD's runs stop each example once it is fooled and take ``active``
+  ``(B,)`` bool, the examples to attack (``takes_active``).
   """
   restarts = 5 if version == "plus" else 1
   targets = min(_TARGETS, num_classes - 1)
   eot_iter = _EOT_ITER if version == "rand" else None
   # The authors' APGD and FAB settings (the defaults of :func:`apgd` and :func:`fab`).
-  apgd_options = dict(num_steps=num_steps, rho=0.75, **options)
+  apgd_options = dict(num_steps=num_steps, rho=0.75, stop_when_fooled=apgd_stops, **options)
   fab_options = dict(num_steps=num_steps, alpha_max=0.1, eta=1.05, beta=0.9, **options)
 
-  def stops(x):  # APGD stops a fooled example where it can move examples with their bounds
-    return not any(_per_example(options[name], x) for name in ("clip_min", "clip_max"))
-
   def apgd_on(loss):
-    def attack(x, y, *, eps, key, runs):
+    def attack(x, y, *, eps, key, runs, active=None):
       draw, predict, eot = _draw_and_predict(logits_fn, eot_iter, key)
-      run_options = dict(eot_iter=eot, stop_when_fooled=stops(x), **apgd_options)
+      run_options = dict(eot_iter=eot, active=active, **apgd_options)
       return _apgd(draw, predict, x, y, eps, key, runs, _untargeted(loss), run_options)
 
-    return restarts, attack
+    return restarts, attack, apgd_stops
 
-  def apgd_t(x, y, *, eps, key, runs):
+  def apgd_t(x, y, *, eps, key, runs, active=None):
     draw, _, _ = _draw_and_predict(logits_fn, None, key)
     loss_of_run = _targeted_dlr(logits_fn, x, num_classes, 1)
-    run_options = dict(eot_iter=1, stop_when_fooled=stops(x), **apgd_options)
+    run_options = dict(eot_iter=1, active=active, **apgd_options)
     return _apgd(draw, logits_fn, x, y, eps, key, runs, loss_of_run, run_options)
 
   def fab_untargeted(x, y, *, eps, key, runs):
@@ -155,10 +161,10 @@ def _attack_fns(
   return {
     "apgd-ce": apgd_on(cross_entropy),
     "apgd-dlr": apgd_on(dlr_loss),
-    "apgd-t": (targets, apgd_t),
-    "fab": (restarts, fab_untargeted),
-    "fab-t": (targets, fab_t),
-    "square": (1, square_attack),
+    "apgd-t": (targets, apgd_t, apgd_stops),
+    "fab": (restarts, fab_untargeted, False),
+    "fab-t": (targets, fab_t, False),
+    "square": (1, square_attack, False),
   }
 
 
@@ -194,9 +200,10 @@ def autoattack(
   examples need, as in the authors' code; a 1-D ``eps`` is then evaluated one radius at a time.
   Within an APGD or APGD-T run, an example stops once it is misclassified (its point is then the
   first misclassified iterate, where :func:`apgd` alone returns the last), and the run goes on
-  at half the batch size once the examples still unfooled fit, half of that, ..., down to 4: the
-  authors' code steps every example of the run to the end, with the same outcome for each. (Not
-  with clip bounds per example.) The settings are the authors' for each version:
+  at half the batch size once the examples still unfooled fit, half of that, ..., down to 4 (so
+  these runs take a chunk whole and leave its broken examples out themselves): the authors'
+  code steps every example of the run to the end, with the same outcome for each. (Not with
+  clip bounds per example.) The settings are the authors' for each version:
 
   - ``'standard'``: :func:`apgd` on the cross-entropy, :func:`apgd_targeted` and
     :func:`fab_targeted` with 9 target classes, one restart each, and :func:`square` with 5000
@@ -294,7 +301,9 @@ def autoattack(
       )
   y = _labels(predict, x, y, False)
   options = dict(norm=norm, clip_min=clip_min, clip_max=clip_max)
-  fns = _attack_fns(attacked, version, num_classes, num_steps, num_queries, options)
+  # APGD can stop a fooled example where it can move the examples without their clip bounds.
+  apgd_stops = not any(_per_example(bound, x) for bound in (clip_min, clip_max))
+  fns = _attack_fns(attacked, version, num_classes, num_steps, num_queries, options, apgd_stops)
   keys = jax.random.split(key, len(names))
 
   def attack_one(eps):
@@ -302,10 +311,11 @@ def autoattack(
     clean_wrong = jnp.argmax(predict(x), axis=-1) != y
     x_adv, broken_by = x, jnp.where(clean_wrong, 0, -1).astype(jnp.int32)
     for stage, (name, stage_key) in enumerate(zip(names, keys, strict=True), start=1):
-      num_runs, attack = fns[name]
+      num_runs, attack, takes_active = fns[name]
       attack = functools.partial(attack, eps=eps)
+      carry = (x_adv, broken_by)
       x_adv, broken_by = _run_stage(
-        attack, num_runs, stage, x, y, predict, (x_adv, broken_by), stage_key, chunk_size
+        attack, num_runs, stage, x, y, predict, carry, stage_key, chunk_size, takes_active
       )
     return AutoAttackResult(_finish(x, x_adv), broken_by)
 
@@ -319,13 +329,16 @@ def _per_example(bound, x) -> bool:
   return jnp.ndim(bound) == x.ndim and jnp.shape(bound)[0] > 1
 
 
-def _run_stage(attack, num_runs: int, stage: int, x, y, predict, carry, key, chunk_size):
+def _run_stage(
+  attack, num_runs: int, stage: int, x, y, predict, carry, key, chunk_size, takes_active: bool
+):
   """The runs of one attack, one after another, each on the examples no earlier run fooled.
 
   As in the authors' code, where APGD-T and FAB-T attack, for each target class in turn, only the
   examples still robust (and APGD and FAB each restart on those). ``carry`` is ``(x_adv,
   broken_by)``; an example the run ``attack(x, y, key=..., runs=...)`` fools gets its point and
-  ``stage``. Returns the new ``(x_adv, broken_by)``.
+  ``stage``; ``takes_active``: the attack takes ``active``, the examples to attack (see
+  :func:`_on_robust`). Returns the new ``(x_adv, broken_by)``.
   """
 
   def one_run(carry, inputs):
@@ -333,7 +346,7 @@ def _run_stage(attack, num_runs: int, stage: int, x, y, predict, carry, key, chu
     run, run_key = inputs
     robust = broken_by == -1
     run_attack = functools.partial(attack, runs=run[None])
-    candidate = _on_robust(run_attack, x, y, robust, run_key, chunk_size)
+    candidate = _on_robust(run_attack, x, y, robust, run_key, chunk_size, takes_active)
     fooled = robust & (jnp.argmax(predict(candidate), axis=-1) != y)
     x_adv = jnp.where(_expand(fooled, x), candidate, x_adv)
     return (x_adv, jnp.where(fooled, stage, broken_by)), None
@@ -343,7 +356,9 @@ def _run_stage(attack, num_runs: int, stage: int, x, y, predict, carry, key, chu
   return carry
 
 
-def _on_robust(attack, x, y, robust, key, chunk_size: int | None) -> jax.Array:
+def _on_robust(
+  attack, x, y, robust, key, chunk_size: int | None, takes_active: bool = False
+) -> jax.Array:
   """``attack(x, y, key=...)`` where it matters: on the examples still ``robust``.
 
   Without ``chunk_size``, on the whole batch, skipped when no example is robust. With it, the
@@ -351,15 +366,18 @@ def _on_robust(attack, x, y, robust, key, chunk_size: int | None) -> jax.Array:
   last one padded), each skipped when it holds no robust example and otherwise attacked on its
   first ``n`` examples, ``n`` the smallest of ``chunk_size``, half of it (rounded up), half of
   that, ..., none below ``_SMALLEST_CHUNK``, that holds its robust ones
-  (they come first); the result is put back in the original order. Under ``vmap`` every branch
-  runs, and only the masks decide.
+  (they come first); the result is put back in the original order. An attack that
+  ``takes_active`` is called with ``active=`` the robust mask of what it attacks instead, and
+  leaves the others out itself (APGD's runs, which also drop the examples they fool), on the
+  whole chunk. Under ``vmap`` every branch runs, and only the masks decide.
 
   Returns:
     The attack's points, shaped like ``x``; ``x`` itself where it was skipped.
   """
   batch = x.shape[0]
   if chunk_size is None or chunk_size >= batch:
-    return lax.cond(jnp.any(robust), lambda: attack(x, y, key=key), lambda: x)
+    whole = functools.partial(attack, active=robust) if takes_active else attack
+    return lax.cond(jnp.any(robust), lambda: whole(x, y, key=key), lambda: x)
   num_chunks = -(-batch // chunk_size)
   order = jnp.argsort(~robust, stable=True)  # the robust examples first
 
@@ -381,6 +399,9 @@ def _on_robust(attack, x, y, robust, key, chunk_size: int | None) -> jax.Array:
       return run
 
     count = jnp.sum(robust_chunk)
+    if takes_active:
+      run = lambda: attack(x_chunk, y_chunk, key=chunk_key, active=robust_chunk)
+      return lax.cond(count == 0, lambda: x_chunk, run)
     # 0: skip; k >= 1: the k-th size, the smallest that holds the chunk's robust examples.
     branch = jnp.where(count == 0, 0, 1 + jnp.sum(jnp.asarray(sizes[:-1]) < count))
     return lax.switch(branch, [lambda: x_chunk, *(on_first(size) for size in sizes)])

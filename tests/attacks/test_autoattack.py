@@ -140,15 +140,18 @@ def test_each_attack_and_each_target_class_runs_on_what_the_earlier_ones_left():
   loss_of_run = _targeted_dlr(f, x, 4, 1)
 
   @quick
-  def apgd_t_run(target, target_key):
+  def apgd_t_run(target, target_key, active):  # ``active``: the examples still robust
     draw = lambda z, _: f(z)
     x_, y_, eps_ = jnp.asarray(x), jnp.asarray(y), jnp.asarray(eps)  # checked inputs, as AA's
-    return _apgd(draw, f, x_, y_, eps_, target_key, target[None], loss_of_run, options)
+    run_options = dict(options, active=active)
+    return _apgd(draw, f, x_, y_, eps_, target_key, target[None], loss_of_run, run_options)
 
-  runs = [(1, x_square)] + [(2, apgd_t_run(t, k)) for t, k in enumerate(apgd_t_keys)]
   expected = np.where(np.argmax(f(x), axis=1) != y, 0, -1)
   x_expected, breaks = x.copy(), []
-  for stage, x_run in runs:
+  runs = [(1, lambda: x_square)]
+  runs += [(2, functools.partial(apgd_t_run, t, k)) for t, k in enumerate(apgd_t_keys)]
+  for stage, attack in runs:
+    x_run = attack() if stage == 1 else attack(expected == -1)
     fooled = (expected == -1) & (np.argmax(f(x_run), axis=1) != y)
     expected[fooled], x_expected[fooled] = stage, np.asarray(x_run)[fooled]
     breaks.append(int(fooled.sum()))
@@ -209,6 +212,12 @@ def test_a_chunk_with_few_robust_examples_is_attacked_at_a_smaller_size():
     expected = [16.0] * (16 * full) + [float(size)] * rest
     np.testing.assert_array_equal(np.sort(out[robust]), np.sort(expected))
     assert set(out[~robust]) <= {0.0, 4.0, 8.0, 16.0}
+    # An attack that takes the robust mask gets its whole chunk and each example's own flag.
+    flagged = lambda x, y, key, active: x + x.shape[0] + active[:, None]
+    on_robust_active = jax.jit(_on_robust, static_argnums=(0, 5, 6))
+    out = np.asarray(on_robust_active(flagged, x, x[:, 0], robust, KEY, 16, True))[:, 0]
+    np.testing.assert_array_equal(out[robust], 17.0)
+    assert set(out[~robust]) <= {0.0, 16.0}
 
 
 def test_an_eps_curve_equals_separate_calls_and_each_program_traces_once():
