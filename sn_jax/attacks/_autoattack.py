@@ -326,7 +326,7 @@ def autoattack(
 
 def _per_example(bound, x) -> bool:
   """Whether the clip ``bound`` has one value per example of ``x`` (a batch axis above 1)."""
-  return jnp.ndim(bound) == x.ndim and jnp.shape(bound)[0] > 1
+  return bound is not None and jnp.ndim(bound) == x.ndim and jnp.shape(bound)[0] > 1
 
 
 def _run_stage(
