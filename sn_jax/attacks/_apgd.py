@@ -26,6 +26,7 @@ from sn_jax.attacks._common import (
   _labels,
   _norm,
   _num_classes,
+  _on_shrinking_batches,
   _over_radii,
   _project,
   _ranked_targets,
@@ -226,23 +227,11 @@ def _single_run(
     s = lax.fori_loop(0, num_steps, step(x, labels, extra), state)
     return s.x_best, s.loss_best, s.x_fooled, s.fooled
 
-  def steps_on(carry, size, leave_at):
-    """Steps on ``size`` examples, the unfooled ones first (every unfooled one fits), until
-    ``num_steps`` are done or at most ``leave_at`` of them are unfooled."""
-    i, s = carry
-    chosen = jnp.argsort(s.fooled, stable=True)[:size]
-    take = lambda a: a[chosen]
-    body = step(x[chosen], labels[chosen], jax.tree.map(take, extra))
-    going = lambda c: (c[0] < num_steps) & (jnp.sum(~c[1].fooled) > leave_at)
-    i, part = lax.while_loop(going, lambda c: (c[0] + 1, body(*c)), (i, jax.tree.map(take, s)))
-    put = lambda a, b: a.at[chosen].set(b, unique_indices=True)
-    return i, jax.tree.map(put, s, part)
+  def step_on(chosen):
+    return step(x[chosen], labels[chosen], jax.tree.map(lambda a: a[chosen], extra))
 
-  carry = (jnp.zeros((), jnp.int32), state)
   sizes = _shrinking_sizes(batch, 2, _SMALLEST_STEPPED)
-  for size, leave_at in zip(sizes, [*sizes[1:], 0], strict=True):
-    carry = steps_on(carry, size, leave_at)
-  s = carry[1]
+  s = _on_shrinking_batches(step_on, state, lambda part: ~part.fooled, num_steps, sizes)
   return s.x_best, s.loss_best, s.x_fooled, s.fooled
 
 

@@ -286,3 +286,44 @@ def _shrinking_sizes(size: int, divisor: int, smallest: int) -> list[int]:
   while (smaller := -(-sizes[-1] // divisor)) >= smallest:
     sizes.append(smaller)
   return sizes
+
+
+def _on_shrinking_batches(
+  step_on: Callable[[jax.Array], Callable[[jax.Array, Any], Any]],
+  state: Any,
+  unfinished: Callable[[Any], jax.Array],
+  num_steps: int,
+  sizes: list[int],
+) -> Any:
+  """Steps ``0, 1, ..., num_steps - 1`` of an attack whose examples finish one by one, each step
+  on a batch of the unfinished ones, as the authors' Square evaluates only the unfooled examples.
+
+  ``state`` is a pytree of per-example arrays ``(B, ...)``; ``unfinished(part)`` ``(N,)`` bool
+  says which examples of a part of it still need steps; ``step_on(chosen)`` gives the step
+  ``(i, part) -> part`` on the examples ``chosen`` (int ``(N,)``, indices into the batch).
+  ``sizes`` descend from ``B`` (:func:`_shrinking_sizes`): at each size, the unfinished examples
+  are moved to a batch of that size (they all fit) and stepped until ``num_steps`` are done or
+  they fit the next size (at the last: until none is left); one compiled step per size. Every
+  computation is per example, so each example's steps are those of the whole-batch loop.
+
+  Returns:
+    The final ``state``; the examples that finished early keep their state from then.
+  """
+
+  def on_size(carry, size, leave_at):
+    """Steps on ``size`` examples, the unfinished first, until at most ``leave_at`` are left."""
+    i, state = carry
+    chosen = jnp.argsort(~unfinished(state), stable=True)[:size]
+    step = step_on(chosen)
+
+    def going(c):
+      return (c[0] < num_steps) & (jnp.sum(unfinished(c[1])) > leave_at)
+
+    part = jax.tree.map(lambda a: a[chosen], state)
+    i, part = lax.while_loop(going, lambda c: (c[0] + 1, step(*c)), (i, part))
+    return i, jax.tree.map(lambda a, b: a.at[chosen].set(b, unique_indices=True), state, part)
+
+  carry = (jnp.zeros((), jnp.int32), state)
+  for size, leave_at in zip(sizes, [*sizes[1:], 0], strict=True):
+    carry = on_size(carry, size, leave_at)
+  return carry[1]

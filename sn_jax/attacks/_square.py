@@ -7,7 +7,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from sn_jax.attacks._common import (
   LogitsFn,
@@ -21,6 +20,7 @@ from sn_jax.attacks._common import (
   _finish,
   _labels,
   _norm,
+  _on_shrinking_batches,
   _over_radii,
   _shrinking_sizes,
   logit_margin,
@@ -294,30 +294,23 @@ def square(
     pattern = jnp.asarray(patterns)[pattern_index[i]]
     return _l2_proposal(x_c, x_best, eps, first, corner, second, pattern, flip, signs)
 
-  def search(eps, keys, start, size, leave_at):
-    """Queries on ``size`` examples, the unfooled ones first (every unfooled one fits), until
-    ``num_queries`` are spent or at most ``leave_at`` of them are unfooled; ``keys`` (B,)."""
-    query, x_best, margin_best = start
-    chosen = jnp.argsort(margin_best <= 0, stable=True)[:size]
-    x_c, labels_c, keys_c = x[chosen], labels[chosen], keys[chosen]
+  def search_on(eps, keys):
+    """The query ``(i, (x_best, margin_best)) -> (x_best, margin_best)`` on the examples
+    ``chosen``, each drawing from its key of ``keys`` (B,)."""
 
-    def step(carry):
-      i, x_best, margin_best = carry
-      x_new = _clip(propose(i, x_c, x_best, eps, keys_c), clip_min, clip_max)
-      new = margin(x_new, labels_c)
-      keep = (margin_best > 0) & (new < margin_best)
-      x_best = jnp.where(_expand(keep, x_c), x_new, x_best)
-      return i + 1, x_best, jnp.where(keep, new, margin_best)
+    def step_on(chosen):
+      x_c, labels_c, keys_c = x[chosen], labels[chosen], keys[chosen]
 
-    def searching(carry):
-      i, _, margin_best = carry
-      return (i < num_queries) & (jnp.sum(margin_best > 0) > leave_at)
+      def step(i, part):
+        x_best, margin_best = part
+        x_new = _clip(propose(i, x_c, x_best, eps, keys_c), clip_min, clip_max)
+        new = margin(x_new, labels_c)
+        keep = (margin_best > 0) & (new < margin_best)
+        return jnp.where(_expand(keep, x_c), x_new, x_best), jnp.where(keep, new, margin_best)
 
-    query, x_chosen, margin_chosen = lax.while_loop(
-      searching, step, (query, x_best[chosen], margin_best[chosen])
-    )
-    x_best = x_best.at[chosen].set(x_chosen, unique_indices=True)
-    return query, x_best, margin_best.at[chosen].set(margin_chosen, unique_indices=True)
+      return step
+
+    return step_on
 
   def attack_one(eps):
     eps = eps.astype(x.dtype)
@@ -333,10 +326,11 @@ def square(
     x_best = jnp.where(_expand(clean > 0, x), x_best, x)
     # Each example draws from its own key, so its search is the same at any size it runs at.
     keys = jax.vmap(jax.random.fold_in, (None, 0))(loop_key, jnp.arange(batch))
-    state = (jnp.zeros((), jnp.int32), x_best, margin_best)
     sizes = _shrinking_sizes(batch, 2, _SMALLEST_SEARCH) if compact else [batch]
-    for size, leave_at in zip(sizes, [*sizes[1:], 0], strict=True):
-      state = search(eps, keys, state, size, leave_at)
-    return _finish(x, state[1])
+    unfooled = lambda part: part[1] > 0
+    x_best, _ = _on_shrinking_batches(
+      search_on(eps, keys), (x_best, margin_best), unfooled, num_queries, sizes
+    )
+    return _finish(x, x_best)
 
   return _over_radii(attack_one, eps)
