@@ -14,6 +14,7 @@ from jax import lax
 from sn_jax.attacks._common import (
   LogitsFn,
   LossFn,
+  _bounds_of,
   _check_clip,
   _check_fraction,
   _check_int,
@@ -138,9 +139,10 @@ def _single_run(
   example stops once it is misclassified: the steps run on a batch of half the size once the
   unfooled examples fit in it, then half of that, ..., down to 4 (``_SMALLEST_STEPPED``), as
   Square does. Every computation is per example, so each example's iterates are those of the
-  run without it (for a randomized model, the draws differ). Needs clip bounds without a batch
-  axis. ``active`` (``(B,)`` bool, with ``stop_when_fooled`` only): the examples to attack; the
-  others count as fooled from the start, are never stepped, and get meaningless results.
+  run without it (for a randomized model, the draws differ); clip bounds with a batch axis move
+  with their examples. ``active`` (``(B,)`` bool, with ``stop_when_fooled`` only): the examples
+  to attack; the others count as fooled from the start, are never stepped, and get meaningless
+  results.
 
   Returns ``(x_best, loss_best, x_fooled, fooled)``: the highest-loss point and its loss, and the
   last misclassified point (the first, with ``stop_when_fooled``) with whether there was one.
@@ -174,11 +176,12 @@ def _single_run(
     loss_best_checked=loss0,
   )
 
-  def step(x, labels, extra):
-    """The step ``(i, state) -> state`` on the examples ``x`` ``(N, ...)``."""
+  def step(x, labels, extra, low, high):
+    """The step ``(i, state) -> state`` on the examples ``x`` ``(N, ...)``, clipped to ``[low,
+    high]``."""
 
     def project(z):
-      return _clip(x + _project(z - x, eps, norm), clip_min, clip_max)
+      return _clip(x + _project(z - x, eps, norm), low, high)
 
     def body(i, s: _State) -> _State:
       a = jnp.where(i > 0, _MOMENTUM, 1.0).astype(x.dtype)
@@ -224,11 +227,12 @@ def _single_run(
     state = state._replace(fooled=state.fooled | ~active)
   state = _varying_like_x(state, x)
   if not stop_when_fooled:
-    s = lax.fori_loop(0, num_steps, step(x, labels, extra), state)
+    s = lax.fori_loop(0, num_steps, step(x, labels, extra, clip_min, clip_max), state)
     return s.x_best, s.loss_best, s.x_fooled, s.fooled
 
   def step_on(chosen):
-    return step(x[chosen], labels[chosen], jax.tree.map(lambda a: a[chosen], extra))
+    part_extra = jax.tree.map(lambda a: a[chosen], extra)
+    return step(x[chosen], labels[chosen], part_extra, *_bounds_of(chosen, x, clip_min, clip_max))
 
   sizes = _shrinking_sizes(batch, 2, _SMALLEST_STEPPED)
   s = _on_shrinking_batches(step_on, state, lambda part: ~part.fooled, num_steps, sizes)

@@ -24,13 +24,14 @@ from sn_jax.attacks._common import (
   _labels,
   _num_classes,
   _over_radii,
+  _per_example,
   _ranked_targets,
   _shrinking_sizes,
   cross_entropy,
 )
 from sn_jax.attacks._dlr import dlr_loss
 from sn_jax.attacks._fab import _fab
-from sn_jax.attacks._square import square
+from sn_jax.attacks._square import _square
 
 # The attacks of each version, in the order they run, as the authors' code sets them.
 VERSIONS = {
@@ -113,7 +114,6 @@ def _attack_fns(
   num_steps: int,
   num_queries: int,
   options: dict,
-  apgd_stops: bool,
 ) -> dict[str, tuple[int, Callable[..., jax.Array], bool]]:
   """Each attack of ``version`` as ``(num_runs, attack, takes_active)``, with the authors'
   settings.
@@ -121,14 +121,14 @@ def _attack_fns(
   ``attack(x, y, *, eps, key, runs)`` gives the points of the attack's runs numbered ``runs``
   (int ``(R,)``, each below ``num_runs``: a target class times ``num_restarts`` plus a restart)
   at a scalar ``eps``, on checked inputs and true labels ``y``; ``options``: norm and clip box.
-  With ``apgd_stops``, APGD's runs stop each example once it is fooled and take ``active``
-  ``(B,)`` bool, the examples to attack (``takes_active``).
+  APGD's runs stop each example once it is fooled; they and Square take ``active`` ``(B,)``
+  bool, the examples to attack (``takes_active``).
   """
   restarts = 5 if version == "plus" else 1
   targets = min(_TARGETS, num_classes - 1)
   eot_iter = _EOT_ITER if version == "rand" else None
   # The authors' APGD and FAB settings (the defaults of :func:`apgd` and :func:`fab`).
-  apgd_options = dict(num_steps=num_steps, rho=0.75, stop_when_fooled=apgd_stops, **options)
+  apgd_options = dict(num_steps=num_steps, rho=0.75, stop_when_fooled=True, **options)
   fab_options = dict(num_steps=num_steps, alpha_max=0.1, eta=1.05, beta=0.9, **options)
 
   def apgd_on(loss):
@@ -137,7 +137,7 @@ def _attack_fns(
       run_options = dict(eot_iter=eot, active=active, **apgd_options)
       return _apgd(draw, predict, x, y, eps, key, runs, _untargeted(loss), run_options)
 
-    return restarts, attack, apgd_stops
+    return restarts, attack, True
 
   def apgd_t(x, y, *, eps, key, runs, active=None):
     draw, _, _ = _draw_and_predict(logits_fn, None, key)
@@ -152,19 +152,18 @@ def _attack_fns(
     target_of = _ranked_targets(logits_fn, x, num_classes)
     return _fab(logits_fn, x, y, eps, key, runs, target_of, 1, fab_options)
 
-  def square_attack(x, y, *, eps, key, runs):
+  def square_attack(x, y, *, eps, key, runs, active):
     del runs  # one run
-    return square(
-      logits_fn, x, y, eps=eps, key=key, num_queries=num_queries, rescale_schedule=False, **options
-    )
+    square_options = dict(num_queries=num_queries, p_init=0.8, rescale_schedule=False, **options)
+    return _square(logits_fn, x, y, eps, key, compact=True, active=active, **square_options)
 
   return {
     "apgd-ce": apgd_on(cross_entropy),
     "apgd-dlr": apgd_on(dlr_loss),
-    "apgd-t": (targets, apgd_t, apgd_stops),
+    "apgd-t": (targets, apgd_t, True),
     "fab": (restarts, fab_untargeted, False),
     "fab-t": (targets, fab_t, False),
-    "square": (1, square_attack, False),
+    "square": (1, square_attack, True),
   }
 
 
@@ -200,10 +199,11 @@ def autoattack(
   examples need, as in the authors' code; a 1-D ``eps`` is then evaluated one radius at a time.
   Within an APGD or APGD-T run, an example stops once it is misclassified (its point is then the
   first misclassified iterate, where :func:`apgd` alone returns the last), and the run goes on
-  at half the batch size once the examples still unfooled fit, half of that, ..., down to 4 (so
-  these runs take a chunk whole and leave its broken examples out themselves): the authors'
-  code steps every example of the run to the end, with the same outcome for each. (Not with
-  clip bounds per example.) The settings are the authors' for each version:
+  at half the batch size once the examples still unfooled fit, half of that, ..., down to 4, as
+  Square's search does (so these runs and Square take a chunk whole and leave its broken
+  examples out themselves, each compiled at one size): the authors' code steps every example of
+  the run to the end, with the same outcome for each. The settings are the authors' for each
+  version:
 
   - ``'standard'``: :func:`apgd` on the cross-entropy, :func:`apgd_targeted` and
     :func:`fab_targeted` with 9 target classes, one restart each, and :func:`square` with 5000
@@ -301,9 +301,7 @@ def autoattack(
       )
   y = _labels(predict, x, y, False)
   options = dict(norm=norm, clip_min=clip_min, clip_max=clip_max)
-  # APGD can stop a fooled example where it can move the examples without their clip bounds.
-  apgd_stops = not any(_per_example(bound, x) for bound in (clip_min, clip_max))
-  fns = _attack_fns(attacked, version, num_classes, num_steps, num_queries, options, apgd_stops)
+  fns = _attack_fns(attacked, version, num_classes, num_steps, num_queries, options)
   keys = jax.random.split(key, len(names))
 
   def attack_one(eps):
@@ -322,11 +320,6 @@ def autoattack(
   if eps.ndim == 1 and chunk_size is not None:
     return lax.map(attack_one, eps)  # one radius at a time, so that skipped chunks are skipped
   return _over_radii(attack_one, eps)
-
-
-def _per_example(bound, x) -> bool:
-  """Whether the clip ``bound`` has one value per example of ``x`` (a batch axis above 1)."""
-  return bound is not None and jnp.ndim(bound) == x.ndim and jnp.shape(bound)[0] > 1
 
 
 def _run_stage(
@@ -368,8 +361,8 @@ def _on_robust(
   that, ..., none below ``_SMALLEST_CHUNK``, that holds its robust ones
   (they come first); the result is put back in the original order. An attack that
   ``takes_active`` is called with ``active=`` the robust mask of what it attacks instead, and
-  leaves the others out itself (APGD's runs, which also drop the examples they fool), on the
-  whole chunk. Under ``vmap`` every branch runs, and only the masks decide.
+  leaves the others out itself (APGD's runs and Square, which also drop the examples they
+  fool), on the whole chunk. Under ``vmap`` every branch runs, and only the masks decide.
 
   Returns:
     The attack's points, shaped like ``x``; ``x`` itself where it was skipped.

@@ -222,6 +222,17 @@ def _clip(x: jax.Array, clip_min: Any, clip_max: Any) -> jax.Array:
   return jnp.clip(x, clip_min, clip_max)
 
 
+def _per_example(bound: Any, x: jax.Array) -> bool:
+  """Whether the clip ``bound`` has one value per example of ``x`` (a batch axis above 1)."""
+  return bound is not None and jnp.ndim(bound) == x.ndim and jnp.shape(bound)[0] > 1
+
+
+def _bounds_of(chosen: jax.Array, x: jax.Array, clip_min: Any, clip_max: Any) -> tuple[Any, Any]:
+  """The clip bounds of the examples ``chosen`` (int ``(N,)``, indices into ``x``'s batch): a
+  bound's rows where it has one per example, the bound itself where it broadcasts."""
+  return tuple(jnp.asarray(b)[chosen] if _per_example(b, x) else b for b in (clip_min, clip_max))
+
+
 def _random_start(key: jax.Array, x: jax.Array, eps: jax.Array, norm: float, mode: str):
   """A random perturbation in the l_p ball of radius ``eps``, one per example.
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from sn_jax.attacks._common import (
   LogitsFn,
+  _bounds_of,
   _check_clip,
   _check_int,
   _check_norm,
@@ -177,7 +178,7 @@ def square(
   in one, then half of that, ..., down to 4 examples, so at least half of each evaluation is
   spent on unfooled examples; the result is the same as without (``compact=False``: every query
   evaluates the whole batch until every example is misclassified), and ``logits_fn`` is compiled
-  once per size.
+  once per size. Clip bounds with a batch axis (one box per example) move with their examples.
 
   Args:
     logits_fn: pure function ``(N, H, W, C) -> (N, K)``, each example's logits independent of the
@@ -193,8 +194,9 @@ def square(
     rescale_schedule: halve ``p`` at fractions of ``num_queries`` (True) or at fixed query
       counts, as :func:`autoattack` runs it (False).
     key: PRNG key; the same key gives the same result.
-    clip_min: lower bound of the valid input range, or None (no clipping).
-    clip_max: upper bound, or None.
+    clip_min: lower bound of the valid input range, broadcastable to ``x`` (a scalar, a pixel
+      map, or ``(B, ...)``: one per example), or None (no clipping).
+    clip_max: upper bound, likewise, or None.
     compact: evaluate only the still unfooled examples, on smaller batches (True); or every
       example at every query (False), for a ``logits_fn`` that only takes batches of ``B``.
 
@@ -244,11 +246,35 @@ def square(
     raise ValueError("Square draws random squares: pass a PRNG `key`, e.g. jax.random.key(0).")
   _check_clip(clip_min, clip_max)
   labels = _labels(logits_fn, x, y, False)
-  batch, height, width, _ = x.shape
   if not isinstance(rescale_schedule, bool):
     raise ValueError(f"`rescale_schedule` must be True or False, got {rescale_schedule!r}.")
   if not isinstance(compact, bool):
     raise ValueError(f"`compact` must be True or False, got {compact!r}.")
+  options = dict(norm=norm, num_queries=num_queries, p_init=p_init, clip_min=clip_min)
+  options.update(rescale_schedule=rescale_schedule, clip_max=clip_max, compact=compact)
+  return _square(logits_fn, x, labels, eps, key, **options)
+
+
+def _square(
+  logits_fn: LogitsFn,
+  x: jax.Array,
+  labels: jax.Array,
+  eps: jax.Array,
+  key: jax.Array,
+  *,
+  norm: float,
+  num_queries: int,
+  p_init: float,
+  rescale_schedule: bool,
+  clip_min,
+  clip_max,
+  compact: bool,
+  active: jax.Array | None = None,
+) -> jax.Array:
+  """:func:`square` on checked inputs and true ``labels`` ``(B,)``; ``active`` ``(B,)`` bool (or
+  None: all): the examples to attack; the others are never evaluated after the start and get
+  meaningless results (AutoAttack's chunks, whose broken examples it leaves out)."""
+  batch, height, width, _ = x.shape
   sides = _square_sides(num_queries, p_init, height, width, norm, rescale_schedule)
   # l_2: the pattern of each side that occurs, zero-padded to the largest, and which one to use.
   distinct = np.unique(sides)
@@ -300,10 +326,11 @@ def square(
 
     def step_on(chosen):
       x_c, labels_c, keys_c = x[chosen], labels[chosen], keys[chosen]
+      low, high = _bounds_of(chosen, x, clip_min, clip_max)
 
       def step(i, part):
         x_best, margin_best = part
-        x_new = _clip(propose(i, x_c, x_best, eps, keys_c), clip_min, clip_max)
+        x_new = _clip(propose(i, x_c, x_best, eps, keys_c), low, high)
         new = margin(x_new, labels_c)
         keep = (margin_best > 0) & (new < margin_best)
         return jnp.where(_expand(keep, x_c), x_new, x_best), jnp.where(keep, new, margin_best)
@@ -320,10 +347,11 @@ def square(
       x_best = _clip(x + eps * stripes, clip_min, clip_max)
     else:
       x_best = _clip(_l2_start(init_key, x, eps), clip_min, clip_max)
-    # Already misclassified examples keep x and never move.
+    # Already misclassified examples (and those not ``active``) keep x and never move.
     clean = margin(x, labels)
-    margin_best = jnp.where(clean > 0, margin(x_best, labels), clean)
-    x_best = jnp.where(_expand(clean > 0, x), x_best, x)
+    searched = clean > 0 if active is None else (clean > 0) & active
+    margin_best = jnp.where(searched, margin(x_best, labels), jnp.minimum(clean, 0))
+    x_best = jnp.where(_expand(searched, x), x_best, x)
     # Each example draws from its own key, so its search is the same at any size it runs at.
     keys = jax.vmap(jax.random.fold_in, (None, 0))(loop_key, jnp.arange(batch))
     sizes = _shrinking_sizes(batch, 2, _SMALLEST_SEARCH) if compact else [batch]

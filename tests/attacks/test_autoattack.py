@@ -325,3 +325,28 @@ def test_bad_inputs_name_the_argument(change, error, message):
   args = dict(logits_fn=F4, x=X, y=Y, eps=0.1, key=KEY) | change
   with pytest.raises(error, match=message):
     attacks.autoattack(args.pop("logits_fn"), args.pop("x"), args.pop("y"), **args)
+
+
+@pytest.mark.parametrize("norm", [jnp.inf, 2.0])
+def test_clip_bounds_per_example_move_with_the_examples_the_runs_step(norm):
+  """APGD's stopping runs and Square gather each example's bounds with it: bounds with a batch
+  axis that repeat one box give that box's result, and different boxes hold per example."""
+  _, w, x, y = linear(1, batch=16)
+  sequence = jax.jit(_sequence, static_argnums=(7, 8, 9), compiler_options=QUICK)
+  eps = jnp.asarray(np.quantile(minimal_distance(w, x, y, norm), [0.3, 0.7]), jnp.float32)
+  low, high = float(x.min()), float(x.max())
+  shared = sequence(w, x, y, eps, KEY, low, high, norm, "standard", None)
+  rows = lambda b: np.full(x.shape, b, np.float32)
+  repeated = sequence(w, x, y, eps, KEY, rows(low), rows(high), norm, "standard", None)
+  np.testing.assert_array_equal(repeated.broken_by, shared.broken_by)
+  np.testing.assert_allclose(repeated.x_adv, shared.x_adv, atol=1e-6)  # fused differently
+  broken_by = np.asarray(shared.broken_by)
+  assert np.any(broken_by == -1) and np.any(broken_by >= 1)
+  # A box of its own for each example: the point itself for the first half (no room to move:
+  # robust), 1 around it for the rest.
+  room = np.where(np.arange(16)[:, None, None, None] < 8, 0.0, 1.0).astype(np.float32)
+  own = sequence(w, x, y, eps, KEY, x - room, x + room, norm, "standard", None)
+  x_adv = np.asarray(own.x_adv)
+  assert np.all((x_adv >= x - room - 1e-6) & (x_adv <= x + room + 1e-6))
+  assert np.all(np.asarray(own.broken_by)[:, :8] == -1)
+  assert np.any(np.asarray(own.broken_by)[:, 8:] >= 1)

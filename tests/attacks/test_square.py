@@ -10,7 +10,7 @@ import pytest
 from quick_compile import QUICK
 
 from sn_jax import attacks
-from sn_jax.attacks._square import _eta, _square_sides
+from sn_jax.attacks._square import _eta, _square, _square_sides
 
 KEY = jax.random.key(0)
 SHAPE = (6, 4, 4, 2)  # (B, H, W, C)
@@ -286,3 +286,38 @@ def test_l2_square_traces_once():
   for seed in (1, 2):
     jitted(w + seed, x, jnp.float32(0.1 * seed), jax.random.key(seed))
   chex.clear_trace_counter()
+
+
+@pytest.mark.parametrize("norm, shape", [(jnp.inf, (16, 4, 4, 2)), (2.0, (16, 5, 5, 1))])
+def test_clip_bounds_per_example_follow_their_examples_to_smaller_batches(norm, shape):
+  f, x, y, distance = linear(3, shape=shape, norm=norm)
+  rng = np.random.default_rng(0)
+  low = (x - rng.uniform(0.0, 0.3, (len(x), 1, 1, 1))).astype(np.float32)
+  high = (x + rng.uniform(0.0, 0.3, (len(x), 1, 1, 1))).astype(np.float32)
+  eps = float(np.quantile(distance, 0.9))
+
+  def run(compact):
+    square = lambda: attacks.square(
+      f, x, y, eps=eps, norm=norm, num_queries=300, compact=compact, key=KEY, clip_min=low,
+      clip_max=high,
+    )  # fmt: skip
+    return np.asarray(jax.jit(square, compiler_options=QUICK)())
+
+  compacted = run(True)
+  np.testing.assert_array_equal(compacted, run(False))
+  assert np.all((compacted >= low) & (compacted <= high))
+  assert 0 < np.sum(margins(f(compacted), y) < 0) < len(y)
+
+
+def test_an_example_left_out_of_the_search_keeps_x_and_the_others_their_results():
+  f, x, y, distance = linear(4, shape=(16, 4, 4, 2))
+  eps = jnp.asarray(np.quantile(distance, 0.9), jnp.float32)
+  options = dict(norm=jnp.inf, num_queries=300, p_init=0.8, rescale_schedule=True)
+  options.update(clip_min=None, clip_max=None, compact=True)
+  active = np.arange(16) % 3 != 0
+  x, y = jnp.asarray(x), jnp.asarray(y)  # as the public function passes them
+  search = jax.jit(lambda active: _square(f, x, y, eps, KEY, active=active, **options))
+  some, every = np.asarray(search(active)), np.asarray(search(np.ones(16, bool)))
+  np.testing.assert_array_equal(some[active], every[active])
+  np.testing.assert_array_equal(some[~active], np.asarray(x)[~active])
+  assert np.any(margins(f(every[~active]), y[~active]) < 0)  # they would have been fooled
