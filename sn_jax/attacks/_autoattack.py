@@ -26,7 +26,6 @@ from sn_jax.attacks._common import (
   _over_radii,
   _per_example,
   _ranked_targets,
-  _shrinking_sizes,
   cross_entropy,
 )
 from sn_jax.attacks._dlr import dlr_loss
@@ -42,9 +41,6 @@ VERSIONS = {
 ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 _TARGETS = 9  # target classes of APGD-T and FAB-T (fewer when the model has fewer classes)
 _EOT_ITER = 20  # draws per gradient of the 'rand' version
-# A chunk with few robust examples is attacked at half its size, half of that, ..., down to this
-# many: one compiled variant of each attack per size.
-_SMALLEST_CHUNK = 4
 
 
 class AutoAttackResult(NamedTuple):
@@ -114,15 +110,14 @@ def _attack_fns(
   num_steps: int,
   num_queries: int,
   options: dict,
-) -> dict[str, tuple[int, Callable[..., jax.Array], bool]]:
-  """Each attack of ``version`` as ``(num_runs, attack, takes_active)``, with the authors'
-  settings.
+) -> dict[str, tuple[int, Callable[..., jax.Array]]]:
+  """Each attack of ``version`` as ``(num_runs, attack)``, with the authors' settings.
 
-  ``attack(x, y, *, eps, key, runs)`` gives the points of the attack's runs numbered ``runs``
-  (int ``(R,)``, each below ``num_runs``: a target class times ``num_restarts`` plus a restart)
-  at a scalar ``eps``, on checked inputs and true labels ``y``; ``options``: norm and clip box.
-  APGD's runs stop each example once it is fooled; they and Square take ``active`` ``(B,)``
-  bool, the examples to attack (``takes_active``).
+  ``attack(x, y, *, eps, key, runs, active)`` gives the points of the attack's runs numbered
+  ``runs`` (int ``(R,)``, each below ``num_runs``: a target class times ``num_restarts`` plus a
+  restart) at a scalar ``eps``, on checked inputs and true labels ``y``, for the examples
+  ``active`` ``(B,)`` bool (the others get meaningless points); ``options``: norm and clip box.
+  Each run stops an example once it is fooled within ``eps`` (Square: once it is fooled).
   """
   restarts = 5 if version == "plus" else 1
   targets = min(_TARGETS, num_classes - 1)
@@ -132,25 +127,27 @@ def _attack_fns(
   fab_options = dict(num_steps=num_steps, alpha_max=0.1, eta=1.05, beta=0.9, **options)
 
   def apgd_on(loss):
-    def attack(x, y, *, eps, key, runs, active=None):
+    def attack(x, y, *, eps, key, runs, active):
       draw, predict, eot = _draw_and_predict(logits_fn, eot_iter, key)
       run_options = dict(eot_iter=eot, active=active, **apgd_options)
       return _apgd(draw, predict, x, y, eps, key, runs, _untargeted(loss), run_options)
 
-    return restarts, attack, True
+    return restarts, attack
 
-  def apgd_t(x, y, *, eps, key, runs, active=None):
+  def apgd_t(x, y, *, eps, key, runs, active):
     draw, _, _ = _draw_and_predict(logits_fn, None, key)
     loss_of_run = _targeted_dlr(logits_fn, x, num_classes, 1)
     run_options = dict(eot_iter=1, active=active, **apgd_options)
     return _apgd(draw, logits_fn, x, y, eps, key, runs, loss_of_run, run_options)
 
-  def fab_untargeted(x, y, *, eps, key, runs):
-    return _fab(logits_fn, x, y, eps, key, runs, None, restarts, fab_options)
+  def fab_untargeted(x, y, *, eps, key, runs, active):
+    stopping = dict(stop_when_fooled=True, active=active)
+    return _fab(logits_fn, x, y, eps, key, runs, None, restarts, fab_options, **stopping)
 
-  def fab_t(x, y, *, eps, key, runs):
+  def fab_t(x, y, *, eps, key, runs, active):
     target_of = _ranked_targets(logits_fn, x, num_classes)
-    return _fab(logits_fn, x, y, eps, key, runs, target_of, 1, fab_options)
+    stopping = dict(stop_when_fooled=True, active=active)
+    return _fab(logits_fn, x, y, eps, key, runs, target_of, 1, fab_options, **stopping)
 
   def square_attack(x, y, *, eps, key, runs, active):
     del runs  # one run
@@ -160,10 +157,10 @@ def _attack_fns(
   return {
     "apgd-ce": apgd_on(cross_entropy),
     "apgd-dlr": apgd_on(dlr_loss),
-    "apgd-t": (targets, apgd_t, True),
-    "fab": (restarts, fab_untargeted, False),
-    "fab-t": (targets, fab_t, False),
-    "square": (1, square_attack, True),
+    "apgd-t": (targets, apgd_t),
+    "fab": (restarts, fab_untargeted),
+    "fab-t": (targets, fab_t),
+    "square": (1, square_attack),
   }
 
 
@@ -190,20 +187,19 @@ def autoattack(
   another, as in the authors' code. After each run, an example it fools (that the model
   misclassifies at its adversarial point) keeps that point and is marked broken by its attack;
   the next runs only count for the examples still robust. Shapes are static, so one ``jax.jit``
-  traces the whole sequence once: by default every run attacks the whole batch (skipped only once
-  no example is left) and its results are masked. With ``chunk_size``, the examples still robust
-  are moved to the front before each run and the batch is attacked in chunks of that size,
-  skipping the chunks with none left and attacking a chunk with few left at a smaller size (half
-  of ``chunk_size``, half of that, ..., down to 4: each attack is compiled once per size, and at
-  least half of the examples it attacks are robust), so a run costs about what the robust
-  examples need, as in the authors' code; a 1-D ``eps`` is then evaluated one radius at a time.
-  Within an APGD or APGD-T run, an example stops once it is misclassified (its point is then the
-  first misclassified iterate, where :func:`apgd` alone returns the last), and the run goes on
-  at half the batch size once the examples still unfooled fit, half of that, ..., down to 4, as
-  Square's search does (so these runs and Square take a chunk whole and leave its broken
-  examples out themselves, each compiled at one size): the authors' code steps every example of
-  the run to the end, with the same outcome for each. The settings are the authors' for each
-  version:
+  traces the whole sequence once. Within a run, an example stops once the attack fools it
+  (APGD's, FAB's and Square's runs: for APGD the first misclassified iterate, where :func:`apgd`
+  alone returns the last; for FAB the first misclassified iterate within ``eps``, where
+  :func:`fab` alone returns the smallest of its run), and the run goes on at half the batch
+  size once the examples still unfooled fit, half of that, ..., down to 4, as Square's search
+  does: the authors' code steps every example of a run to the end, with the same outcome for
+  each, and AutoAttack only asks whether an example is fooled. Each attack is compiled once,
+  with its steps at each of those sizes. By default every run gets the whole batch (skipped
+  once no example is robust) and attacks its robust examples. With ``chunk_size``, the examples
+  still robust are moved to the front before each run and the batch is attacked in chunks of
+  that size, skipping the chunks with none left, so a run costs about what the robust examples
+  need, as in the authors' code; a 1-D ``eps`` is then evaluated one radius at a time. The
+  settings are the authors' for each version:
 
   - ``'standard'``: :func:`apgd` on the cross-entropy, :func:`apgd_targeted` and
     :func:`fab_targeted` with 9 target classes, one restart each, and :func:`square` with 5000
@@ -309,11 +305,11 @@ def autoattack(
     clean_wrong = jnp.argmax(predict(x), axis=-1) != y
     x_adv, broken_by = x, jnp.where(clean_wrong, 0, -1).astype(jnp.int32)
     for stage, (name, stage_key) in enumerate(zip(names, keys, strict=True), start=1):
-      num_runs, attack, takes_active = fns[name]
+      num_runs, attack = fns[name]
       attack = functools.partial(attack, eps=eps)
       carry = (x_adv, broken_by)
       x_adv, broken_by = _run_stage(
-        attack, num_runs, stage, x, y, predict, carry, stage_key, chunk_size, takes_active
+        attack, num_runs, stage, x, y, predict, carry, stage_key, chunk_size
       )
     return AutoAttackResult(_finish(x, x_adv), broken_by)
 
@@ -322,16 +318,13 @@ def autoattack(
   return _over_radii(attack_one, eps)
 
 
-def _run_stage(
-  attack, num_runs: int, stage: int, x, y, predict, carry, key, chunk_size, takes_active: bool
-):
+def _run_stage(attack, num_runs: int, stage: int, x, y, predict, carry, key, chunk_size):
   """The runs of one attack, one after another, each on the examples no earlier run fooled.
 
   As in the authors' code, where APGD-T and FAB-T attack, for each target class in turn, only the
   examples still robust (and APGD and FAB each restart on those). ``carry`` is ``(x_adv,
   broken_by)``; an example the run ``attack(x, y, key=..., runs=...)`` fools gets its point and
-  ``stage``; ``takes_active``: the attack takes ``active``, the examples to attack (see
-  :func:`_on_robust`). Returns the new ``(x_adv, broken_by)``.
+  ``stage`` (see :func:`_on_robust`). Returns the new ``(x_adv, broken_by)``.
   """
 
   def one_run(carry, inputs):
@@ -339,7 +332,7 @@ def _run_stage(
     run, run_key = inputs
     robust = broken_by == -1
     run_attack = functools.partial(attack, runs=run[None])
-    candidate = _on_robust(run_attack, x, y, robust, run_key, chunk_size, takes_active)
+    candidate = _on_robust(run_attack, x, y, robust, run_key, chunk_size)
     fooled = robust & (jnp.argmax(predict(candidate), axis=-1) != y)
     x_adv = jnp.where(_expand(fooled, x), candidate, x_adv)
     return (x_adv, jnp.where(fooled, stage, broken_by)), None
@@ -349,28 +342,23 @@ def _run_stage(
   return carry
 
 
-def _on_robust(
-  attack, x, y, robust, key, chunk_size: int | None, takes_active: bool = False
-) -> jax.Array:
-  """``attack(x, y, key=...)`` where it matters: on the examples still ``robust``.
+def _on_robust(attack, x, y, robust, key, chunk_size: int | None) -> jax.Array:
+  """``attack(x, y, key=..., active=...)`` where it matters: on the examples still ``robust``.
 
-  Without ``chunk_size``, on the whole batch, skipped when no example is robust. With it, the
-  robust examples are moved to the front and the batch is attacked in chunks of that size (the
-  last one padded), each skipped when it holds no robust example and otherwise attacked on its
-  first ``n`` examples, ``n`` the smallest of ``chunk_size``, half of it (rounded up), half of
-  that, ..., none below ``_SMALLEST_CHUNK``, that holds its robust ones
-  (they come first); the result is put back in the original order. An attack that
-  ``takes_active`` is called with ``active=`` the robust mask of what it attacks instead, and
-  leaves the others out itself (APGD's runs and Square, which also drop the examples they
-  fool), on the whole chunk. Under ``vmap`` every branch runs, and only the masks decide.
+  The attack is given ``active``, the robust mask of what it attacks, and leaves the other
+  examples out itself (each run stops an example once it is fooled and steps the rest on
+  smaller batches). Without ``chunk_size``, on the whole batch, skipped when no example is
+  robust. With it, the robust examples are moved to the front and the batch is attacked in
+  chunks of that size (the last one padded), each skipped when it holds no robust example; the
+  result is put back in the original order.
 
   Returns:
     The attack's points, shaped like ``x``; ``x`` itself where it was skipped.
   """
   batch = x.shape[0]
   if chunk_size is None or chunk_size >= batch:
-    whole = functools.partial(attack, active=robust) if takes_active else attack
-    return lax.cond(jnp.any(robust), lambda: whole(x, y, key=key), lambda: x)
+    run = lambda: attack(x, y, key=key, active=robust)
+    return lax.cond(jnp.any(robust), run, lambda: x)
   num_chunks = -(-batch // chunk_size)
   order = jnp.argsort(~robust, stable=True)  # the robust examples first
 
@@ -379,25 +367,10 @@ def _on_robust(
     a = jnp.concatenate([a, jnp.repeat(a[:1], num_chunks * chunk_size - batch, axis=0)])
     return a.reshape(num_chunks, chunk_size, *a.shape[1:])
 
-  sizes = _shrinking_sizes(chunk_size, 2, _SMALLEST_CHUNK)[::-1]  # ascending
-
   def one(inputs):
     x_chunk, y_chunk, robust_chunk, chunk_key = inputs
-
-    def on_first(size):
-      def run():
-        head = attack(x_chunk[:size], y_chunk[:size], key=chunk_key)
-        return jnp.concatenate([head, x_chunk[size:]])
-
-      return run
-
-    count = jnp.sum(robust_chunk)
-    if takes_active:
-      run = lambda: attack(x_chunk, y_chunk, key=chunk_key, active=robust_chunk)
-      return lax.cond(count == 0, lambda: x_chunk, run)
-    # 0: skip; k >= 1: the k-th size, the smallest that holds the chunk's robust examples.
-    branch = jnp.where(count == 0, 0, 1 + jnp.sum(jnp.asarray(sizes[:-1]) < count))
-    return lax.switch(branch, [lambda: x_chunk, *(on_first(size) for size in sizes)])
+    run = lambda: attack(x_chunk, y_chunk, key=chunk_key, active=robust_chunk)
+    return lax.cond(jnp.any(robust_chunk), run, lambda: x_chunk)
 
   padded_robust = jnp.concatenate([robust[order], jnp.zeros(num_chunks * chunk_size - batch, bool)])
   inputs = (chunks(x), chunks(y), padded_robust.reshape(num_chunks, chunk_size))

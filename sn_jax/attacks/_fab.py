@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sn_jax.attacks._apgd import _best_of_runs
+from sn_jax.attacks._apgd import _SMALLEST_STEPPED, _best_of_runs
 from sn_jax.attacks._common import (
   LogitsFn,
   _check_clip,
@@ -23,8 +23,10 @@ from sn_jax.attacks._common import (
   _labels,
   _norm,
   _num_classes,
+  _on_shrinking_batches,
   _over_radii,
   _ranked_targets,
+  _shrinking_sizes,
   _varying_like_x,
 )
 
@@ -124,40 +126,83 @@ def _linearization(logits_fn: LogitsFn, labels: jax.Array, target: jax.Array | N
 
 
 def _single_run(
-  logits_fn, x, labels, target, start, *, norm, num_steps, alpha_max, eta, beta, clip_min, clip_max
+  logits_fn,
+  x,
+  labels,
+  target,
+  start,
+  *,
+  norm,
+  num_steps,
+  alpha_max,
+  eta,
+  beta,
+  clip_min,
+  clip_max,
+  stop_within=None,
+  active=None,
 ):
   """One FAB run from ``start``: returns ``(x_best, size_best)``, the smallest-norm misclassified
-  iterate per example and its distance to ``x`` (inf where there is none)."""
+  iterate per example and its distance to ``x`` (inf where there is none).
+
+  With ``stop_within`` (AutoAttack's radius: it only asks whether an example is fooled within
+  it), an example stops once it has a misclassified iterate that close (its point is then the
+  first such iterate, not the smallest), and the others step on a batch of half the size once
+  they fit, then half of that, ..., down to 4, as APGD's stopping runs do; every computation is
+  per example, so each example's iterates are those of the whole-batch run. ``active`` (``(B,)``
+  bool, with ``stop_within`` only): the examples to attack; the others are never stepped and get
+  meaningless results.
+  """
   batch = x.shape[0]
-  flat_x = x.reshape(batch, -1)
   low = jnp.broadcast_to(jnp.asarray(-jnp.inf if clip_min is None else clip_min, x.dtype), x.shape)
   high = jnp.broadcast_to(jnp.asarray(jnp.inf if clip_max is None else clip_max, x.dtype), x.shape)
   low, high = low.reshape(batch, -1), high.reshape(batch, -1)
-  linearize = _linearization(logits_fn, labels, target, norm)
 
-  def body(_, state):
-    x1, x_best, size_best = state
-    value, grad = linearize(x1)
-    w = grad.reshape(batch, -1)
-    flat_x1 = x1.reshape(batch, -1)
-    # The linearized boundary from the iterate and from the original point, projected together.
-    points = jnp.stack([flat_x1, flat_x])
-    values = jnp.stack([value, value + jnp.sum(w * (flat_x - flat_x1), axis=-1)])
-    steps = _project_hyperplane(points, w[None], values, low[None], high[None], norm)
-    sizes = jnp.maximum(_norm(steps.reshape(2 * batch, -1), norm), 1e-8).reshape(2, batch)
-    alpha = jnp.minimum(sizes[0] / (sizes[0] + sizes[1]), alpha_max)[:, None]
-    mixed = (flat_x1 + eta * steps[0]) * (1 - alpha) + (flat_x + eta * steps[1]) * alpha
-    x1 = _clip(mixed.reshape(x.shape), clip_min, clip_max)
-    fooled = jnp.argmax(logits_fn(x1), axis=-1) != labels
-    size = _norm(x1 - x, norm)
-    better = fooled & (size < size_best)
-    x_best = jnp.where(_expand(better, x), x1, x_best)
-    size_best = jnp.where(better, size, size_best)
-    x1 = jnp.where(_expand(fooled, x), x + beta * (x1 - x), x1)
-    return x1, x_best, size_best
+  def step(x, labels, target, low, high):
+    """The step ``(i, state) -> state`` on the examples ``x`` ``(N, ...)``."""
+    part = x.shape[0]
+    flat_x = x.reshape(part, -1)
+    linearize = _linearization(logits_fn, labels, target, norm)
 
-  state = (start, x, jnp.full((batch,), jnp.inf, x.dtype))
-  _, x_best, size_best = lax.fori_loop(0, num_steps, body, _varying_like_x(state, x))
+    def body(_, state):
+      x1, x_best, size_best = state
+      value, grad = linearize(x1)
+      w = grad.reshape(part, -1)
+      flat_x1 = x1.reshape(part, -1)
+      # The linearized boundary from the iterate and from the original point, projected together.
+      points = jnp.stack([flat_x1, flat_x])
+      values = jnp.stack([value, value + jnp.sum(w * (flat_x - flat_x1), axis=-1)])
+      steps = _project_hyperplane(points, w[None], values, low[None], high[None], norm)
+      sizes = jnp.maximum(_norm(steps.reshape(2 * part, -1), norm), 1e-8).reshape(2, part)
+      alpha = jnp.minimum(sizes[0] / (sizes[0] + sizes[1]), alpha_max)[:, None]
+      mixed = (flat_x1 + eta * steps[0]) * (1 - alpha) + (flat_x + eta * steps[1]) * alpha
+      x1 = jnp.clip(mixed, low, high).reshape(x.shape)
+      fooled = jnp.argmax(logits_fn(x1), axis=-1) != labels
+      size = _norm(x1 - x, norm)
+      better = fooled & (size < size_best)
+      x_best = jnp.where(_expand(better, x), x1, x_best)
+      size_best = jnp.where(better, size, size_best)
+      x1 = jnp.where(_expand(fooled, x), x + beta * (x1 - x), x1)
+      return x1, x_best, size_best
+
+    return body
+
+  size_best = jnp.full((batch,), jnp.inf, x.dtype)
+  if stop_within is None:
+    state = _varying_like_x((start, x, size_best), x)
+    _, x_best, size_best = lax.fori_loop(0, num_steps, step(x, labels, target, low, high), state)
+    return x_best, size_best
+  if active is not None:
+    size_best = jnp.where(active, size_best, -jnp.inf)  # finished from the start
+
+  def step_on(chosen):
+    part_target = None if target is None else target[chosen]
+    return step(x[chosen], labels[chosen], part_target, low[chosen], high[chosen])
+
+  state = _varying_like_x((start, x, size_best), x)
+  sizes = _shrinking_sizes(batch, 2, _SMALLEST_STEPPED)
+  unfinished = lambda part: part[2] > stop_within
+  _, x_best, size_best = _on_shrinking_batches(step_on, state, unfinished, num_steps, sizes)
   return x_best, size_best
 
 
@@ -194,12 +239,27 @@ def _check_fab(logits_fn, x, eps, norm, num_restarts, options, key):
   return x, eps, norm, num_classes
 
 
-def _fab(logits_fn, x, labels, eps, key, runs, targets, num_restarts: int, options) -> jax.Array:
+def _fab(
+  logits_fn,
+  x,
+  labels,
+  eps,
+  key,
+  runs,
+  targets,
+  num_restarts: int,
+  options,
+  *,
+  stop_when_fooled: bool = False,
+  active=None,
+) -> jax.Array:
   """Shared body of :func:`fab` and :func:`fab_targeted`: the runs numbered ``runs`` (int
   ``(R,)``), the run ``i`` toward ``targets(i // num_restarts)`` (``targets`` None: untargeted),
   from ``x`` where ``i % num_restarts == 0`` and from a random point otherwise; per example, the
   first run that finds a misclassified point within ``eps`` wins. Inputs are checked; ``labels``
-  ``(B,)`` are the true labels."""
+  ``(B,)`` are the true labels. ``stop_when_fooled`` (AutoAttack): each run stops an example
+  once it is fooled within ``eps``, and attacks only the ``active`` ones (see
+  :func:`_single_run`)."""
 
   def attack_one(eps):
     eps = eps.astype(x.dtype)
@@ -212,7 +272,9 @@ def _fab(logits_fn, x, labels, eps, key, runs, targets, num_restarts: int, optio
           run_key, x, eps, options["norm"], options["clip_min"], options["clip_max"]
         )
         start = jnp.where(index % num_restarts > 0, fresh, x)
-      x_best, size_best = _single_run(logits_fn, x, labels, target, start, **options)
+      within = eps if stop_when_fooled else None
+      run_options = dict(stop_within=within, active=active, **options)
+      x_best, size_best = _single_run(logits_fn, x, labels, target, start, **run_options)
       # FAB keeps no fallback: an example that no run breaks within eps is returned as x
       # (a loss of -inf never replaces it).
       return x, jnp.full(x.shape[:1], -jnp.inf, x.dtype), x_best, size_best <= eps

@@ -192,32 +192,35 @@ def test_the_result_stays_in_the_ball_and_the_box_and_robust_ones_keep_x(chunk_s
   assert np.sum(broken_by[1] == -1) <= np.sum(broken_by[0] == -1) < len(x)
 
 
-def test_a_chunk_with_few_robust_examples_is_attacked_at_a_smaller_size():
+def test_each_chunk_with_robust_examples_is_attacked_whole_with_their_mask():
   halves = lambda size: _shrinking_sizes(size, 2, 4)
   assert halves(100) == [100, 50, 25, 13, 7, 4] and halves(16) == [16, 8, 4]
   assert halves(13) == [13, 7, 4] and halves(7) == [7, 4] and halves(1) == [1]
   assert _shrinking_sizes(100, 4, 4) == [100, 25, 7]
-  # A stand-in attack that marks each example with the size of the batch it was attacked in.
-  attack = lambda x, y, key: x + x.shape[0]
+  # A stand-in attack that marks each example with its chunk's size and its own flag, and
+  # counts its calls.
+  calls = []
+
+  def flagged(x, y, key, active):
+    jax.debug.callback(lambda: calls.append(1))
+    return x + x.shape[0] + active[:, None]
+
   on_robust = jax.jit(_on_robust, static_argnums=(0, 5))
   x = jnp.zeros((40, 2))
-  for num_robust in (20, 21, 16, 3, 8, 9):
+  for num_robust in (20, 16, 3, 0):
     robust = np.zeros(40, bool)
     robust[np.random.default_rng(num_robust).permutation(40)[:num_robust]] = True
-    out = np.asarray(on_robust(attack, x, x[:, 0], robust, KEY, 16))[:, 0]
-    # Chunks of 16 fill with the robust examples first: full ones are attacked at 16, the one
-    # with the rest at the smallest of 4, 8 and 16 that holds it, the empty ones not at all.
-    full, rest = divmod(num_robust, 16)
-    size = min(s for s in (4, 8, 16) if s >= rest)
-    expected = [16.0] * (16 * full) + [float(size)] * rest
-    np.testing.assert_array_equal(np.sort(out[robust]), np.sort(expected))
-    assert set(out[~robust]) <= {0.0, 4.0, 8.0, 16.0}
-    # An attack that takes the robust mask gets its whole chunk and each example's own flag.
-    flagged = lambda x, y, key, active: x + x.shape[0] + active[:, None]
-    on_robust_active = jax.jit(_on_robust, static_argnums=(0, 5, 6))
-    out = np.asarray(on_robust_active(flagged, x, x[:, 0], robust, KEY, 16, True))[:, 0]
+    calls.clear()
+    out = np.asarray(on_robust(flagged, x, x[:, 0], robust, KEY, 16))[:, 0]
+    jax.effects_barrier()
+    # Chunks of 16 fill with the robust examples first; the empty ones are skipped.
     np.testing.assert_array_equal(out[robust], 17.0)
     assert set(out[~robust]) <= {0.0, 16.0}
+    assert len(calls) == -(-num_robust // 16)
+    whole = np.asarray(
+      jax.jit(_on_robust, static_argnums=(0, 5))(flagged, x, x[:, 0], robust, KEY, None)
+    )
+    np.testing.assert_array_equal(whole[robust, 0], 41.0)
 
 
 def test_an_eps_curve_equals_separate_calls_and_each_program_traces_once():

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from quick_compile import QUICK
 
 from sn_jax import attacks
-from sn_jax.attacks._fab import _project_hyperplane, _smallest_radius
+from sn_jax.attacks._common import _ranked_targets
+from sn_jax.attacks._fab import _fab, _project_hyperplane, _smallest_radius
 
 KEY = jax.random.key(0)
 DUAL = {jnp.inf: 1, 2.0: 2}  # the dual norm of each attack norm, for the closed forms
@@ -84,6 +85,52 @@ def along_a_line(num_steps, alpha_max=0.1, eta=1.05, beta=0.9):
     if u > 1:
       best, u = min(best, u), beta * u
   return best
+
+
+@pytest.mark.parametrize("norm", [jnp.inf, 2.0])
+@pytest.mark.parametrize("targeted", [False, True])
+def test_a_run_that_stops_fooled_examples_decides_alike_and_leaves_inactive_ones_out(
+  norm, targeted
+):
+  """AutoAttack's FAB runs: an example stops at its first misclassified iterate within eps and
+  the rest step on smaller batches; the same examples are broken as by the full run, fewer
+  evaluations are made, and examples not ``active`` are never stepped."""
+  w, b, x, y, distances, _ = linear(7, batch=16)
+  x, y = jnp.asarray(x), jnp.asarray(y)  # checked inputs, as the public attacks pass them
+  eps = jnp.asarray(np.median(distances[norm].min(axis=1)) * 1.2, jnp.float32)
+  options = dict(norm=norm, num_steps=20, alpha_max=0.1, eta=1.05, beta=0.9)
+  options.update(clip_min=None, clip_max=None)
+  evaluations = {}
+
+  def attack(stop_when_fooled, active=None):
+    def model(v):
+      jax.debug.callback(lambda n: evaluations.__setitem__(key, evaluations[key] + n), v.shape[0])
+      return v @ w + b[None]
+
+    key = (stop_when_fooled, active is not None)
+    evaluations[key] = 0
+    targets = _ranked_targets(model, x, 4) if targeted else None
+    stopping = dict(stop_when_fooled=stop_when_fooled, active=active)
+    run = lambda: _fab(model, x, y, eps, KEY, jnp.arange(1), targets, 1, options, **stopping)
+    out = np.asarray(jax.jit(run, compiler_options=QUICK)())
+    jax.effects_barrier()
+    return out
+
+  every_step, stopped = attack(False), attack(True)
+  broken = fooled(w, b, every_step, y)
+  assert 0 < broken.sum() < len(x)
+  np.testing.assert_array_equal(fooled(w, b, stopped, y), broken)
+  np.testing.assert_array_equal(stopped[~broken], np.asarray(x)[~broken])
+  assert np.all(sizes(stopped[broken], np.asarray(x)[broken], norm) <= eps + 1e-5)
+  assert evaluations[True, False] < evaluations[False, False]
+  active = np.arange(16) % 2 == 0
+  some = attack(True, jnp.asarray(active))
+  # The same decisions (the iterates themselves may part by rounding at other batch sizes, where
+  # FAB crosses the boundary back and forth); the inactive examples keep x.
+  np.testing.assert_array_equal(fooled(w, b, some, y)[active], broken[active])
+  assert np.all(sizes(some[active], np.asarray(x)[active], norm) <= eps + 1e-5)
+  np.testing.assert_array_equal(some[~active], np.asarray(x)[~active])
+  assert evaluations[True, True] < evaluations[True, False]
 
 
 # --- closed forms -------------------------------------------------------------------------------
