@@ -109,50 +109,53 @@ def _attack_fns(
   num_classes: int,
   num_steps: int,
   num_queries: int,
-  options: dict,
+  norm: float,
 ) -> dict[str, tuple[int, Callable[..., jax.Array]]]:
   """Each attack of ``version`` as ``(num_runs, attack)``, with the authors' settings.
 
-  ``attack(x, y, *, eps, key, runs, active)`` gives the points of the attack's runs numbered
-  ``runs`` (int ``(R,)``, each below ``num_runs``: a target class times ``num_restarts`` plus a
-  restart) at a scalar ``eps``, on checked inputs and true labels ``y``, for the examples
-  ``active`` ``(B,)`` bool (the others get meaningless points); ``options``: norm and clip box.
-  Each run stops an example once it is fooled within ``eps`` (Square: once it is fooled).
+  ``attack(x, y, *, eps, key, runs, active, clip_min, clip_max)`` gives the points of the
+  attack's runs numbered ``runs`` (int ``(R,)``, each below ``num_runs``: a target class times
+  ``num_restarts`` plus a restart) at a scalar ``eps`` in the l_``norm`` ball and the clip box,
+  on checked inputs and true labels ``y``, for the examples ``active`` ``(B,)`` bool (the
+  others get meaningless points). Each run stops an example once it is fooled within ``eps``
+  (Square: once it is fooled).
   """
   restarts = 5 if version == "plus" else 1
   targets = min(_TARGETS, num_classes - 1)
   eot_iter = _EOT_ITER if version == "rand" else None
   # The authors' APGD and FAB settings (the defaults of :func:`apgd` and :func:`fab`).
-  apgd_options = dict(num_steps=num_steps, rho=0.75, stop_when_fooled=True, **options)
-  fab_options = dict(num_steps=num_steps, alpha_max=0.1, eta=1.05, beta=0.9, **options)
+  apgd_options = dict(norm=norm, num_steps=num_steps, rho=0.75, stop_when_fooled=True)
+  fab_options = dict(norm=norm, num_steps=num_steps, alpha_max=0.1, eta=1.05, beta=0.9)
 
   def apgd_on(loss):
-    def attack(x, y, *, eps, key, runs, active):
+    def attack(x, y, *, eps, key, runs, active, **box):
       draw, predict, eot = _draw_and_predict(logits_fn, eot_iter, key)
-      run_options = dict(eot_iter=eot, active=active, **apgd_options)
+      run_options = dict(eot_iter=eot, active=active, **apgd_options, **box)
       return _apgd(draw, predict, x, y, eps, key, runs, _untargeted(loss), run_options)
 
     return restarts, attack
 
-  def apgd_t(x, y, *, eps, key, runs, active):
+  def apgd_t(x, y, *, eps, key, runs, active, **box):
     draw, _, _ = _draw_and_predict(logits_fn, None, key)
     loss_of_run = _targeted_dlr(logits_fn, x, num_classes, 1)
-    run_options = dict(eot_iter=1, active=active, **apgd_options)
+    run_options = dict(eot_iter=1, active=active, **apgd_options, **box)
     return _apgd(draw, logits_fn, x, y, eps, key, runs, loss_of_run, run_options)
 
-  def fab_untargeted(x, y, *, eps, key, runs, active):
+  def fab_untargeted(x, y, *, eps, key, runs, active, **box):
     stopping = dict(stop_when_fooled=True, active=active)
-    return _fab(logits_fn, x, y, eps, key, runs, None, restarts, fab_options, **stopping)
+    run_options = dict(fab_options, **box)
+    return _fab(logits_fn, x, y, eps, key, runs, None, restarts, run_options, **stopping)
 
-  def fab_t(x, y, *, eps, key, runs, active):
+  def fab_t(x, y, *, eps, key, runs, active, **box):
     target_of = _ranked_targets(logits_fn, x, num_classes)
     stopping = dict(stop_when_fooled=True, active=active)
-    return _fab(logits_fn, x, y, eps, key, runs, target_of, 1, fab_options, **stopping)
+    run_options = dict(fab_options, **box)
+    return _fab(logits_fn, x, y, eps, key, runs, target_of, 1, run_options, **stopping)
 
-  def square_attack(x, y, *, eps, key, runs, active):
+  def square_attack(x, y, *, eps, key, runs, active, **box):
     del runs  # one run
-    square_options = dict(num_queries=num_queries, p_init=0.8, rescale_schedule=False, **options)
-    return _square(logits_fn, x, y, eps, key, compact=True, active=active, **square_options)
+    options = dict(norm=norm, num_queries=num_queries, p_init=0.8, rescale_schedule=False, **box)
+    return _square(logits_fn, x, y, eps, key, compact=True, active=active, **options)
 
   return {
     "apgd-ce": apgd_on(cross_entropy),
@@ -228,12 +231,13 @@ def autoattack(
     attacks: the attack names for ``version='custom'`` (see :func:`autoattack_attacks`).
     num_steps: iterations of each APGD and FAB run, >= 1.
     num_queries: queries of Square, >= 1.
-    chunk_size: None (every attack on the whole batch, masked), or the size of the chunks the
-      examples still robust are attacked in, >= 1; then ``clip_min`` and ``clip_max`` must not
-      have a batch axis. The random draws depend on it.
+    chunk_size: None (every attack on the whole batch), or the size of the chunks the examples
+      still robust are attacked in, >= 1. The random draws depend on it.
     key: PRNG key; the same key gives the same result.
-    clip_min: lower bound of the valid input range, or None (no clipping).
-    clip_max: upper bound, or None.
+    clip_min: lower bound of the valid input range, broadcastable to ``x`` (a scalar, a pixel
+      map, or ``(B, ...)``: one per example, which follows its example into chunks and smaller
+      batches), or None (no clipping).
+    clip_max: upper bound, likewise, or None.
 
   Returns:
     An :class:`AutoAttackResult`: the adversarial inputs and, per example, which attack broke
@@ -242,10 +246,10 @@ def autoattack(
   Raises:
     TypeError: if ``x`` is not floating point or ``y`` not integer.
     ValueError: for eps < 0 or not finite, a norm other than inf or 2, an unknown version or
-      attack (see :func:`autoattack_attacks`), num_steps, num_queries or chunk_size < 1, clip
-      bounds per example with ``chunk_size``, no ``key``, ``y``
-      of the wrong shape or (when concrete) outside ``[0, C)``, ``logits_fn`` output not
-      ``(B, C)``, too few classes for an attack of the sequence, or clip_min > clip_max.
+      attack (see :func:`autoattack_attacks`), num_steps, num_queries or chunk_size < 1, no
+      ``key``, ``y`` of the wrong shape or (when concrete) outside ``[0, C)``, ``logits_fn``
+      output not ``(B, C)``, too few classes for an attack of the sequence, or clip_min >
+      clip_max.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -277,12 +281,6 @@ def autoattack(
       "AutoAttack's attacks are randomized: pass a PRNG `key`, e.g. jax.random.key(0)."
     )
   _check_clip(clip_min, clip_max)
-  for name, bound in (("clip_min", clip_min), ("clip_max", clip_max)):
-    if chunk_size is not None and _per_example(bound, x):
-      raise ValueError(
-        f"`{name}` with one bound per example (shape {jnp.shape(bound)}) cannot follow the "
-        "examples into chunks: pass chunk_size=None, or bounds without a batch axis."
-      )
   if version == "rand":
     predict_key, key = jax.random.split(key)
     attacked, predict = logits_fn, lambda z: logits_fn(z, predict_key)
@@ -296,8 +294,8 @@ def autoattack(
         f"attack {name!r} needs at least {needs[name]} classes, `logits_fn` gives {num_classes}."
       )
   y = _labels(predict, x, y, False)
-  options = dict(norm=norm, clip_min=clip_min, clip_max=clip_max)
-  fns = _attack_fns(attacked, version, num_classes, num_steps, num_queries, options)
+  fns = _attack_fns(attacked, version, num_classes, num_steps, num_queries, norm)
+  box = (clip_min, clip_max)
   keys = jax.random.split(key, len(names))
 
   def attack_one(eps):
@@ -309,7 +307,7 @@ def autoattack(
       attack = functools.partial(attack, eps=eps)
       carry = (x_adv, broken_by)
       x_adv, broken_by = _run_stage(
-        attack, num_runs, stage, x, y, predict, carry, stage_key, chunk_size
+        attack, num_runs, stage, x, y, box, predict, carry, stage_key, chunk_size
       )
     return AutoAttackResult(_finish(x, x_adv), broken_by)
 
@@ -318,7 +316,7 @@ def autoattack(
   return _over_radii(attack_one, eps)
 
 
-def _run_stage(attack, num_runs: int, stage: int, x, y, predict, carry, key, chunk_size):
+def _run_stage(attack, num_runs: int, stage: int, x, y, box, predict, carry, key, chunk_size):
   """The runs of one attack, one after another, each on the examples no earlier run fooled.
 
   As in the authors' code, where APGD-T and FAB-T attack, for each target class in turn, only the
@@ -332,7 +330,7 @@ def _run_stage(attack, num_runs: int, stage: int, x, y, predict, carry, key, chu
     run, run_key = inputs
     robust = broken_by == -1
     run_attack = functools.partial(attack, runs=run[None])
-    candidate = _on_robust(run_attack, x, y, robust, run_key, chunk_size)
+    candidate = _on_robust(run_attack, x, y, box, robust, run_key, chunk_size)
     fooled = robust & (jnp.argmax(predict(candidate), axis=-1) != y)
     x_adv = jnp.where(_expand(fooled, x), candidate, x_adv)
     return (x_adv, jnp.where(fooled, stage, broken_by)), None
@@ -342,14 +340,16 @@ def _run_stage(attack, num_runs: int, stage: int, x, y, predict, carry, key, chu
   return carry
 
 
-def _on_robust(attack, x, y, robust, key, chunk_size: int | None) -> jax.Array:
-  """``attack(x, y, key=..., active=...)`` where it matters: on the examples still ``robust``.
+def _on_robust(attack, x, y, box, robust, key, chunk_size: int | None) -> jax.Array:
+  """``attack(x, y, key=..., active=..., clip_min=..., clip_max=...)`` where it matters: on the
+  examples still ``robust``.
 
   The attack is given ``active``, the robust mask of what it attacks, and leaves the other
   examples out itself (each run stops an example once it is fooled and steps the rest on
-  smaller batches). Without ``chunk_size``, on the whole batch, skipped when no example is
-  robust. With it, the robust examples are moved to the front and the batch is attacked in
-  chunks of that size (the last one padded), each skipped when it holds no robust example; the
+  smaller batches). ``box`` is ``(clip_min, clip_max)``. Without ``chunk_size``, on the whole
+  batch, skipped when no example is robust. With it, the robust examples are moved to the front
+  and the batch is attacked in chunks of that size (the last one padded), each skipped when it
+  holds no robust example, a bound with one value per example following its examples; the
   result is put back in the original order.
 
   Returns:
@@ -357,7 +357,8 @@ def _on_robust(attack, x, y, robust, key, chunk_size: int | None) -> jax.Array:
   """
   batch = x.shape[0]
   if chunk_size is None or chunk_size >= batch:
-    run = lambda: attack(x, y, key=key, active=robust)
+    clip_min, clip_max = box
+    run = lambda: attack(x, y, key=key, active=robust, clip_min=clip_min, clip_max=clip_max)
     return lax.cond(jnp.any(robust), run, lambda: x)
   num_chunks = -(-batch // chunk_size)
   order = jnp.argsort(~robust, stable=True)  # the robust examples first
@@ -367,12 +368,23 @@ def _on_robust(attack, x, y, robust, key, chunk_size: int | None) -> jax.Array:
     a = jnp.concatenate([a, jnp.repeat(a[:1], num_chunks * chunk_size - batch, axis=0)])
     return a.reshape(num_chunks, chunk_size, *a.shape[1:])
 
+  per_example = [_per_example(bound, x) for bound in box]
+  chunked_box = [
+    chunks(jnp.broadcast_to(bound, x.shape)) if each else None
+    for bound, each in zip(box, per_example, strict=True)
+  ]
+
   def one(inputs):
-    x_chunk, y_chunk, robust_chunk, chunk_key = inputs
-    run = lambda: attack(x_chunk, y_chunk, key=chunk_key, active=robust_chunk)
+    x_chunk, y_chunk, robust_chunk, chunk_key, box_chunk = inputs
+    clip_min, clip_max = (
+      part if each else bound for bound, part, each in zip(box, box_chunk, per_example, strict=True)
+    )
+    run = lambda: attack(
+      x_chunk, y_chunk, key=chunk_key, active=robust_chunk, clip_min=clip_min, clip_max=clip_max
+    )
     return lax.cond(jnp.any(robust_chunk), run, lambda: x_chunk)
 
   padded_robust = jnp.concatenate([robust[order], jnp.zeros(num_chunks * chunk_size - batch, bool)])
   inputs = (chunks(x), chunks(y), padded_robust.reshape(num_chunks, chunk_size))
-  out = lax.map(one, (*inputs, jax.random.split(key, num_chunks)))
+  out = lax.map(one, (*inputs, jax.random.split(key, num_chunks), chunked_box))
   return out.reshape(-1, *x.shape[1:])[:batch][jnp.argsort(order)]

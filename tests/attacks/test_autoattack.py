@@ -201,25 +201,23 @@ def test_each_chunk_with_robust_examples_is_attacked_whole_with_their_mask():
   # counts its calls.
   calls = []
 
-  def flagged(x, y, key, active):
+  def flagged(x, y, key, active, clip_min, clip_max):
     jax.debug.callback(lambda: calls.append(1))
     return x + x.shape[0] + active[:, None]
 
-  on_robust = jax.jit(_on_robust, static_argnums=(0, 5))
+  on_robust = jax.jit(_on_robust, static_argnums=(0, 6))
   x = jnp.zeros((40, 2))
   for num_robust in (20, 16, 3, 0):
     robust = np.zeros(40, bool)
     robust[np.random.default_rng(num_robust).permutation(40)[:num_robust]] = True
     calls.clear()
-    out = np.asarray(on_robust(flagged, x, x[:, 0], robust, KEY, 16))[:, 0]
+    out = np.asarray(on_robust(flagged, x, x[:, 0], (None, None), robust, KEY, 16))[:, 0]
     jax.effects_barrier()
     # Chunks of 16 fill with the robust examples first; the empty ones are skipped.
     np.testing.assert_array_equal(out[robust], 17.0)
     assert set(out[~robust]) <= {0.0, 16.0}
     assert len(calls) == -(-num_robust // 16)
-    whole = np.asarray(
-      jax.jit(_on_robust, static_argnums=(0, 5))(flagged, x, x[:, 0], robust, KEY, None)
-    )
+    whole = np.asarray(on_robust(flagged, x, x[:, 0], (None, None), robust, KEY, None))
     np.testing.assert_array_equal(whole[robust, 0], 41.0)
 
 
@@ -313,7 +311,6 @@ BAD = [
   (dict(num_steps=0), ValueError, "`num_steps` must be an int >= 1"),
   (dict(num_queries=0), ValueError, "`num_queries` must be an int >= 1"),
   (dict(chunk_size=0), ValueError, "`chunk_size` must be an int >= 1"),
-  (dict(chunk_size=1, clip_min=X, clip_max=X + 1), ValueError, "`clip_min` with one bound per"),
   (dict(key=None), ValueError, "pass a PRNG `key`"),
   (dict(y=np.array([0, 1, 2])), ValueError, r"`y` must have shape \(batch,\)"),
   (dict(y=np.array([0.0, 1.0])), TypeError, "`y` must hold integer class labels"),
@@ -330,17 +327,17 @@ def test_bad_inputs_name_the_argument(change, error, message):
     attacks.autoattack(args.pop("logits_fn"), args.pop("x"), args.pop("y"), **args)
 
 
-@pytest.mark.parametrize("norm", [jnp.inf, 2.0])
-def test_clip_bounds_per_example_move_with_the_examples_the_runs_step(norm):
-  """APGD's stopping runs and Square gather each example's bounds with it: bounds with a batch
-  axis that repeat one box give that box's result, and different boxes hold per example."""
+@pytest.mark.parametrize("norm, chunk_size", [(jnp.inf, None), (2.0, None), (jnp.inf, 5)])
+def test_clip_bounds_per_example_move_with_the_examples_the_runs_step(norm, chunk_size):
+  """The runs and the chunks gather each example's bounds with it: bounds with a batch axis
+  that repeat one box give that box's result, and different boxes hold per example."""
   _, w, x, y = linear(1, batch=16)
   sequence = jax.jit(_sequence, static_argnums=(7, 8, 9), compiler_options=QUICK)
   eps = jnp.asarray(np.quantile(minimal_distance(w, x, y, norm), [0.3, 0.7]), jnp.float32)
   low, high = float(x.min()), float(x.max())
-  shared = sequence(w, x, y, eps, KEY, low, high, norm, "standard", None)
+  shared = sequence(w, x, y, eps, KEY, low, high, norm, "standard", chunk_size)
   rows = lambda b: np.full(x.shape, b, np.float32)
-  repeated = sequence(w, x, y, eps, KEY, rows(low), rows(high), norm, "standard", None)
+  repeated = sequence(w, x, y, eps, KEY, rows(low), rows(high), norm, "standard", chunk_size)
   np.testing.assert_array_equal(repeated.broken_by, shared.broken_by)
   np.testing.assert_allclose(repeated.x_adv, shared.x_adv, atol=1e-6)  # fused differently
   broken_by = np.asarray(shared.broken_by)
@@ -348,7 +345,7 @@ def test_clip_bounds_per_example_move_with_the_examples_the_runs_step(norm):
   # A box of its own for each example: the point itself for the first half (no room to move:
   # robust), 1 around it for the rest.
   room = np.where(np.arange(16)[:, None, None, None] < 8, 0.0, 1.0).astype(np.float32)
-  own = sequence(w, x, y, eps, KEY, x - room, x + room, norm, "standard", None)
+  own = sequence(w, x, y, eps, KEY, x - room, x + room, norm, "standard", chunk_size)
   x_adv = np.asarray(own.x_adv)
   assert np.all((x_adv >= x - room - 1e-6) & (x_adv <= x + room + 1e-6))
   assert np.all(np.asarray(own.broken_by)[:, :8] == -1)
