@@ -154,7 +154,7 @@ def robustness_report(
   names = attacks_lib.autoattack_attacks(version, attacks)
   _check_int(num_steps, "num_steps", 1)
   _check_int(num_queries, "num_queries", 1)
-  _check_clip(clip_min, clip_max)
+  _check_clip(clip_min, clip_max, x)
   if batch_size is not None:
     _check_int(batch_size, "batch_size", 1)
   if key is None:

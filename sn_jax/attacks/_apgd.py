@@ -318,7 +318,7 @@ def _check_common(x, eps, norm, num_steps, num_restarts, rho, key, clip_min, cli
   _check_fraction(rho, "rho")
   if key is None:
     raise ValueError("APGD starts at random points: pass a PRNG `key`, e.g. jax.random.key(0).")
-  _check_clip(clip_min, clip_max)
+  _check_clip(clip_min, clip_max, x)
   return x, eps, norm
 
 

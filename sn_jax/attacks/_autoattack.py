@@ -280,7 +280,7 @@ def autoattack(
     raise ValueError(
       "AutoAttack's attacks are randomized: pass a PRNG `key`, e.g. jax.random.key(0)."
     )
-  _check_clip(clip_min, clip_max)
+  _check_clip(clip_min, clip_max, x)
   if version == "rand":
     predict_key, key = jax.random.split(key)
     attacked, predict = logits_fn, lambda z: logits_fn(z, predict_key)

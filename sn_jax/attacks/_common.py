@@ -157,7 +157,20 @@ def _check_start(random_start: Any, key: Any, norm: float) -> str | None:
   return start
 
 
-def _check_clip(clip_min: Any, clip_max: Any) -> None:
+def _check_clip(clip_min: Any, clip_max: Any, x: jax.Array) -> None:
+  """Refuses clip bounds that do not broadcast to ``x``'s shape, or ``clip_min > clip_max``."""
+  for name, bound in (("clip_min", clip_min), ("clip_max", clip_max)):
+    if bound is None:
+      continue
+    try:
+      fits = np.broadcast_shapes(jnp.shape(bound), x.shape) == x.shape
+    except ValueError:
+      fits = False
+    if not fits:
+      raise ValueError(
+        f"`{name}` must broadcast to the shape of `x` {x.shape} (a scalar, one value per "
+        f"pixel, or one box per example), got shape {jnp.shape(bound)}."
+      )
   if clip_min is None or clip_max is None:
     return
   low, high = _concrete(clip_min), _concrete(clip_max)

@@ -69,7 +69,7 @@ def _deepfool(
     np.isfinite(concrete_overshoot) & (concrete_overshoot >= 0)
   ):
     raise ValueError(f"`overshoot` must be finite and >= 0, got {concrete_overshoot.tolist()}.")
-  _check_clip(clip_min, clip_max)
+  _check_clip(clip_min, clip_max, x)
   toward = _toward(targeted, x)
   logits0 = lax.stop_gradient(logits_fn(x))
   labels = _labels(lambda _: logits0, x, y, targeted is not False)

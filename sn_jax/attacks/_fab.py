@@ -232,7 +232,7 @@ def _check_fab(logits_fn, x, eps, norm, num_restarts, options, key):
   _check_fraction(options["beta"], "beta")
   if key is None:
     raise ValueError("FAB restarts from random points: pass a PRNG `key`, e.g. jax.random.key(0).")
-  _check_clip(options["clip_min"], options["clip_max"])
+  _check_clip(options["clip_min"], options["clip_max"], x)
   num_classes = _num_classes(logits_fn, x)
   if num_classes < 2:
     raise ValueError(f"FAB needs at least 2 classes, `logits_fn` gives {num_classes}.")

@@ -112,7 +112,7 @@ def fgm(
   eps = _check_radius(eps, "eps")
   norm = _check_norm(norm)
   start = _check_start(random_start, key, norm)
-  _check_clip(clip_min, clip_max)
+  _check_clip(clip_min, clip_max, x)
   loss_fn = _loss(loss)
   labels = _labels(logits_fn, x, y, targeted)
   grad = _input_grad(logits_fn, loss_fn, labels, -1.0 if targeted else 1.0)
@@ -212,7 +212,7 @@ def pgd(
   start = _check_start(random_start, key, norm)
   if num_restarts > 1 and start is None:
     raise ValueError(f"`num_restarts`={num_restarts} needs `random_start`; got False.")
-  _check_clip(clip_min, clip_max)
+  _check_clip(clip_min, clip_max, x)
   loss_fn = _loss(loss)
   labels = _labels(logits_fn, x, y, targeted)
   sign = -1.0 if targeted else 1.0
@@ -304,7 +304,7 @@ def wrm(
   x = _check_x(x)
   gamma = _check_radius(gamma, "gamma", positive=True)
   _check_int(num_steps, "num_steps", 1)
-  _check_clip(clip_min, clip_max)
+  _check_clip(clip_min, clip_max, x)
   grad = _input_grad(logits_fn, _loss(loss), _labels(logits_fn, x, y, False), 1.0)
 
   def attack_one(gamma):

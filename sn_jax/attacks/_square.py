@@ -244,7 +244,7 @@ def square(
     raise ValueError(f"`p_init` must be a number in (0, 1], got {p_init!r}.")
   if key is None:
     raise ValueError("Square draws random squares: pass a PRNG `key`, e.g. jax.random.key(0).")
-  _check_clip(clip_min, clip_max)
+  _check_clip(clip_min, clip_max, x)
   labels = _labels(logits_fn, x, y, False)
   if not isinstance(rescale_schedule, bool):
     raise ValueError(f"`rescale_schedule` must be True or False, got {rescale_schedule!r}.")

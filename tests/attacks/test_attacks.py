@@ -747,6 +747,11 @@ _Y = jnp.array([0, 1])
       r"`clip_min` must be <= `clip_max`, got clip_min=1.0 > clip_max=0.0",
     ),
     (
+      lambda: attacks.fgm(_F, _X, eps=0.1, clip_max=jnp.ones((3, 4))),
+      ValueError,
+      r"`clip_max` must broadcast to the shape of `x` \(2, 4\).*got shape \(3, 4\)",
+    ),
+    (
       lambda: attacks.pgd(_F, _X, eps=0.1, random_start=True),
       ValueError,
       r"`random_start` needs a PRNG `key`",

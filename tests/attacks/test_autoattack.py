@@ -316,6 +316,11 @@ BAD = [
   (dict(y=np.array([0.0, 1.0])), TypeError, "`y` must hold integer class labels"),
   (dict(x=np.zeros((2, *SHAPE), np.int32)), TypeError, "`x` must be floating point"),
   (dict(clip_min=1.0, clip_max=0.0), ValueError, "`clip_min` must be <= `clip_max`"),
+  (
+    dict(chunk_size=1, clip_min=np.zeros((3, *SHAPE), np.float32)),
+    ValueError,
+    r"`clip_min` must broadcast to the shape of `x` \(2, 5, 5, 1\).*got shape \(3, 5, 5, 1\)",
+  ),
   (dict(logits_fn=F3), ValueError, "attack 'apgd-t' needs at least 4 classes"),
 ]
 

@@ -261,6 +261,11 @@ BAD = [
     "`x` must be floating",
   ),
   (
+    lambda: attacks.square(f3, X, Y, eps=0.1, clip_min=np.zeros((2, 2, 3, 1)), key=KEY),
+    ValueError,
+    "`clip_min` must broadcast to the shape of `x`",
+  ),
+  (
     lambda: attacks.square(f3, X, Y, eps=0.1, clip_min=1.0, clip_max=0.0, key=KEY),
     ValueError,
     "`clip_min` must be <= `clip_max`",
