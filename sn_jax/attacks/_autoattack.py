@@ -368,16 +368,13 @@ def _on_robust(attack, x, y, box, robust, key, chunk_size: int | None) -> jax.Ar
     a = jnp.concatenate([a, jnp.repeat(a[:1], num_chunks * chunk_size - batch, axis=0)])
     return a.reshape(num_chunks, chunk_size, *a.shape[1:])
 
-  per_example = [_per_example(bound, x) for bound in box]
-  chunked_box = [
-    chunks(jnp.broadcast_to(bound, x.shape)) if each else None
-    for bound, each in zip(box, per_example, strict=True)
-  ]
+  # A bound with one value per example is chunked with its examples; the others hold for all.
+  chunked_box = [chunks(jnp.broadcast_to(b, x.shape)) if _per_example(b, x) else None for b in box]
 
   def one(inputs):
     x_chunk, y_chunk, robust_chunk, chunk_key, box_chunk = inputs
     clip_min, clip_max = (
-      part if each else bound for bound, part, each in zip(box, box_chunk, per_example, strict=True)
+      b if part is None else part for b, part in zip(box, box_chunk, strict=True)
     )
     run = lambda: attack(
       x_chunk, y_chunk, key=chunk_key, active=robust_chunk, clip_min=clip_min, clip_max=clip_max
