@@ -25,6 +25,7 @@ POLYPHASE_MIN_KERNEL_STRIDES = 3
 MATMUL_INPUT_GRADIENT_MIN_RATIO = 1.25
 MATMUL_INPUT_GRADIENT_MAX_CHANNELS = 7
 FOURIER_MAX_MULTIPLICATIONS = 0.7
+FOURIER_FORWARD_MAX_MULTIPLICATIONS = 0.5
 
 
 def _backend(backend: str | None) -> str:
@@ -66,7 +67,11 @@ def fourier_multiplications(spec: ConvSpec, input_shape: Sequence[int]) -> tuple
 
 
 def choose_formulation(
-  spec: ConvSpec, *, backend: str | None = None, input_shape: Sequence[int] | None = None
+  spec: ConvSpec,
+  *,
+  backend: str | None = None,
+  input_shape: Sequence[int] | None = None,
+  forward_only: bool = False,
 ) -> str:
   """The formulation that ``formulation='auto'`` computes a convolution with on a backend.
 
@@ -83,7 +88,11 @@ def choose_formulation(
     default schedule (JAX 0.10.2).
   - CPU, one feature group, ``'fourier'`` needing at most ``FOURIER_MAX_MULTIPLICATIONS``
     (0.7) of the layer's own multiplications (:func:`fourier_multiplications`; needs
-    ``input_shape``) and its transform fitting in memory: ``'fourier'``.
+    ``input_shape``) and its transform fitting in memory: ``'fourier'``. With
+    ``forward_only=True`` (the convolution's value alone, not differentiated), at most
+    ``FOURIER_FORWARD_MAX_MULTIPLICATIONS`` (0.5): a forward pass cannot share the
+    transforms of its input and kernel with the gradients, which is where ``'fourier'`` gains
+    in a training or attack step.
   - CPU, strided, the dilated kernel spanning at least ``POLYPHASE_MIN_KERNEL_STRIDES`` (3)
     strides in some dimension: ``'polyphase'``, whose gradients are stride-1 convolutions.
   - CPU, otherwise: ``'direct'``.
@@ -98,6 +107,9 @@ def choose_formulation(
     backend: ``'cpu'``, ``'gpu'``, ``'tpu'``; defaults to ``jax.default_backend()``.
     input_shape: the input's shape ``(batch, *spatial, C_in)``, if known; without it the rule
       never picks ``'matmul'`` or ``'fourier'``.
+    forward_only: choose for a program that computes the convolution's value and no
+      derivative of it (:func:`sn_jax.conv` computes such a value by this choice and its
+      derivatives by the other).
 
   Returns:
     ``'direct'``, ``'polyphase'``, ``'matmul'`` or ``'fourier'``.
@@ -109,6 +121,9 @@ def choose_formulation(
     'polyphase'
     >>> convolution.choose_formulation(spec, backend='cpu', input_shape=(128, 14, 14, 64))
     'fourier'
+    >>> convolution.choose_formulation(
+    ...     spec, backend='cpu', input_shape=(128, 14, 14, 64), forward_only=True)
+    'polyphase'
     >>> convolution.choose_formulation(spec, backend='gpu', input_shape=(128, 14, 14, 64))
     'direct'
   """
@@ -126,7 +141,8 @@ def choose_formulation(
   if rows is not None and spec.feature_group_count == 1:
     fourier, direct = fourier_multiplications(spec, input_shape)
     spatial_as_run = stride_one(spec, input_shape)[0]
-    if fourier <= FOURIER_MAX_MULTIPLICATIONS * direct and _fourier_conv.fits(spatial_as_run):
+    most = FOURIER_FORWARD_MAX_MULTIPLICATIONS if forward_only else FOURIER_MAX_MULTIPLICATIONS
+    if fourier <= most * direct and _fourier_conv.fits(spatial_as_run):
       return "fourier"
   spans = [
     ((k - 1) * d + 1) / s

@@ -223,6 +223,31 @@ def test_choose_formulation_rule():
     assert choose(8, 2, backend=backend) == "direct"
 
 
+def test_a_value_alone_takes_fourier_only_at_half_the_multiplications():
+  """Where 'fourier' needs between 0.5 and 0.7 of a layer's multiplications, the layer's value
+  alone is computed by the next rule; at most 0.5, by 'fourier' too."""
+
+  def choose(kernel_size, strides, channels, size, padding, forward_only):
+    spec = convolution.conv_spec(
+      (kernel_size, kernel_size, *channels), channels[0], strides=strides, padding=padding
+    )
+    input_shape = (128, size, size, channels[0])
+    return convolution.choose_formulation(
+      spec, backend="cpu", input_shape=input_shape, forward_only=forward_only
+    )
+
+  layers = {  # the zoo's 'fourier' layers: ratio of multiplications, then the forward's choice
+    (6, 2, (64, 128), 14, "VALID"): "polyphase",  # ELU-Net's second: 0.64
+    (3, 1, (128, 128), 7, "SAME"): "direct",  # the mini Inception's 7x7 layers: 0.69 to 0.57
+    (3, 1, (336, 160), 7, "SAME"): "direct",
+    (5, 1, (96, 256), 13, "SAME"): "fourier",  # the mini AlexNet's second: 0.48
+  }
+  for layer, forward in layers.items():
+    assert choose(*layer, forward_only=False) == "fourier"
+    assert choose(*layer, forward_only=True) == forward
+  assert choose(3, 1, (64, 64), 7, "SAME", forward_only=True) == "direct"  # no 'fourier' either
+
+
 def test_choose_formulation_takes_polyphase_for_thin_strided_layers():
   """ELU-Net's 8x8 stride-2 first layer: polyphase at any batch, never the matrix product."""
   spec = convolution.conv_spec((8, 8, 1, 64), 1, strides=2)
