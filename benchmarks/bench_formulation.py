@@ -204,7 +204,9 @@ def table(grid, build, *, batch, repeats, rounds, forward_only=False):
     )
     input_shape = (batch, size, size, c_in)
     auto = convolution.choose_formulation(spec, input_shape=input_shape, forward_only=forward_only)
-    fourier, direct = convolution.fourier_multiplications(spec, input_shape)
+    fourier, direct = convolution.fourier_multiplications(
+      spec, input_shape, with_kernel=forward_only
+    )
     fastest = min(ms, key=ms.get)
     rows.append(
       [

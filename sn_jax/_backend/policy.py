@@ -51,16 +51,27 @@ def custom_derivatives(backend: str | None = None) -> bool:
   return _backend(backend) == "cpu"
 
 
-def fourier_multiplications(spec: ConvSpec, input_shape: Sequence[int]) -> tuple[int, int]:
+def fourier_multiplications(
+  spec: ConvSpec, input_shape: Sequence[int], *, with_kernel: bool = False
+) -> tuple[int, int]:
   """Real multiplications per example of ``'fourier'`` and of the convolution itself, each
   kernel tap times each output position and channel pair: ``(fourier, direct)``.
 
   Args:
     spec: the convolution, from :func:`sn_jax.ops.convolution.conv_spec`.
     input_shape: its input's shape ``(batch, *spatial, C_in)``.
+    with_kernel: count the kernel's transform too, shared by the batch's examples (a value
+      alone pays it; in a differentiated program the gradients share it with the value).
   """
   run = stride_one(spec, input_shape)
   fourier = _fourier_conv.multiplications(*run, spec.features, spec.feature_group_count)
+  if with_kernel:
+    spatial, kernel_size, _, in_features = run
+    groups = spec.feature_group_count
+    kernel = _fourier_conv.kernel_multiplications(
+      spatial, kernel_size, in_features, spec.features, groups
+    )
+    fourier += kernel // max(input_shape[0], 1)
   pairs = spec.in_features * spec.features // spec.feature_group_count
   direct = math.prod(spec.kernel_size) * math.prod(output_spatial(spec, input_shape)) * pairs
   return fourier, direct
@@ -90,9 +101,10 @@ def choose_formulation(
     (0.7) of the layer's own multiplications (:func:`fourier_multiplications`; needs
     ``input_shape``) and its transform fitting in memory: ``'fourier'``. With
     ``forward_only=True`` (the convolution's value alone, not differentiated), at most
-    ``FOURIER_FORWARD_MAX_MULTIPLICATIONS`` (0.5): a forward pass cannot share the
-    transforms of its input and kernel with the gradients, which is where ``'fourier'`` gains
-    in a training or attack step.
+    ``FOURIER_FORWARD_MAX_MULTIPLICATIONS`` (0.5), counting the kernel's transform over the
+    batch (``with_kernel=True``): a forward pass cannot share the transforms of its input and
+    kernel with the gradients, which is where ``'fourier'`` gains in a training or attack
+    step.
   - CPU, strided, the dilated kernel spanning at least ``POLYPHASE_MIN_KERNEL_STRIDES`` (3)
     strides in some dimension: ``'polyphase'``, whose gradients are stride-1 convolutions.
   - CPU, otherwise: ``'direct'``.
@@ -139,7 +151,7 @@ def choose_formulation(
   if not thin and rows is not None and rows <= MATMUL_MAX_ROWS:
     return "matmul"
   if rows is not None and spec.feature_group_count == 1:
-    fourier, direct = fourier_multiplications(spec, input_shape)
+    fourier, direct = fourier_multiplications(spec, input_shape, with_kernel=forward_only)
     spatial_as_run = stride_one(spec, input_shape)[0]
     most = FOURIER_FORWARD_MAX_MULTIPLICATIONS if forward_only else FOURIER_MAX_MULTIPLICATIONS
     if fourier <= most * direct and _fourier_conv.fits(spatial_as_run):
