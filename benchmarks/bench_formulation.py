@@ -1,6 +1,6 @@
 """Measures the convolutions' formulations (direct, polyphase, matmul, fourier), to set the rule.
 
-Four tables. ``conv_formulation_<backend>``: for each shape of a grid (kernel size, stride,
+Three tables. ``conv_formulation_<backend>``: for each shape of a grid (kernel size, stride,
 dilation, channels, input size) it times, for every formulation side by side on the default
 backend, at a training batch, the gradient of a two-layer network
 ``sum(elu(conv_strided(elu(conv_1x1(x)))) ** 2)`` with respect to the input and both kernels:
@@ -16,16 +16,11 @@ derived from both; the 'auto / fastest' column says what the rule loses where it
 ``conv_input_gradient_<backend>``: for layers computed 'direct' or 'polyphase', the two forms
 of the input gradient ('conv', 'matmul'), in the same network at a training batch: the
 gradient in the input alone (an attack step) and in the input and both kernels (a training
-step); ``sn_jax.ops.convolution.choose_input_gradient`` states the rule.
-``conv_forward_<backend>``: the same network's value alone (what an evaluation or a
-score-based attack's query computes), per formulation at batches 32 and 128, against the
-formulation ``choose_formulation(..., forward_only=True)`` picks for a value that nothing
-differentiates. Every program compiles
+step); ``sn_jax.ops.convolution.choose_input_gradient`` states the rule. Every program compiles
 with ``sn_jax.compiler_options()``, as sn_jax's trainer does, in a process that retains freed
 host memory (see ``timing``).
 
-Run: ``python benchmarks/bench_formulation.py`` (``--quick``: tiny shapes, nothing recorded;
-``--tables forward``: only the named tables).
+Run: ``python benchmarks/bench_formulation.py`` (``--quick``: two tiny shapes, nothing recorded).
 """
 
 from __future__ import annotations
@@ -91,20 +86,6 @@ INPUT_GRADIENT_GRID = [
   (3, 1, 1, (8, 16), 28, "SAME", "direct"),
 ]
 QUICK_INPUT_GRADIENT_GRID = [(3, 1, 1, (4, 8), 7, "VALID", "direct")]
-# The layers where a value alone may take another formulation than its gradients: the zoo's
-# 'fourier' layers (ELU-Net's second, the mini AlexNet's second, the mini Inception's 7x7
-# ones), and stride-1 layers of FULL_GRID whose 'fourier' ratio lies under 0.7.
-FORWARD_GRID = [
-  (6, 2, 1, (64, 128), 14, "VALID"),
-  (5, 1, 1, (96, 256), 13, "SAME"),
-  (3, 1, 1, (128, 128), 7, "SAME"),
-  (3, 1, 1, (240, 160), 7, "SAME"),
-  (3, 1, 1, (336, 160), 7, "SAME"),
-  (7, 1, 1, (64, 64), 14, "SAME"),
-  (5, 1, 1, (64, 64), 14, "SAME"),
-]
-QUICK_FORWARD_GRID = [(6, 2, 1, (8, 16), 14, "VALID")]
-FORWARD_BATCHES = (32, 128)
 
 
 def loss(kernels, x, *, strides, dilation, padding, formulation, input_gradient="auto"):
@@ -151,18 +132,6 @@ def network_gradient(kernel_size, stride, dilation, c_in, c_out, size, padding, 
   return fns
 
 
-def network_value(kernel_size, stride, dilation, c_in, c_out, size, padding, *, batch):
-  """Per formulation, the compiled value of :func:`loss` alone (an evaluation, a Square query)."""
-  x, pre, kernel = _inputs(kernel_size, c_in, c_out, size, batch)
-  fns = {}
-  for formulation in FORMULATIONS:
-    value = functools.partial(
-      loss, strides=stride, dilation=dilation, padding=padding, formulation=formulation
-    )
-    fns[formulation] = _compiled(value, (pre, kernel), x)
-  return fns
-
-
 def power_step(kernel_size, stride, dilation, c_in, c_out, size, padding, *, batch):
   """Per formulation, one power-iteration step on one example's map and sigma's gradient."""
   del batch  # one example
@@ -187,9 +156,8 @@ def power_step(kernel_size, stride, dilation, c_in, c_out, size, padding, *, bat
   return fns
 
 
-def table(grid, build, *, batch, repeats, rounds, forward_only=False):
-  """One row per shape: each formulation's median ms, the fastest, and the rule's choice
-  (for a value alone with ``forward_only``)."""
+def table(grid, build, *, batch, repeats, rounds):
+  """One row per shape: each formulation's median ms, the fastest, and the rule's choice."""
   rows = []
   for kernel_size, stride, dilation, (c_in, c_out), size, padding in grid:
     fns = build(kernel_size, stride, dilation, c_in, c_out, size, padding, batch=batch)
@@ -203,10 +171,8 @@ def table(grid, build, *, batch, repeats, rounds, forward_only=False):
       padding=padding,
     )
     input_shape = (batch, size, size, c_in)
-    auto = convolution.choose_formulation(spec, input_shape=input_shape, forward_only=forward_only)
-    fourier, direct = convolution.fourier_multiplications(
-      spec, input_shape, with_kernel=forward_only
-    )
+    auto = convolution.choose_formulation(spec, input_shape=input_shape)
+    fourier, direct = convolution.fourier_multiplications(spec, input_shape)
     fastest = min(ms, key=ms.get)
     rows.append(
       [
@@ -296,46 +262,18 @@ HEADER = [
 ]
 
 
-def forward_table(grid, *, batches, repeats, rounds):
-  """:func:`table` of the values alone, at each of ``batches``, the batch first in each row."""
-  return [
-    [batch, *row]
-    for batch in batches
-    for row in table(
-      grid, network_value, batch=batch, repeats=repeats, rounds=rounds, forward_only=True
-    )
-  ]
-
-
-TABLES = ("network", "power", "input-gradient", "forward")
-
-
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="tiny shapes, few repeats")
   parser.add_argument("--batch", type=int, default=None)
-  parser.add_argument(
-    "--tables", nargs="+", choices=TABLES, default=TABLES, help="which tables to measure"
-  )
   args = parser.parse_args(argv)
   batch = args.batch or (4 if args.quick else 128)
   options = dict(repeats=4, rounds=2) if args.quick else dict(repeats=6, rounds=3)
-  network = steps = input_gradients = forward = None
-  if "network" in args.tables:
-    grid = QUICK_GRID if args.quick else FULL_GRID
-    network = table(grid, network_gradient, batch=batch, **options)
-  if "power" in args.tables:
-    steps = table(QUICK_POWER_GRID if args.quick else POWER_GRID, power_step, batch=1, **options)
-  if "input-gradient" in args.tables:
-    input_gradients = input_gradient_table(
-      QUICK_INPUT_GRADIENT_GRID if args.quick else INPUT_GRADIENT_GRID, batch=batch, **options
-    )
-  if "forward" in args.tables:
-    forward = forward_table(
-      QUICK_FORWARD_GRID if args.quick else FORWARD_GRID,
-      batches=(batch,) if args.quick or args.batch else FORWARD_BATCHES,
-      **options,
-    )
+  network = table(QUICK_GRID if args.quick else FULL_GRID, network_gradient, batch=batch, **options)
+  steps = table(QUICK_POWER_GRID if args.quick else POWER_GRID, power_step, batch=1, **options)
+  input_gradients = input_gradient_table(
+    QUICK_INPUT_GRADIENT_GRID if args.quick else INPUT_GRADIENT_GRID, batch=batch, **options
+  )
   network_notes = (
     f"Batch {batch}; gradient of sum(elu(conv(elu(conv_1x1(x))))^2) in the input and both "
     f"kernels, jitted with sn_jax.compiler_options() ({OPTIONS or 'none'}); medians of "
@@ -352,25 +290,22 @@ def main(argv: list[str] | None = None) -> None:
     "'conv' / 'matmul' the form of the layer's input gradient; jitted with "
     "sn_jax.compiler_options(); medians of interleaved runs."
   )
-  forward_notes = (
-    "The value alone of the network of the first table, sum(elu(conv(elu(conv_1x1(x))))^2), at "
-    "each batch; 'auto picks' the formulation chosen for a value that nothing differentiates "
-    "(choose_formulation(..., forward_only=True)); jitted with sn_jax.compiler_options(); "
-    "medians of interleaved runs."
-  )
-  results = [
-    ("conv_formulation", HEADER, network, network_notes),
-    ("conv_power_step", HEADER, steps, step_notes),
-    ("conv_input_gradient", INPUT_GRADIENT_HEADER, input_gradients, input_gradient_notes),
-    ("conv_forward", ["batch", *HEADER], forward, forward_notes),
-  ]
-  for name, header, rows, notes in results:
-    if rows is None:
-      continue
-    if args.quick:  # A smoke run: print, never overwrite the recorded tables.
-      print(timing.markdown_table(header, rows))
-    else:
-      print(timing.record(f"{name}_{jax.default_backend()}", header, rows, notes=notes))
+  if args.quick:  # A smoke run: print, never overwrite the recorded tables.
+    print(timing.markdown_table(HEADER, network))
+    print(timing.markdown_table(HEADER, steps))
+    print(timing.markdown_table(INPUT_GRADIENT_HEADER, input_gradients))
+  else:
+    backend = jax.default_backend()
+    print(timing.record(f"conv_formulation_{backend}", HEADER, network, notes=network_notes))
+    print(timing.record(f"conv_power_step_{backend}", HEADER, steps, notes=step_notes))
+    print(
+      timing.record(
+        f"conv_input_gradient_{backend}",
+        INPUT_GRADIENT_HEADER,
+        input_gradients,
+        notes=input_gradient_notes,
+      )
+    )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ POLYPHASE_MIN_KERNEL_STRIDES = 3
 MATMUL_INPUT_GRADIENT_MIN_RATIO = 1.25
 MATMUL_INPUT_GRADIENT_MAX_CHANNELS = 7
 FOURIER_MAX_MULTIPLICATIONS = 0.7
-FOURIER_FORWARD_MAX_MULTIPLICATIONS = 0.5
 
 
 def _backend(backend: str | None) -> str:
@@ -51,38 +50,23 @@ def custom_derivatives(backend: str | None = None) -> bool:
   return _backend(backend) == "cpu"
 
 
-def fourier_multiplications(
-  spec: ConvSpec, input_shape: Sequence[int], *, with_kernel: bool = False
-) -> tuple[int, int]:
+def fourier_multiplications(spec: ConvSpec, input_shape: Sequence[int]) -> tuple[int, int]:
   """Real multiplications per example of ``'fourier'`` and of the convolution itself, each
   kernel tap times each output position and channel pair: ``(fourier, direct)``.
 
   Args:
     spec: the convolution, from :func:`sn_jax.ops.convolution.conv_spec`.
     input_shape: its input's shape ``(batch, *spatial, C_in)``.
-    with_kernel: count the kernel's transform too, shared by the batch's examples (a value
-      alone pays it; in a differentiated program the gradients share it with the value).
   """
   run = stride_one(spec, input_shape)
   fourier = _fourier_conv.multiplications(*run, spec.features, spec.feature_group_count)
-  if with_kernel:
-    spatial, kernel_size, _, in_features = run
-    groups = spec.feature_group_count
-    kernel = _fourier_conv.kernel_multiplications(
-      spatial, kernel_size, in_features, spec.features, groups
-    )
-    fourier += kernel // max(input_shape[0], 1)
   pairs = spec.in_features * spec.features // spec.feature_group_count
   direct = math.prod(spec.kernel_size) * math.prod(output_spatial(spec, input_shape)) * pairs
   return fourier, direct
 
 
 def choose_formulation(
-  spec: ConvSpec,
-  *,
-  backend: str | None = None,
-  input_shape: Sequence[int] | None = None,
-  forward_only: bool = False,
+  spec: ConvSpec, *, backend: str | None = None, input_shape: Sequence[int] | None = None
 ) -> str:
   """The formulation that ``formulation='auto'`` computes a convolution with on a backend.
 
@@ -99,12 +83,7 @@ def choose_formulation(
     default schedule (JAX 0.10.2).
   - CPU, one feature group, ``'fourier'`` needing at most ``FOURIER_MAX_MULTIPLICATIONS``
     (0.7) of the layer's own multiplications (:func:`fourier_multiplications`; needs
-    ``input_shape``) and its transform fitting in memory: ``'fourier'``. With
-    ``forward_only=True`` (the convolution's value alone, not differentiated), at most
-    ``FOURIER_FORWARD_MAX_MULTIPLICATIONS`` (0.5), counting the kernel's transform over the
-    batch (``with_kernel=True``): a forward pass cannot share the transforms of its input and
-    kernel with the gradients, which is where ``'fourier'`` gains in a training or attack
-    step.
+    ``input_shape``) and its transform fitting in memory: ``'fourier'``.
   - CPU, strided, the dilated kernel spanning at least ``POLYPHASE_MIN_KERNEL_STRIDES`` (3)
     strides in some dimension: ``'polyphase'``, whose gradients are stride-1 convolutions.
   - CPU, otherwise: ``'direct'``.
@@ -119,9 +98,6 @@ def choose_formulation(
     backend: ``'cpu'``, ``'gpu'``, ``'tpu'``; defaults to ``jax.default_backend()``.
     input_shape: the input's shape ``(batch, *spatial, C_in)``, if known; without it the rule
       never picks ``'matmul'`` or ``'fourier'``.
-    forward_only: choose for a program that computes the convolution's value and no
-      derivative of it (:func:`sn_jax.conv` computes such a value by this choice and its
-      derivatives by the other).
 
   Returns:
     ``'direct'``, ``'polyphase'``, ``'matmul'`` or ``'fourier'``.
@@ -133,9 +109,6 @@ def choose_formulation(
     'polyphase'
     >>> convolution.choose_formulation(spec, backend='cpu', input_shape=(128, 14, 14, 64))
     'fourier'
-    >>> convolution.choose_formulation(
-    ...     spec, backend='cpu', input_shape=(128, 14, 14, 64), forward_only=True)
-    'polyphase'
     >>> convolution.choose_formulation(spec, backend='gpu', input_shape=(128, 14, 14, 64))
     'direct'
   """
@@ -151,10 +124,9 @@ def choose_formulation(
   if not thin and rows is not None and rows <= MATMUL_MAX_ROWS:
     return "matmul"
   if rows is not None and spec.feature_group_count == 1:
-    fourier, direct = fourier_multiplications(spec, input_shape, with_kernel=forward_only)
+    fourier, direct = fourier_multiplications(spec, input_shape)
     spatial_as_run = stride_one(spec, input_shape)[0]
-    most = FOURIER_FORWARD_MAX_MULTIPLICATIONS if forward_only else FOURIER_MAX_MULTIPLICATIONS
-    if fourier <= most * direct and _fourier_conv.fits(spatial_as_run):
+    if fourier <= FOURIER_MAX_MULTIPLICATIONS * direct and _fourier_conv.fits(spatial_as_run):
       return "fourier"
   spans = [
     ((k - 1) * d + 1) / s

@@ -75,19 +75,6 @@ def multiplications(
   return products + 2 * freqs * math.prod(spatial_shape) * in_features + 4 * freqs * out * features
 
 
-def kernel_multiplications(
-  spatial_shape: Sequence[int],
-  kernel_size: Sequence[int],
-  in_features: int,
-  features: int,
-  feature_group_count: int = 1,
-) -> int:
-  """Real multiplications of the kernel's transform, ``2 F T C_in C_out / g`` (``T =
-  prod(kernel_size)``): once per call of :func:`fourier_conv`, whatever its batch."""
-  taps = math.prod(kernel_size)
-  return 2 * frequencies(spatial_shape) * taps * in_features * features // feature_group_count
-
-
 def transform_entries(spatial_shape: Sequence[int]) -> int:
   """The entries of the input's transform matrix, ``2 F prod(spatial_shape)``."""
   return 2 * frequencies(spatial_shape) * math.prod(spatial_shape)

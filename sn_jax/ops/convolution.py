@@ -12,13 +12,9 @@ Layouts follow Flax: inputs are channels-last ``(batch, *spatial, C_in)`` and ke
 
 from __future__ import annotations
 
-import functools
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.custom_derivatives import SymbolicZero
 
 from sn_jax._backend import policy
 from sn_jax._backend.policy import choose_formulation as choose_formulation
@@ -85,13 +81,7 @@ def conv(
   are matrix products with fewer multiplications when the kernel is large against its input
   (:func:`fourier_multiplications`). ``'auto'`` (the default) picks one by
   :func:`choose_formulation`, from the shapes and the backend alone: on GPU and TPU, plain
-  ``lax.conv_general_dilated`` with JAX's own derivatives. On CPU, where the rule picks
-  ``'fourier'`` for a layer it may pick another formulation for the layer's value alone
-  (``forward_only=True``: a forward pass cannot share the transforms with the gradients): the
-  convolution is then computed by that one where nothing differentiates it (an evaluation, a
-  score-based attack's query) and by ``'fourier'`` where something does (``grad``, ``vjp``,
-  ``jvp``: value and derivatives together, as with ``formulation='fourier'``);
-  ``jax.linear_transpose`` transposes the former. Measured costs are in
+  ``lax.conv_general_dilated`` with JAX's own derivatives. Measured costs are in
   ``benchmarks/README.md``.
 
   The gradient with respect to the input of a ``'direct'`` or ``'polyphase'`` convolution has
@@ -178,71 +168,25 @@ def conv_with_spec(
   """
   _check_choice("formulation", formulation, FORMULATIONS)
   _check_choice("input_gradient", input_gradient, INPUT_GRADIENT_CHOICES)
-  if formulation != "auto":
-    return _formulated(x, kernel, _Choice(spec, precision, formulation, input_gradient))
-  derived = _Choice(spec, precision, choose_formulation(spec, input_shape=x.shape), input_gradient)
-  forward = derived._replace(
-    formulation=choose_formulation(spec, input_shape=x.shape, forward_only=True)
-  )
-  if forward == derived:
-    return _formulated(x, kernel, derived)
-  return _forward_apart(x, kernel, forward, derived)
-
-
-class _Choice(NamedTuple):
-  """A convolution and the formulation that computes it (static, for ``jax.custom_jvp``)."""
-
-  spec: ConvSpec
-  precision: lax.PrecisionLike
-  formulation: str
-  input_gradient: str
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _forward_apart(x: jax.Array, kernel: jax.Array, forward: _Choice, derived: _Choice):
-  """The convolution by ``forward`` where nothing differentiates it, by ``derived`` where
-  something does (its value and its derivatives, which then share their transforms).
-
-  ``jax.linear_transpose`` transposes the value's formulation, ``forward``.
-  """
-  return _formulated(x, kernel, forward)
-
-
-def _forward_apart_jvp(forward: _Choice, derived: _Choice, primals, tangents):
-  del forward
-  x, kernel = primals
-  x_dot, kernel_dot = tangents
-  if isinstance(kernel_dot, SymbolicZero):
-    return jax.jvp(lambda x: _formulated(x, kernel, derived), (x,), (x_dot,))
-  if isinstance(x_dot, SymbolicZero):
-    return jax.jvp(lambda k: _formulated(x, k, derived), (kernel,), (kernel_dot,))
-  return jax.jvp(lambda x, k: _formulated(x, k, derived), primals, tangents)
-
-
-_forward_apart.defjvp(_forward_apart_jvp, symbolic_zeros=True)
-
-
-def _formulated(x: jax.Array, kernel: jax.Array, choice: _Choice) -> jax.Array:
-  """The convolution computed by ``choice.formulation`` (not ``'auto'``)."""
-  spec, precision = choice.spec, choice.precision
+  if formulation == "auto":
+    formulation = choose_formulation(spec, input_shape=x.shape)
   mode, pads = explicit_padding(spec, x.shape[1:-1])
   if mode is not None:
     x = jnp.pad(x, ((0, 0), *pads, (0, 0)), mode=mode)
     pads = ((0, 0),) * spec.num_spatial_dims
-  if choice.formulation == "matmul":
+  if formulation == "matmul":
     return matmul_conv(x, kernel, spec, pads, precision)
   strides, dilation = spec.strides, spec.kernel_dilation
-  if choice.formulation in ("polyphase", "fourier") and any(s > 1 for s in strides):
+  if formulation in ("polyphase", "fourier") and any(s > 1 for s in strides):
     x, kernel, dilation = polyphase_operands(x, kernel, spec, pads)
     strides, pads = (1,) * spec.num_spatial_dims, ((0, 0),) * spec.num_spatial_dims
-  if choice.formulation == "fourier":
+  if formulation == "fourier":
     x = zero_pad(x, pads)
     attrs = _fourier_conv.FourierAttributes(
       kernel.shape[:-2], dilation, spec.feature_group_count, precision
     )
     return _fourier_conv.fourier_conv(x, kernel, attrs)
   attrs = ConvAttributes(strides, tuple(pads), dilation, spec.feature_group_count, precision)
-  input_gradient = choice.input_gradient
   if input_gradient == "auto":
     input_gradient = choose_input_gradient(attrs.spec(kernel.shape, x.shape[-1]), x.shape)
   if input_gradient == "conv" and not policy.custom_derivatives():

@@ -223,41 +223,6 @@ def test_choose_formulation_rule():
     assert choose(8, 2, backend=backend) == "direct"
 
 
-def test_a_value_alone_takes_fourier_only_at_half_the_multiplications():
-  """Where 'fourier' needs between 0.5 and 0.7 of a layer's multiplications, the layer's value
-  alone is computed by the next rule; at most 0.5, counting the kernel's transform over the
-  batch, by 'fourier' too."""
-
-  def choose(kernel_size, strides, channels, size, padding, forward_only, batch=128):
-    spec = convolution.conv_spec(
-      (kernel_size, kernel_size, *channels), channels[0], strides=strides, padding=padding
-    )
-    input_shape = (batch, size, size, channels[0])
-    return convolution.choose_formulation(
-      spec, backend="cpu", input_shape=input_shape, forward_only=forward_only
-    )
-
-  layers = {  # the zoo's 'fourier' layers: ratio of multiplications, then the forward's choice
-    (6, 2, (64, 128), 14, "VALID"): "polyphase",  # ELU-Net's second: 0.64
-    (3, 1, (128, 128), 7, "SAME"): "direct",  # the mini Inception's 7x7 layers: 0.69 to 0.57
-    (3, 1, (336, 160), 7, "SAME"): "direct",
-    (5, 1, (96, 256), 13, "SAME"): "fourier",  # the mini AlexNet's second: 0.48, 0.495 with
-  }  # its kernel's transform over 128 examples
-  for layer, forward in layers.items():
-    assert choose(*layer, forward_only=False) == "fourier"
-    assert choose(*layer, forward_only=True) == forward
-  alexnet = (5, 1, (96, 256), 13, "SAME")
-  assert choose(*alexnet, forward_only=True, batch=32) == "direct"  # 0.54 over 32 examples
-  assert choose(*alexnet, forward_only=False, batch=32) == "fourier"
-  assert choose(3, 1, (64, 64), 7, "SAME", forward_only=True) == "direct"  # no 'fourier' either
-  spec = convolution.conv_spec((5, 5, 96, 256), 96)
-  per_example, direct = convolution.fourier_multiplications(spec, (128, 13, 13, 96))
-  with_kernel, _ = convolution.fourier_multiplications(spec, (128, 13, 13, 96), with_kernel=True)
-  kernel = 2 * (17 * 9) * 25 * 96 * 256  # 2 F T C_in C_out on the padded 17x17 grid
-  assert with_kernel == per_example + kernel // 128
-  assert direct == 13 * 13 * 25 * 96 * 256
-
-
 def test_choose_formulation_takes_polyphase_for_thin_strided_layers():
   """ELU-Net's 8x8 stride-2 first layer: polyphase at any batch, never the matrix product."""
   spec = convolution.conv_spec((8, 8, 1, 64), 1, strides=2)

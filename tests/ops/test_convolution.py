@@ -5,7 +5,6 @@ rules): outputs and both gradients must agree to a relative 1e-5 for every formu
 linear map (its materialized matrix, its adjoint, its operator norm) must not depend on it.
 """
 
-import functools
 import math
 import random
 
@@ -229,49 +228,6 @@ def test_fourier_computes_by_matrix_products_alone():
   jaxpr = jax.make_jaxpr(jax.value_and_grad(loss, argnums=(0, 1)))(x, kernel).jaxpr
   assert not _equations(jaxpr)
   assert _equations(jaxpr, "dot_general")
-
-
-def test_auto_computes_a_value_alone_by_its_forward_choice_and_derivatives_by_the_other():
-  """ELU-Net's second layer at a batch of 41 rows of patches too many for 'matmul': 'fourier'
-  for what is differentiated, 'polyphase' for a value alone. The value alone is computed
-  without a transform; the value and gradients of a differentiated call are bit for bit those
-  of 'fourier' forced; forward mode, vmap and the transpose agree with 'direct' to 1e-5."""
-  spec = convolution.conv_spec((6, 6, 64, 128), 64, strides=2, padding="VALID")
-  x_shape = (41, 14, 14, 64)
-  choose = functools.partial(convolution.choose_formulation, spec, backend="cpu")
-  assert (choose(input_shape=x_shape), choose(input_shape=x_shape, forward_only=True)) == (
-    "fourier",
-    "polyphase",
-  )
-  key_x, key_k, key_c = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(key_x, x_shape)
-  kernel = jax.random.normal(key_k, (6, 6, 64, 128)) / 48.0
-  cotangent = jax.random.normal(key_c, (41, 5, 5, 128))
-
-  def conv(formulation):
-    return lambda x, k: sn_jax.conv(x, k, strides=2, padding="VALID", formulation=formulation)
-
-  forward = jax.make_jaxpr(conv("auto"))(x, kernel).jaxpr
-  assert _equations(forward)[0].params["window_strides"] == (1, 1)  # polyphase's convolution
-  assert not _equations(forward, "dot_general")
-
-  def value_and_vjp(formulation):
-    y, vjp = jax.vjp(conv(formulation), x, kernel)
-    return y, *vjp(cotangent)
-
-  differentiated = jax.jit(value_and_vjp, static_argnums=0)
-  for a, e in zip(differentiated("auto"), differentiated("fourier"), strict=True):
-    np.testing.assert_array_equal(a, e)
-  expected = differentiated("direct")
-  _assert_close(jax.jit(conv("auto"))(x, kernel), expected[0])
-  tangents = (jnp.cos(x), jnp.sin(kernel))
-  jvp = lambda f: jax.jit(lambda *a: jax.jvp(conv(f), a[:2], a[2:]))(x, kernel, *tangents)
-  for a, e in zip(jvp("auto"), jvp("direct"), strict=True):
-    _assert_close(a, e)
-  batched = jax.jit(jax.vmap(conv("auto"), in_axes=(None, 0)))(x, jnp.stack([kernel, -kernel]))
-  _assert_close(batched[1], -expected[0])
-  transpose = jax.linear_transpose(lambda x: conv("auto")(x, kernel), x)
-  _assert_close(transpose(cotangent)[0], expected[1])
 
 
 def test_fourier_refuses_an_input_too_large_to_transform():
