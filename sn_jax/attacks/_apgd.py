@@ -12,6 +12,7 @@ import numpy as np
 from jax import lax
 
 from sn_jax.attacks._common import (
+  _SMALLEST_BATCH,
   LogitsFn,
   LossFn,
   _bounds_of,
@@ -41,7 +42,6 @@ from sn_jax.attacks._dlr import dlr_loss, dlr_loss_targeted
 DrawFn = Callable[[jax.Array, jax.Array], jax.Array]  # (inputs, key) -> logits
 
 _MOMENTUM = 0.75  # alpha: weight of the new projected step against the previous update
-_SMALLEST_STEPPED = 4  # the smallest batch a run that stops fooled examples moves them to
 RunLossFn = Callable[[jax.Array, jax.Array, Any], jax.Array]  # (logits, labels, extra) -> (B,)
 
 
@@ -137,7 +137,7 @@ def _single_run(
 
   With ``stop_when_fooled`` (AutoAttack, which only asks whether an example is fooled), an
   example stops once it is misclassified: the steps run on a batch of half the size once the
-  unfooled examples fit in it, then half of that, ..., down to 4 (``_SMALLEST_STEPPED``), as
+  unfooled examples fit in it, then half of that, ..., down to 4 (``_SMALLEST_BATCH``), as
   Square does. Every computation is per example, so each example's iterates are those of the
   run without it (for a randomized model, the draws differ); clip bounds with a batch axis move
   with their examples. ``active`` (``(B,)`` bool, with ``stop_when_fooled`` only): the examples
@@ -234,7 +234,7 @@ def _single_run(
     part_extra = jax.tree.map(lambda a: a[chosen], extra)
     return step(x[chosen], labels[chosen], part_extra, *_bounds_of(chosen, x, clip_min, clip_max))
 
-  sizes = _shrinking_sizes(batch, 2, _SMALLEST_STEPPED)
+  sizes = _shrinking_sizes(batch, 2, _SMALLEST_BATCH)
   s = _on_shrinking_batches(step_on, state, lambda part: ~part.fooled, num_steps, sizes)
   return s.x_best, s.loss_best, s.x_fooled, s.fooled
 

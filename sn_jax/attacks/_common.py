@@ -302,6 +302,12 @@ def _ranked_targets(logits_fn, x, num_classes: int):
   return lambda k: ranked[:, num_classes - 2 - k]
 
 
+# The smallest batch an attack that leaves out its finished examples (APGD's and FAB's stopping
+# runs, Square's search) moves the others to: it halves its batch down to this many, one compiled
+# step per size, so at least half of the examples it steps are unfinished (above this size).
+_SMALLEST_BATCH = 4
+
+
 def _shrinking_sizes(size: int, divisor: int, smallest: int) -> list[int]:
   """``[size, ceil(size / divisor), ceil(that / divisor), ...]``, descending, none below
   ``smallest`` (but always ``size`` itself): the batch sizes an attack is compiled at when it

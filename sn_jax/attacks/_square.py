@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sn_jax.attacks._common import (
+  _SMALLEST_BATCH,
   LogitsFn,
   _bounds_of,
   _check_clip,
@@ -30,11 +31,6 @@ from sn_jax.attacks._common import (
 # The fraction p of the pixels a square covers drops by halves at these thresholds of the query
 # count (the reference schedule, for 10000 queries), or of 10000 * query / num_queries (rescaled).
 _P_THRESHOLDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
-# The search moves its unfooled examples to a batch of half the size, then half of that, ...,
-# down to this many: one compiled model evaluation per size. At each size it runs until its
-# unfooled examples fit the next one, so at least half of the examples it evaluates are unfooled
-# (above the smallest).
-_SMALLEST_SEARCH = 4
 
 
 def _square_sides(
@@ -354,7 +350,7 @@ def _square(
     x_best = jnp.where(_expand(searched, x), x_best, x)
     # Each example draws from its own key, so its search is the same at any size it runs at.
     keys = jax.vmap(jax.random.fold_in, (None, 0))(loop_key, jnp.arange(batch))
-    sizes = _shrinking_sizes(batch, 2, _SMALLEST_SEARCH) if compact else [batch]
+    sizes = _shrinking_sizes(batch, 2, _SMALLEST_BATCH) if compact else [batch]
     unfooled = lambda part: part[1] > 0
     x_best, _ = _on_shrinking_batches(
       search_on(eps, keys), (x_best, margin_best), unfooled, num_queries, sizes
