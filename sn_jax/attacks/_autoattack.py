@@ -141,16 +141,14 @@ def _attack_fns(
     run_options = dict(eot_iter=1, active=active, **apgd_options, **box)
     return _apgd(draw, logits_fn, x, y, eps, key, runs, loss_of_run, run_options)
 
-  def fab_untargeted(x, y, *, eps, key, runs, active, **box):
-    stopping = dict(stop_when_fooled=True, active=active)
-    run_options = dict(fab_options, **box)
-    return _fab(logits_fn, x, y, eps, key, runs, None, restarts, run_options, **stopping)
+  def fab_on(targeted: bool, num_restarts: int):
+    def attack(x, y, *, eps, key, runs, active, **box):
+      target_of = _ranked_targets(logits_fn, x, num_classes) if targeted else None
+      run_options = dict(fab_options, **box)
+      stopping = dict(stop_when_fooled=True, active=active)
+      return _fab(logits_fn, x, y, eps, key, runs, target_of, num_restarts, run_options, **stopping)
 
-  def fab_t(x, y, *, eps, key, runs, active, **box):
-    target_of = _ranked_targets(logits_fn, x, num_classes)
-    stopping = dict(stop_when_fooled=True, active=active)
-    run_options = dict(fab_options, **box)
-    return _fab(logits_fn, x, y, eps, key, runs, target_of, 1, run_options, **stopping)
+    return attack
 
   def square_attack(x, y, *, eps, key, runs, active, **box):
     del runs  # one run
@@ -161,8 +159,8 @@ def _attack_fns(
     "apgd-ce": apgd_on(cross_entropy),
     "apgd-dlr": apgd_on(dlr_loss),
     "apgd-t": (targets, apgd_t),
-    "fab": (restarts, fab_untargeted),
-    "fab-t": (targets, fab_t),
+    "fab": (restarts, fab_on(False, restarts)),
+    "fab-t": (targets, fab_on(True, 1)),
     "square": (1, square_attack),
   }
 

@@ -246,9 +246,20 @@ def square(
     raise ValueError(f"`rescale_schedule` must be True or False, got {rescale_schedule!r}.")
   if not isinstance(compact, bool):
     raise ValueError(f"`compact` must be True or False, got {compact!r}.")
-  options = dict(norm=norm, num_queries=num_queries, p_init=p_init, clip_min=clip_min)
-  options.update(rescale_schedule=rescale_schedule, clip_max=clip_max, compact=compact)
-  return _square(logits_fn, x, labels, eps, key, **options)
+  return _square(
+    logits_fn,
+    x,
+    labels,
+    eps,
+    key,
+    norm=norm,
+    num_queries=num_queries,
+    p_init=p_init,
+    rescale_schedule=rescale_schedule,
+    clip_min=clip_min,
+    clip_max=clip_max,
+    compact=compact,
+  )
 
 
 def _square(
