@@ -20,6 +20,7 @@ from sn_jax.attacks._common import (
   _check_fraction,
   _check_int,
   _check_norm,
+  _check_num_targets,
   _check_radius,
   _check_x,
   _clip,
@@ -480,11 +481,7 @@ def apgd_targeted(
   num_classes = _num_classes(logits_fn, x)
   if num_classes < 4:
     raise ValueError(f"`apgd_targeted` needs at least 4 classes, `logits_fn` gives {num_classes}.")
-  _check_int(num_target_classes, "num_target_classes", 1)
-  if num_target_classes > num_classes - 1:
-    raise ValueError(
-      f"`num_target_classes` (={num_target_classes}) must be <= C - 1 = {num_classes - 1}."
-    )
+  _check_num_targets(num_target_classes, num_classes)
   labels = _labels(logits_fn, x, y, False)
   options = dict(
     norm=norm, num_steps=num_steps, rho=rho, eot_iter=1, clip_min=clip_min, clip_max=clip_max

@@ -131,6 +131,15 @@ def _check_int(value: Any, name: str, minimum: int) -> None:
     raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
 
 
+def _check_num_targets(num_target_classes: Any, num_classes: int) -> None:
+  """``num_target_classes`` an int in ``[1, C - 1]``: the targeted attacks' classes to aim at."""
+  _check_int(num_target_classes, "num_target_classes", 1)
+  if num_target_classes > num_classes - 1:
+    raise ValueError(
+      f"`num_target_classes` (={num_target_classes}) must be <= C - 1 = {num_classes - 1}."
+    )
+
+
 def _check_fraction(value: Any, name: str) -> None:
   """``value`` a Python number in [0, 1] (an option such as APGD's ``rho`` or FAB's ``beta``)."""
   if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:

@@ -16,6 +16,7 @@ from sn_jax.attacks._common import (
   _check_fraction,
   _check_int,
   _check_norm,
+  _check_num_targets,
   _check_radius,
   _check_x,
   _clip,
@@ -449,11 +450,7 @@ def fab_targeted(
   x, eps, options["norm"], num_classes = _check_fab(
     logits_fn, x, eps, norm, num_restarts, options, key
   )
-  _check_int(num_target_classes, "num_target_classes", 1)
-  if num_target_classes > num_classes - 1:
-    raise ValueError(
-      f"`num_target_classes` (={num_target_classes}) must be <= C - 1 = {num_classes - 1}."
-    )
+  _check_num_targets(num_target_classes, num_classes)
   labels = _labels(logits_fn, x, y, False)
   runs = jnp.arange(num_target_classes * num_restarts)
   targets = _ranked_targets(logits_fn, x, num_classes)

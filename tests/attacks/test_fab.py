@@ -3,11 +3,11 @@
 import functools
 import math
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from attack_cases import X, Y, assert_each_traces_once, f4
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from quick_compile import QUICK
@@ -469,18 +469,10 @@ def test_the_gradient_is_stopped_through_the_attack():
 
 
 def test_fab_traces_once():
-  x = jax.random.normal(KEY, (4, 5))
-  y = jnp.array([0, 1, 2, 3])
-
-  def model(w, z):
-    return jnp.tanh(z @ w)
-
-  calls = {
-    "fab": lambda w, x, y, e, k: attacks.fab(
-      lambda z: model(w, z), x, y, eps=e, num_steps=3, key=k
-    ),
-    "fab_targeted l2 curve": lambda w, x, y, e, k: attacks.fab_targeted(
-      lambda z: model(w, z),
+  attacks_by_name = {
+    "fab": lambda f, x, y, e, k: attacks.fab(f, x, y, eps=e, num_steps=3, key=k),
+    "fab_targeted l2 curve": lambda f, x, y, e, k: attacks.fab_targeted(
+      f,
       x,
       y,
       eps=jnp.stack([e, 2 * e]),
@@ -491,24 +483,10 @@ def test_fab_traces_once():
       key=k,
     ),
   }
-  for call in calls.values():
-    jitted = jax.jit(chex.assert_max_traces(call, n=1), compiler_options=QUICK)
-    for seed in (1, 2):
-      w = jax.random.normal(jax.random.key(seed), (5, 4))
-      jitted(w, x + seed, y, jnp.float32(0.1 * seed), jax.random.key(seed))
-  chex.clear_trace_counter()
+  assert_each_traces_once(attacks_by_name)
 
 
 # --- bad inputs ---------------------------------------------------------------------------------
-
-X = np.zeros((2, 3), np.float32)
-Y = np.array([0, 1])
-W4 = np.eye(3, 4, dtype=np.float32)
-
-
-def f4(x):
-  return x @ W4
-
 
 BAD = [
   (lambda: attacks.fab(f4, X, Y, eps=-0.1, key=KEY), ValueError, "`eps` must be >= 0"),
