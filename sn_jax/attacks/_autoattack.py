@@ -328,8 +328,7 @@ def _run_stage(attack, num_runs: int, stage: int, x, y, box, predict, carry, key
     run, run_key = inputs
     robust = broken_by == -1
     run_attack = functools.partial(attack, runs=run[None])
-    candidate = _on_robust(run_attack, x, y, box, robust, run_key, chunk_size)
-    fooled = robust & (jnp.argmax(predict(candidate), axis=-1) != y)
+    candidate, fooled = _on_robust(run_attack, predict, x, y, box, robust, run_key, chunk_size)
     x_adv = jnp.where(_expand(fooled, x), candidate, x_adv)
     return (x_adv, jnp.where(fooled, stage, broken_by)), None
 
@@ -338,9 +337,9 @@ def _run_stage(attack, num_runs: int, stage: int, x, y, box, predict, carry, key
   return carry
 
 
-def _on_robust(attack, x, y, box, robust, key, chunk_size: int | None) -> jax.Array:
+def _on_robust(attack, predict, x, y, box, robust, key, chunk_size: int | None):
   """``attack(x, y, key=..., active=..., clip_min=..., clip_max=...)`` where it matters: on the
-  examples still ``robust``.
+  examples still ``robust``, and which of them its points fool (``predict`` misclassifies).
 
   The attack is given ``active``, the robust mask of what it attacks, and leaves the other
   examples out itself (each run stops an example once it is fooled and steps the rest on
@@ -348,16 +347,23 @@ def _on_robust(attack, x, y, box, robust, key, chunk_size: int | None) -> jax.Ar
   batch, skipped when no example is robust. With it, the robust examples are moved to the front
   and the batch is attacked in chunks of that size (the last one padded), each skipped when it
   holds no robust example, a bound with one value per example following its examples; the
-  result is put back in the original order.
+  result is put back in the original order. A skipped batch or chunk is not predicted either.
 
   Returns:
-    The attack's points, shaped like ``x``; ``x`` itself where it was skipped.
+    ``(points, fooled)``: the attack's points, shaped like ``x`` (``x`` itself where it was
+    skipped), and ``(B,)`` bool, the robust examples that ``predict`` misclassifies at them.
   """
+
+  def attack_and_check(x, y, robust, key, clip_min, clip_max):
+    def run():
+      points = attack(x, y, key=key, active=robust, clip_min=clip_min, clip_max=clip_max)
+      return points, robust & (jnp.argmax(predict(points), axis=-1) != y)
+
+    return lax.cond(jnp.any(robust), run, lambda: (x, jnp.zeros_like(robust)))
+
   batch = x.shape[0]
   if chunk_size is None or chunk_size >= batch:
-    clip_min, clip_max = box
-    run = lambda: attack(x, y, key=key, active=robust, clip_min=clip_min, clip_max=clip_max)
-    return lax.cond(jnp.any(robust), run, lambda: x)
+    return attack_and_check(x, y, robust, key, *box)
   num_chunks = -(-batch // chunk_size)
   order = jnp.argsort(~robust, stable=True)  # the robust examples first
 
@@ -374,12 +380,10 @@ def _on_robust(attack, x, y, box, robust, key, chunk_size: int | None) -> jax.Ar
     clip_min, clip_max = (
       b if part is None else part for b, part in zip(box, box_chunk, strict=True)
     )
-    run = lambda: attack(
-      x_chunk, y_chunk, key=chunk_key, active=robust_chunk, clip_min=clip_min, clip_max=clip_max
-    )
-    return lax.cond(jnp.any(robust_chunk), run, lambda: x_chunk)
+    return attack_and_check(x_chunk, y_chunk, robust_chunk, chunk_key, clip_min, clip_max)
 
   padded_robust = jnp.concatenate([robust[order], jnp.zeros(num_chunks * chunk_size - batch, bool)])
   inputs = (chunks(x), chunks(y), padded_robust.reshape(num_chunks, chunk_size))
-  out = lax.map(one, (*inputs, jax.random.split(key, num_chunks), chunked_box))
-  return out.reshape(-1, *x.shape[1:])[:batch][jnp.argsort(order)]
+  outs = lax.map(one, (*inputs, jax.random.split(key, num_chunks), chunked_box))
+  unchunk = lambda a: a.reshape(-1, *a.shape[2:])[:batch][jnp.argsort(order)]
+  return tuple(unchunk(out) for out in outs)

@@ -197,28 +197,37 @@ def test_each_chunk_with_robust_examples_is_attacked_whole_with_their_mask():
   assert halves(100) == [100, 50, 25, 13, 7, 4] and halves(16) == [16, 8, 4]
   assert halves(13) == [13, 7, 4] and halves(7) == [7, 4] and halves(1) == [1]
   assert _shrinking_sizes(100, 4, 4) == [100, 25, 7]
-  # A stand-in attack that marks each example with its chunk's size and its own flag, and
-  # counts its calls.
-  calls = []
+  # A stand-in attack that marks each example with its chunk's size and its own flag, and a
+  # stand-in model that misclassifies (class 1, labels 0) every point marked above 16.5; both
+  # count their calls.
+  calls, predictions = [], []
 
   def flagged(x, y, key, active, clip_min, clip_max):
     jax.debug.callback(lambda: calls.append(1))
     return x + x.shape[0] + active[:, None]
 
-  on_robust = jax.jit(_on_robust, static_argnums=(0, 6))
-  x = jnp.zeros((40, 2))
+  def predict(z):
+    jax.debug.callback(lambda: predictions.append(1))
+    return jnp.stack([jnp.full(z.shape[:1], 16.5), z[:, 0]], axis=1)
+
+  on_robust = jax.jit(_on_robust, static_argnums=(0, 1, 7))
+  x, y = jnp.zeros((40, 2)), jnp.zeros(40, jnp.int32)
   for num_robust in (20, 16, 3, 0):
     robust = np.zeros(40, bool)
     robust[np.random.default_rng(num_robust).permutation(40)[:num_robust]] = True
     calls.clear()
-    out = np.asarray(on_robust(flagged, x, x[:, 0], (None, None), robust, KEY, 16))[:, 0]
+    predictions.clear()
+    out, fooled = on_robust(flagged, predict, x, y, (None, None), robust, KEY, 16)
     jax.effects_barrier()
-    # Chunks of 16 fill with the robust examples first; the empty ones are skipped.
-    np.testing.assert_array_equal(out[robust], 17.0)
-    assert set(out[~robust]) <= {0.0, 16.0}
-    assert len(calls) == -(-num_robust // 16)
-    whole = np.asarray(on_robust(flagged, x, x[:, 0], (None, None), robust, KEY, None))
+    # Chunks of 16 fill with the robust examples first; the empty ones are neither attacked nor
+    # predicted, and only robust examples count as fooled.
+    np.testing.assert_array_equal(out[robust, 0], 17.0)
+    assert set(np.asarray(out[~robust, 0])) <= {0.0, 16.0}
+    np.testing.assert_array_equal(fooled, robust)
+    assert len(calls) == len(predictions) == -(-num_robust // 16)
+    whole, fooled = on_robust(flagged, predict, x, y, (None, None), robust, KEY, None)
     np.testing.assert_array_equal(whole[robust, 0], 41.0)
+    np.testing.assert_array_equal(fooled, robust)
 
 
 def test_an_eps_curve_equals_separate_calls_and_each_program_traces_once():
