@@ -20,8 +20,12 @@ and clip box [0, 1]), at each l_inf radius of ``--eps`` and the l2 radius ``--l2
 - the time of each attack and of the whole standard AutoAttack on that batch at ``--timing-eps``
   (per model: the first l_inf radius by default), sn_jax (one jitted call per radius, the
   variables an argument) vs torchattacks (the AutoAttack: ``MultiAttack`` of the four attacks
-  above, which attacks only the examples still robust, as the reference does), each framework
-  timed in its own group (:func:`timing.time_frameworks`); the target is sn_jax at least 2x faster.
+  above, which attacks only the examples still robust, as the reference does): after each
+  framework's first call, ``--timing-rounds`` rounds (default 3) each call both once, in a
+  shuffled order (:func:`timing.time_paired`), and the speed-up is the median over the rounds of
+  torchattacks' time over sn_jax's in the same round, with a bootstrap interval; on this shared
+  machine, single calls of the same attack have differed by a third. The target is sn_jax at
+  least 2x faster.
 
 Run: ``python benchmarks/bench_autoattack.py`` (the full scale: 1000 digits, l_inf 0.1, 0.2, 0.3
 and l2 2.0, both models, all attacks; many hours on a 2-core CPU). ``--num-examples``, ``--eps``,
@@ -179,7 +183,7 @@ def torch_attack(torchattacks, net, name: str, norm: float, eps: float, steps: i
 
 
 # The options a resumed run must share with the run it goes on with.
-SETTINGS = ("num_examples", "eps", "l2_eps", "models", "attacks", "timing_eps",
+SETTINGS = ("num_examples", "eps", "l2_eps", "models", "attacks", "timing_eps", "timing_rounds",
             "autoattack_timed_only", "chunk_size", "steps", "queries", "train_steps")  # fmt: skip
 
 
@@ -299,6 +303,12 @@ def parse_args() -> argparse.Namespace:
     "this many at a time (default: the whole batch, masked)",
   )
   parser.add_argument(
+    "--timing-rounds",
+    type=int,
+    default=3,
+    help="rounds of timed calls, each calling both frameworks once (>= 2; default 3)",
+  )
+  parser.add_argument(
     "--record-name",
     default="autoattack",
     help="the README section and results/NAME.json this run writes (default: autoattack)",
@@ -316,6 +326,12 @@ def parse_args() -> argparse.Namespace:
     args.models = args.models[:1]
     args.attacks = [a for a in args.attacks if a in ("apgd-ce", "autoattack")] or args.attacks[:1]
     args.steps, args.queries, args.train_steps = 3, 20, dict.fromkeys(MODELS, 0)
+  if args.quick:
+    args.timing_rounds = 2
+  if args.timing_rounds < 2:
+    parser.error(
+      f"--timing-rounds must be >= 2 (calls are paired in rounds), got {args.timing_rounds}"
+    )
   if args.timing_eps is None:
     args.timing_eps = args.eps[:1]
   return args
@@ -365,8 +381,10 @@ def evaluate_model(name, args, x, y, torch, torch_models, torchattacks, progress
         if timed:
           # sn_jax's standalone attacks take a 1-D eps; its AutoAttack a scalar one.
           arg = jnp.float32(eps) if attack == "autoattack" else jnp.asarray([eps], jnp.float32)
-          ours, theirs, times = time_attack(fn, model, variables, x, y, key, run, attack, eps, arg)
-          progress.add("timings", timing_row(name, attack, eps, times))
+          ours, theirs, times, speedup = time_attack(
+            fn, model, variables, x, y, key, run, attack, eps, arg, args.timing_rounds
+          )
+          progress.add("timings", timing_row(name, attack, eps, times, speedup))
           ours = ours if attack == "autoattack" else ours[0]
         elif measured:
           continue
@@ -415,13 +433,14 @@ def accuracy_measure(attack: str) -> str:
 
 
 def time_measure(attack: str) -> str:
-  return f"time (s), {attack}; last: torchattacks / sn_jax"
+  return f"time (s), {attack}; last: torchattacks / sn_jax, paired median"
 
 
-def time_attack(fn, model, variables, x, y, key, run, attack, eps, radius):
+def time_attack(fn, model, variables, x, y, key, run, attack, eps, radius, rounds):
   """Times ``attack`` at the l_inf radius ``eps`` (``radius``: the argument sn_jax's ``fn``
-  takes), each framework in its own group: the first call apart, then one timed call. Returns
-  both robust flags and the timings."""
+  takes): each framework's first call apart, then ``rounds`` rounds that call both once, in a
+  shuffled order. Returns both robust flags (of the last calls), the timings and torchattacks'
+  paired ratio to sn_jax (its speed-up)."""
   results = {}
 
   def ours():
@@ -431,19 +450,23 @@ def time_attack(fn, model, variables, x, y, key, run, attack, eps, radius):
   def theirs():
     results["theirs"] = run(attack, math.inf, eps)
 
-  times = timing.time_frameworks(
-    [{"sn_jax": ours}, {"torchattacks": theirs}], repeats=1, warmup=0, rounds=1
-  )
-  return np.asarray(results["ours"]), results["theirs"], times
+  fns = {"sn_jax": ours, "torchattacks": theirs}
+  times, ratios = timing.time_paired(fns, {"torchattacks": "sn_jax"}, rounds=rounds, warmup=0)
+  return np.asarray(results["ours"]), results["theirs"], times, ratios["torchattacks"]
 
 
-def timing_row(model, attack, eps, times) -> list:
+def timing_row(model, attack, eps, times, speedup) -> list:
+  """``[model, radius, measure, sn_jax s, torchattacks s, speed-up, sn_jax first call s,
+  torchattacks first call s, attack, speed-up low, speed-up high, rounds]``: medians over the
+  rounds, the speed-up the paired median with its 95% interval."""
   ours, theirs = times["sn_jax"], times["torchattacks"]
   print(f"  {model} {attack} linf {eps:g}: sn_jax {ours.median_s:.1f} s (first call "
-        f"{ours.compile_s:.1f} s), torchattacks {theirs.median_s:.1f} s", flush=True)  # fmt: skip
+        f"{ours.compile_s:.1f} s), torchattacks {theirs.median_s:.1f} s, paired speed-up "
+        f"{speedup.median:.2f} ({speedup.low:.2f}-{speedup.high:.2f}, {speedup.rounds} rounds)",
+        flush=True)  # fmt: skip
   return [model, f"linf {eps:g}", time_measure(attack),
-          ours.median_s, theirs.median_s, theirs.median_s / ours.median_s, ours.compile_s,
-          theirs.compile_s, attack]  # fmt: skip
+          ours.median_s, theirs.median_s, speedup.median, ours.compile_s,
+          theirs.compile_s, attack, speedup.low, speedup.high, speedup.rounds]  # fmt: skip
 
 
 def main() -> None:
@@ -528,7 +551,7 @@ def summary(args, cleans, rows, timings, progress, torch) -> str:
       + "; ".join(
         f"{r[0]} at l_inf {r[1].split()[1]}: sn_jax {r[3]:.1f} s (first call, compile included, "
         f"{r[6]:.1f} s), torchattacks {r[4]:.1f} s (first call {r[7]:.1f} s), sn_jax "
-        f"{r[5]:.2f}x as fast"
+        f"{r[5]:.2f}x as fast ({r[9]:.2f}-{r[10]:.2f})"
         for r in whole
       )
       + (
@@ -540,8 +563,11 @@ def summary(args, cleans, rows, timings, progress, torch) -> str:
           else f" sn_jax attacks the still robust examples, {args.chunk_size} at a time "
           "(`chunk_size`)"
         )
-        + "; torchattacks, like the reference, only the examples still robust. Timed with one call "
-        f"after the first; torch on {torch.get_num_threads()} threads."
+        + "; torchattacks, like the reference, only the examples still robust. After each "
+        f"framework's first call, {args.timing_rounds} rounds each called both once, in a "
+        "shuffled order: times are medians over the rounds, each speed-up the median over the "
+        "rounds of torchattacks' time over sn_jax's in the same round, with its 95% bootstrap "
+        f"interval in parentheses; torch on {torch.get_num_threads()} threads."
       )
     )
   else:

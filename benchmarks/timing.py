@@ -32,6 +32,7 @@ from sn_jax._backend import host_memory
 from sn_jax.bench import Timing as Timing
 from sn_jax.bench import machine as machine
 from sn_jax.bench import time_fn as time_fn
+from sn_jax.bench import time_paired as time_paired
 from sn_jax.bench import time_side_by_side as time_side_by_side
 from sn_jax.bench import write_section
 
