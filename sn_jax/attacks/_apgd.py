@@ -12,6 +12,7 @@ import numpy as np
 from jax import lax
 
 from sn_jax.attacks._common import (
+  _SHRINK_FACTOR,
   _SMALLEST_BATCH,
   LogitsFn,
   LossFn,
@@ -235,7 +236,7 @@ def _single_run(
     part_extra = jax.tree.map(lambda a: a[chosen], extra)
     return step(x[chosen], labels[chosen], part_extra, *_bounds_of(chosen, x, clip_min, clip_max))
 
-  sizes = _shrinking_sizes(batch, 2, _SMALLEST_BATCH)
+  sizes = _shrinking_sizes(batch, _SHRINK_FACTOR, _SMALLEST_BATCH)
   s = _on_shrinking_batches(step_on, state, lambda part: ~part.fooled, num_steps, sizes)
   return s.x_best, s.loss_best, s.x_fooled, s.fooled
 

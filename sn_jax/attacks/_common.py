@@ -312,17 +312,23 @@ def _ranked_targets(logits_fn, x, num_classes: int):
 
 
 # The smallest batch an attack that leaves out its finished examples (APGD's and FAB's stopping
-# runs, Square's search) moves the others to: it halves its batch down to this many, one compiled
-# step per size, so at least half of the examples it steps are unfinished (above this size).
+# runs, Square's search) moves the others to: it shrinks its batch down to this many, one
+# compiled step per size.
 _SMALLEST_BATCH = 4
+# Each smaller batch is at most 2/3 the size of the one before (``ceil(size / 1.5)``), so at least
+# two thirds of the examples it steps are unfinished (above the smallest size). Halving compiled
+# fewer sizes but stepped up to twice the examples needed: on a PGD-trained ELU-Net at l_inf 0.3,
+# 14 digits robust to the end of a chunk of 100 were stepped at 25 (1.5: at 14), and the whole
+# standard AutoAttack took 1.5x as long; its first call compiles more sizes.
+_SHRINK_FACTOR = 1.5
 
 
-def _shrinking_sizes(size: int, divisor: int, smallest: int) -> list[int]:
-  """``[size, ceil(size / divisor), ceil(that / divisor), ...]``, descending, none below
+def _shrinking_sizes(size: int, factor: float, smallest: int) -> list[int]:
+  """``[size, ceil(size / factor), ceil(that / factor), ...]``, descending, none below
   ``smallest`` (but always ``size`` itself): the batch sizes an attack is compiled at when it
-  moves its remaining examples to smaller batches."""
+  moves its remaining examples to smaller batches. ``factor`` > 1."""
   sizes = [size]
-  while (smaller := -(-sizes[-1] // divisor)) >= smallest:
+  while smallest <= (smaller := math.ceil(sizes[-1] / factor)) < sizes[-1]:
     sizes.append(smaller)
   return sizes
 

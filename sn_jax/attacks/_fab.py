@@ -10,6 +10,7 @@ from jax import lax
 
 from sn_jax.attacks._apgd import _best_of_runs
 from sn_jax.attacks._common import (
+  _SHRINK_FACTOR,
   _SMALLEST_BATCH,
   LogitsFn,
   _check_clip,
@@ -202,7 +203,7 @@ def _single_run(
     return step(x[chosen], labels[chosen], part_target, low[chosen], high[chosen])
 
   state = _varying_like_x((start, x, size_best), x)
-  sizes = _shrinking_sizes(batch, 2, _SMALLEST_BATCH)
+  sizes = _shrinking_sizes(batch, _SHRINK_FACTOR, _SMALLEST_BATCH)
   unfinished = lambda part: part[2] > stop_within
   _, x_best, size_best = _on_shrinking_batches(step_on, state, unfinished, num_steps, sizes)
   return x_best, size_best

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sn_jax.attacks._common import (
+  _SHRINK_FACTOR,
   _SMALLEST_BATCH,
   LogitsFn,
   _bounds_of,
@@ -361,7 +362,7 @@ def _square(
     x_best = jnp.where(_expand(searched, x), x_best, x)
     # Each example draws from its own key, so its search is the same at any size it runs at.
     keys = jax.vmap(jax.random.fold_in, (None, 0))(loop_key, jnp.arange(batch))
-    sizes = _shrinking_sizes(batch, 2, _SMALLEST_BATCH) if compact else [batch]
+    sizes = _shrinking_sizes(batch, _SHRINK_FACTOR, _SMALLEST_BATCH) if compact else [batch]
     unfooled = lambda part: part[1] > 0
     x_best, _ = _on_shrinking_batches(
       search_on(eps, keys), (x_best, margin_best), unfooled, num_queries, sizes

@@ -197,11 +197,14 @@ def test_a_run_that_stops_fooled_examples_decides_alike_on_fewer_evaluations(nor
   assert 0 < fooled.sum() < len(x)
   np.testing.assert_array_equal(np.argmax(f(stopped), axis=1) != y, fooled)
   # The examples never fooled take every step either way; the others stop at a fooled point.
-  np.testing.assert_allclose(stopped[~fooled], every_step[~fooled], atol=1e-5)
+  # Steps on batches of other sizes round differently in float32, and 20 steps carry that
+  # further (identical in float64); the tolerance is far below eps.
+  np.testing.assert_allclose(stopped[~fooled], every_step[~fooled], atol=1e-3)
+  assert float(eps) / 10 > 1e-3
   size = lambda d: np.abs(d).max(1) if norm == jnp.inf else np.linalg.norm(d, axis=1)
   assert np.all(size(stopped - x) <= eps + 1e-5)
   # The run without stopping evaluates every example at the start, at each step, and (to keep
-  # the clean mistakes) once before; stopping moves the unfooled ones to batches of 8 and 4.
+  # the clean mistakes) once before; stopping moves the unfooled ones to batches of 11, 8, 6, 4.
   assert evaluations(False) == (1 + 1 + 20) * len(x)
   fewer = evaluations(True)
   assert 2 * len(x) + 20 * np.sum(~fooled) <= fewer <= 2 * len(x) + 20 * len(x) - 8 * 5

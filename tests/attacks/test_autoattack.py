@@ -14,7 +14,7 @@ from quick_compile import QUICK
 from sn_jax import attacks
 from sn_jax.attacks._apgd import _apgd, _loss_and_grad, _targeted_dlr
 from sn_jax.attacks._autoattack import _on_robust
-from sn_jax.attacks._common import _shrinking_sizes
+from sn_jax.attacks._common import _SHRINK_FACTOR, _shrinking_sizes
 
 KEY = jax.random.key(0)
 FAST = dict(num_steps=8, num_queries=30)  # a short run of every attack
@@ -197,6 +197,10 @@ def test_each_chunk_with_robust_examples_is_attacked_whole_with_their_mask():
   assert halves(100) == [100, 50, 25, 13, 7, 4] and halves(16) == [16, 8, 4]
   assert halves(13) == [13, 7, 4] and halves(7) == [7, 4] and halves(1) == [1]
   assert _shrinking_sizes(100, 4, 4) == [100, 25, 7]
+  # The attacks' own ladder: each size at most 2/3 of the one before.
+  assert _shrinking_sizes(100, _SHRINK_FACTOR, 4) == [100, 67, 45, 30, 20, 14, 10, 7, 5, 4]
+  assert _shrinking_sizes(14, _SHRINK_FACTOR, 4) == [14, 10, 7, 5, 4]
+  assert _shrinking_sizes(5, _SHRINK_FACTOR, 4) == [5, 4] and _shrinking_sizes(4, 1.5, 4) == [4]
   # A stand-in attack that marks each example with its chunk's size and its own flag, and a
   # stand-in model that misclassifies (class 1, labels 0) every point marked above 16.5; both
   # count their calls.
