@@ -191,9 +191,9 @@ def autoattack(
   traces the whole sequence once. Within a run, an example stops once the attack fools it
   (APGD's, FAB's and Square's runs: for APGD the first misclassified iterate, where :func:`apgd`
   alone returns the last; for FAB the first misclassified iterate within ``eps``, where
-  :func:`fab` alone returns the smallest of its run), and the run goes on at half the batch
-  size once the examples still unfooled fit, half of that, ..., down to 4, as Square's search
-  does: the authors' code steps every example of a run to the end, with the same outcome for
+  :func:`fab` alone returns the smallest of its run), and the run goes on at 2/3 of the
+  batch size (rounded up) once the examples still unfooled fit, 2/3 of that, ..., down to 4, as
+  Square's search does: the authors' code steps every example of a run to the end, with the same outcome for
   each, and AutoAttack only asks whether an example is fooled. Each attack is compiled once,
   with its steps at each of those sizes. By default every run gets the whole batch (skipped
   once no example is robust) and attacks its robust examples. With ``chunk_size``, the examples

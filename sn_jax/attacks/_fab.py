@@ -150,8 +150,8 @@ def _single_run(
 
   With ``stop_within`` (AutoAttack's radius: it only asks whether an example is fooled within
   it), an example stops once it has a misclassified iterate that close (its point is then the
-  first such iterate, not the smallest), and the others step on a batch of half the size once
-  they fit, then half of that, ..., down to 4, as APGD's stopping runs do; every computation is
+  first such iterate, not the smallest), and the others step on a batch of 2/3 the size once
+  they fit, then 2/3 of that, ..., down to 4, as APGD's stopping runs do; every computation is
   per example, so each example's iterates are those of the whole-batch run. ``active`` (``(B,)``
   bool, with ``stop_within`` only): the examples to attack; the others are never stepped and get
   meaningless results.
