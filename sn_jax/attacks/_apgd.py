@@ -137,14 +137,14 @@ def _single_run(
   ``run_loss`` is ``(loss_fn, extra)``: the run maximizes ``loss_fn(logits, labels, extra)``,
   ``extra`` a pytree of per-example arrays ``(B, ...)`` (APGD-T's targets) or None.
 
-  With ``stop_when_fooled`` (AutoAttack, which only asks whether an example is fooled), an
-  example stops once it is misclassified: the steps run on a batch of 2/3 the size (rounded up)
-  once the unfooled examples fit in it, then 2/3 of that, ..., down to 4 (``_SHRINK_FACTOR``,
-  ``_SMALLEST_BATCH``), as Square does. Every computation is per example, so each example's iterates are those of the
-  run without it (for a randomized model, the draws differ); clip bounds with a batch axis move
-  with their examples. ``active`` (``(B,)`` bool, with ``stop_when_fooled`` only): the examples
-  to attack; the others count as fooled from the start, are never stepped, and get meaningless
-  results.
+  With ``stop_when_fooled`` (AutoAttack, which only asks whether an example is fooled), an example
+  stops once it is misclassified: the steps run on a batch of 2/3 the size (rounded up) once the
+  unfooled examples fit in it, then 2/3 of that, ..., down to 4 (``_SHRINK_FACTOR``,
+  ``_SMALLEST_BATCH``), as Square does. Every computation is per example, so each example's
+  iterates are those of the run without it (for a randomized model, the draws differ); clip bounds
+  with a batch axis move with their examples. ``active`` (``(B,)`` bool, with ``stop_when_fooled``
+  only): the examples to attack; the others count as fooled from the start, are never stepped, and
+  get meaningless results.
 
   Returns ``(x_best, loss_best, x_fooled, fooled)``: the highest-loss point and its loss, and the
   last misclassified point (the first, with ``stop_when_fooled``) with whether there was one.

@@ -184,23 +184,22 @@ def autoattack(
   """AutoAttack: a fixed sequence of parameter-free attacks, each on the examples still robust.
 
   Runs the attacks of :func:`autoattack_attacks` in order, and the runs of each attack (one per
-  target class of APGD-T and FAB-T, one per restart of ``'plus'``'s APGD and FAB) one after
-  another, as in the authors' code. After each run, an example it fools (that the model
-  misclassifies at its adversarial point) keeps that point and is marked broken by its attack;
-  the next runs only count for the examples still robust. Shapes are static, so one ``jax.jit``
-  traces the whole sequence once. Within a run, an example stops once the attack fools it
-  (APGD's, FAB's and Square's runs: for APGD the first misclassified iterate, where :func:`apgd`
-  alone returns the last; for FAB the first misclassified iterate within ``eps``, where
-  :func:`fab` alone returns the smallest of its run), and the run goes on at 2/3 of the
-  batch size (rounded up) once the examples still unfooled fit, 2/3 of that, ..., down to 4, as
-  Square's search does: the authors' code steps every example of a run to the end, with the same outcome for
-  each, and AutoAttack only asks whether an example is fooled. Each attack is compiled once,
-  with its steps at each of those sizes. By default every run gets the whole batch (skipped
-  once no example is robust) and attacks its robust examples. With ``chunk_size``, the examples
-  still robust are moved to the front before each run and the batch is attacked in chunks of
-  that size, skipping the chunks with none left, so a run costs about what the robust examples
-  need, as in the authors' code; a 1-D ``eps`` is then evaluated one radius at a time. The
-  settings are the authors' for each version:
+  target class of APGD-T and FAB-T, one per restart of ``'plus'``'s APGD and FAB) one after another,
+  as in the authors' code. After each run, an example it fools (that the model misclassifies at its
+  adversarial point) keeps that point and is marked broken by its attack; the next runs only count
+  for the examples still robust. Shapes are static, so one ``jax.jit`` traces the whole sequence
+  once. Within a run, an example stops once the attack fools it (APGD's, FAB's and Square's runs:
+  for APGD the first misclassified iterate, where :func:`apgd` alone returns the last; for FAB the
+  first misclassified iterate within ``eps``, where :func:`fab` alone returns the smallest of its
+  run), and the run goes on at 2/3 of the batch size (rounded up) once the examples still unfooled
+  fit, 2/3 of that, ..., down to 4, as Square's search does: the authors' code steps every example
+  of a run to the end, with the same outcome for each, and AutoAttack only asks whether an example
+  is fooled. Each attack is compiled once, with its steps at each of those sizes. By default every
+  run gets the whole batch (skipped once no example is robust) and attacks its robust examples. With
+  ``chunk_size``, the examples still robust are moved to the front before each run and the batch is
+  attacked in chunks of that size, skipping the chunks with none left, so a run costs about what the
+  robust examples need, as in the authors' code; a 1-D ``eps`` is then evaluated one radius at a
+  time. The settings are the authors' for each version:
 
   - ``'standard'``: :func:`apgd` on the cross-entropy, :func:`apgd_targeted` and
     :func:`fab_targeted` with 9 target classes, one restart each, and :func:`square` with 5000

@@ -170,10 +170,10 @@ def square(
   of the batch, and every position of the square is possible (``[0, H - side] x [0, W - side]``,
   as in the paper; the authors' code never places a square on the last row or column).
 
-  Like the authors' code, which evaluates only the examples not yet misclassified at each query,
-  the search (``compact``) moves the unfooled examples to a batch of 2/3 the size (rounded up)
-  once they fit in one, then 2/3 of that, ..., down to 4 examples, so at least two thirds of
-  each evaluation is spent on unfooled examples; the result is the same as without (``compact=False``: every query
+  Like the authors' code, which evaluates only the examples not yet misclassified at each query, the
+  search (``compact``) moves the unfooled examples to a batch of 2/3 the size (rounded up) once they
+  fit in one, then 2/3 of that, ..., down to 4 examples, so at least two thirds of each evaluation
+  is spent on unfooled examples; the result is the same as without (``compact=False``: every query
   evaluates the whole batch until every example is misclassified), and ``logits_fn`` is compiled
   once per size. Clip bounds with a batch axis (one box per example) move with their examples.
 
