@@ -326,7 +326,6 @@ def parse_args() -> argparse.Namespace:
     args.models = args.models[:1]
     args.attacks = [a for a in args.attacks if a in ("apgd-ce", "autoattack")] or args.attacks[:1]
     args.steps, args.queries, args.train_steps = 3, 20, dict.fromkeys(MODELS, 0)
-  if args.quick:
     args.timing_rounds = 2
   if args.timing_rounds < 2:
     parser.error(

@@ -200,7 +200,8 @@ def test_each_chunk_with_robust_examples_is_attacked_whole_with_their_mask():
   # The attacks' own ladder: each size at most 2/3 of the one before.
   assert _shrinking_sizes(100, _SHRINK_FACTOR, 4) == [100, 67, 45, 30, 20, 14, 10, 7, 5, 4]
   assert _shrinking_sizes(14, _SHRINK_FACTOR, 4) == [14, 10, 7, 5, 4]
-  assert _shrinking_sizes(5, _SHRINK_FACTOR, 4) == [5, 4] and _shrinking_sizes(4, 1.5, 4) == [4]
+  assert _shrinking_sizes(5, _SHRINK_FACTOR, 4) == [5, 4]
+  assert _shrinking_sizes(4, _SHRINK_FACTOR, 4) == [4]
   # A stand-in attack that marks each example with its chunk's size and its own flag, and a
   # stand-in model that misclassifies (class 1, labels 0) every point marked above 16.5; both
   # count their calls.
