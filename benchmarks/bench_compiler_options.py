@@ -3,17 +3,23 @@
 Side by side in one run, at batch 128, with sn_jax's default layers (``normalization='none'``):
 ELU-Net's input gradient, training step and PGD-10, the mini AlexNet's training step, and the
 MLP (``mlp1``)'s training step and PGD-10, as ``bench_conv`` defines them. Each program is
-compiled with XLA's defaults, with all of sn_jax's CPU options, with all but one (one column
-per option), and with ``sn_jax.compiler_options_for`` the program (what sn_jax's trainer
-compiles with: the convolution option only where the program applies convolutions). Every
-column is a time over XLA's defaults: above 1, slower than the defaults.
+compiled with XLA's defaults, with all of sn_jax's CPU options, and with all but one (one
+column per option); ``sn_jax.compiler_options_for`` the program (what sn_jax's trainer
+compiles with: the convolution option only where the program applies convolutions) is always
+one of these sets, and its column repeats that set's ratio.
 
-Run: ``python benchmarks/bench_compiler_options.py`` (``--quick``: a smoke run,
-recording nothing).
+Every ratio is paired (``sn_jax.bench.time_paired``): each round calls every compilation of the
+program once, in a shuffled order, and a column is the median over the rounds of its time over
+the defaults' time in the same round, with a 95% bootstrap interval. Above 1, slower than the
+defaults.
+
+Run: ``python benchmarks/bench_compiler_options.py`` (``--rounds``, ``--batch``; ``--quick``:
+a smoke run, recording nothing).
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 
 import bench_conv
@@ -21,6 +27,7 @@ import jax
 import timing
 
 import sn_jax
+from sn_jax import bench
 from sn_jax.nn import models
 
 # model -> the tasks of bench_conv.variant_tasks timed for it.
@@ -29,6 +36,9 @@ PROGRAMS = {
   "alexnet": ("train step",),
   "mlp1": ("train step", "PGD-10"),
 }
+# Rounds of paired calls by model: a mini-AlexNet step takes ten times an ELU-Net one, an MLP
+# step a tenth.
+ROUNDS = {"elunet": 60, "alexnet": 30, "mlp1": 200}
 ALL = "all options"
 DEFAULTS = "XLA defaults"
 CHOSEN = "compiler_options_for"
@@ -43,18 +53,47 @@ def option_sets() -> dict[str, dict[str, str]]:
   return sets
 
 
+def parse_args() -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true", help="tiny smoke run; records nothing")
+  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument(
+    "--rounds", type=int, help=f"rounds of paired calls (default: by model, {ROUNDS})"
+  )
+  args = parser.parse_args()
+  if args.quick:
+    args.batch, args.rounds = 8, 3
+  return args
+
+
+def chosen_set(sets: dict[str, dict[str, str]], chosen: dict[str, str]) -> str:
+  """The name of the set in ``sets`` equal to ``chosen``."""
+  for name, options in sets.items():
+    if options == chosen:
+      return name
+  raise ValueError(f"compiler_options_for chose {chosen}, none of the sets timed: {sets}.")
+
+
+def ratio_cell(ratio: bench.PairedRatio) -> str:
+  return f"{ratio.median:.3f} ({ratio.low:.3f}-{ratio.high:.3f})"
+
+
 def main() -> None:
-  args = timing.parse_args(__doc__, repeats=10)
-  batch, repeats, rounds = args.batch, args.repeats, args.rounds
+  args = parse_args()
   pgd_steps = 2 if args.quick else 10
   sets = option_sets()
-  columns = [name for name in sets if name != DEFAULTS] + [CHOSEN]
-  header = ["model", "task", f"{DEFAULTS} ms", *(f"{name} / {DEFAULTS}" for name in columns)]
-  header.append(f"{CHOSEN} options")
+  columns = [name for name in sets if name != DEFAULTS]
+  header = [
+    "model",
+    "task",
+    f"{DEFAULTS} ms",
+    *(f"{name} / {DEFAULTS}" for name in [*columns, CHOSEN]),
+    f"{CHOSEN} options",
+  ]
   rows = []
   for model in PROGRAMS:
-    x = jax.random.uniform(jax.random.key(0), (batch, *models.INPUT_SHAPES[model]))
-    y = jax.random.randint(jax.random.key(1), (batch,), 0, 10)
+    x = jax.random.uniform(jax.random.key(0), (args.batch, *models.INPUT_SHAPES[model]))
+    y = jax.random.randint(jax.random.key(1), (args.batch,), 0, 10)
     tasks = bench_conv.variant_tasks(model, x, y, pgd_steps, pgd_for_every_model=True)
     for task in PROGRAMS[model]:
       task = task.replace("PGD-10", f"PGD-{pgd_steps}")
@@ -64,19 +103,31 @@ def main() -> None:
         name: functools.partial(
           jax.jit(fn, compiler_options=options).lower(*fn_args).compile(), *fn_args
         )
-        for name, options in {**sets, CHOSEN: chosen}.items()
+        for name, options in sets.items()
       }
-      times = timing.time_side_by_side(fns, repeats=repeats, rounds=rounds)
-      ms = {name: t.median_s * 1e3 for name, t in times.items()}
-      ratios = [ms[name] / ms[DEFAULTS] for name in columns]
-      rows.append([model, task, ms[DEFAULTS], *ratios, ", ".join(sorted(chosen)) or "none"])
+      times, ratios = bench.time_paired(
+        fns, dict.fromkeys(fns, DEFAULTS), rounds=args.rounds or ROUNDS[model]
+      )
+      chosen_name = chosen_set(sets, chosen)
+      rows.append(
+        [
+          model,
+          task,
+          times[DEFAULTS].median_s * 1e3,
+          *(ratio_cell(ratios[name]) for name in [*columns, chosen_name]),
+          f"{', '.join(sorted(chosen)) or 'none'} (= {chosen_name})",
+        ]
+      )
       print(rows[-1], flush=True)
   notes = (
-    f"Batch {batch}, float32, sn_jax.nn.Conv and sn_jax.ops.pooling.max_pool layers, no spectral "
-    f"normalization; medians of interleaved runs, compile time excluded. '{ALL}' is "
-    f"sn_jax.compiler_options() ({sn_jax.compiler_options() or 'none on this backend'}); "
-    f"each 'without' column leaves that option out; '{CHOSEN}' is what sn_jax's trainer "
-    "compiles the program with. Every ratio is over the time with XLA's defaults."
+    f"Batch {args.batch}, float32, sn_jax.nn.Conv and sn_jax.ops.pooling.max_pool layers, no "
+    f"spectral normalization; compile time excluded. '{ALL}' is sn_jax.compiler_options() "
+    f"({sn_jax.compiler_options() or 'none on this backend'}); each 'without' column leaves "
+    f"that option out; '{CHOSEN}' is what sn_jax's trainer compiles the program with, one of "
+    "the other columns' sets, whose ratio it repeats. Every ratio is paired: the median over "
+    f"rounds (by model: {args.rounds or ROUNDS}) of the program's time over the time with XLA's "
+    "defaults in the same round (each round calls every compilation once, in a shuffled "
+    "order), with a 95% bootstrap interval. `python benchmarks/bench_compiler_options.py`."
   )
   timing.report(
     f"compiler_options_{jax.default_backend()}", header, rows, notes=notes, quick=args.quick
