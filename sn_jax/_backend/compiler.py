@@ -23,13 +23,13 @@ BACKENDS = ("cpu", "gpu", "tpu")
 # -individual_convolution, which compiler options cannot spell (they take whole lists).
 _YNN_WITHOUT_CONVOLUTIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
 
-# backend -> the options that help programs applying convolutions there (see
-# compiler_options's docstring); other programs run best with XLA's defaults.
-_MEASURED: dict[str, dict[str, str]] = {
-  "cpu": {
-    "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
-    "xla_cpu_experimental_ynn_fusion_type": _YNN_WITHOUT_CONVOLUTIONS,
-  },
+# backend -> the options measured to help every program there, and those that help only
+# programs applying convolutions (see compiler_options's docstring).
+_FOR_EVERY_PROGRAM: dict[str, dict[str, str]] = {
+  "cpu": {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"},
+}
+_FOR_CONVOLUTIONS: dict[str, dict[str, str]] = {
+  "cpu": {"xla_cpu_experimental_ynn_fusion_type": _YNN_WITHOUT_CONVOLUTIONS},
 }
 _CONVOLUTION_PRIMITIVES = frozenset({"conv_general_dilated"})
 
@@ -37,16 +37,16 @@ _CONVOLUTION_PRIMITIVES = frozenset({"conv_general_dilated"})
 def compiler_options(backend: str | None = None, *, convolutions: bool = True) -> dict[str, str]:
   """The XLA options to compile sn_jax's programs with on ``backend``, for ``jax.jit``.
 
-  GPU and TPU get none (XLA's defaults), and so do programs without convolutions on CPU (the
-  options made the MLP's training step and PGD slower). Programs with convolutions on CPU:
+  GPU and TPU get none (XLA's defaults). On CPU:
 
-  - ``xla_cpu_experimental_ynn_fusion_type``: matrix products and reductions still go to
-    YNNPACK, convolutions no longer do (XLA's own convolutions run them, forward and
-    backward).
-  - ``xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED``: the memory-optimized
-    schedule, which keeps a batch's large matrix products from waiting behind unrelated
-    copies, and under which programs that mix batch-sized products with LAPACK calls
-    (``SpectralNorm(method='fourier')``) did not hang as they did with the default schedule.
+  - ``xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED``, for every program: the
+    memory-optimized schedule, which keeps a batch's large matrix products from waiting
+    behind unrelated copies, and under which programs that mix batch-sized products with
+    LAPACK calls (``SpectralNorm(method='fourier')``) did not hang as they did with the
+    default schedule.
+  - ``xla_cpu_experimental_ynn_fusion_type``, for programs with convolutions: matrix products
+    and reductions still go to YNNPACK, convolutions no longer do (XLA's own convolutions run
+    them, forward and backward).
 
   Each option's effect, left out in turn, is in ``benchmarks/results/compiler_options_cpu.json``.
 
@@ -57,8 +57,8 @@ def compiler_options(backend: str | None = None, *, convolutions: bool = True) -
   Args:
     backend: ``'cpu'``, ``'gpu'``, ``'tpu'`` or the platform of an installed plugin; defaults
       to ``jax.default_backend()``. Backends sn_jax has not measured get no options.
-    convolutions: whether the program applies convolutions; :func:`compiler_options_for`
-      finds out from the program.
+    convolutions: whether the program applies convolutions (``False``: the options for every
+      program only); :func:`compiler_options_for` finds out from the program.
 
   Returns:
     A new dict of option name to value, for ``jax.jit(..., compiler_options=...)``; empty
@@ -77,9 +77,10 @@ def compiler_options(backend: str | None = None, *, convolutions: bool = True) -
     backend = jax.default_backend()  # a plugin's platform is valid too: it gets no options
   elif backend not in BACKENDS and backend != jax.default_backend():
     raise ValueError(f"`backend` must be one of {BACKENDS} or None, got {backend!r}.")
-  if not convolutions:
-    return {}
-  return dict(_accepted(backend, tuple(_MEASURED.get(backend, {}).items())))
+  options = dict(_FOR_EVERY_PROGRAM.get(backend, {}))
+  if convolutions:
+    options.update(_FOR_CONVOLUTIONS.get(backend, {}))
+  return dict(_accepted(backend, tuple(options.items())))
 
 
 def compiler_options_for(fn: Callable, *args: Any, backend: str | None = None) -> dict[str, str]:

@@ -79,7 +79,8 @@ def test_unknown_backend_is_refused():
 
 def test_option_the_jaxlib_lacks_is_dropped_with_a_warning(monkeypatch, fresh_cache):
   known = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
-  monkeypatch.setitem(compiler._MEASURED, "cpu", {**known, "xla_cpu_no_such_option": "1"})
+  monkeypatch.setitem(compiler._FOR_EVERY_PROGRAM, "cpu", known)
+  monkeypatch.setitem(compiler._FOR_CONVOLUTIONS, "cpu", {"xla_cpu_no_such_option": "1"})
   with pytest.warns(RuntimeWarning, match="does not accept the XLA option xla_cpu_no_such_option"):
     options = sn_jax.compiler_options("cpu")
   assert options == known  # the others are kept
@@ -87,8 +88,11 @@ def test_option_the_jaxlib_lacks_is_dropped_with_a_warning(monkeypatch, fresh_ca
 
 
 def test_value_the_jaxlib_lacks_is_dropped_with_a_warning(monkeypatch, fresh_cache):
+  monkeypatch.setitem(compiler._FOR_EVERY_PROGRAM, "cpu", {})
   monkeypatch.setitem(
-    compiler._MEASURED, "cpu", {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_NONE"}
+    compiler._FOR_CONVOLUTIONS,
+    "cpu",
+    {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_NONE"},
   )
   with pytest.warns(RuntimeWarning, match="LIBRARY_FUSION_TYPE_NONE"):
     assert sn_jax.compiler_options("cpu") == {}
@@ -122,9 +126,11 @@ def test_spectral_norm_step_is_the_same_with_and_without_the_options():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "gpu"])
-def test_programs_without_convolutions_keep_xla_defaults(backend):
-  assert sn_jax.compiler_options(backend, convolutions=False) == {}
+def test_programs_without_convolutions_get_only_the_scheduler_on_cpu():
+  cpu = sn_jax.compiler_options("cpu", convolutions=False)
+  assert cpu == {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+  assert cpu.items() < sn_jax.compiler_options("cpu").items()
+  assert sn_jax.compiler_options("gpu", convolutions=False) == {}
 
 
 @pytest.mark.parametrize("name, expected", [("mlp1", False), ("tiny", True), ("elunet", True)])
