@@ -147,11 +147,12 @@ class SpectralNorm(nn.Module):
   normalized training step against the plain one is in ``benchmarks/README.md``
   (``benchmarks/results/spectral_norm_step.json``). With ``method='fourier'`` it adds the
   symbol (a DFT of the kernel's taps, a few multiplications per tap and symbol entry, and
-  ``L^d C_in C_out / (2 groups)`` complex entries for a circular grid of ``L^d`` points) and,
-  per step, two batched products with its blocks, about ``4 L^d C_in C_out / groups`` real
-  multiplications, against ``2 prod(N / s) prod(kernel_size) C_in C_out / groups`` for a step
-  of ``'power'``; the gradient reads only the kernel's taps. The two are compared per layer and per
-  training step in ``benchmarks/results/fourier_*.json``.
+  ``L^d C_in C_out / (2 groups)`` complex entries for a circular grid of ``L^d`` points; one
+  larger than 16 MiB is built and iterated a chunk of frequencies at a time, never whole)
+  and, per step, two batched products with its blocks, about ``4 L^d C_in C_out / groups``
+  real multiplications, against ``2 prod(N / s) prod(kernel_size) C_in C_out / groups`` for a
+  step of ``'power'``; the gradient reads only the kernel's taps. The two are compared per
+  layer and per training step in ``benchmarks/results/fourier_*.json``.
 
   The wrapped layer keeps its own parameters where Flax puts them: created inside a compact
   ``__call__`` it is a child of the enclosing module (as with ``flax.linen.SpectralNorm``);

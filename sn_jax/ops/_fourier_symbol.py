@@ -209,12 +209,7 @@ def symbol_parts(kernel: jax.Array, plan: Plan) -> tuple[jax.Array, jax.Array | 
     return kernel.reshape(1, cin, cout), None
   half = half_shape(plan)
   taps, slots = _by_coarse_tap(kernel, plan)
-  angle = 0.0
-  for j, (h, q, m) in enumerate(zip(half, slots, coarse_shape(plan), strict=True)):
-    shape = [1] * (2 * nd)
-    shape[j], shape[nd + j] = h, len(q)
-    angle = angle + (np.outer(np.arange(h), q) % m * (-2.0 * np.pi / m)).reshape(shape)
-  angle = np.reshape(angle, (math.prod(half), len(taps)))
+  angle = _angles(half[:nd], slots, coarse_shape(plan))
 
   def part(wave):
     blocks = jnp.asarray(wave(angle), kernel.dtype) @ taps
@@ -222,6 +217,70 @@ def symbol_parts(kernel: jax.Array, plan: Plan) -> tuple[jax.Array, jax.Array | 
     return jnp.moveaxis(blocks, -2, 0)
 
   return part(np.cos), part(np.sin)
+
+
+def _angles(half, slots, coarse) -> np.ndarray:
+  """``-2 pi sum_j w_j q_j / M_j`` over the given axes: ``(prod(half), prod(len(q)))``, the
+  frequencies ``w`` and coarse tap indices ``q`` each row-major over the axes."""
+  nd = len(half)
+  angle = np.zeros(())
+  for j, (h, q, m) in enumerate(zip(half, slots, coarse, strict=True)):
+    shape = [1] * (2 * nd)
+    shape[j], shape[nd + j] = h, len(q)
+    angle = angle + (np.outer(np.arange(h), q) % m * (-2.0 * np.pi / m)).reshape(shape)
+  return np.reshape(angle, (math.prod(half), math.prod(len(q) for q in slots)))
+
+
+def dft_stages(kernel: jax.Array, plan: Plan, rows: int) -> tuple[np.ndarray, jax.Array]:
+  """The DFT of the taps in two stages, for building the symbol's blocks a few at a time.
+
+  ``B[w_0, r] = sum_{q_0} exp(i a_0(w_0, q_0)) A[r, q_0]``, where ``r`` indexes the kept
+  frequencies of the spatial axes after the first (row-major) and ``A`` is the taps' DFT over
+  those axes. Taking the first axis' DFT last, per chunk of ``r``, costs ``4 H_0 Q_0`` real
+  products per column and frequency ``r``, against ``2 H_0 prod(Q)`` for
+  :func:`symbol_parts`'s single product.
+
+  Args:
+    kernel: the layer's kernel.
+    plan: its plan, with spatial dimensions.
+    rows: the rows of ``rest``, at least ``prod(H[1:])``; the extra ones are zero.
+
+  Returns:
+    ``(first, rest)``: ``first``, float64 ``(2 H_0, 2 Q_0)``, the first axis' DFT as a real
+    matrix (``[[cos, -sin], [sin, cos]]``, acting on ``A``'s real parts stacked over its
+    imaginary ones); ``rest``, ``(rows, 2 Q_0, S * C_in * C_out)``, the real then the imaginary
+    parts of ``A`` (for one spatial axis, the taps and zeros). Blocks from them:
+    :func:`blocks_from_stages`.
+  """
+  kernel = _float_kernel(kernel)
+  half, coarse = half_shape(plan), coarse_shape(plan)
+  taps, slots = _by_coarse_tap(kernel, plan)
+  angle = _angles(half[:1], slots[:1], coarse[:1])
+  first = np.block([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+  taps = taps.reshape(len(slots[0]), -1, taps.shape[-1])  # (Q_0, prod(Q[1:]), columns)
+  angle = _angles(half[1:], slots[1:], coarse[1:])  # (prod(H[1:]), prod(Q[1:])); (1, 1) in 1-D
+  waves = np.zeros((rows, 2, angle.shape[1]))
+  waves[: len(angle), 0], waves[: len(angle), 1] = np.cos(angle), np.sin(angle)
+  if len(half) == 1:
+    waves[:, 1] = 0.0  # no other axis: A is the taps, real
+  rest = jnp.einsum("rvq,pqc->rvpc", jnp.asarray(waves, kernel.dtype), taps)
+  return first, rest.reshape(rows, 2 * taps.shape[0], -1)
+
+
+def blocks_from_stages(
+  first: np.ndarray, rest: jax.Array, plan: Plan, kernel_shape: tuple[int, ...]
+) -> tuple[jax.Array, jax.Array]:
+  """The real and imaginary parts of the symbol's blocks at the frequencies ``(w_0, r)`` for
+  every ``w_0`` and the ``R`` values of ``r`` in ``rest``, ``(R, 2 Q_0, columns)`` (rows of
+  :func:`dft_stages`'s): each ``(groups, R * H_0, S * C_in/groups, C_out/groups)``, ordered
+  ``r`` major."""
+  cout = kernel_shape[-1]
+  groups = plan.feature_group_count
+  first = jnp.broadcast_to(jnp.asarray(first, rest.dtype), (rest.shape[0], *first.shape))
+  blocks = jnp.einsum("rwq,rqc->rwc", first, rest)  # (R, 2 H_0, columns)
+  blocks = blocks.reshape(rest.shape[0], 2, first.shape[1] // 2, -1, groups, cout // groups)
+  blocks = jnp.moveaxis(blocks, (1, 4), (0, 1))  # (2, groups, R, H_0, S C_in/g, C_out/g)
+  return tuple(b.reshape(groups, -1, *b.shape[-2:]) for b in blocks)
 
 
 def symbol(kernel: jax.Array, plan: Plan) -> jax.Array:

@@ -37,6 +37,7 @@ References:
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import jax
@@ -48,7 +49,10 @@ from sn_jax.ops._conv_spec import IntOrSequence, PaddingLike
 from sn_jax.ops._fourier_symbol import (
   block_form,
   block_layout,
+  blocks_from_stages,
   coarse_shape,
+  dft_stages,
+  half_shape,
   kernel_from_symbol,
   make_plan,
   symbol,
@@ -296,29 +300,103 @@ def _times(blocks, w):
   return product(b_re, w_re) - product(b_im, w_im), product(b_re, w_im) + product(b_im, w_re)
 
 
-@functools.partial(jax.jit, static_argnames=("plan", "num_iters"))
-def _fourier_power(kernel, u, plan, num_iters):
-  re, im = lax.stop_gradient(symbol_parts(kernel, plan))
-  blocks = tuple(p.reshape(-1, *p.shape[-2:]) for p in (re, im) if p is not None)
-  parts = _normalize_parts(_split(lax.stop_gradient(u)))
+def _step(blocks, parts):
+  """One power step on ``B B^H`` for every block (one batched product with ``B^H``, one with
+  ``B``): ``(w, B w, new u)`` with ``w = B^H u / ||B^H u||``; a zero block keeps its ``u``."""
+  right = _normalize_parts(_adjoint_times(blocks, parts))
+  images = _times(blocks, right)
+  new = _normalize_parts(images)
+  keep = _squared_norms(new) > 0
+  return right, images, tuple(jnp.where(keep, n, p) for n, p in zip(new, parts, strict=True))
 
-  def step(parts):
-    """One power step on ``B B^H`` for every block (one batched product with ``B^H``, one with
-    ``B``): ``(w, B w, new u)`` with ``w = B^H u / ||B^H u||``; a zero block keeps its ``u``."""
-    right = _normalize_parts(_adjoint_times(blocks, parts))
-    images = _times(blocks, right)
-    new = _normalize_parts(images)
-    keep = _squared_norms(new) > 0
-    return right, images, tuple(jnp.where(keep, n, p) for n, p in zip(new, parts, strict=True))
 
+def _iterate(blocks, parts, num_iters):
+  """``num_iters`` power steps on every block: ``(left, right, sizes, new u)``, where
+  ``Re(left^H B right)`` is each block's estimate and ``sizes`` its square, ``(blocks, 1)``."""
   if num_iters == 0:  # sigma = ||B^H u|| = Re(u^H B w) at u itself
     images = _adjoint_times(blocks, parts)
-    left, right, sizes = parts, _normalize_parts(images), _squared_norms(images)
-  else:  # sigma = ||B w|| = Re(u_new^H B w) of the last step: no further product
-    if num_iters > 1:
-      parts = lax.fori_loop(0, num_iters - 1, lambda _, p: step(p)[2], parts)
-    right, images, parts = step(parts)
-    left, sizes = parts, _squared_norms(images)
+    return parts, _normalize_parts(images), _squared_norms(images), parts
+  # sigma = ||B w|| = Re(u_new^H B w) of the last step: no further product
+  if num_iters > 1:
+    parts = lax.fori_loop(0, num_iters - 1, lambda _, p: _step(blocks, p)[2], parts)
+  right, images, parts = _step(blocks, parts)
+  return parts, right, _squared_norms(images), parts
+
+
+# A symbol of at most this many bytes is formed whole for the power steps (it stays in a CPU's
+# last-level cache between the two products that read it); a larger one is built and iterated
+# on a chunk of frequencies at a time (:func:`_iterate_by_chunks`), each chunk's blocks at most
+# about _CHUNK_BYTES, or one frequency of the axes after the first for every frequency of it.
+_WHOLE_SYMBOL_BYTES = 1 << 24
+_CHUNK_BYTES = 1 << 22
+
+
+def by_chunks(plan, kernel_shape: tuple[int, ...], dtype) -> bool:
+  """Whether :func:`fourier_power_iteration` builds this layer's symbol a chunk of
+  frequencies at a time (:func:`_iterate_by_chunks`) rather than whole: a convolution whose
+  symbol, of ``dtype`` (its vectors'), exceeds ``_WHOLE_SYMBOL_BYTES``."""
+  num_blocks, rows, cols = block_layout(plan, kernel_shape)
+  return bool(plan.circular_shape) and (
+    num_blocks * rows * cols * jnp.dtype(dtype).itemsize > _WHOLE_SYMBOL_BYTES
+  )
+
+
+def _iterate_by_chunks(kernel, parts, plan, num_iters):
+  """:func:`_iterate` on the blocks of the symbol of a convolution, never forming the symbol.
+
+  The DFT of the taps over the spatial axes after the first is taken once
+  (:func:`dft_stages`); then each chunk of those axes' frequencies takes the first axis' DFT
+  of its share (:func:`blocks_from_stages`), iterates on those blocks and keeps only its
+  vectors. Every block's steps are independent of the others', so this is the same
+  computation as on the whole symbol, in fewer multiplications, and the symbol (tens of MB for
+  a wide layer) is never written to memory and read back twice per step.
+  """
+  groups = plan.feature_group_count
+  _, rows, cols = block_layout(plan, kernel.shape)
+  half = half_shape(plan)
+  first_freqs, other_freqs = half[0], math.prod(half[1:])
+  bytes_per_other = 2 * groups * first_freqs * rows * cols * jnp.dtype(parts[0].dtype).itemsize
+  chunk = max(1, min(other_freqs, _CHUNK_BYTES // bytes_per_other))
+  num_chunks = -(-other_freqs // chunk)
+  pad = num_chunks * chunk - other_freqs
+  first, rest = dft_stages(kernel, plan, num_chunks * chunk)
+  rest = rest.reshape(num_chunks, chunk, *rest.shape[1:])
+
+  def by_chunk(part):  # (groups * F, k) -> (num_chunks, groups * chunk * first_freqs, k)
+    part = part.reshape(groups, first_freqs, other_freqs, -1)
+    part = jnp.pad(part, ((0, 0), (0, 0), (0, pad), (0, 0)))
+    part = part.reshape(groups, first_freqs, num_chunks, chunk, -1).transpose(2, 0, 3, 1, 4)
+    return part.reshape(num_chunks, groups * chunk * first_freqs, -1)
+
+  def from_chunks(part):  # the inverse of by_chunk
+    part = part.reshape(num_chunks, groups, chunk, first_freqs, -1).transpose(1, 3, 0, 2, 4)
+    part = part.reshape(groups, first_freqs, num_chunks * chunk, -1)[:, :, :other_freqs]
+    return part.reshape(groups * first_freqs * other_freqs, -1)
+
+  def one_chunk(chunk_args):
+    chunk_rest, chunk_parts = chunk_args
+    blocks = blocks_from_stages(first, chunk_rest, plan, kernel.shape)
+    blocks = tuple(b.reshape(-1, rows, cols) for b in blocks)
+    return _iterate(blocks, chunk_parts, num_iters)
+
+  chunk_args = (rest, tuple(by_chunk(p) for p in parts))
+  if num_chunks == 1:
+    out = one_chunk(jax.tree.map(lambda x: x[0], chunk_args))
+    return jax.tree.map(lambda x: from_chunks(x[None]), out)
+  return jax.tree.map(from_chunks, lax.map(one_chunk, chunk_args))
+
+
+@functools.partial(jax.jit, static_argnames=("plan", "num_iters"))
+def _fourier_power(kernel, u, plan, num_iters):
+  parts = _normalize_parts(_split(lax.stop_gradient(u)))
+  if by_chunks(plan, kernel.shape, u.dtype):
+    left, right, sizes, parts = _iterate_by_chunks(
+      lax.stop_gradient(kernel), parts, plan, num_iters
+    )
+  else:
+    blocks = lax.stop_gradient(symbol_parts(kernel, plan))
+    blocks = tuple(p.reshape(-1, *p.shape[-2:]) for p in blocks if p is not None)
+    left, right, sizes, parts = _iterate(blocks, parts, num_iters)
   best = jnp.argmax(sizes[:, 0])
   # The bilinear form at the winning block, with both vectors held constant: its gradient is
   # that of the top singular value once u has converged, and it reads the taps only.
@@ -370,7 +448,12 @@ def fourier_power_iteration(
   conjugate transposes. The estimate comes from the last step's products, as in Miyato et al.'s
   spectral normalization, so a step costs those two and nothing more: :math:`\sigma = \max_f
   \|B_f w_f\|` with :math:`w_f = B_f^H u_f / \|B_f^H u_f\|` (``u_f`` before the step);
-  ``num_iters=0`` evaluates :math:`\max_f \|B_f^H u_f\|` instead, one product.
+  ``num_iters=0`` evaluates :math:`\max_f \|B_f^H u_f\|` instead, one product. A symbol
+  larger than a CPU's last-level cache (above 16 MiB: the mini AlexNet's second convolution,
+  30 MB) is never formed whole: its DFT is taken over the axes after the first once, and over
+  the first a chunk of frequencies at a time, each chunk's blocks iterated while they are in
+  cache (the same steps, in fewer multiplications; measured per layer in
+  ``benchmarks/results/fourier_layer_update.json``).
 
   Both are at most ``B_f``'s top singular value and they interleave, never decreasing
   (``||B^H u_k|| <= ||B w_{k+1}|| <= ||B^H u_{k+1}||``), so ``sigma`` converges from below

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import sn_jax
-from sn_jax.ops import fourier, operators
+from sn_jax.ops import _fourier_symbol, fourier, operators
 
 # (kernel shape, spatial shape, attributes): 1-D to 3-D, strided, non-square, dilated, grouped.
 CIRCULAR_CASES = [
@@ -244,6 +244,45 @@ def test_a_power_step_estimates_sigma_from_its_own_two_products():
     assert before * (1 - 1e-6) <= sigma <= after * (1 + 1e-6)
     before = after
   assert start < after * (1 - 1e-4)  # the steps were not already converged
+
+
+@pytest.mark.parametrize(
+  "kernel_shape,spatial,attrs",
+  [*(case for case in POWER_CASES if case[1]), ((3, 3, 2, 3), (6, 4), {})],  # (6, 4): 3 r's
+)
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_power_steps_by_chunks_equal_steps_on_the_whole_symbol(
+  monkeypatch, kernel_shape, spatial, attrs, chunk
+):
+  """Chunks of ``chunk`` frequencies of the axes after the first give what the same steps on the
+  whole symbol give: several chunks for the 2-D and 3-D cases, and for the (6, 4) grid's 3
+  frequencies of its second axis at ``chunk=2`` a last chunk padded with a zero block."""
+  kernel = _kernel(kernel_shape, seed=4)
+  options = {"strides": 1, "padding": "CIRCULAR", "kernel_dilation": 1, "feature_group_count": 1}
+  plan = fourier._plan(kernel, spatial, *{**options, **attrs}.values())
+  u = sn_jax.fourier_power_init(jax.random.key(2), kernel, spatial, **attrs)
+  parts = fourier._normalize_parts(fourier._split(u))
+  whole = tuple(p.reshape(-1, *p.shape[-2:]) for p in _fourier_symbol.symbol_parts(kernel, plan))
+  _, rows, cols = _fourier_symbol.block_layout(plan, kernel.shape)
+  first_freqs = _fourier_symbol.half_shape(plan)[0]
+  per_frequency = 2 * plan.feature_group_count * first_freqs * rows * cols * 4
+  monkeypatch.setattr(fourier, "_CHUNK_BYTES", chunk * per_frequency)
+  for num_iters in (0, 1, 2):
+    expected = fourier._iterate(whole, parts, num_iters)
+    got = fourier._iterate_by_chunks(kernel, parts, plan, num_iters)
+    for e, g in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True):
+      np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+  # The whole update (sigma, its gradient and u) takes the chunks above _WHOLE_SYMBOL_BYTES.
+  update = jax.value_and_grad(fourier._fourier_power.__wrapped__, has_aux=True)
+  expected = update(kernel, u, plan, 1)
+  monkeypatch.setattr(fourier, "_WHOLE_SYMBOL_BYTES", 0)
+  calls = []
+  by_chunks = fourier._iterate_by_chunks
+  monkeypatch.setattr(fourier, "_iterate_by_chunks", lambda *a: calls.append(1) or by_chunks(*a))
+  got = update(kernel, u, plan, 1)
+  assert calls
+  for e, g in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True):
+    np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5 * float(jnp.abs(e).max()))
 
 
 @pytest.mark.parametrize("kernel_shape,spatial,attrs", POWER_CASES[1::2])
