@@ -19,7 +19,6 @@ a smoke run, recording nothing).
 
 from __future__ import annotations
 
-import argparse
 import functools
 
 import bench_conv
@@ -53,19 +52,6 @@ def option_sets() -> dict[str, dict[str, str]]:
   return sets
 
 
-def parse_args() -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="tiny smoke run; records nothing")
-  parser.add_argument("--batch", type=int, default=128)
-  parser.add_argument(
-    "--rounds", type=int, help=f"rounds of paired calls (default: by model, {ROUNDS})"
-  )
-  args = parser.parse_args()
-  if args.quick:
-    args.batch, args.rounds = 8, 3
-  return args
-
-
 def chosen_set(sets: dict[str, dict[str, str]], chosen: dict[str, str]) -> str:
   """The name of the set in ``sets`` equal to ``chosen``."""
   for name, options in sets.items():
@@ -74,12 +60,8 @@ def chosen_set(sets: dict[str, dict[str, str]], chosen: dict[str, str]) -> str:
   raise ValueError(f"compiler_options_for chose {chosen}, none of the sets timed: {sets}.")
 
 
-def ratio_cell(ratio: bench.PairedRatio) -> str:
-  return f"{ratio.median:.3f} ({ratio.low:.3f}-{ratio.high:.3f})"
-
-
 def main() -> None:
-  args = parse_args()
+  args = timing.parse_paired_args(__doc__, ROUNDS)
   pgd_steps = 2 if args.quick else 10
   sets = option_sets()
   columns = [name for name in sets if name != DEFAULTS]
@@ -114,7 +96,7 @@ def main() -> None:
           model,
           task,
           times[DEFAULTS].median_s * 1e3,
-          *(ratio_cell(ratios[name]) for name in [*columns, chosen_name]),
+          *(timing.ratio_cell(ratios[name]) for name in [*columns, chosen_name]),
           f"{', '.join(sorted(chosen)) or 'none'} (= {chosen_name})",
         ]
       )

@@ -40,12 +40,13 @@ import statistics
 import time
 
 import jax
+import numpy as np
 import sgd_steps
 import timing
 
 import sn_jax
 from sn_jax.nn import models
-from sn_jax.ops import _fourier_symbol
+from sn_jax.ops import _fourier_symbol, fourier
 
 # The SVD costs about (smaller side)^2 * (larger side): 3200 x 12544 takes ~11 s on 2 CPU cores,
 # 8192 x 8192 (3x3 512->512 at 4x4) over a minute per call, so that one is left out.
@@ -54,6 +55,15 @@ TOL = 1e-4
 GRAM_ITERS = 6
 SLOW_S = 0.5
 SLOW_REPEATS = 2
+# Rounds of paired calls (each calls every method once, in a shuffled order) for the layer
+# updates and the training steps.
+LAYER_ROUNDS = 200
+TRAIN_ROUNDS = 40
+PAIRED = (
+  "Ratios to 'power' are paired: the median over {rounds} rounds, each calling every method "
+  "once in a shuffled order, of a method's time over 'power''s in the same round, with a 95% "
+  "bootstrap interval."
+)
 
 # name: (kernel shape, input spatial shape, strides, padding)
 FULL_CASES = {
@@ -211,11 +221,14 @@ def multiplications(shape, spatial, strides, padding):
 
   ``'power'``: three passes over the layer's map on one example (``A u``, ``A^T v``, whose
   norm is sigma, and the kernel gradient), each ``prod(output spatial) * prod(kernel_size) * C_in *
-  C_out`` multiplications. ``'fourier'``: the DFT of the taps as computed, two real matrix
-  products (cosines and sines of every kept frequency times the taps by coarse index and phase,
-  ``sn_jax.ops._fourier_symbol.symbol_parts``), two complex matrix-vector products over all
-  blocks (``B^H u`` and ``B w``, whose norm is sigma; 4 real products per complex one) and the
-  bilinear form of one block.
+  C_out`` multiplications. ``'fourier'``: the DFT of the taps as computed, two complex
+  matrix-vector products over all blocks (``B^H u`` and ``B w``, whose norm is sigma; 4 real
+  products per complex one) and the bilinear form of one block. The DFT is either one pair
+  of real products for the whole symbol (cosines and sines of every kept frequency times the
+  taps by coarse index and phase, ``sn_jax.ops._fourier_symbol.symbol_parts``), or, for a
+  symbol built a chunk at a time (``sn_jax.ops.fourier.by_chunks``), the DFT over the axes
+  after the first (a pair of products, once) and then the first axis' (one real product of
+  ``2 H_0 x 2 Q_0`` per column and chunk, ``sn_jax.ops._fourier_symbol.dft_stages``).
   """
   kernel = jax.ShapeDtypeStruct(shape, jax.numpy.float32)
   plan = _fourier_symbol.make_plan(
@@ -225,11 +238,16 @@ def multiplications(shape, spatial, strides, padding):
   op = sn_jax.conv_operator(jax.numpy.zeros(shape), input_shape, strides=strides, padding=padding)
   out = jax.eval_shape(op, jax.ShapeDtypeStruct(input_shape, jax.numpy.float32)).shape
   power = 3 * math.prod(out[:-1]) * math.prod(shape[:-2]) * shape[-2] * shape[-1]
-  taps = jax.eval_shape(lambda k: _fourier_symbol._by_coarse_tap(k, plan)[0], kernel).shape
-  frequencies = math.prod(_fourier_symbol.half_shape(plan))
+  taps, columns = jax.eval_shape(lambda k: _fourier_symbol._by_coarse_tap(k, plan)[0], kernel).shape
+  half = _fourier_symbol.half_shape(plan)
   num_blocks, rows, cols = _fourier_symbol.block_layout(plan, shape)
-  fourier = 2 * frequencies * math.prod(taps) + 2 * 4 * num_blocks * rows * cols
-  return {"power": power, "fourier": fourier + 2 * math.prod(shape)}
+  if fourier.by_chunks(plan, shape, jax.numpy.complex64):
+    first_taps = len(np.unique(np.arange(shape[0]) // plan.strides[0]))  # Q_0 (no dilation)
+    dft = 2 * math.prod(half[1:]) * taps * columns + 4 * math.prod(half) * first_taps * columns
+  else:
+    dft = 2 * math.prod(half) * taps * columns
+  products = 2 * 4 * num_blocks * rows * cols
+  return {"power": power, "fourier": dft + products + 2 * math.prod(shape)}
 
 
 def layer_updates(shape, spatial, strides, padding):
@@ -263,14 +281,12 @@ def layer_updates(shape, spatial, strides, padding):
   return fns
 
 
-def bench_layers(cases, repeats, rounds, record):
+def bench_layers(cases, rounds, record):
   rows = []
   for case, (shape, spatial, strides, padding) in cases.items():
-    times = timing.time_side_by_side(
-      layer_updates(shape, spatial, strides, padding), repeats=repeats, rounds=rounds
-    )
+    fns = layer_updates(shape, spatial, strides, padding)
+    times, ratios = timing.time_paired(fns, dict.fromkeys(fns, "power"), rounds=rounds)
     counts = multiplications(shape, spatial, strides, padding)
-    power = times["power"].median_s
     for name, t in times.items():
       mults = counts.get(name)
       rows.append(
@@ -279,7 +295,7 @@ def bench_layers(cases, repeats, rounds, record):
           name,
           t.median_s * 1e3,
           (t.q75_s - t.q25_s) * 1e3,
-          t.median_s / power,
+          timing.ratio_cell(ratios[name]),
           "-" if mults is None else mults / 1e6,
           "-" if mults is None else mults / counts["power"],
         ]
@@ -289,14 +305,15 @@ def bench_layers(cases, repeats, rounds, record):
     "method",
     "median (ms)",
     "IQR (ms)",
-    "time vs power",
+    "time vs power (paired median, 95% interval)",
     "multiplications (M)",
     "mult. vs power",
   ]
   notes = (
     "One jitted update of one layer: sigma after 1 step from a stored vector (none for the "
     "exact symbol norm) and its gradient with respect to the kernel, He-normal kernel, "
-    "compiled with sn_jax.compiler_options(). Multiplications: real products as counted by "
+    f"compiled with sn_jax.compiler_options(). {PAIRED.format(rounds=rounds)} "
+    "Multiplications: real products as counted by "
     "`multiplications` in the script ('power': 3 passes over the layer's map on one example; "
     "'fourier': the DFT of the taps, 2 batched complex matrix-vector products over the "
     "symbol's blocks, one block's bilinear form). 'fourier' needs fewer multiplications "
@@ -317,12 +334,12 @@ def train_step(name, method, batch):
   return sgd_steps.sgd_step(model, x, y)
 
 
-def bench_train(batch, repeats, rounds, record, names=TRAIN_MODELS):
+def bench_train(batch, rounds, record, names=TRAIN_MODELS):
   rows = []
   for name in names:
     methods = ("none", "power", "fourier", "gram")
     fns = {method: train_step(name, method, batch) for method in methods}
-    times = timing.time_side_by_side(fns, repeats=repeats, rounds=rounds)
+    times, ratios = timing.time_paired(fns, dict.fromkeys(fns, "power"), rounds=rounds)
     for method, t in times.items():
       rows.append(
         [
@@ -330,7 +347,7 @@ def bench_train(batch, repeats, rounds, record, names=TRAIN_MODELS):
           method,
           t.median_s * 1e3,
           (t.q75_s - t.q25_s) * 1e3,
-          t.median_s / times["power"].median_s,
+          timing.ratio_cell(ratios[method]),
           t.median_s / times["none"].median_s,
           t.compile_s,
         ]
@@ -340,8 +357,8 @@ def bench_train(batch, repeats, rounds, record, names=TRAIN_MODELS):
     "method",
     f"median, batch {batch} (ms)",
     "IQR (ms)",
-    "vs power",
-    "vs none",
+    "vs power (paired median, 95% interval)",
+    "vs none (ratio of medians)",
     "compile (s)",
   ]
   notes = (
@@ -351,7 +368,8 @@ def bench_train(batch, repeats, rounds, record, names=TRAIN_MODELS):
     "the plain "
     "model. Both models use "
     "zero padding, so 'fourier' and 'gram' converge to upper bounds. Every step compiles "
-    "with sn_jax.compiler_options(). `python benchmarks/bench_fourier.py`."
+    f"with sn_jax.compiler_options(). {PAIRED.format(rounds=rounds)} "
+    "`python benchmarks/bench_fourier.py`."
   )
   record("fourier_train_step", header, rows, notes)
 
@@ -375,22 +393,22 @@ def main() -> None:
       print(f"{name} (quick, not recorded)\n{timing.markdown_table(header, rows)}\n")
 
     if layers:
-      bench_layers(QUICK_LAYERS, repeats=2, rounds=1, record=record)
+      bench_layers(QUICK_LAYERS, rounds=2, record=record)
     if norms:
       bench_norms(QUICK_CASES, repeats=2, rounds=1, record=record)
     if train:
-      bench_train(batch=4, repeats=2, rounds=1, record=record, names=args.models)
+      bench_train(batch=4, rounds=2, record=record, names=args.models)
   else:
 
     def record(name, header, rows, notes):
       print(timing.record(name, header, rows, notes=notes))
 
     if layers:
-      bench_layers(MODEL_LAYERS, repeats=20, rounds=5, record=record)
+      bench_layers(MODEL_LAYERS, rounds=LAYER_ROUNDS, record=record)
     if norms:
       bench_norms(FULL_CASES, repeats=10, rounds=5, record=record)
     if train:
-      bench_train(batch=args.batch, repeats=10, rounds=5, record=record, names=args.models)
+      bench_train(batch=args.batch, rounds=TRAIN_ROUNDS, record=record, names=args.models)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,6 @@ benchmarks/README.md.
 
 from __future__ import annotations
 
-import argparse
-
 import jax
 import sgd_steps
 import timing
@@ -86,22 +84,8 @@ def torch_steps(name: str, x: jax.Array, y: jax.Array) -> tuple[dict, dict]:
   return fns, dict.fromkeys(fns, "PyTorch, plain")
 
 
-def parse_args() -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="tiny smoke run; records nothing")
-  parser.add_argument("--batch", type=int, default=128)
-  parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-  parser.add_argument(
-    "--rounds", type=int, help=f"rounds of paired calls (default: by model, {ROUNDS})"
-  )
-  args = parser.parse_args()
-  if args.quick:
-    args.batch, args.rounds = 8, 3
-  return args
-
-
 def main() -> None:
-  args = parse_args()
+  args = timing.parse_paired_args(__doc__, ROUNDS, MODELS)
   rows = []
   for name in args.models:
     x = jax.random.normal(jax.random.key(1), (args.batch, *models.INPUT_SHAPES[name]))

@@ -29,12 +29,12 @@ from typing import Any
 from sn_jax._backend import host_memory
 
 # The measuring core, re-exported for the scripts.
+from sn_jax.bench import PairedRatio, write_section
 from sn_jax.bench import Timing as Timing
 from sn_jax.bench import machine as machine
 from sn_jax.bench import time_fn as time_fn
 from sn_jax.bench import time_paired as time_paired
 from sn_jax.bench import time_side_by_side as time_side_by_side
-from sn_jax.bench import write_section
 
 if os.environ.get("SN_JAX_BENCH_MALLOC") != "system":
   host_memory.retain()
@@ -95,6 +95,31 @@ def parse_args(description: str, *, batch: int = 128, repeats: int = 20) -> argp
   if args.quick:
     args.batch, args.repeats = 8, 2
   args.rounds = 1 if args.quick else 5
+  return args
+
+
+def ratio_cell(ratio: PairedRatio) -> str:
+  """A paired ratio as a table cell: its median and, in parentheses, its 95% interval."""
+  return f"{ratio.median:.3f} ({ratio.low:.3f}-{ratio.high:.3f})"
+
+
+def parse_paired_args(
+  description: str, rounds: dict[str, int], models: Sequence[str] | None = None
+) -> argparse.Namespace:
+  """The command line of a benchmark of paired rounds by model: ``--quick`` (batch 8, 3 rounds,
+  records nothing), ``--batch``, ``--rounds`` (default: ``rounds`` by model) and, given
+  ``models``, ``--models`` (any of them; all by default)."""
+  parser = argparse.ArgumentParser(description=description.split("\n")[0])
+  parser.add_argument("--quick", action="store_true", help="tiny smoke run; records nothing")
+  parser.add_argument("--batch", type=int, default=128)
+  if models is not None:
+    parser.add_argument("--models", nargs="+", choices=models, default=list(models))
+  parser.add_argument(
+    "--rounds", type=int, help=f"rounds of paired calls (default: by model, {rounds})"
+  )
+  args = parser.parse_args()
+  if args.quick:
+    args.batch, args.rounds = 8, 3
   return args
 
 
