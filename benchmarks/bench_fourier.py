@@ -226,7 +226,7 @@ def multiplications(shape, spatial, strides, padding):
   products per complex one) and the bilinear form of one block. The DFT is either one pair
   of real products for the whole symbol (cosines and sines of every kept frequency times the
   taps by coarse index and phase, ``sn_jax.ops._fourier_symbol.symbol_parts``), or, for a
-  symbol built a chunk at a time (``sn_jax.ops.fourier.by_chunks``), the DFT over the axes
+  symbol built a chunk at a time (``sn_jax.ops.fourier._by_chunks``), the DFT over the axes
   after the first (a pair of products, once) and then the first axis' (one real product of
   ``2 H_0 x 2 Q_0`` per column and chunk, ``sn_jax.ops._fourier_symbol.dft_stages``).
   """
@@ -241,7 +241,7 @@ def multiplications(shape, spatial, strides, padding):
   taps, columns = jax.eval_shape(lambda k: _fourier_symbol._by_coarse_tap(k, plan)[0], kernel).shape
   half = _fourier_symbol.half_shape(plan)
   num_blocks, rows, cols = _fourier_symbol.block_layout(plan, shape)
-  if fourier.by_chunks(plan, shape, jax.numpy.complex64):
+  if fourier._by_chunks(plan, shape, jax.numpy.complex64):
     first_taps = len(np.unique(np.arange(shape[0]) // plan.strides[0]))  # Q_0 (no dilation)
     dft = 2 * math.prod(half[1:]) * taps * columns + 4 * math.prod(half) * first_taps * columns
   else:

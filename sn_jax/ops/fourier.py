@@ -331,7 +331,7 @@ _WHOLE_SYMBOL_BYTES = 1 << 24
 _CHUNK_BYTES = 1 << 22
 
 
-def by_chunks(plan, kernel_shape: tuple[int, ...], dtype) -> bool:
+def _by_chunks(plan, kernel_shape: tuple[int, ...], dtype) -> bool:
   """Whether :func:`fourier_power_iteration` builds this layer's symbol a chunk of
   frequencies at a time (:func:`_iterate_by_chunks`) rather than whole: a convolution whose
   symbol, of ``dtype`` (its vectors'), exceeds ``_WHOLE_SYMBOL_BYTES``."""
@@ -389,7 +389,7 @@ def _iterate_by_chunks(kernel, parts, plan, num_iters):
 @functools.partial(jax.jit, static_argnames=("plan", "num_iters"))
 def _fourier_power(kernel, u, plan, num_iters):
   parts = _normalize_parts(_split(lax.stop_gradient(u)))
-  if by_chunks(plan, kernel.shape, u.dtype):
+  if _by_chunks(plan, kernel.shape, u.dtype):
     left, right, sizes, parts = _iterate_by_chunks(
       lax.stop_gradient(kernel), parts, plan, num_iters
     )
