@@ -1,8 +1,9 @@
 """The XLA compiler options sn_jax's programs compile with, per backend and program.
 
 sn_jax's trainer compiles its steps with :func:`jit`, which picks :func:`compiler_options` for
-the program it is given (whether it applies convolutions); a program of your own gets the same
-with ``jax.jit(fn, compiler_options=sn_jax.compiler_options_for(fn, *args))``.
+the program it is given (whether it applies convolutions, whether it calls LAPACK); a program
+of your own gets the same with
+``jax.jit(fn, compiler_options=sn_jax.compiler_options_for(fn, *args))``.
 """
 
 from __future__ import annotations
@@ -23,30 +24,50 @@ BACKENDS = ("cpu", "gpu", "tpu")
 # -individual_convolution, which compiler options cannot spell (they take whole lists).
 _YNN_WITHOUT_CONVOLUTIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
 
-# backend -> the options measured to help every program there, and those that help only
-# programs applying convolutions (see compiler_options's docstring).
-_FOR_EVERY_PROGRAM: dict[str, dict[str, str]] = {
-  "cpu": {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"},
-}
+# backend -> the options for programs that apply convolutions there, and the schedule for
+# programs that apply none or that call LAPACK's decompositions (see compiler_options).
 _FOR_CONVOLUTIONS: dict[str, dict[str, str]] = {
   "cpu": {"xla_cpu_experimental_ynn_fusion_type": _YNN_WITHOUT_CONVOLUTIONS},
 }
+_SCHEDULE: dict[str, dict[str, str]] = {
+  "cpu": {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"},
+}
 _CONVOLUTION_PRIMITIVES = frozenset({"conv_general_dilated"})
+# lax.linalg's decompositions, which XLA's CPU backend hands to LAPACK.
+_DECOMPOSITION_PRIMITIVES = frozenset(
+  {
+    "cholesky",
+    "eig",
+    "eigh",
+    "geqp3",
+    "geqrf",
+    "hessenberg",
+    "lu",
+    "qr",
+    "schur",
+    "svd",
+    "tridiagonal",
+  }
+)
 
 
-def compiler_options(backend: str | None = None, *, convolutions: bool = True) -> dict[str, str]:
+def compiler_options(
+  backend: str | None = None, *, convolutions: bool = True, decompositions: bool = False
+) -> dict[str, str]:
   """The XLA options to compile sn_jax's programs with on ``backend``, for ``jax.jit``.
 
   GPU and TPU get none (XLA's defaults). On CPU:
 
-  - ``xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED``, for every program: the
-    memory-optimized schedule, which keeps a batch's large matrix products from waiting
-    behind unrelated copies, and under which programs that mix batch-sized products with
-    LAPACK calls (``SpectralNorm(method='fourier')``) did not hang as they did with the
-    default schedule.
   - ``xla_cpu_experimental_ynn_fusion_type``, for programs with convolutions: matrix products
     and reductions still go to YNNPACK, convolutions no longer do (XLA's own convolutions run
     them, forward and backward).
+  - ``xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED``, for programs without
+    convolutions (the MLP's steps and PGD were no slower with it) and for those that call
+    LAPACK's decompositions (eigh, SVD, QR, ...): the memory-optimized schedule, under which
+    programs that mixed batch-sized products with LAPACK calls did not hang as they did with
+    the default schedule. On the training steps of most of the zoo's convolutional networks
+    (the mini AlexNet, ResNet, Inception, with or without spectral normalization) it cost 2 to
+    5%, so programs with convolutions and no decompositions go without it.
 
   Each option's effect, left out in turn, is in ``benchmarks/results/compiler_options_cpu.json``.
 
@@ -57,8 +78,9 @@ def compiler_options(backend: str | None = None, *, convolutions: bool = True) -
   Args:
     backend: ``'cpu'``, ``'gpu'``, ``'tpu'`` or the platform of an installed plugin; defaults
       to ``jax.default_backend()``. Backends sn_jax has not measured get no options.
-    convolutions: whether the program applies convolutions (``False``: the options for every
-      program only); :func:`compiler_options_for` finds out from the program.
+    convolutions: whether the program applies convolutions.
+    decompositions: whether it calls LAPACK's decompositions. :func:`compiler_options_for`
+      finds out both from the program.
 
   Returns:
     A new dict of option name to value, for ``jax.jit(..., compiler_options=...)``; empty
@@ -77,15 +99,18 @@ def compiler_options(backend: str | None = None, *, convolutions: bool = True) -
     backend = jax.default_backend()  # a plugin's platform is valid too: it gets no options
   elif backend not in BACKENDS and backend != jax.default_backend():
     raise ValueError(f"`backend` must be one of {BACKENDS} or None, got {backend!r}.")
-  options = dict(_FOR_EVERY_PROGRAM.get(backend, {}))
+  options = {}
+  if decompositions or not convolutions:
+    options.update(_SCHEDULE.get(backend, {}))
   if convolutions:
     options.update(_FOR_CONVOLUTIONS.get(backend, {}))
   return dict(_accepted(backend, tuple(options.items())))
 
 
 def compiler_options_for(fn: Callable, *args: Any, backend: str | None = None) -> dict[str, str]:
-  """:func:`compiler_options` for the program ``fn(*args)``: ``convolutions`` set by whether it
-  applies one (:func:`applies_convolutions`).
+  """:func:`compiler_options` for the program ``fn(*args)``: ``convolutions`` and
+  ``decompositions`` set by what it applies (:func:`applies_convolutions`,
+  :func:`calls_decompositions`).
 
   Args:
     fn: the function to be jitted; it is traced once (with ``jax.make_jaxpr``), not run. A
@@ -102,7 +127,12 @@ def compiler_options_for(fn: Callable, *args: Any, backend: str | None = None) -
     >>> x = jnp.ones((4, 4))
     >>> y = jax.jit(step, compiler_options=sn_jax.compiler_options_for(step, x))(x)
   """
-  return compiler_options(backend, convolutions=applies_convolutions(fn, *args))
+  primitives = _primitives(jax.make_jaxpr(fn)(*args).jaxpr)
+  return compiler_options(
+    backend,
+    convolutions=bool(primitives & _CONVOLUTION_PRIMITIVES),
+    decompositions=bool(primitives & _DECOMPOSITION_PRIMITIVES),
+  )
 
 
 def applies_convolutions(fn: Callable, *args: Any) -> bool:
@@ -115,25 +145,40 @@ def applies_convolutions(fn: Callable, *args: Any) -> bool:
     >>> compiler.applies_convolutions(lambda x: jnp.tanh(x @ x), jnp.ones((2, 2)))
     False
   """
-  return _has_convolution(jax.make_jaxpr(fn)(*args).jaxpr)
+  return bool(_primitives(jax.make_jaxpr(fn)(*args).jaxpr) & _CONVOLUTION_PRIMITIVES)
 
 
-def _has_convolution(jaxpr: Any) -> bool:
+def calls_decompositions(fn: Callable, *args: Any) -> bool:
+  """Whether ``fn(*args)`` calls one of ``lax.linalg``'s decompositions (eigh, SVD, QR, LU,
+  Cholesky, ...), which XLA's CPU backend hands to LAPACK, anywhere; nothing is computed.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sn_jax._backend import compiler
+    >>> compiler.calls_decompositions(lambda x: jnp.linalg.eigh(x @ x.T)[0], jnp.ones((2, 2)))
+    True
+  """
+  return bool(_primitives(jax.make_jaxpr(fn)(*args).jaxpr) & _DECOMPOSITION_PRIMITIVES)
+
+
+def _primitives(jaxpr: Any) -> set[str]:
+  """The names of the primitives ``jaxpr`` applies, those of nested programs included."""
+  names = set()
   for eqn in jaxpr.eqns:
-    if eqn.primitive.name in _CONVOLUTION_PRIMITIVES:
-      return True
+    names.add(eqn.primitive.name)
     for value in eqn.params.values():
       for inner in value if isinstance(value, (tuple, list)) else (value,):
         inner = getattr(inner, "jaxpr", inner)  # a ClosedJaxpr's Jaxpr
-        if hasattr(inner, "eqns") and _has_convolution(inner):
-          return True
-  return False
+        if hasattr(inner, "eqns"):
+          names |= _primitives(inner)
+  return names
 
 
 def jit(fn: Callable, *, backend: str | None = None, **jit_kwargs: Any) -> Callable:
   """``jax.jit(fn, **jit_kwargs)`` compiled with :func:`compiler_options` for ``backend`` and for
-  ``fn``'s own program: on its first call, the wrapper traces ``fn`` once to see whether it
-  applies convolutions, then jits with the options that suit it (later calls reuse that jit).
+  ``fn``'s own program: on its first call, the wrapper traces ``fn`` once to see what it
+  applies (:func:`compiler_options_for`), then jits with the options that suit it (later calls
+  reuse that jit).
   """
   jitted = None
 

@@ -63,7 +63,9 @@ def operators(
   _setup.check_dtype(dtype, None)
   kernel = jax.random.normal(jax.random.key(0), (3, 3, channels, channels)) / (3 * channels)
   fns = {
-    name: functools.partial(jax.jit(fn, compiler_options=sn_jax.compiler_options()), kernel)
+    name: functools.partial(
+      jax.jit(fn, compiler_options=sn_jax.compiler_options_for(fn, kernel)), kernel
+    )
     for name, fn in _methods(spatial, channels).items()
   }
   times = time_side_by_side(fns, repeats=repeats, warmup=warmup, rounds=min(5, repeats))

@@ -143,8 +143,8 @@ class SpectralNorm(nn.Module):
   With ``method='power'`` a call adds to the plain layer's work, on ONE example, one
   application of the map for sigma and, with ``update_stats=True``, ``num_iters`` steps of the
   map and its transpose before it. On CPU, jit the training step with
-  ``compiler_options=sn_jax.compiler_options()``, as the trainer does. The recorded cost of a
-  normalized training step against the plain one is in ``benchmarks/README.md``
+  ``compiler_options=sn_jax.compiler_options_for(step, *args)``, as the trainer does. The
+  recorded cost of a normalized training step against the plain one is in ``benchmarks/README.md``
   (``benchmarks/results/spectral_norm_step.json``). With ``method='fourier'`` it adds the
   symbol (a DFT of the kernel's taps, a few multiplications per tap and symbol entry, and
   ``L^d C_in C_out / (2 groups)`` complex entries for a circular grid of ``L^d`` points; one

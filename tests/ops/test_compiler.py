@@ -24,14 +24,46 @@ def test_accelerators_keep_xla_defaults(backend):
   assert sn_jax.compiler_options(backend) == {}
 
 
-def test_cpu_gets_the_memory_optimized_schedule_and_xla_convolutions():
+SCHEDULE = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+XLA_CONVOLUTIONS = {
+  "xla_cpu_experimental_ynn_fusion_type": (
+    "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+  )
+}
+
+
+def test_cpu_programs_get_xla_convolutions_or_the_memory_optimized_schedule_or_both():
   # The jaxlib of the development extras knows the options; an older one would drop them.
-  assert sn_jax.compiler_options("cpu") == {
-    "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
-    "xla_cpu_experimental_ynn_fusion_type": (
-      "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+  assert sn_jax.compiler_options("cpu") == XLA_CONVOLUTIONS
+  assert sn_jax.compiler_options("cpu", convolutions=False) == SCHEDULE
+  both = sn_jax.compiler_options("cpu", decompositions=True)
+  assert both == {**SCHEDULE, **XLA_CONVOLUTIONS}
+  assert sn_jax.compiler_options("cpu", convolutions=False, decompositions=True) == SCHEDULE
+  assert sn_jax.compiler_options("gpu", convolutions=False, decompositions=True) == {}
+
+
+@pytest.mark.parametrize(
+  "fn, expected",
+  [
+    (lambda x: jnp.tanh(x @ x), SCHEDULE),
+    (lambda x: jnp.linalg.eigh(x @ x.T)[0].sum() * x, SCHEDULE),
+    (lambda x: _conv(x), XLA_CONVOLUTIONS),
+    (
+      jax.grad(lambda x: jnp.linalg.svd(_conv(x)[0, :, :, 0])[1].sum()),
+      {**SCHEDULE, **XLA_CONVOLUTIONS},
     ),
-  }
+  ],
+  ids=["products", "eigh", "convolution", "gradient of an svd of a convolution"],
+)
+def test_compiler_options_for_reads_what_the_program_applies(fn, expected):
+  x = jnp.ones((4, 4)) if expected is SCHEDULE else jnp.ones((1, 4, 4, 1))
+  assert sn_jax.compiler_options_for(fn, x, backend="cpu") == expected
+
+
+def _conv(x):
+  return jax.lax.conv_general_dilated(
+    x, jnp.ones((3, 3, 1, 1)), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
 
 
 def test_convolutions_leave_ynnpack_and_products_stay():
@@ -79,16 +111,15 @@ def test_unknown_backend_is_refused():
 
 def test_option_the_jaxlib_lacks_is_dropped_with_a_warning(monkeypatch, fresh_cache):
   known = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
-  monkeypatch.setitem(compiler._FOR_EVERY_PROGRAM, "cpu", known)
+  monkeypatch.setitem(compiler._SCHEDULE, "cpu", known)
   monkeypatch.setitem(compiler._FOR_CONVOLUTIONS, "cpu", {"xla_cpu_no_such_option": "1"})
   with pytest.warns(RuntimeWarning, match="does not accept the XLA option xla_cpu_no_such_option"):
-    options = sn_jax.compiler_options("cpu")
+    options = sn_jax.compiler_options("cpu", decompositions=True)
   assert options == known  # the others are kept
   jax.jit(lambda x: x + 1, compiler_options=options)(jnp.ones(2))  # compiles
 
 
 def test_value_the_jaxlib_lacks_is_dropped_with_a_warning(monkeypatch, fresh_cache):
-  monkeypatch.setitem(compiler._FOR_EVERY_PROGRAM, "cpu", {})
   monkeypatch.setitem(
     compiler._FOR_CONVOLUTIONS,
     "cpu",
@@ -121,16 +152,11 @@ def test_spectral_norm_step_is_the_same_with_and_without_the_options():
     return loss, state, grads
 
   default = jax.jit(step)(variables)
-  tuned = jax.jit(step, compiler_options=sn_jax.compiler_options("cpu"))(variables)
+  tuned = jax.jit(step, compiler_options=sn_jax.compiler_options("cpu", decompositions=True))(
+    variables
+  )
   for a, b in zip(jax.tree.leaves(default), jax.tree.leaves(tuned), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-
-
-def test_programs_without_convolutions_get_only_the_scheduler_on_cpu():
-  cpu = sn_jax.compiler_options("cpu", convolutions=False)
-  assert cpu == {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
-  assert cpu.items() < sn_jax.compiler_options("cpu").items()
-  assert sn_jax.compiler_options("gpu", convolutions=False) == {}
 
 
 @pytest.mark.parametrize("name, expected", [("mlp1", False), ("tiny", True), ("elunet", True)])
@@ -160,4 +186,7 @@ def test_jit_chooses_the_options_for_its_program_once(monkeypatch):
   for _ in range(2):
     np.testing.assert_allclose(dense(jnp.eye(3)), np.tanh(np.eye(3)), rtol=1e-6)
     assert convolved(jnp.ones((1, 5, 5, 1))).shape == (1, 5, 5, 2)
-  assert seen == [{"convolutions": False}, {"convolutions": True}]
+  assert seen == [
+    {"convolutions": False, "decompositions": False},
+    {"convolutions": True, "decompositions": False},
+  ]
