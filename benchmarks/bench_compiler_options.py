@@ -1,11 +1,12 @@
-"""What each of ``sn_jax.compiler_options()`` is worth, and what sn_jax chooses per program.
+"""What each of sn_jax's compiler options is worth, and what sn_jax chooses per program.
 
-Side by side in one run, at batch 128, with sn_jax's default layers (``normalization='none'``):
-ELU-Net's input gradient, training step and PGD-10, the mini AlexNet's training step, and the
-MLP (``mlp1``)'s training step and PGD-10, as ``bench_conv`` defines them. Each program is
-compiled with XLA's defaults, with all of sn_jax's CPU options, and with all but one (one
-column per option); ``sn_jax.compiler_options_for`` the program (what sn_jax's trainer
-compiles with: the convolution option only where the program applies convolutions) is always
+Side by side in one run, at batch 128: with sn_jax's default layers (``normalization='none'``,
+as ``bench_conv`` defines the tasks) ELU-Net's input gradient, training step and PGD-10, the
+training steps of LeNet, the mini AlexNet, ResNet and Inception, and the MLP (``mlp1``)'s
+training step and PGD-10; and the SGD step with ``sn_jax.nn.SpectralNorm`` on every layer of
+ELU-Net, LeNet, the mini AlexNet and ResNet. Each program is compiled with XLA's defaults,
+with all of sn_jax's CPU options, and with all but one (one column per option);
+``sn_jax.compiler_options_for`` the program (what sn_jax's trainer compiles with) is always
 one of these sets, and its column repeats that set's ratio.
 
 Every ratio is paired (``sn_jax.bench.time_paired``): each round calls every compilation of the
@@ -23,21 +24,27 @@ import functools
 
 import bench_conv
 import jax
+import sgd_steps
 import timing
 
 import sn_jax
 from sn_jax import bench
 from sn_jax.nn import models
 
-# model -> the tasks of bench_conv.variant_tasks timed for it.
+# model -> the tasks timed for it: bench_conv.variant_tasks' (no normalization), and the SGD
+# step with sn_jax.nn.SpectralNorm on every layer (sgd_steps.sgd_program).
+SN_STEP = "SN train step"
 PROGRAMS = {
-  "elunet": ("input grad", "train step", "PGD-10"),
-  "alexnet": ("train step",),
+  "elunet": ("input grad", "train step", "PGD-10", SN_STEP),
+  "lenet": ("train step", SN_STEP),
+  "alexnet": ("train step", SN_STEP),
+  "resnet": ("train step", SN_STEP),
+  "inception": ("train step",),
   "mlp1": ("train step", "PGD-10"),
 }
-# Rounds of paired calls by model: a mini-AlexNet step takes ten times an ELU-Net one, an MLP
-# step a tenth.
-ROUNDS = {"elunet": 60, "alexnet": 30, "mlp1": 200}
+# Rounds of paired calls by model: a mini-AlexNet step takes ten times an ELU-Net one, a
+# ResNet step fifteen times, an Inception step twenty-five, an MLP step a tenth.
+ROUNDS = {"elunet": 60, "lenet": 60, "alexnet": 30, "resnet": 20, "inception": 15, "mlp1": 200}
 ALL = "all options"
 DEFAULTS = "XLA defaults"
 CHOSEN = "compiler_options_for"
@@ -45,7 +52,7 @@ CHOSEN = "compiler_options_for"
 
 def option_sets() -> dict[str, dict[str, str]]:
   """Column name -> compiler options: none, all of sn_jax's, and each of them left out."""
-  options = sn_jax.compiler_options()
+  options = sn_jax.compiler_options(decompositions=True)  # every option, for some program
   sets = {DEFAULTS: {}, ALL: options}
   for name in options:
     sets[f"without {name}"] = {k: v for k, v in options.items() if k != name}
@@ -77,6 +84,7 @@ def main() -> None:
     x = jax.random.uniform(jax.random.key(0), (args.batch, *models.INPUT_SHAPES[model]))
     y = jax.random.randint(jax.random.key(1), (args.batch,), 0, 10)
     tasks = bench_conv.variant_tasks(model, x, y, pgd_steps, pgd_for_every_model=True)
+    tasks[SN_STEP] = sgd_steps.sgd_program(models.get_model(model, beta=1.0), x, y)
     for task in PROGRAMS[model]:
       task = task.replace("PGD-10", f"PGD-{pgd_steps}")
       fn, fn_args = tasks[task]
@@ -103,11 +111,14 @@ def main() -> None:
       print(rows[-1], flush=True)
   notes = (
     f"Batch {args.batch}, float32, sn_jax.nn.Conv and sn_jax.ops.pooling.max_pool layers, no "
-    f"spectral normalization; compile time excluded. '{ALL}' is sn_jax.compiler_options() "
-    f"({sn_jax.compiler_options() or 'none on this backend'}); each 'without' column leaves "
-    f"that option out; '{CHOSEN}' is what sn_jax's trainer compiles the program with, one of "
-    "the other columns' sets, whose ratio it repeats. Every ratio is paired: the median over "
-    f"rounds (by model: {args.rounds or ROUNDS}) of the program's time over the time with XLA's "
+    f"spectral normalization except in '{SN_STEP}' (sn_jax.nn.SpectralNorm, beta 1, one power "
+    "step per training step); compile time excluded. "
+    f"'{ALL}' is sn_jax.compiler_options(decompositions=True) "
+    f"({sn_jax.compiler_options(decompositions=True) or 'none on this backend'}); each "
+    f"'without' column leaves that option out; '{CHOSEN}' is what sn_jax's trainer "
+    "compiles the program with, one of the other columns' sets, whose ratio it repeats. "
+    "Every ratio is paired: the median over rounds "
+    f"(by model: {args.rounds or ROUNDS}) of the program's time over the time with XLA's "
     "defaults in the same round (each round calls every compilation once, in a shuffled "
     "order), with a 95% bootstrap interval. `python benchmarks/bench_compiler_options.py`."
   )

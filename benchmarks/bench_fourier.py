@@ -274,10 +274,9 @@ def layer_updates(shape, spatial, strides, padding):
     ("fourier", fourier, u_fourier),
     ("exact symbol norm", exact, u_fourier),
   ):
-    update = jax.jit(
-      jax.value_and_grad(fn, has_aux=True), compiler_options=sn_jax.compiler_options()
-    )
-    fns[name] = functools.partial(update, kernel, u)
+    update = jax.value_and_grad(fn, has_aux=True)
+    options = sn_jax.compiler_options_for(update, kernel, u)
+    fns[name] = functools.partial(jax.jit(update, compiler_options=options), kernel, u)
   return fns
 
 
@@ -312,7 +311,7 @@ def bench_layers(cases, rounds, record):
   notes = (
     "One jitted update of one layer: sigma after 1 step from a stored vector (none for the "
     "exact symbol norm) and its gradient with respect to the kernel, He-normal kernel, "
-    f"compiled with sn_jax.compiler_options(). {PAIRED.format(rounds=rounds)} "
+    f"compiled with sn_jax.compiler_options_for it. {PAIRED.format(rounds=rounds)} "
     "Multiplications: real products as counted by "
     "`multiplications` in the script ('power': 3 passes over the layer's map on one example; "
     "'fourier': the DFT of the taps, 2 batched complex matrix-vector products over the "
@@ -368,7 +367,7 @@ def bench_train(batch, rounds, record, names=TRAIN_MODELS):
     "the plain "
     "model. Both models use "
     "zero padding, so 'fourier' and 'gram' converge to upper bounds. Every step compiles "
-    f"with sn_jax.compiler_options(). {PAIRED.format(rounds=rounds)} "
+    f"with sn_jax.compiler_options_for it. {PAIRED.format(rounds=rounds)} "
     "`python benchmarks/bench_fourier.py`."
   )
   record("fourier_train_step", header, rows, notes)
