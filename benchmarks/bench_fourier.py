@@ -40,7 +40,6 @@ import statistics
 import time
 
 import jax
-import numpy as np
 import sgd_steps
 import timing
 
@@ -242,8 +241,10 @@ def multiplications(shape, spatial, strides, padding):
   half = _fourier_symbol.half_shape(plan)
   num_blocks, rows, cols = _fourier_symbol.block_layout(plan, shape)
   if fourier._by_chunks(plan, shape, jax.numpy.complex64):
-    first_taps = len(np.unique(np.arange(shape[0]) // plan.strides[0]))  # Q_0 (no dilation)
-    dft = 2 * math.prod(half[1:]) * taps * columns + 4 * math.prod(half) * first_taps * columns
+    rows_of_rest = math.prod(half[1:])
+    rest = jax.eval_shape(lambda k: _fourier_symbol.dft_stages(k, plan, rows_of_rest)[1], kernel)
+    first_taps = rest.shape[1] // 2  # Q_0: the first axis' coarse tap indices
+    dft = 2 * rows_of_rest * taps * columns + 4 * math.prod(half) * first_taps * columns
   else:
     dft = 2 * math.prod(half) * taps * columns
   products = 2 * 4 * num_blocks * rows * cols

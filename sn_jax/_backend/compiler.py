@@ -109,8 +109,9 @@ def compiler_options(
 
 def compiler_options_for(fn: Callable, *args: Any, backend: str | None = None) -> dict[str, str]:
   """:func:`compiler_options` for the program ``fn(*args)``: ``convolutions`` and
-  ``decompositions`` set by what it applies (:func:`applies_convolutions`,
-  :func:`calls_decompositions`).
+  ``decompositions`` set by whether it applies a convolution (:func:`applies_convolutions`)
+  and whether it calls one of ``lax.linalg``'s decompositions (eigh, SVD, QR, LU, Cholesky,
+  ...), anywhere in its traced program.
 
   Args:
     fn: the function to be jitted; it is traced once (with ``jax.make_jaxpr``), not run. A
@@ -146,19 +147,6 @@ def applies_convolutions(fn: Callable, *args: Any) -> bool:
     False
   """
   return bool(_primitives(jax.make_jaxpr(fn)(*args).jaxpr) & _CONVOLUTION_PRIMITIVES)
-
-
-def calls_decompositions(fn: Callable, *args: Any) -> bool:
-  """Whether ``fn(*args)`` calls one of ``lax.linalg``'s decompositions (eigh, SVD, QR, LU,
-  Cholesky, ...), which XLA's CPU backend hands to LAPACK, anywhere; nothing is computed.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from sn_jax._backend import compiler
-    >>> compiler.calls_decompositions(lambda x: jnp.linalg.eigh(x @ x.T)[0], jnp.ones((2, 2)))
-    True
-  """
-  return bool(_primitives(jax.make_jaxpr(fn)(*args).jaxpr) & _DECOMPOSITION_PRIMITIVES)
 
 
 def _primitives(jaxpr: Any) -> set[str]:

@@ -209,7 +209,7 @@ def symbol_parts(kernel: jax.Array, plan: Plan) -> tuple[jax.Array, jax.Array | 
     return kernel.reshape(1, cin, cout), None
   half = half_shape(plan)
   taps, slots = _by_coarse_tap(kernel, plan)
-  angle = _angles(half[:nd], slots, coarse_shape(plan))
+  angle = _angles(half, slots, coarse_shape(plan))
 
   def part(wave):
     blocks = jnp.asarray(wave(angle), kernel.dtype) @ taps
