@@ -6,7 +6,8 @@ model's own predictions, as Farnia et al. do to avoid label leaking. Loops are `
 so compile time and memory do not grow with ``num_steps``; nothing depends on the values of the
 data, so one ``jax.jit`` around an attack traces once. The attack radius (``eps``, or ``gamma`` for
 WRM) may be a 1-D array: the result then gains a leading axis, and one compiled call evaluates a
-whole robustness curve (:func:`robust_accuracy`).
+whole robustness curve (:func:`robust_accuracy`): radius after radius on CPU (``lax.map``), where
+the attack vmapped over its radii ran slower than one call per radius, vmapped elsewhere.
 
 The first attacks of AutoAttack follow the same conventions and take an explicit PRNG ``key``:
 :func:`apgd` (Auto-PGD on the cross-entropy or :func:`dlr_loss`), :func:`apgd_targeted` (on

@@ -283,10 +283,23 @@ def _input_grad(logits_fn: LogitsFn, loss_fn: LossFn, labels: jax.Array, sign: f
 
 
 def _over_radii(attack_one: Callable[..., jax.Array], radius: jax.Array, *others: jax.Array):
-  """Calls ``attack_one(radius, *others)``; vmaps it when ``radius`` is 1-D (a curve)."""
+  """Calls ``attack_one(radius, *others)``; over each radius of a 1-D ``radius`` (a curve), with
+  the results stacked on a leading axis.
+
+  A curve of one radius runs that radius's attack. A longer one runs radius after radius
+  (``lax.map``) on CPU, where batching the attack over its radii (``jax.vmap``) compiled its
+  loops to slower programs: on ELU-Net, batch 128, 4 radii vmapped took 1.13 to 1.25 times as
+  long as 4 calls (PGD, APGD-CE, FAB-T, Square; ``benchmarks/results/radii.json``), and one
+  radius vmapped up to 1.34 times as long as the radius alone (FAB-T). Other backends vmap.
+  """
   others = tuple(jnp.broadcast_to(o, radius.shape) for o in others)
   if radius.ndim == 0:
     return attack_one(radius, *others)
+  if radius.shape == (1,):
+    out = attack_one(radius[0], *(o[0] for o in others))
+    return jax.tree.map(lambda a: a[None], out)
+  if jax.default_backend() == "cpu":
+    return lax.map(lambda args: attack_one(*args), (radius, *others))
   return jax.vmap(attack_one)(radius, *others)
 
 

@@ -521,6 +521,51 @@ def test_vmapped_eps_curve_equals_separate_calls():
       np.testing.assert_allclose(curve[i], fgm(eps=e), atol=1e-6)
 
 
+def test_a_curve_of_one_radius_is_that_radius_attack_with_a_leading_axis():
+  # One radius runs the scalar attack, exactly (no vmap of size 1, whose loops compiled slower).
+  logits_fn = mlp((6, 6, 1))
+  x = jax.random.uniform(KEY, (4, 6, 6, 1))
+  y = jnp.array([0, 1, 2, 0])
+  box = dict(clip_min=0.0, clip_max=1.0)
+  runs = {
+    "fgm": lambda e: attacks.fgm(logits_fn, x, y, eps=e),
+    "pgd": lambda e: attacks.pgd(logits_fn, x, y, eps=e, num_steps=3, random_start=True, key=KEY),
+    "wrm": lambda g: attacks.wrm(logits_fn, x, y, gamma=g, num_steps=2),
+    "apgd": lambda e: attacks.apgd(logits_fn, x, y, eps=e, num_steps=4, key=KEY, **box),
+    "fab_targeted": lambda e: attacks.fab_targeted(
+      logits_fn, x, y, eps=e, num_steps=3, num_target_classes=2, key=KEY, **box
+    ),
+    "square": lambda e: attacks.square(logits_fn, x, y, eps=e, num_queries=8, key=KEY, **box),
+  }
+  for name, run in runs.items():
+    one = jax.jit(run)(jnp.array([0.2]))
+    chex.assert_shape(one, (1, *x.shape))
+    chex.assert_trees_all_equal(one[0], jax.jit(run)(jnp.float32(0.2)), custom_message=name)
+
+
+def test_curves_are_vmapped_off_cpu_and_agree_with_separate_calls(monkeypatch):
+  # On CPU a curve runs radius after radius; other backends vmap it. Both give each radius's attack.
+  from sn_jax.attacks import _common
+
+  logits_fn = mlp((2, 3))
+  x = jax.random.normal(KEY, (4, 2, 3))
+  eps = jnp.array([0.05, 0.1, 0.5])
+
+  def pgd(e):
+    return attacks.pgd(logits_fn, x, eps=e, num_steps=3, random_start=True, key=KEY)
+
+  separate = [jax.jit(pgd)(e) for e in eps]
+  scans = {}
+  for backend in ("cpu", "gpu"):
+    monkeypatch.setattr(_common.jax, "default_backend", lambda backend=backend: backend)
+    pgd = functools.partial(pgd)  # a new function: traced anew, not from JAX's trace cache
+    scans[backend] = str(jax.make_jaxpr(pgd)(eps)).count("scan[")
+    curve = jax.jit(pgd)(eps)
+    for i in range(len(eps)):
+      np.testing.assert_allclose(curve[i], separate[i], atol=1e-6, err_msg=backend)
+  assert scans["cpu"] == scans["gpu"] + 1  # lax.map over the radii is one more scan
+
+
 def test_pgd_memory_does_not_grow_with_the_number_of_steps():
   logits_fn = mlp((16,))
   x, y = normal(32, 16), np.zeros(32, np.int32)
