@@ -13,9 +13,10 @@ attack, side by side in paired rounds:
   them (what it ran before) and against one call per radius.
 
 Attacks: PGD and APGD-CE with 20 steps, FAB-T with 20 steps toward one target class, Square
-with 200 queries. Every program compiles with ``sn_jax.compiler_options()``, as sn_jax's trainer
-does. Ratios are paired: the median over the rounds of a call's time over its baseline's (the
-way it ran before) in the same round, with a 95% bootstrap interval.
+with 200 queries. Every program compiles with ``sn_jax.compiler_options()``, the options
+``sn_jax.compiler_options_for`` picks for a program with convolutions. Ratios are paired: the
+median over the rounds of a call's time over its baseline's (the way it ran before) in the same
+round, with a 95% bootstrap interval.
 
 Run: ``python benchmarks/bench_radii.py`` (``--quick``: batch 8, 3 rounds, records nothing).
 Writes the ``radii`` section of benchmarks/README.md.
@@ -96,8 +97,14 @@ def main() -> None:
       fns[(name, way)] = call
       baselines[(name, way)] = (name, baseline(way))
   times, ratios = timing.time_paired(fns, baselines, rounds=rounds)
-  header = ["attack", "call", f"median, batch {args.batch} (ms)", "IQR (ms)", "ratio to baseline"]
-  header.append("baseline")
+  header = [
+    "attack",
+    "call",
+    f"median, batch {args.batch} (ms)",
+    "IQR (ms)",
+    "ratio to baseline",
+    "baseline",
+  ]
   rows = []
   for key, t in times.items():
     name, way = key
