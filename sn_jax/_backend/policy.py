@@ -84,6 +84,11 @@ def choose_formulation(
   - CPU, one feature group, ``'fourier'`` needing at most ``FOURIER_MAX_MULTIPLICATIONS``
     (0.7) of the layer's own multiplications (:func:`fourier_multiplications`; needs
     ``input_shape``) and its transform fitting in memory: ``'fourier'``.
+  - CPU, strided and dilated (some dimension with a stride and a dilation above 1):
+    ``'polyphase'`` if every strided dimension's dilation is a multiple of its stride (its taps
+    fall on one phase: a stride-1 convolution of that phase), ``'matmul'`` otherwise (the
+    phases would hold the taps among zeros). XLA's strided, dilated convolution took 1.4 to
+    2.3 times the time of this choice in ``benchmarks/results/conv_formulation_cpu.json``.
   - CPU, strided, the dilated kernel spanning at least ``POLYPHASE_MIN_KERNEL_STRIDES`` (3)
     strides in some dimension: ``'polyphase'``, whose gradients are stride-1 convolutions.
   - CPU, otherwise: ``'direct'``.
@@ -97,7 +102,7 @@ def choose_formulation(
     spec: the convolution, from :func:`sn_jax.ops.convolution.conv_spec`.
     backend: ``'cpu'``, ``'gpu'``, ``'tpu'``; defaults to ``jax.default_backend()``.
     input_shape: the input's shape ``(batch, *spatial, C_in)``, if known; without it the rule
-      never picks ``'matmul'`` or ``'fourier'``.
+      never picks ``'fourier'``, nor ``'matmul'`` but for some strided, dilated layers.
 
   Returns:
     ``'direct'``, ``'polyphase'``, ``'matmul'`` or ``'fourier'``.
@@ -128,11 +133,11 @@ def choose_formulation(
     spatial_as_run = stride_one(spec, input_shape)[0]
     if fourier <= FOURIER_MAX_MULTIPLICATIONS * direct and _fourier_conv.fits(spatial_as_run):
       return "fourier"
-  spans = [
-    ((k - 1) * d + 1) / s
-    for k, s, d in zip(spec.kernel_size, spec.strides, spec.kernel_dilation, strict=True)
-    if s > 1
-  ]
+  dims = zip(spec.kernel_size, spec.strides, spec.kernel_dilation, strict=True)
+  strided = [(k, s, d) for k, s, d in dims if s > 1]
+  if any(d > 1 for _, _, d in strided):
+    return "polyphase" if all(d % s == 0 for _, s, d in strided) else "matmul"
+  spans = [k / s for k, s, _ in strided]  # undilated where strided: dilated ones returned above
   return "polyphase" if spans and max(spans) >= POLYPHASE_MIN_KERNEL_STRIDES else "direct"
 
 

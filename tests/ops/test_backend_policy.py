@@ -213,7 +213,6 @@ def test_choose_formulation_rule():
   assert choose(6, 2) == "fourier"  # ELU-Net's second layer: 0.64 of the multiplications
   assert choose(6, 2, size=56) == "polyphase"  # a larger input: its transform costs more
   assert choose(8, 2, size=56) == "polyphase"
-  assert choose(3, 2, dilation=3, size=56) == "polyphase"  # the dilated extent counts
   assert choose(6, 2, groups=2) == "polyphase"  # grouped: 'fourier' is not measured
   assert choose(3, 2) == "direct"  # small kernels: direct measured faster than polyphase
   assert choose(3, 1) == "direct"  # stride 1: one computation
@@ -221,6 +220,34 @@ def test_choose_formulation_rule():
   assert choose(8, 2, groups=8) == "polyphase"  # 8 channels per group: not 'fourier'
   for backend in ("gpu", "tpu"):
     assert choose(8, 2, backend=backend) == "direct"
+
+
+def test_choose_formulation_for_strided_dilated_layers():
+  """Polyphase where the dilation is a multiple of the stride (one phase holds every tap), the
+  matrix product where it is not (the phases would hold the taps among zeros), at any batch and
+  width; 'fourier' still first where it needs few enough multiplications."""
+
+  def choose(kernel_size, strides, dilation, channels=(64, 128), size=14, batch=128, **kwargs):
+    shape = (kernel_size, kernel_size, channels[0], channels[1])
+    spec = convolution.conv_spec(
+      shape, channels[0], strides=strides, kernel_dilation=dilation, padding="SAME"
+    )
+    input_shape = (batch, size, size, channels[0])
+    return convolution.choose_formulation(spec, input_shape=input_shape, **kwargs)
+
+  assert choose(3, 2, 2, backend="cpu") == "polyphase"  # taps at 0, 2, 4: phase 0 alone
+  assert choose(3, 2, 2, channels=(1, 64), size=28, backend="cpu") == "polyphase"
+  assert choose(3, 2, 4, backend="cpu") == "polyphase"
+  assert choose(3, 2, 3, backend="cpu") == "matmul"  # taps at 0, 3, 6: both phases, with zeros
+  assert choose(3, 2, 3, size=56, backend="cpu") == "matmul"  # however large the kernel's span
+  assert choose(3, 3, 2, channels=(16, 32), size=28, backend="cpu") == "matmul"
+  assert choose(3, 2, (2, 3), backend="cpu") == "matmul"  # one dimension is enough
+  assert choose(3, (2, 1), (2, 3), backend="cpu") == "polyphase"  # only strided ones count
+  assert choose(5, 2, 2, backend="cpu") == "fourier"  # 0.48 of the multiplications
+  spec = convolution.conv_spec((3, 3, 64, 128), 64, strides=2, kernel_dilation=3)
+  assert convolution.choose_formulation(spec, backend="cpu") == "matmul"  # no shape needed
+  for backend in ("gpu", "tpu"):
+    assert choose(3, 2, 3, backend=backend) == "direct"
 
 
 def test_choose_formulation_takes_polyphase_for_thin_strided_layers():
