@@ -109,9 +109,9 @@ def compiler_options(
 
 def compiler_options_for(fn: Callable, *args: Any, backend: str | None = None) -> dict[str, str]:
   """:func:`compiler_options` for the program ``fn(*args)``: ``convolutions`` and
-  ``decompositions`` set by whether it applies a convolution (:func:`applies_convolutions`)
-  and whether it calls one of ``lax.linalg``'s decompositions (eigh, SVD, QR, LU, Cholesky,
-  ...), anywhere in its traced program.
+  ``decompositions`` set by whether it applies a convolution and whether it calls one of
+  ``lax.linalg``'s decompositions (eigh, SVD, QR, LU, Cholesky, ...), anywhere in its traced
+  program (its gradients, transposes and nested calls included).
 
   Args:
     fn: the function to be jitted; it is traced once (with ``jax.make_jaxpr``), not run. A
@@ -134,19 +134,6 @@ def compiler_options_for(fn: Callable, *args: Any, backend: str | None = None) -
     convolutions=bool(primitives & _CONVOLUTION_PRIMITIVES),
     decompositions=bool(primitives & _DECOMPOSITION_PRIMITIVES),
   )
-
-
-def applies_convolutions(fn: Callable, *args: Any) -> bool:
-  """Whether ``fn(*args)`` applies a convolution anywhere (its gradients, transposes and nested
-  calls included), from its traced program; nothing is computed.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from sn_jax._backend import compiler
-    >>> compiler.applies_convolutions(lambda x: jnp.tanh(x @ x), jnp.ones((2, 2)))
-    False
-  """
-  return bool(_primitives(jax.make_jaxpr(fn)(*args).jaxpr) & _CONVOLUTION_PRIMITIVES)
 
 
 def _primitives(jaxpr: Any) -> set[str]:

@@ -159,8 +159,8 @@ def test_spectral_norm_step_is_the_same_with_and_without_the_options():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name, expected", [("mlp1", False), ("tiny", True), ("elunet", True)])
-def test_applies_convolutions_sees_them_in_the_gradient_of_a_normalized_model(name, expected):
+@pytest.mark.parametrize("name, convolutions", [("mlp1", False), ("tiny", True), ("elunet", True)])
+def test_options_for_see_convolutions_in_the_gradient_of_a_normalized_model(name, convolutions):
   model = models.get_model(name, beta=1.0)
   x = jnp.zeros((2, *models.INPUT_SHAPES[name]))
   variables = model.init(jax.random.key(0), x)
@@ -169,7 +169,8 @@ def test_applies_convolutions_sees_them_in_the_gradient_of_a_normalized_model(na
     logits, _ = model.apply({**variables, "params": params}, x, mutable=["spectral"])
     return logits.sum()
 
-  assert compiler.applies_convolutions(jax.grad(loss), variables["params"]) is expected
+  options = sn_jax.compiler_options_for(jax.grad(loss), variables["params"], backend="cpu")
+  assert options == sn_jax.compiler_options("cpu", convolutions=convolutions)
 
 
 def test_jit_chooses_the_options_for_its_program_once(monkeypatch):
