@@ -398,10 +398,26 @@ def _fourier_power(kernel, u, plan, num_iters):
     blocks = tuple(p.reshape(-1, *p.shape[-2:]) for p in blocks if p is not None)
     left, right, sizes, parts = _iterate(blocks, parts, num_iters)
   best = jnp.argmax(sizes[:, 0])
-  # The bilinear form at the winning block, with both vectors held constant: its gradient is
-  # that of the top singular value once u has converged, and it reads the taps only.
   left, right = (_join(tuple(part[best] for part in vectors)) for vectors in (left, right))
-  return block_form(kernel, plan, best, left, right), _join(parts)
+  sigma = jnp.sqrt(sizes[best, 0])  # of blocks held constant: no derivative through the root
+  return _bilinear_value(plan, kernel, sigma, best, left, right), _join(parts)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _bilinear_value(plan, kernel, value, index, u, v):
+  """``value``, which the caller computed as ``Re(u^H B v)`` at block ``index``, differentiated
+  in the kernel as that bilinear form (:func:`block_form`, linear in the taps): with both vectors
+  held constant, its gradient is that of the top singular value once ``u`` has converged.
+  Only the form's tangent is computed, never its value again."""
+  del plan, kernel, index, u, v
+  return value
+
+
+@_bilinear_value.defjvp
+def _bilinear_value_jvp(plan, primals, tangents):
+  _, value, index, u, v = primals
+  kernel_tangent = tangents[0]
+  return value, block_form(kernel_tangent, plan, index, u, v)
 
 
 def _check_vector(u: jax.Array, shape: tuple[int, int]) -> None:
