@@ -84,7 +84,8 @@ def choose_formulation(
   - CPU, one feature group, ``'fourier'`` needing at most ``FOURIER_MAX_MULTIPLICATIONS``
     (0.7) of the layer's own multiplications (:func:`fourier_multiplications`; needs
     ``input_shape``) and its transform fitting in memory: ``'fourier'``.
-  - CPU, strided and dilated (some dimension with a stride and a dilation above 1):
+  - CPU, one feature group, strided and dilated (some dimension with a stride and a dilation
+    above 1; grouped layers were not measured and take the rules below):
     ``'polyphase'`` if every strided dimension's dilation is a multiple of its stride (its taps
     fall on one phase: a stride-1 convolution of that phase), ``'matmul'`` otherwise (the
     phases would hold the taps among zeros). XLA's strided, dilated convolution took 1.4 to
@@ -135,9 +136,9 @@ def choose_formulation(
       return "fourier"
   dims = zip(spec.kernel_size, spec.strides, spec.kernel_dilation, strict=True)
   strided = [(k, s, d) for k, s, d in dims if s > 1]
-  if any(d > 1 for _, _, d in strided):
+  if spec.feature_group_count == 1 and any(d > 1 for _, _, d in strided):
     return "polyphase" if all(d % s == 0 for _, s, d in strided) else "matmul"
-  spans = [k / s for k, s, _ in strided]  # undilated where strided: dilated ones returned above
+  spans = [((k - 1) * d + 1) / s for k, s, d in strided]
   return "polyphase" if spans and max(spans) >= POLYPHASE_MIN_KERNEL_STRIDES else "direct"
 
 

@@ -227,10 +227,17 @@ def test_choose_formulation_for_strided_dilated_layers():
   matrix product where it is not (the phases would hold the taps among zeros), at any batch and
   width; 'fourier' still first where it needs few enough multiplications."""
 
-  def choose(kernel_size, strides, dilation, channels=(64, 128), size=14, batch=128, **kwargs):
-    shape = (kernel_size, kernel_size, channels[0], channels[1])
+  def choose(
+    kernel_size, strides, dilation, channels=(64, 128), size=14, batch=128, groups=1, **kwargs
+  ):
+    shape = (kernel_size, kernel_size, channels[0] // groups, channels[1])
     spec = convolution.conv_spec(
-      shape, channels[0], strides=strides, kernel_dilation=dilation, padding="SAME"
+      shape,
+      channels[0],
+      strides=strides,
+      kernel_dilation=dilation,
+      padding="SAME",
+      feature_group_count=groups,
     )
     input_shape = (batch, size, size, channels[0])
     return convolution.choose_formulation(spec, input_shape=input_shape, **kwargs)
@@ -244,6 +251,9 @@ def test_choose_formulation_for_strided_dilated_layers():
   assert choose(3, 2, (2, 3), backend="cpu") == "matmul"  # one dimension is enough
   assert choose(3, (2, 1), (2, 3), backend="cpu") == "polyphase"  # only strided ones count
   assert choose(5, 2, 2, backend="cpu") == "fourier"  # 0.48 of the multiplications
+  # Grouped layers were not measured: the span rule, as for undilated ones.
+  assert choose(3, 2, 3, channels=(64, 64), groups=64, backend="cpu") == "polyphase"
+  assert choose(3, 2, 2, channels=(64, 64), groups=64, backend="cpu") == "direct"
   spec = convolution.conv_spec((3, 3, 64, 128), 64, strides=2, kernel_dilation=3)
   assert convolution.choose_formulation(spec, backend="cpu") == "matmul"  # no shape needed
   for backend in ("gpu", "tpu"):
