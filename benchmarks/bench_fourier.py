@@ -81,6 +81,8 @@ MODEL_LAYERS = {
   "alexnet conv1 5x5 3->96 @28x28 SAME": ((5, 5, 3, 96), (28, 28), 1, "SAME"),
   "alexnet conv2 5x5 96->256 @13x13 SAME": ((5, 5, 96, 256), (13, 13), 1, "SAME"),
 }
+# The row of bench_layers that times a call doing no work (see layer_updates).
+DISPATCH = "jitted call floor"
 QUICK_LAYERS = {
   "3x3 s2 4->8 @8x8 SAME": ((3, 3, 4, 8), (8, 8), 2, "SAME"),
   "5x5 8->8 @5x5 VALID": ((5, 5, 8, 8), (5, 5), 1, "VALID"),
@@ -278,6 +280,9 @@ def layer_updates(shape, spatial, strides, padding):
     update = jax.value_and_grad(fn, has_aux=True)
     options = sn_jax.compiler_options_for(update, kernel, u)
     fns[name] = functools.partial(jax.jit(update, compiler_options=options), kernel, u)
+  # What every call above pays before any work: a jitted call with the same arguments that
+  # reads one number.
+  fns[DISPATCH] = functools.partial(jax.jit(lambda kernel, u: kernel.ravel()[0]), kernel, u_power)
   return fns
 
 
@@ -319,7 +324,9 @@ def bench_layers(cases, rounds, record):
     "symbol's blocks, one block's bilinear form). 'fourier' needs fewer multiplications "
     "where the circular grid is not much larger than the output and the kernel is large, "
     "and more where the layer's output is small next to its padded grid (VALID on a small "
-    "input). `python benchmarks/bench_fourier.py --part layers`."
+    f"input). '{DISPATCH}': a jitted call taking the same arguments that reads one number, "
+    "what every call of the layer pays before any work (inside a training step the layer's "
+    "update does not pay it). `python benchmarks/bench_fourier.py --part layers`."
   )
   record("fourier_layer_update", header, rows, notes)
 
