@@ -232,6 +232,17 @@ def test_a_power_step_estimates_sigma_from_its_own_two_products():
   w = w64.T @ u64 / np.linalg.norm(w64.T @ u64)
   np.testing.assert_allclose(sigma, np.linalg.norm(w64 @ w), rtol=1e-5)
   np.testing.assert_allclose(new[0], w64 @ w / np.linalg.norm(w64 @ w), atol=1e-5)
+
+  # Its derivative holds both vectors constant: the gradient of u_new^T W w is u_new w^T, and
+  # forward mode agrees with it.
+  def sigma_of(k):
+    return sn_jax.fourier_power_iteration(k, u, ())[0]
+
+  grad = jax.grad(sigma_of)(kernel)
+  np.testing.assert_allclose(grad, np.outer(new[0], w), atol=1e-5)
+  tangent = _kernel(kernel.shape, seed=4)
+  _, forward = jax.jvp(sigma_of, (kernel,), (tangent,))
+  np.testing.assert_allclose(forward, jnp.vdot(grad, tangent), rtol=1e-5)
   # Conv: a step's estimate lies between the evaluations (num_iters=0) before and after it.
   kernel_shape, spatial, attrs = POWER_CASES[3]
   kernel = _kernel(kernel_shape)
