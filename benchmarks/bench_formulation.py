@@ -106,12 +106,14 @@ QUICK_INPUT_GRADIENT_GRID = [(3, 1, 1, (4, 8), 7, "VALID", "direct")]
 # The dilations of DilatedNet's two strided layers: a multiple of the stride in both, or not in
 # the second.
 DILATED_NETS = [(2, 2), (2, 3)]
+# DilatedNet's strided layers, 3x3 stride-2 SAME: (C_in, C_out, input size).
+DILATED_NET_STRIDED = ((32, 64, 28), (64, 128, 14))
 
 
 class DilatedNet(nn.Module):
-  """``(batch, 28, 28, 1)`` to 10 logits: a 3x3 layer of 32 channels, then 3x3 stride-2 SAME
-  layers of 64 and 128 channels with ``dilations``, ELU after each, and a dense layer; the
-  strided layers computed as ``formulation`` says."""
+  """``(batch, 28, 28, 1)`` to 10 logits: a 3x3 layer of 32 channels, then the 3x3 stride-2
+  SAME layers of ``DILATED_NET_STRIDED`` with ``dilations``, ELU after each, and a dense layer;
+  the strided layers computed as ``formulation`` says."""
 
   dilations: tuple[int, int]
   formulation: str = "auto"
@@ -119,8 +121,8 @@ class DilatedNet(nn.Module):
   @nn.compact
   def __call__(self, x, *, update_stats: bool = False):
     del update_stats  # no normalization
-    x = nn.elu(sn_jax.nn.Conv(32, (3, 3))(x))
-    for features, dilation in zip((64, 128), self.dilations, strict=True):
+    x = nn.elu(sn_jax.nn.Conv(DILATED_NET_STRIDED[0][0], (3, 3))(x))
+    for (_, features, _), dilation in zip(DILATED_NET_STRIDED, self.dilations, strict=True):
       layer = sn_jax.nn.Conv(
         features, (3, 3), strides=2, kernel_dilation=dilation, formulation=self.formulation
       )
@@ -131,7 +133,7 @@ class DilatedNet(nn.Module):
 def dilated_net_picks(dilations, batch) -> list[str]:
   """The rule's choice for each strided layer of :class:`DilatedNet`."""
   picks = []
-  for (c_in, c_out), size, dilation in zip(((32, 64), (64, 128)), (28, 14), dilations, strict=True):
+  for (c_in, c_out, size), dilation in zip(DILATED_NET_STRIDED, dilations, strict=True):
     spec = convolution.conv_spec(
       (3, 3, c_in, c_out), c_in, strides=2, kernel_dilation=dilation, padding="SAME"
     )
