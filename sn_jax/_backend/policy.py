@@ -21,6 +21,7 @@ from sn_jax.ops._conv_spec import ConvSpec, output_spatial, stride_one
 # benchmarks/README.md and benchmarks/results/conv_*_cpu.json).
 MIN_GROUP_CHANNELS = 16
 MATMUL_MAX_ROWS = 1024
+MATMUL_GATHER_MIN_TAPS = 16
 POLYPHASE_MIN_KERNEL_STRIDES = 3
 MATMUL_INPUT_GRADIENT_MIN_RATIO = 1.25
 MATMUL_INPUT_GRADIENT_MAX_CHANNELS = 7
@@ -50,6 +51,40 @@ def custom_derivatives(backend: str | None = None) -> bool:
   return _backend(backend) == "cpu"
 
 
+def _thin(spec: ConvSpec) -> bool:
+  return spec.in_features // spec.feature_group_count < MIN_GROUP_CHANNELS
+
+
+def _one_group(spec: ConvSpec) -> bool:
+  return spec.feature_group_count == 1
+
+
+def gathers_patches(spec: ConvSpec, input_shape: Sequence[int]) -> bool:
+  """Whether ``'matmul'`` reads its patch matrix with one gather, not a slice per kernel tap.
+
+  True for a layer of one feature group with fewer than ``MIN_GROUP_CHANNELS`` (16) input
+  channels, at least ``MATMUL_GATHER_MIN_TAPS`` (16) kernel taps and at most
+  ``MATMUL_MAX_ROWS`` (1024) output rows: there the slices are many small copies, each an
+  operation of its own (and their transpose as many pads), where one gather and its transpose,
+  one scatter-add, move the same numbers. One power-iteration step on one example of
+  ELU-Net's 8x8 stride-2 first layer took 0.26 ms, against 0.53 ms for ``'polyphase'``, the
+  rule's pick before (``benchmarks/results/conv_power_step_cpu.json``; 0.74 ms with a slice
+  per tap in the record before). With fewer taps, more channels or larger batches the slices
+  were as fast or faster on CPU.
+
+  Args:
+    spec: the convolution, from :func:`sn_jax.ops.convolution.conv_spec`.
+    input_shape: its input's shape ``(batch, *spatial, C_in)``.
+  """
+  rows = input_shape[0] * math.prod(output_spatial(spec, input_shape))
+  return (
+    _one_group(spec)
+    and _thin(spec)
+    and math.prod(spec.kernel_size) >= MATMUL_GATHER_MIN_TAPS
+    and rows <= MATMUL_MAX_ROWS
+  )
+
+
 def fourier_multiplications(spec: ConvSpec, input_shape: Sequence[int]) -> tuple[int, int]:
   """Real multiplications per example of ``'fourier'`` and of the convolution itself, each
   kernel tap times each output position and channel pair: ``(fourier, direct)``.
@@ -75,12 +110,13 @@ def choose_formulation(
   - GPU, TPU (and any backend but CPU): ``'direct'``, XLA's own convolution.
   - CPU, one output position in every spatial dimension (a kernel covering its whole padded
     input; needs ``input_shape``): ``'matmul'``, then a dense layer on the flattened input.
-  - CPU, at least ``MIN_GROUP_CHANNELS`` (16) input channels per group and at most
-    ``MATMUL_MAX_ROWS`` (1024) output rows, batch times positions (needs ``input_shape``):
-    ``'matmul'``, the case of a power-iteration step on one example. Thinner layers never
-    take it: their patches would be many thin copies. Larger batches do not either: a program
-    that ran a batch-sized product beside LAPACK calls hung in XLA's CPU runtime with its
-    default schedule (JAX 0.10.2).
+  - CPU, at most ``MATMUL_MAX_ROWS`` (1024) output rows, batch times positions (needs
+    ``input_shape``), and at least ``MIN_GROUP_CHANNELS`` (16) input channels per group or
+    one feature group: ``'matmul'``, the case of a power-iteration step on one example. A
+    thin layer's patch matrix is read with one gather where it has many taps
+    (:func:`gathers_patches`); thin grouped layers were not measured and take the rules
+    below. Larger batches do not take it: a program that ran a batch-sized product beside
+    LAPACK calls hung in XLA's CPU runtime with its default schedule (JAX 0.10.2).
   - CPU, one feature group, ``'fourier'`` needing at most ``FOURIER_MAX_MULTIPLICATIONS``
     (0.7) of the layer's own multiplications (:func:`fourier_multiplications`; needs
     ``input_shape``) and its transform fitting in memory: ``'fourier'``.
@@ -126,17 +162,16 @@ def choose_formulation(
     if all(n == 1 for n in out):
       return "matmul"
     rows = input_shape[0] * math.prod(out)
-  thin = spec.in_features // spec.feature_group_count < MIN_GROUP_CHANNELS
-  if not thin and rows is not None and rows <= MATMUL_MAX_ROWS:
+  if rows is not None and rows <= MATMUL_MAX_ROWS and (not _thin(spec) or _one_group(spec)):
     return "matmul"
-  if rows is not None and spec.feature_group_count == 1:
+  if rows is not None and _one_group(spec):
     fourier, direct = fourier_multiplications(spec, input_shape)
     spatial_as_run = stride_one(spec, input_shape)[0]
     if fourier <= FOURIER_MAX_MULTIPLICATIONS * direct and _fourier_conv.fits(spatial_as_run):
       return "fourier"
   dims = zip(spec.kernel_size, spec.strides, spec.kernel_dilation, strict=True)
   strided = [(k, s, d) for k, s, d in dims if s > 1]
-  if spec.feature_group_count == 1 and any(d > 1 for _, _, d in strided):
+  if _one_group(spec) and any(d > 1 for _, _, d in strided):
     return "polyphase" if all(d % s == 0 for _, s, d in strided) else "matmul"
   spans = [((k - 1) * d + 1) / s for k, s, d in strided]
   return "polyphase" if spans and max(spans) >= POLYPHASE_MIN_KERNEL_STRIDES else "direct"

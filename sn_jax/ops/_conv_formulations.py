@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
@@ -229,20 +230,57 @@ def zero_pad(x: jax.Array, pads: Sequence[tuple[int, int]]) -> jax.Array:
   )
 
 
+def _tap_slices(x: jax.Array, spec: ConvSpec, out: Sequence[int]) -> jax.Array:
+  """The patches of the padded ``x``, ``(batch, *out, taps * C_in)``: one strided slice of
+  ``x`` per kernel tap, stacked as channels (tap-major)."""
+  taps = []
+  for tap in itertools.product(*(range(k) for k in spec.kernel_size)):
+    start = [t * d for t, d in zip(tap, spec.kernel_dilation, strict=True)]
+    limit = [b + s * (o - 1) + 1 for b, s, o in zip(start, spec.strides, out, strict=True)]
+    taps.append(
+      lax.slice(x, (0, *start, 0), (x.shape[0], *limit, x.shape[-1]), (1, *spec.strides, 1))
+    )
+  return jnp.concatenate(taps, axis=-1)
+
+
+def _gathered_patches(x: jax.Array, spec: ConvSpec, out: Sequence[int]) -> jax.Array:
+  """:func:`_tap_slices` as one gather of ``C_in``-channel rows of the flattened input (its
+  transpose one scatter-add), whatever the number of taps."""
+  spatial = x.shape[1:-1]
+  # positions[o..., t...][d] = stride * o + dilation * t, flattened over the spatial grid.
+  grids = [
+    (s * np.arange(o))[:, None] + (d * np.arange(k))[None, :]
+    for o, k, s, d in zip(out, spec.kernel_size, spec.strides, spec.kernel_dilation, strict=True)
+  ]
+  rank = len(spatial)
+  axes = [
+    g.reshape([n if i in (j, rank + j) else 1 for i, n in enumerate((*out, *spec.kernel_size))])
+    for j, g in enumerate(grids)
+  ]
+  rows = np.ravel_multi_index(np.broadcast_arrays(*axes), spatial)
+  flat = x.reshape(x.shape[0], -1, x.shape[-1])
+  patches = flat.at[:, rows.reshape(math.prod(out), -1)].get(mode="promise_in_bounds")
+  return patches.reshape(x.shape[0], *out, -1)
+
+
 def matmul_conv(
   x: jax.Array,
   kernel: jax.Array,
   spec: ConvSpec,
   pads: Sequence[tuple[int, int]],
   precision: lax.PrecisionLike,
+  *,
+  gather: bool = False,
 ) -> jax.Array:
   """The convolution as one matrix product of the input's patches with the flattened kernel.
 
   Each kernel tap ``t`` reads a strided slice of the zero-padded input; the slices, stacked
   as channels, are the ``(batch * out_positions, taps * C_in)`` patch matrix (im2col), and
   the output is its product with the kernel reshaped to ``(taps * C_in, C_out)`` (one product
-  per feature group). With one output position (a kernel that covers the whole padded input)
-  the patch matrix is the input's window itself, flattened: the convolution is a dense layer.
+  per feature group). ``gather=True`` reads the patch matrix with one gather instead of a
+  slice per tap (:func:`sn_jax._backend.policy.gathers_patches` says when). With one output
+  position (a kernel that covers the whole padded input) the patch matrix is the input's
+  window itself, flattened: the convolution is a dense layer.
   """
   rank = spec.num_spatial_dims
   groups = spec.feature_group_count
@@ -259,14 +297,7 @@ def matmul_conv(
     )
     patches = window.reshape(x.shape[0], *out, -1)
   else:
-    taps = []
-    for tap in itertools.product(*(range(k) for k in spec.kernel_size)):
-      start = [t * d for t, d in zip(tap, spec.kernel_dilation, strict=True)]
-      limit = [b + s * (o - 1) + 1 for b, s, o in zip(start, spec.strides, out, strict=True)]
-      taps.append(
-        lax.slice(x, (0, *start, 0), (x.shape[0], *limit, x.shape[-1]), (1, *spec.strides, 1))
-      )
-    patches = jnp.concatenate(taps, axis=-1)
+    patches = (_gathered_patches if gather else _tap_slices)(x, spec, out)
   # (batch, *out, taps, groups, C_in/g) -> (groups, batch * out, taps * C_in/g), matching the
   # kernel (*kernel_size, C_in/g, C_out) -> (groups, taps * C_in/g, C_out/g).
   group_in = x.shape[-1] // groups

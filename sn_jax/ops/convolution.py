@@ -168,14 +168,16 @@ def conv_with_spec(
   """
   _check_choice("formulation", formulation, FORMULATIONS)
   _check_choice("input_gradient", input_gradient, INPUT_GRADIENT_CHOICES)
+  input_shape = x.shape
   if formulation == "auto":
-    formulation = choose_formulation(spec, input_shape=x.shape)
+    formulation = choose_formulation(spec, input_shape=input_shape)
   mode, pads = explicit_padding(spec, x.shape[1:-1])
   if mode is not None:
     x = jnp.pad(x, ((0, 0), *pads, (0, 0)), mode=mode)
     pads = ((0, 0),) * spec.num_spatial_dims
   if formulation == "matmul":
-    return matmul_conv(x, kernel, spec, pads, precision)
+    gather = policy.gathers_patches(spec, input_shape)
+    return matmul_conv(x, kernel, spec, pads, precision, gather=gather)
   strides, dilation = spec.strides, spec.kernel_dilation
   if formulation in ("polyphase", "fourier") and any(s > 1 for s in strides):
     x, kernel, dilation = polyphase_operands(x, kernel, spec, pads)

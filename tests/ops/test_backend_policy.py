@@ -23,11 +23,11 @@ from sn_jax.ops import convolution
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
-# ELU-Net's 8x8 stride-2 first layer (1 input channel; 'polyphase' on CPU, its phases' input
-# gradient 'matmul') and a VALID stride-1 layer of 1152 output rows (input gradient 'matmul'):
-# the layers whose rules once read whether host memory was retained.
+# ELU-Net's 8x8 stride-2 first layer on a batch (1 input channel; 'polyphase' on CPU, its
+# phases' input gradient 'matmul') and a VALID stride-1 layer of 1152 output rows (input
+# gradient 'matmul'): the layers whose rules once read whether host memory was retained.
 LAYERS = [
-  ((2, 28, 28, 1), (8, 8, 1, 8), dict(strides=2, padding="SAME")),
+  ((8, 28, 28, 1), (8, 8, 1, 8), dict(strides=2, padding="SAME")),
   ((32, 8, 8, 16), (3, 3, 16, 4), dict(padding="VALID")),
 ]
 
@@ -261,12 +261,13 @@ def test_choose_formulation_for_strided_dilated_layers():
 
 
 def test_choose_formulation_takes_polyphase_for_thin_strided_layers():
-  """ELU-Net's 8x8 stride-2 first layer: polyphase at any batch, never the matrix product."""
+  """ELU-Net's 8x8 stride-2 first layer: polyphase on a batch, the matrix product of gathered
+  patches on one example (196 rows)."""
   spec = convolution.conv_spec((8, 8, 1, 64), 1, strides=2)
-  for batch in (1, 128):  # thin: never the patches of the matrix product
-    assert convolution.choose_formulation(spec, backend="cpu", input_shape=(batch, 28, 28, 1)) == (
-      "polyphase"
-    )
+  for batch, expected in ((128, "polyphase"), (6, "polyphase"), (5, "matmul"), (1, "matmul")):
+    shape = (batch, 28, 28, 1)
+    assert convolution.choose_formulation(spec, backend="cpu", input_shape=shape) == expected
+    assert policy.gathers_patches(spec, shape) == (expected == "matmul")
   small_kernel = convolution.conv_spec((3, 3, 1, 64), 1, strides=2)
   assert convolution.choose_formulation(small_kernel, backend="cpu") == "direct"
   assert convolution.choose_formulation(spec, backend="gpu") == "direct"
@@ -347,10 +348,33 @@ def test_choose_formulation_takes_the_matrix_product_for_few_output_rows():
   assert convolution.choose_formulation(spec, backend="cpu", input_shape=(2, 32, 32, 16)) == (
     "direct"
   )
-  thin = convolution.conv_spec((5, 5, 3, 96), 3)
+  thin = convolution.conv_spec((5, 5, 3, 96), 3, padding="SAME")  # the mini AlexNet's first
   assert convolution.choose_formulation(thin, backend="cpu", input_shape=(1, 28, 28, 3)) == (
-    "direct"
-  )  # three input channels: thin patches
+    "matmul"
+  )  # 784 rows, three input channels: its 25 taps' patches by one gather
+  thin_grouped = convolution.conv_spec((5, 5, 1, 96), 3, feature_group_count=3)
+  assert convolution.choose_formulation(
+    thin_grouped, backend="cpu", input_shape=(1, 28, 28, 3)
+  ) == ("direct")  # grouped thin layers were not measured: the later rules
+
+
+def test_gathers_patches_rule():
+  """One gather for the patches of thin, one-group layers with many taps and few rows; a slice
+  per tap otherwise."""
+
+  def gathers(kernel_size, channels=(1, 64), batch=1, size=28, groups=1, **attributes):
+    shape = (*kernel_size, channels[0] // groups, channels[1])
+    spec = convolution.conv_spec(shape, channels[0], feature_group_count=groups, **attributes)
+    return policy.gathers_patches(spec, (batch, *(size,) * len(kernel_size), channels[0]))
+
+  assert gathers((8, 8), strides=2)  # ELU-Net's first layer, one example: 64 taps
+  assert gathers((5, 5), channels=(3, 96))  # the mini AlexNet's first: 25 taps, 3 channels
+  assert gathers((4, 4), channels=(15, 8))  # 16 taps, 15 channels: the bounds themselves
+  assert gathers((3, 3, 2), channels=(1, 4), size=10)  # 18 taps in 3-D
+  assert not gathers((3, 3))  # 9 taps: the slices were as fast
+  assert not gathers((5, 5), channels=(16, 32))  # not thin
+  assert not gathers((5, 5), channels=(4, 8), groups=2)  # grouped
+  assert not gathers((5, 5), batch=2)  # 2 x 784 = 1568 rows
 
 
 def test_one_position_matmul_is_one_dot_of_the_flattened_window(monkeypatch):

@@ -165,6 +165,55 @@ def test_polyphase_really_differs_from_direct_in_the_computation():
 
 
 @pytest.mark.parametrize(
+  "kernel_shape, strides, dilation, groups, x_shape",
+  [
+    ((8, 8, 1, 4), 2, 1, 1, (1, 28, 28, 1)),  # ELU-Net's first layer, one example
+    ((5, 3, 4), 3, 2, 1, (2, 19, 3)),
+    ((3, 2, 3, 2, 3), (1, 2, 1), (2, 1, 1), 1, (1, 7, 6, 5, 2)),
+    ((4, 4, 2, 6), (2, 1), (1, 2), 2, (2, 9, 11, 4)),
+  ],
+  ids=["elu-net-first", "1d-dilated", "3d", "2d-two-groups"],
+)
+def test_gathered_patches_are_the_tap_slices(kernel_shape, strides, dilation, groups, x_shape):
+  """'matmul' with its patch matrix read by one gather: the same products as with a slice per
+  tap (the value bit for bit), and the gradients of the gather's transpose (a scatter-add)."""
+  spec = convolution.conv_spec(
+    kernel_shape,
+    x_shape[-1],
+    strides=strides,
+    kernel_dilation=dilation,
+    padding="SAME",
+    feature_group_count=groups,
+  )
+  pads = convolution.explicit_padding(spec, x_shape[1:-1])[1]
+  x = jax.random.normal(jax.random.key(0), x_shape)
+  kernel = jax.random.normal(jax.random.key(1), kernel_shape)
+
+  def conv(gather):
+    return lambda x, k: formulations.matmul_conv(x, k, spec, pads, None, gather=gather)
+
+  (gathered, gathered_vjp), (sliced, sliced_vjp) = (jax.vjp(conv(g), x, kernel) for g in (1, 0))
+  np.testing.assert_array_equal(gathered, sliced)
+  cotangent = jax.random.normal(jax.random.key(2), gathered.shape)
+  for a, e in zip(gathered_vjp(cotangent), sliced_vjp(cotangent), strict=True):
+    _assert_close(a, e)
+  names = [e.primitive.name for e in jax.make_jaxpr(conv(True))(x, kernel).jaxpr.eqns]
+  assert names.count("gather") == 1 and "concatenate" not in names
+
+
+def test_auto_gathers_the_patches_of_a_thin_layer_on_one_example(monkeypatch):
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  kernel = jnp.ones((8, 8, 1, 4))
+  names = [
+    e.primitive.name
+    for e in jax.make_jaxpr(lambda x: sn_jax.conv(x, kernel, strides=2))(
+      jnp.ones((1, 28, 28, 1))
+    ).jaxpr.eqns
+  ]
+  assert names.count("gather") == 1 and "conv_general_dilated" not in names
+
+
+@pytest.mark.parametrize(
   "shape",
   [(2, 3, 2, 1, 5), (2, 3, 2, 4, 3, 1, 6), (1, 2, 2, 3, 1, 2, 2, 2, 3), (2, 3, 3, 2, 2)],
   ids=["1d", "2d", "3d-two-groups", "1d-three-phases-two-groups"],
