@@ -75,9 +75,12 @@ FULL_GRID = [
 ]
 QUICK_GRID = [(8, 2, 1, (1, 8), 12, "SAME"), (3, 2, 2, (4, 8), 9, "VALID")]
 # The layers whose one-example maps a power-iteration step applies: ELU-Net's three, the mini
-# AlexNet's two, ResNet-like stride-1 and stride-2 layers.
+# AlexNet's two, ResNet-like stride-1 and stride-2 layers, and the thin first layers of LeNet
+# (25 taps: patches by one gather) and ResNet (9 taps: a slice per tap).
 POWER_GRID = [
   (8, 2, 1, (1, 64), 28, "SAME"),
+  (5, 1, 1, (1, 20), 28, "VALID"),
+  (3, 1, 1, (3, 16), 32, "SAME"),
   (6, 2, 1, (64, 128), 14, "VALID"),
   (5, 1, 1, (128, 128), 5, "VALID"),
   (5, 1, 1, (3, 96), 28, "SAME"),
