@@ -246,18 +246,14 @@ def _tap_slices(x: jax.Array, spec: ConvSpec, out: Sequence[int]) -> jax.Array:
 def _gathered_patches(x: jax.Array, spec: ConvSpec, out: Sequence[int]) -> jax.Array:
   """:func:`_tap_slices` as one gather of ``C_in``-channel rows of the flattened input (its
   transpose one scatter-add), whatever the number of taps."""
-  spatial = x.shape[1:-1]
-  # positions[o..., t...][d] = stride * o + dilation * t, flattened over the spatial grid.
-  grids = [
-    (s * np.arange(o))[:, None] + (d * np.arange(k))[None, :]
-    for o, k, s, d in zip(out, spec.kernel_size, spec.strides, spec.kernel_dilation, strict=True)
+  rank = spec.num_spatial_dims
+  # Output position o and tap t read the input at stride * o + dilation * t in each dimension.
+  index = np.indices((*out, *spec.kernel_size))
+  coordinates = [
+    s * index[dim] + d * index[rank + dim]
+    for dim, (s, d) in enumerate(zip(spec.strides, spec.kernel_dilation, strict=True))
   ]
-  rank = len(spatial)
-  axes = [
-    g.reshape([n if i in (j, rank + j) else 1 for i, n in enumerate((*out, *spec.kernel_size))])
-    for j, g in enumerate(grids)
-  ]
-  rows = np.ravel_multi_index(np.broadcast_arrays(*axes), spatial)
+  rows = np.ravel_multi_index(coordinates, x.shape[1:-1])
   flat = x.reshape(x.shape[0], -1, x.shape[-1])
   patches = flat.at[:, rows.reshape(math.prod(out), -1)].get(mode="promise_in_bounds")
   return patches.reshape(x.shape[0], *out, -1)
