@@ -59,29 +59,33 @@ def _one_group(spec: ConvSpec) -> bool:
   return spec.feature_group_count == 1
 
 
+def _thin_one_example(spec: ConvSpec, input_shape: Sequence[int]) -> bool:
+  """A thin layer of one feature group on one example of at most ``MATMUL_MAX_ROWS`` output
+  positions: a power-iteration step on a network's first layer."""
+  positions = math.prod(output_spatial(spec, input_shape))
+  return _one_group(spec) and _thin(spec) and input_shape[0] == 1 and positions <= MATMUL_MAX_ROWS
+
+
 def gathers_patches(spec: ConvSpec, input_shape: Sequence[int]) -> bool:
   """Whether ``'matmul'`` reads its patch matrix with one gather, not a slice per kernel tap.
 
   True for a layer of one feature group with fewer than ``MIN_GROUP_CHANNELS`` (16) input
-  channels, at least ``MATMUL_GATHER_MIN_TAPS`` (16) kernel taps and at most
-  ``MATMUL_MAX_ROWS`` (1024) output rows: there the slices are many small copies, each an
+  channels and at least ``MATMUL_GATHER_MIN_TAPS`` (16) kernel taps, on one example of at most
+  ``MATMUL_MAX_ROWS`` (1024) output positions: there the slices are many small copies, each an
   operation of its own (and their transpose as many pads), where one gather and its transpose,
   one scatter-add, move the same numbers. One power-iteration step on one example of
   ELU-Net's 8x8 stride-2 first layer took 0.26 ms, against 0.53 ms for ``'polyphase'``, the
   rule's pick before (``benchmarks/results/conv_power_step_cpu.json``; 0.74 ms with a slice
   per tap in the record before). With fewer taps, more channels or larger batches the slices
-  were as fast or faster on CPU.
+  were as fast or faster on CPU; and from two examples on, ELU-Net's forward pass and input
+  gradient with that layer's patches gathered took 2 to 6% longer than with it polyphase.
 
   Args:
     spec: the convolution, from :func:`sn_jax.ops.convolution.conv_spec`.
     input_shape: its input's shape ``(batch, *spatial, C_in)``.
   """
-  rows = input_shape[0] * math.prod(output_spatial(spec, input_shape))
   return (
-    _one_group(spec)
-    and _thin(spec)
-    and math.prod(spec.kernel_size) >= MATMUL_GATHER_MIN_TAPS
-    and rows <= MATMUL_MAX_ROWS
+    _thin_one_example(spec, input_shape) and math.prod(spec.kernel_size) >= MATMUL_GATHER_MIN_TAPS
   )
 
 
@@ -111,12 +115,16 @@ def choose_formulation(
   - CPU, one output position in every spatial dimension (a kernel covering its whole padded
     input; needs ``input_shape``): ``'matmul'``, then a dense layer on the flattened input.
   - CPU, at most ``MATMUL_MAX_ROWS`` (1024) output rows, batch times positions (needs
-    ``input_shape``), and at least ``MIN_GROUP_CHANNELS`` (16) input channels per group or
-    one feature group: ``'matmul'``, the case of a power-iteration step on one example. A
-    thin layer's patch matrix is read with one gather where it has many taps
-    (:func:`gathers_patches`); thin grouped layers were not measured and take the rules
-    below. Larger batches do not take it: a program that ran a batch-sized product beside
-    LAPACK calls hung in XLA's CPU runtime with its default schedule (JAX 0.10.2).
+    ``input_shape``), and at least ``MIN_GROUP_CHANNELS`` (16) input channels per group:
+    ``'matmul'``, the case of a power-iteration step on one example. Larger batches do not
+    take it: a program that ran a batch-sized product beside LAPACK calls hung in XLA's CPU
+    runtime with its default schedule (JAX 0.10.2).
+  - CPU, a thinner layer of one feature group on ONE example of at most ``MATMUL_MAX_ROWS``
+    output positions (a power-iteration step on a network's first layer): ``'matmul'`` too,
+    its patch matrix read with one gather where it has many taps (:func:`gathers_patches`).
+    From two examples on such a layer takes the rules below (the matrix product made
+    ELU-Net's forward pass 2 to 6% slower there), and so do thin grouped layers, which were
+    not measured.
   - CPU, one feature group, ``'fourier'`` needing at most ``FOURIER_MAX_MULTIPLICATIONS``
     (0.7) of the layer's own multiplications (:func:`fourier_multiplications`; needs
     ``input_shape``) and its transform fitting in memory: ``'fourier'``.
@@ -162,7 +170,9 @@ def choose_formulation(
     if all(n == 1 for n in out):
       return "matmul"
     rows = input_shape[0] * math.prod(out)
-  if rows is not None and rows <= MATMUL_MAX_ROWS and (not _thin(spec) or _one_group(spec)):
+  if rows is not None and rows <= MATMUL_MAX_ROWS and not _thin(spec):
+    return "matmul"
+  if input_shape is not None and _thin_one_example(spec, input_shape):
     return "matmul"
   if rows is not None and _one_group(spec):
     fourier, direct = fourier_multiplications(spec, input_shape)

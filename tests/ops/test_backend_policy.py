@@ -23,11 +23,11 @@ from sn_jax.ops import convolution
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
-# ELU-Net's 8x8 stride-2 first layer on a batch (1 input channel; 'polyphase' on CPU, its
-# phases' input gradient 'matmul') and a VALID stride-1 layer of 1152 output rows (input
-# gradient 'matmul'): the layers whose rules once read whether host memory was retained.
+# ELU-Net's 8x8 stride-2 first layer (1 input channel; 'polyphase' on CPU, its phases' input
+# gradient 'matmul') and a VALID stride-1 layer of 1152 output rows (input gradient 'matmul'):
+# the layers whose rules once read whether host memory was retained.
 LAYERS = [
-  ((8, 28, 28, 1), (8, 8, 1, 8), dict(strides=2, padding="SAME")),
+  ((2, 28, 28, 1), (8, 8, 1, 8), dict(strides=2, padding="SAME")),
   ((32, 8, 8, 16), (3, 3, 16, 4), dict(padding="VALID")),
 ]
 
@@ -261,10 +261,10 @@ def test_choose_formulation_for_strided_dilated_layers():
 
 
 def test_choose_formulation_takes_polyphase_for_thin_strided_layers():
-  """ELU-Net's 8x8 stride-2 first layer: polyphase on a batch, the matrix product of gathered
-  patches on one example (196 rows)."""
+  """ELU-Net's 8x8 stride-2 first layer: polyphase on a batch (two examples or more), the
+  matrix product of gathered patches on one example."""
   spec = convolution.conv_spec((8, 8, 1, 64), 1, strides=2)
-  for batch, expected in ((128, "polyphase"), (6, "polyphase"), (5, "matmul"), (1, "matmul")):
+  for batch, expected in ((128, "polyphase"), (2, "polyphase"), (1, "matmul")):
     shape = (batch, 28, 28, 1)
     assert convolution.choose_formulation(spec, backend="cpu", input_shape=shape) == expected
     assert policy.gathers_patches(spec, shape) == (expected == "matmul")
@@ -351,11 +351,14 @@ def test_choose_formulation_takes_the_matrix_product_for_few_output_rows():
   thin = convolution.conv_spec((5, 5, 3, 96), 3, padding="SAME")  # the mini AlexNet's first
   assert convolution.choose_formulation(thin, backend="cpu", input_shape=(1, 28, 28, 3)) == (
     "matmul"
-  )  # 784 rows, three input channels: its 25 taps' patches by one gather
+  )  # one example, three input channels: its 25 taps' patches by one gather
+  for shape in ((2, 28, 28, 3), (1, 33, 33, 3)):  # two examples; 1089 positions
+    assert convolution.choose_formulation(thin, backend="cpu", input_shape=shape) == "direct"
   thin_grouped = convolution.conv_spec((5, 5, 1, 96), 3, feature_group_count=3)
-  assert convolution.choose_formulation(
-    thin_grouped, backend="cpu", input_shape=(1, 28, 28, 3)
-  ) == ("direct")  # grouped thin layers were not measured: the later rules
+  shape = (1, 28, 28, 3)
+  assert convolution.choose_formulation(thin_grouped, backend="cpu", input_shape=shape) == (
+    "direct"
+  )  # grouped thin layers were not measured: the later rules
 
 
 def test_gathers_patches_rule():
@@ -374,7 +377,8 @@ def test_gathers_patches_rule():
   assert not gathers((3, 3))  # 9 taps: the slices were as fast
   assert not gathers((5, 5), channels=(16, 32))  # not thin
   assert not gathers((5, 5), channels=(4, 8), groups=2)  # grouped
-  assert not gathers((5, 5), batch=2)  # 2 x 784 = 1568 rows
+  assert not gathers((5, 5), batch=2)  # two examples
+  assert not gathers((5, 5), size=37)  # one example of 33 x 33 = 1089 output positions
 
 
 def test_one_position_matmul_is_one_dot_of_the_flattened_window(monkeypatch):

@@ -162,8 +162,7 @@ def test_spectral_norm_step_is_the_same_with_and_without_the_options():
 @pytest.mark.parametrize("name, convolutions", [("mlp1", False), ("tiny", True), ("elunet", True)])
 def test_options_for_see_convolutions_in_the_gradient_of_a_normalized_model(name, convolutions):
   model = models.get_model(name, beta=1.0)
-  # A batch of 128: on a few examples the layers run as matrix products of their patches.
-  x = jnp.zeros((128, *models.INPUT_SHAPES[name]))
+  x = jnp.zeros((2, *models.INPUT_SHAPES[name]))
   variables = model.init(jax.random.key(0), x)
 
   def loss(params):
