@@ -362,8 +362,8 @@ def test_choose_formulation_takes_the_matrix_product_for_few_output_rows():
 
 
 def test_gathers_patches_rule():
-  """One gather for the patches of thin, one-group layers with many taps and few rows; a slice
-  per tap otherwise."""
+  """One gather for the patches of thin, one-group layers with many taps on one example of at
+  most 1024 output positions; a slice per tap otherwise."""
 
   def gathers(kernel_size, channels=(1, 64), batch=1, size=28, groups=1, **attributes):
     shape = (*kernel_size, channels[0] // groups, channels[1])
