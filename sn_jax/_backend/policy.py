@@ -78,7 +78,7 @@ def gathers_patches(spec: ConvSpec, input_shape: Sequence[int]) -> bool:
   rule's pick before (``benchmarks/results/conv_power_step_cpu.json``; 0.74 ms with a slice
   per tap in the record before). With fewer taps, more channels or larger batches the slices
   were as fast or faster on CPU; and from two examples on, ELU-Net's forward pass and input
-  gradient with that layer's patches gathered took 2 to 6% longer than with it polyphase.
+  gradient with that layer's patches gathered took longer than with it polyphase.
 
   Args:
     spec: the convolution, from :func:`sn_jax.ops.convolution.conv_spec`.
@@ -123,8 +123,8 @@ def choose_formulation(
     output positions (a power-iteration step on a network's first layer): ``'matmul'`` too,
     its patch matrix read with one gather where it has many taps (:func:`gathers_patches`).
     From two examples on such a layer takes the rules below (the matrix product made
-    ELU-Net's forward pass 2 to 6% slower there), and so do thin grouped layers, which were
-    not measured.
+    ELU-Net's forward pass slower there), and so do thin grouped layers, which were not
+    measured.
   - CPU, one feature group, ``'fourier'`` needing at most ``FOURIER_MAX_MULTIPLICATIONS``
     (0.7) of the layer's own multiplications (:func:`fourier_multiplications`; needs
     ``input_shape``) and its transform fitting in memory: ``'fourier'``.
