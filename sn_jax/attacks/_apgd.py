@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from sn_jax.attacks import _l1
 from sn_jax.attacks._common import (
   _SHRINK_FACTOR,
   _SMALLEST_BATCH,
@@ -44,6 +45,13 @@ from sn_jax.attacks._dlr import dlr_loss, dlr_loss_targeted
 DrawFn = Callable[[jax.Array, jax.Array], jax.Array]  # (inputs, key) -> logits
 
 _MOMENTUM = 0.75  # alpha: weight of the new projected step against the previous update
+# APGD-l_1 (the authors' settings): the initial share of coordinates a step moves, the factor
+# between that share and the best point's support, the step's decrease at a checkpoint, and
+# the step's range as fractions of eps.
+_L1_FRACTION = 0.2
+_L1_SUPPORT_FACTOR = 1.5
+_L1_STEP_DECREASE = 1.5
+_L1_STEP_RANGE = (0.1, 1.0)
 RunLossFn = Callable[[jax.Array, jax.Array, Any], jax.Array]  # (logits, labels, extra) -> (B,)
 
 
@@ -81,6 +89,8 @@ class _State(NamedTuple):
   increases: jax.Array  # (B,) int32: steps that increased the loss since the last checkpoint
   reduced: jax.Array  # (B,) bool: the step size was halved at the last checkpoint
   loss_best_checked: jax.Array  # (B,): loss_best at the last checkpoint
+  fraction: jax.Array  # (B,), l_1 only: the share of coordinates a step moves
+  support: jax.Array  # (B,), l_1 only: the best point's support at the last checkpoint
 
 
 def _loss_and_grad(draw: DrawFn, loss_fn: RunLossFn, eot_iter: int):
@@ -152,20 +162,24 @@ def _single_run(
   loss_fn, extra = run_loss
   evaluate = _loss_and_grad(draw, loss_fn, eot_iter)
   eot_key = jax.random.fold_in(key, 1)  # the draws' keys; ``key`` itself makes the start
-  windows = jnp.asarray(_checkpoint_windows(num_steps))
+  l1 = norm == 1.0
+  windows = jnp.asarray((_l1.checkpoint_windows if l1 else _checkpoint_windows)(num_steps))
   noise = (
     jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
     if norm == math.inf
     else jax.random.normal(key, x.shape, x.dtype)
   )
-  x0 = _clip(x + eps * noise / _expand(_norm(noise, norm) + 1e-12, x), clip_min, clip_max)
+  if l1:  # a standard normal point, projected onto the ball in the box
+    x0 = _l1.project_l1_box(x, x + noise, eps, clip_min, clip_max)
+  else:
+    x0 = _clip(x + eps * noise / _expand(_norm(noise, norm) + 1e-12, x), clip_min, clip_max)
   loss0, logits0, grad0 = evaluate(x0, labels, extra, jax.random.fold_in(eot_key, num_steps))
   batch = x.shape[0]
   state = _State(
     x_adv=x0,
     x_prev=x0,
     grad=grad0,
-    step_size=jnp.full((batch,), 2.0, x.dtype) * eps,
+    step_size=jnp.full((batch,), 1.0 if l1 else 2.0, x.dtype) * eps,
     x_best=x0,
     grad_best=grad0,
     loss_best=loss0,
@@ -176,6 +190,8 @@ def _single_run(
     increases=jnp.zeros((batch,), jnp.int32),
     reduced=jnp.ones((batch,), jnp.bool_),
     loss_best_checked=loss0,
+    fraction=jnp.full((batch,), _L1_FRACTION, x.dtype),
+    support=jnp.full((batch,), math.prod(x.shape[1:]), x.dtype),
   )
 
   def step(x, labels, extra, low, high):
@@ -185,10 +201,18 @@ def _single_run(
     def project(z):
       return _clip(x + _project(z - x, eps, norm), low, high)
 
-    def body(i, s: _State) -> _State:
+    def move(s: _State, i):
+      """The next iterate: for l_1 a sparse step projected onto the ball in the box, without
+      momentum; otherwise a projected steepest-ascent step and the momentum term."""
+      if l1:
+        z = s.x_adv + _expand(s.step_size, x) * _l1.sparse_step(s.grad, s.fraction)
+        return _l1.project_l1_box(x, z, eps, low, high)
       a = jnp.where(i > 0, _MOMENTUM, 1.0).astype(x.dtype)
       z = project(s.x_adv + _expand(s.step_size, x) * _unit(s.grad, norm))
-      x_new = project(s.x_adv + a * (z - s.x_adv) + (1 - a) * (s.x_adv - s.x_prev))
+      return project(s.x_adv + a * (z - s.x_adv) + (1 - a) * (s.x_adv - s.x_prev))
+
+    def body(i, s: _State) -> _State:
+      x_new = move(s, i)
       loss, logits, grad = evaluate(x_new, labels, extra, jax.random.fold_in(eot_key, i))
 
       wrong = jnp.argmax(logits, axis=-1) != labels
@@ -198,19 +222,24 @@ def _single_run(
       loss_best = jnp.where(improved, loss, s.loss_best)
       increases = s.increases + (loss > s.loss_prev)
 
-      # At a checkpoint, halve the step and restart from the best point where fewer than a
-      # fraction rho of the steps since the last one increased the loss, or where neither the
-      # step size nor the best loss changed since then.
       window = windows[i]
       check = window > 0
-      halve = check & (
-        (increases <= window * rho) | (~s.reduced & (s.loss_best_checked >= loss_best))
-      )
+      if l1:
+        restart, step_size, fraction, support = _l1_checkpoint(s, x_best - x, check, eps)
+      else:
+        # At a checkpoint, halve the step and restart from the best point where fewer than a
+        # fraction rho of the steps since the last one increased the loss, or where neither
+        # the step size nor the best loss changed since then.
+        restart = check & (
+          (increases <= window * rho) | (~s.reduced & (s.loss_best_checked >= loss_best))
+        )
+        step_size = jnp.where(restart, s.step_size / 2, s.step_size)
+        fraction, support = s.fraction, s.support
       return _State(
-        x_adv=jnp.where(_expand(halve, x), x_best, x_new),
+        x_adv=jnp.where(_expand(restart, x), x_best, x_new),
         x_prev=s.x_adv,
-        grad=jnp.where(_expand(halve, x), grad_best, grad),
-        step_size=jnp.where(halve, s.step_size / 2, s.step_size),
+        grad=jnp.where(_expand(restart, x), grad_best, grad),
+        step_size=step_size,
         x_best=x_best,
         grad_best=grad_best,
         loss_best=loss_best,
@@ -218,8 +247,10 @@ def _single_run(
         fooled=s.fooled | wrong,
         loss_prev=loss,
         increases=jnp.where(check, 0, increases),
-        reduced=jnp.where(check, halve, s.reduced),
+        reduced=jnp.where(check, restart, s.reduced),
         loss_best_checked=jnp.where(check, loss_best, s.loss_best_checked),
+        fraction=fraction,
+        support=support,
       )
 
     return body
@@ -239,6 +270,25 @@ def _single_run(
   sizes = _shrinking_sizes(batch, _SHRINK_FACTOR, _SMALLEST_BATCH)
   s = _on_shrinking_batches(step_on, state, lambda part: ~part.fooled, num_steps, sizes)
   return s.x_best, s.loss_best, s.x_fooled, s.fooled
+
+
+def _l1_checkpoint(s: _State, best_delta: jax.Array, check: jax.Array, eps: jax.Array):
+  """APGD-l_1's checkpoint, where ``check`` ``(B,)``: where the support of the best point's
+  perturbation ``best_delta`` ``(B, ...)`` shrank below 95% of its size at the last checkpoint,
+  restart from the best point with the largest step; elsewhere divide the step by 1.5 (within
+  ``[0.1, 1] eps``). A step then moves the share ``support / (1.5 n)`` of the ``n`` coordinates.
+  Returns ``(restart, step_size, fraction, support)``, each ``(B,)``."""
+  support = _l1.support_size(best_delta)
+  shrank = support < 0.95 * s.support
+  low, high = (f * eps for f in _L1_STEP_RANGE)
+  step_size = jnp.clip(jnp.where(shrank, high, s.step_size / _L1_STEP_DECREASE), low, high)
+  fraction = support / (math.prod(best_delta.shape[1:]) * _L1_SUPPORT_FACTOR)
+  return (
+    check & shrank,
+    jnp.where(check, step_size, s.step_size),
+    jnp.where(check, fraction, s.fraction),
+    jnp.where(check, support, s.support),
+  )
 
 
 def _best_of_runs(logits_fn, x, labels, runs: jax.Array, run: Callable[..., Any], key) -> jax.Array:
@@ -313,8 +363,6 @@ def _check_common(x, eps, norm, num_steps, num_restarts, rho, key, clip_min, cli
   x = _check_x(x)
   eps = _check_radius(eps, "eps")
   norm = _check_norm(norm)
-  if norm == 1.0:
-    raise ValueError("`norm` must be jnp.inf or 2 (APGD's l_1 variant is not implemented), got 1.")
   _check_int(num_steps, "num_steps", 1)
   _check_int(num_restarts, "num_restarts", 1)
   _check_fraction(rho, "rho")
@@ -356,6 +404,18 @@ def apgd(
   loss, or when neither its step size nor its best loss changed since then. Everything is per
   example. Each restart draws a new start; an example stops counting once a restart fools it.
 
+  l_1 (``norm=1``) is the authors' l_1-APGD ("Mind the box"): the start is a standard normal
+  point projected onto the ball; a step ``x + eta s`` moves the coordinates whose ``|g_i|``
+  reach the ``(1 - f)`` quantile of ``|g|`` by ``eta sign(g_i) / (their number)``, with no
+  momentum, and ``P`` is the exact Euclidean projection onto the l_1 ball intersected with the
+  clip box (soft-thresholding with each coordinate held in the box). ``eta`` starts at ``eps``
+  and ``f`` at 0.2; every ``max(int(0.04 num_steps), 1)`` steps, where the support of the best
+  point's perturbation shrank below 95% of its size at the last checkpoint, the iterate restarts
+  from the best point with ``eta = eps``, elsewhere ``eta`` is divided by 1.5 (within ``[eps /
+  10, eps]``), and ``f`` becomes that support over 1.5 times the dimension. ``rho`` is unused.
+  AutoAttack's l_1 version starts from 3 and 2 times ``eps`` first (``use_largereps``); this
+  function runs at ``eps`` only.
+
   A randomized model (``eot_iter`` an int) is attacked with expectation over transformation:
   ``logits_fn(z, key)`` is called with a fresh key for each of ``eot_iter`` draws per step and
   the gradients are averaged; whether a point is misclassified is decided by the last draw
@@ -367,11 +427,12 @@ def apgd(
     x: inputs ``(B, ...)``, floating point, inside ``[clip_min, clip_max]`` if those are given.
     y: labels ``(B,)``; None: the model's predictions.
     eps: radius, finite and >= 0: a scalar, or ``(E,)`` for E attacks in one call.
-    norm: ``jnp.inf`` or 2.
+    norm: ``jnp.inf``, 2 or 1.
     loss: ``'ce'`` (cross-entropy) or ``'dlr'`` (:func:`dlr_loss`, needs ``C >= 3``).
     num_steps: iterations per restart, >= 1 (a ``lax.fori_loop``).
     num_restarts: random starts, >= 1 (a ``lax.scan``).
-    rho: the step is halved where at most this fraction of the steps increased the loss, in [0, 1].
+    rho: the step is halved where at most this fraction of the steps increased the loss, in
+      [0, 1] (l_inf and l_2).
     eot_iter: None for a deterministic model; for a randomized one, the draws averaged per
       gradient, >= 1 (AutoAttack's ``'rand'`` version: 20).
     key: PRNG key for the random starts (and the draws); the same key gives the same result.
@@ -386,7 +447,7 @@ def apgd(
 
   Raises:
     TypeError: if ``x`` is not floating point or ``y`` not integer.
-    ValueError: for eps < 0 or not finite, a norm other than inf or 2, an unknown loss,
+    ValueError: for eps < 0 or not finite, a norm other than inf, 2 or 1, an unknown loss,
       ``'dlr'`` with fewer than 3 classes, num_steps, num_restarts or eot_iter < 1, rho outside
       [0, 1], no ``key``, ``y`` of the wrong shape or (when concrete) outside ``[0, C)``,
       ``logits_fn`` output not ``(B, C)``, or clip_min > clip_max.
@@ -403,6 +464,8 @@ def apgd(
   References:
     Croce & Hein, Reliable evaluation of adversarial robustness with an ensemble of diverse
     parameter-free attacks, https://arxiv.org/abs/2003.01690.
+    Croce & Hein, Mind the box: l_1-APGD for sparse adversarial attacks on image classifiers,
+    https://arxiv.org/abs/2103.01208 (l_1).
   """
   x, eps, norm = _check_common(x, eps, norm, num_steps, num_restarts, rho, key, clip_min, clip_max)
   losses = {"ce": cross_entropy, "dlr": dlr_loss}
@@ -447,7 +510,7 @@ def apgd_targeted(
     x: inputs ``(B, ...)``, floating point, inside ``[clip_min, clip_max]`` if those are given.
     y: labels ``(B,)``; None: the model's predictions.
     eps: radius, finite and >= 0: a scalar, or ``(E,)`` for E attacks in one call.
-    norm: ``jnp.inf`` or 2.
+    norm: ``jnp.inf``, 2 or 1 (:func:`apgd`'s l_1 steps).
     num_target_classes: targets per example, in ``[1, C - 1]`` (AutoAttack: 9).
     num_steps: iterations per run, >= 1.
     num_restarts: random starts per target, >= 1.

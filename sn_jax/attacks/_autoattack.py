@@ -267,7 +267,10 @@ def autoattack(
   eps = _check_radius(eps, "eps")
   norm = _check_norm(norm)
   if norm == 1.0:
-    raise ValueError("`norm` must be jnp.inf or 2 (AutoAttack's l_1 version is not implemented).")
+    raise ValueError(
+      "`norm` must be jnp.inf or 2 (AutoAttack's l_1 version is not implemented: it also needs "
+      "FAB-T's and Square's l_1 variants; apgd and apgd_targeted take norm=1)."
+    )
   names = autoattack_attacks(version, attacks)
   _check_int(num_steps, "num_steps", 1)
   _check_int(num_queries, "num_queries", 1)

@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 from quick_compile import QUICK
 
 from sn_jax import attacks
+from sn_jax.attacks import _l1
 from sn_jax.attacks._apgd import _apgd, _checkpoint_windows, _untargeted
 
 KEY = jax.random.key(0)
-DUAL = {jnp.inf: 1, 2.0: 2}  # the dual norm of each attack norm, for the closed forms
+DUAL = {jnp.inf: 1, 2.0: 2, 1.0: np.inf}  # the dual norm of each attack norm, for closed forms
 
 
 def margins(logits, labels):
@@ -110,6 +111,27 @@ def test_apgd_targeted_breaks_a_linear_model_just_beyond_its_minimal_distance(no
   reached = z[np.arange(len(y)), y][:, None] - z
   bound = np.where(np.isinf(m), -np.inf, m - eps[:, None] * size)
   assert np.all(reached >= bound - 1e-4)
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_apgd_l1_on_a_linear_model_is_sound_below_and_breaks_above_its_minimal_distance(targeted):
+  f, w, b, x, y = linear(2)
+  m, size = pair_terms(w, b, x, y, 1.0)  # sizes: ||w_y - w_j||_inf, dual to l_1
+  distance = np.min(m / size, axis=1)
+  attack = attacks.apgd_targeted if targeted else attacks.apgd
+  options = dict(norm=1.0, num_steps=100, **({"num_target_classes": 3} if targeted else {}))
+  eps = 0.95 * distance
+  x_adv, x_beyond = per_example(attack, f, x, y, eps, 2.2 * distance, **options)
+  assert np.all(np.abs(x_adv - x).sum(1) <= eps * (1 + 1e-5))
+  # No class gets closer than the closed form allows (1e-4: float32 rounding).
+  z = np.asarray(f(x_adv), np.float64)
+  reached = z[np.arange(len(y)), y][:, None] - z
+  assert np.all(reached >= np.where(np.isinf(m), -np.inf, m - eps[:, None] * size) - 1e-4)
+  # The optimum puts all of eps on the coordinate of the largest |w_y - w_j|. The authors'
+  # sparse steps move about a fifth of the coordinates, so on 8 features they settle with the
+  # perturbation spread over the top two: at least half the optimum's effect, so that twice
+  # the minimal distance (and a margin) breaks every example.
+  assert np.all(margins(f(x_beyond), y) < 0)
 
 
 def test_checkpoints_follow_the_reference_schedule():
@@ -257,7 +279,7 @@ def _bounded_attack(x, y, eps, key, clip_min, clip_max, *, norm, targeted):
   return attacks.apgd(f, x, y, loss="dlr", num_restarts=2, **options)
 
 
-@pytest.mark.parametrize("norm", [jnp.inf, 2.0])
+@pytest.mark.parametrize("norm", [jnp.inf, 2.0, 1.0])
 @pytest.mark.parametrize("targeted", [False, True])
 @settings(max_examples=6, deadline=None)
 @given(eps=st.floats(0.0, 2.0), margin=st.floats(0.0, 0.5), seed=st.integers(0, 2**16))
@@ -310,6 +332,9 @@ def test_apgd_traces_once():
     "apgd_targeted": lambda f, x, y, e, k: attacks.apgd_targeted(
       f, x, y, eps=e, num_target_classes=2, num_steps=3, key=k
     ),
+    "apgd l1 in a box": lambda f, x, y, e, k: attacks.apgd(
+      f, x, y, eps=e, norm=1, num_steps=3, key=k, clip_min=-5.0, clip_max=5.0
+    ),
   }
   assert_each_traces_once(attacks_by_name)
 
@@ -319,7 +344,6 @@ def test_apgd_traces_once():
 BAD = [
   (lambda: attacks.apgd(f4, X, Y, eps=-0.1, key=KEY), ValueError, "`eps` must be >= 0"),
   (lambda: attacks.apgd(f4, X, Y, eps=0.1, norm=3, key=KEY), ValueError, "`norm` must be"),
-  (lambda: attacks.apgd(f4, X, Y, eps=0.1, norm=1, key=KEY), ValueError, "l_1 variant"),
   (lambda: attacks.apgd(f4, X, Y, eps=0.1, loss="hinge", key=KEY), ValueError, "`loss` must"),
   (lambda: attacks.apgd(f4, X, Y, eps=0.1, num_steps=0, key=KEY), ValueError, "`num_steps`"),
   (lambda: attacks.apgd(f4, X, Y, eps=0.1, num_restarts=0, key=KEY), ValueError, "`num_restarts`"),
@@ -450,3 +474,117 @@ def test_apgd_follows_the_authors_loop_step_by_step(norm):
   # that circle the optimum on the sphere compare near-equal losses, and float32 rounding can
   # flip which one is kept, by ~1e-4. A wrong schedule moves points by a step, >= eps / 16 here.
   np.testing.assert_allclose(x_adv, expected, atol=1e-5 if norm == jnp.inf else 1e-3)
+
+
+# --- l_1: the projection, the sparse step, the authors' loop ------------------------------------
+
+
+def nearest_in_l1_ball_and_box(x, z, eps, low, high):
+  """The nearest point to ``z`` of ``{p : ||p - x||_1 <= eps, low <= p <= high}`` for one
+  example, in float64: soft-thresholding ``|z - x|``, each coordinate capped by its room in the
+  box, with the threshold found by 200 bisections."""
+  x, z = np.asarray(x, np.float64).ravel(), np.asarray(z, np.float64).ravel()
+  d = z - x
+  cap = np.minimum(np.abs(d), np.where(d > 0, high - x, x - low))
+  shrunk = lambda t: np.minimum(np.maximum(np.abs(d) - t, 0), cap)
+  low_t, high_t = 0.0, float(np.abs(d).max())
+  if shrunk(0.0).sum() <= eps:
+    high_t = 0.0
+  for _ in range(200):
+    middle = (low_t + high_t) / 2
+    low_t, high_t = (low_t, middle) if shrunk(middle).sum() <= eps else (middle, high_t)
+  return x + np.sign(d) * shrunk(high_t)
+
+
+@pytest.mark.parametrize("box", [True, False])
+def test_l1_projection_is_the_nearest_point_of_the_ball_in_the_box(box):
+  rng = np.random.default_rng(3)
+  n, batch = 40, 64
+  x = rng.uniform(0.0, 1.0, (batch, n)).astype(np.float32)
+  scale = rng.choice([0.01, 0.3, 3.0], (batch, 1))
+  sparse = rng.uniform(size=(batch, n)) < rng.uniform(0.05, 1.0, (batch, 1))
+  z = (x + sparse * rng.standard_normal((batch, n)) * scale).astype(np.float32)
+  low, high = (0.0, 1.0) if box else (-np.inf, np.inf)
+  for eps in (0.0, 0.05, 1.0, 8.0):
+    bounds = (low, high) if box else (None, None)
+    p = np.asarray(jax.jit(_l1.project_l1_box, static_argnums=(3, 4))(x, z, eps, *bounds))
+    pairs = zip(x, z, strict=True)
+    expected = np.stack([nearest_in_l1_ball_and_box(a, b, eps, low, high) for a, b in pairs])
+    np.testing.assert_allclose(p, expected, atol=2e-6)
+    assert np.all(np.abs(p - x).sum(1) <= eps * (1 + 1e-6) + 1e-6)
+    assert np.all((p >= low) & (p <= high))
+  # Inside the ball (after clipping to the box) the projection only clips.
+  p = np.asarray(_l1.project_l1_box(x, z, 1e6, 0.0, 1.0))
+  np.testing.assert_allclose(p, np.clip(z, 0.0, 1.0), atol=1e-6)
+
+
+def test_l1_sparse_step_moves_the_largest_gradient_coordinates_by_unit_l1_norm():
+  grad = np.array([[0.1, -3.0, 2.0, 0.0, -0.5], [1.0, 1.0, 1.0, 1.0, 1.0]], np.float32)
+  # Fraction 0.4 of 5 coordinates: the threshold is the value at sorted position int(0.6 * 5) = 3.
+  step = np.asarray(_l1.sparse_step(grad, jnp.array([0.4, 0.4])))
+  np.testing.assert_allclose(step[0], [0, -0.5, 0.5, 0, 0])
+  np.testing.assert_allclose(step[1], np.full(5, 0.2))  # ties at the threshold all move
+  np.testing.assert_allclose(_l1.sparse_step(grad, jnp.array([0.0, 0.0]))[0], [0, -1, 0, 0, 0])
+  np.testing.assert_array_equal(_l1.sparse_step(np.zeros((1, 3)), jnp.array([0.2])), 0)
+  windows = _l1.checkpoint_windows(100)  # every 4 steps
+  np.testing.assert_array_equal(np.nonzero(windows)[0], np.arange(3, 100, 4))
+  np.testing.assert_array_equal(np.nonzero(_l1.checkpoint_windows(10))[0], np.arange(10))
+
+
+def reference_apgd_l1(f, x, y, eps, start, num_steps):
+  """One run of the authors' ``attack_single_run`` with ``norm='L1'`` (CE loss, box [0, 1]) in
+  NumPy: sparse steps without momentum, checkpoints every 4% of the steps that restart from the
+  best point where its support shrank, the share of coordinates a step moves following it."""
+  loss_grad = jax.jit(jax.vmap(jax.value_and_grad(
+    lambda z, label: attacks.cross_entropy(f(z[None]), label[None])[0]
+  )), compiler_options=QUICK)  # fmt: skip
+  n = x.shape[1]
+  project = lambda z: np.stack(
+    [nearest_in_l1_ball_and_box(a, b, eps, 0, 1) for a, b in zip(x, z, strict=True)]
+  )
+
+  def evaluate(z):
+    loss, grad = loss_grad(jnp.asarray(z, jnp.float32), y)
+    return np.array(loss), np.array(grad), np.argmax(np.asarray(f(jnp.asarray(z))), axis=1)
+
+  x_adv = project(x + start)
+  loss, grad, pred = evaluate(x_adv)
+  x_best, x_best_adv, grad_best, loss_best = x_adv.copy(), x_adv.copy(), grad.copy(), loss.copy()
+  acc = pred == y
+  step = np.full(len(x), eps)
+  k = max(int(0.04 * num_steps), 1)
+  topk, sp_old = np.full(len(x), 0.2), np.full(len(x), float(n))
+  for i in range(num_steps):
+    size = np.abs(grad)
+    position = np.clip((1 - topk.astype(np.float32)) * n, 0, n - 1).astype(int)
+    threshold = np.sort(size, axis=1)[np.arange(len(x)), position][:, None]
+    direction = np.sign(grad) * (size >= threshold)
+    count = np.abs(direction).sum(1, keepdims=True)
+    x_adv = project(x_adv + step[:, None] * direction / (count + 1e-10))
+    loss, grad, pred = evaluate(x_adv)
+    acc &= pred == y
+    x_best_adv[pred != y] = x_adv[pred != y]
+    better = loss > loss_best
+    x_best[better], grad_best[better], loss_best[better] = x_adv[better], grad[better], loss[better]
+    if (i + 1) % k == 0:
+      sp_curr = (x_best - x != 0).sum(1).astype(float)
+      shrank = sp_curr / sp_old < 0.95
+      topk = sp_curr / n / 1.5
+      step = np.clip(np.where(shrank, eps, step / 1.5), eps / 10, eps)
+      sp_old = sp_curr
+      x_adv[shrank], grad[shrank] = x_best[shrank], grad_best[shrank]
+  return np.where(~acc[:, None], x_best_adv, x_best)
+
+
+def test_apgd_l1_follows_the_authors_loop_step_by_step():
+  x = np.asarray(jax.random.uniform(jax.random.key(2), (6, 12)))
+  f = mlp(12)
+  y = np.argmax(np.asarray(f(x)), axis=1)
+  eps, num_steps = 1.0, 50
+  start = np.asarray(jax.random.normal(jax.random.split(KEY, 1)[0], x.shape, jnp.float32))
+  expected = reference_apgd_l1(f, x, y, eps, start, num_steps)
+  options = dict(eps=eps, norm=1, num_steps=num_steps, key=KEY, clip_min=0.0, clip_max=1.0)
+  x_adv = jax.jit(lambda: attacks.apgd(f, x, y, **options), compiler_options=QUICK)()
+  fooled = np.argmax(np.asarray(f(x_adv)), axis=1) != y
+  assert 0 < fooled.sum() < len(x)  # both outcomes: a misclassified point, the best-loss point
+  np.testing.assert_allclose(x_adv, expected, atol=1e-6)

@@ -1,0 +1,115 @@
+"""The l_1 geometry of APGD's l_1 variant (Croce & Hein, "Mind the box"): the projection onto an
+l_1 ball inside a box, and the sparse steepest-ascent step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from sn_jax.attacks._common import _expand
+
+
+def _flat(v: jax.Array) -> jax.Array:
+  return v.reshape(v.shape[0], -1)
+
+
+def _room(x: jax.Array, bound: Any, direction: float) -> jax.Array:
+  """How far each coordinate of ``x`` may move in ``direction`` (+1 up, -1 down) before the
+  clip ``bound`` (None: no bound, infinite room), ``(B, n)``, >= 0."""
+  if bound is None:
+    return jnp.full(_flat(x).shape, jnp.inf, x.dtype)
+  room = direction * (jnp.broadcast_to(jnp.asarray(bound, x.dtype), x.shape) - x)
+  return jnp.maximum(_flat(room), 0)
+
+
+def _threshold(size: jax.Array, cap: jax.Array, eps: jax.Array) -> jax.Array:
+  """The smallest ``t >= 0`` with ``sum_i min(max(size_i - t, 0), cap_i) <= eps``, per row.
+
+  ``size``, ``cap`` ``(B, n)`` >= 0 with ``cap <= size``, ``eps`` ``(B,)`` >= 0. The left side
+  ``h(t)`` is continuous, non-increasing and piecewise linear, with breakpoints at the
+  ``size_i - cap_i`` (where coordinate i stops being capped) and the ``size_i`` (where it
+  reaches 0). A bisection over the bit patterns of ``t`` (as integers they order non-negative
+  floats by value) finds two adjacent floats ``lo < hi`` with ``h(lo) > eps >= h(hi)``; on that
+  segment no breakpoint lies strictly inside, so the coordinates with ``size_i - cap_i <= lo <
+  hi <= size_i`` are those on the slope and ``t`` solves ``h(t) = eps`` exactly there.
+  """
+  dtype = size.dtype
+  as_int = {16: jnp.int16, 32: jnp.int32, 64: jnp.int64}[jnp.finfo(dtype).bits]
+
+  def total(t):  # (B,) -> (B,)
+    return jnp.sum(jnp.minimum(jnp.maximum(size - t[:, None], 0), cap), axis=-1)
+
+  def halve(_, bounds):
+    low, high = bounds
+    middle = low + (high - low) // 2
+    inside = total(lax.bitcast_convert_type(middle, dtype)) <= eps
+    return jnp.where(inside, low, middle), jnp.where(inside, middle, high)
+
+  # h(max size) = 0 <= eps: the largest size bounds t; its bit pattern is the upper end.
+  top = lax.bitcast_convert_type(jnp.max(size, axis=-1), as_int)
+  low, high = lax.fori_loop(0, jnp.finfo(dtype).bits - 1, halve, (jnp.zeros_like(top), top))
+  low, high = (lax.bitcast_convert_type(b, dtype)[:, None] for b in (low, high))
+  on_slope = (size - cap <= low) & (size >= high)
+  capped = size - cap >= high
+  count = jnp.sum(on_slope, axis=-1)
+  held = jnp.sum(jnp.where(capped, cap, 0), axis=-1) + jnp.sum(jnp.where(on_slope, size, 0), -1)
+  solved = (held - eps) / jnp.maximum(count, 1)
+  # Clamped into [lo, hi] against rounding; hi where no coordinate is on the slope.
+  return jnp.where(count > 0, jnp.clip(solved, low[:, 0], high[:, 0]), high[:, 0])
+
+
+def project_l1_box(
+  x: jax.Array, z: jax.Array, eps: jax.Array, clip_min: Any, clip_max: Any
+) -> jax.Array:
+  """The nearest point (in l_2) to ``z`` of ``{p : ||p - x||_1 <= eps, clip_min <= p <=
+  clip_max}``, per example.
+
+  ``x``, ``z`` ``(B, ...)``, ``x`` inside the box; ``eps`` a scalar >= 0; the clip bounds
+  broadcastable to ``x`` or None. With ``d = z - x``, the projection is ``x + sign(d_i)
+  min(max(|d_i| - t, 0), room_i)``, ``room_i`` the distance from ``x_i`` to the box in the
+  direction of ``d_i``, and ``t >= 0`` the smallest threshold that brings the l_1 norm to at most
+  ``eps`` (:func:`_threshold`; ``t = 0`` where clipping to the box already does): the
+  soft-thresholding of the l_1 ball with each coordinate held in the box.
+  """
+  d = _flat(z - x)
+  room = jnp.where(d > 0, _room(x, clip_max, 1.0), _room(x, clip_min, -1.0))
+  size = jnp.abs(d)
+  cap = jnp.minimum(size, room)
+  eps = jnp.broadcast_to(eps, d.shape[:1]).astype(d.dtype)
+  inside = jnp.sum(cap, axis=-1) <= eps
+  t = jnp.where(inside, 0, _threshold(size, cap, eps))
+  step = jnp.sign(d) * jnp.minimum(jnp.maximum(size - t[:, None], 0), cap)
+  return x + step.reshape(x.shape)
+
+
+def sparse_step(grad: jax.Array, fraction: jax.Array) -> jax.Array:
+  """APGD-l_1's step direction: ``sign(g)`` on the coordinates whose ``|g_i|`` reaches the value
+  at position ``(1 - fraction) n`` of the sorted ``|g|`` (about ``fraction n`` of the largest),
+  zero elsewhere, divided by their number (unit l_1 norm; zero where ``g`` is).
+
+  ``grad`` ``(B, ...)``, ``fraction`` ``(B,)`` in ``[0, 1]``.
+  """
+  size = jnp.abs(_flat(grad))
+  n = size.shape[-1]
+  position = jnp.clip(((1 - fraction) * n).astype(jnp.int32), 0, n - 1)
+  threshold = jnp.take_along_axis(jnp.sort(size, axis=-1), position[:, None], axis=-1)
+  direction = jnp.sign(_flat(grad)) * (size >= threshold)
+  count = jnp.sum(jnp.abs(direction), axis=-1)
+  return (direction / _expand(count + 1e-10, direction)).reshape(grad.shape)
+
+
+def support_size(delta: jax.Array) -> jax.Array:
+  """``(B,)``: the number of non-zero coordinates of each example's perturbation, as a float."""
+  return jnp.sum(_flat(delta) != 0, axis=-1).astype(delta.dtype)
+
+
+def checkpoint_windows(num_steps: int) -> np.ndarray:
+  """``(num_steps,)`` int32: APGD-l_1's checkpoints, every ``max(int(0.04 n), 1)`` steps (the
+  window length at a checkpoint, zero elsewhere), as in the authors' code."""
+  window = max(int(0.04 * num_steps), 1)
+  steps = np.arange(1, num_steps + 1)
+  return np.where(steps % window == 0, window, 0).astype(np.int32)
