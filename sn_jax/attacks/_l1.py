@@ -26,33 +26,47 @@ def _room(x: jax.Array, bound: Any, direction: float) -> jax.Array:
   return jnp.maximum(_flat(room), 0)
 
 
-def _threshold(size: jax.Array, cap: jax.Array, eps: jax.Array) -> jax.Array:
-  """The smallest ``t >= 0`` with ``sum_i min(max(size_i - t, 0), cap_i) <= eps``, per row.
+def _as_int(dtype) -> jnp.dtype:
+  return {16: jnp.int16, 32: jnp.int32, 64: jnp.int64}[jnp.finfo(dtype).bits]
 
-  ``size``, ``cap`` ``(B, n)`` >= 0 with ``cap <= size``, ``eps`` ``(B,)`` >= 0. The left side
-  ``h(t)`` is continuous, non-increasing and piecewise linear, with breakpoints at the
-  ``size_i - cap_i`` (where coordinate i stops being capped) and the ``size_i`` (where it
-  reaches 0). A bisection over the bit patterns of ``t`` (as integers they order non-negative
-  floats by value) finds two adjacent floats ``lo < hi`` with ``h(lo) > eps >= h(hi)``; on that
-  segment no breakpoint lies strictly inside, so the coordinates with ``size_i - cap_i <= lo <
-  hi <= size_i`` are those on the slope and ``t`` solves ``h(t) = eps`` exactly there.
-  """
-  dtype = size.dtype
-  as_int = {16: jnp.int16, 32: jnp.int32, 64: jnp.int64}[jnp.finfo(dtype).bits]
 
-  def total(t):  # (B,) -> (B,)
-    return jnp.sum(jnp.minimum(jnp.maximum(size - t[:, None], 0), cap), axis=-1)
+def _smallest_where(holds, low: jax.Array, high: jax.Array, dtype) -> jax.Array:
+  """The smallest float ``v`` in ``(low, high]`` with ``holds(v)``, per row: ``holds`` maps
+  floats ``(B,)`` to bools ``(B,)``, false up to some value and true from it on, false at
+  ``low`` and true at ``high`` (non-negative floats ``(B,)``). A bisection over the bit patterns
+  (as integers they order non-negative floats by value), one evaluation of ``holds`` per bit."""
+  as_int = _as_int(dtype)
 
   def halve(_, bounds):
     low, high = bounds
     middle = low + (high - low) // 2
-    inside = total(lax.bitcast_convert_type(middle, dtype)) <= eps
-    return jnp.where(inside, low, middle), jnp.where(inside, middle, high)
+    above = holds(lax.bitcast_convert_type(middle, dtype))
+    return jnp.where(above, low, middle), jnp.where(above, middle, high)
 
-  # h(max size) = 0 <= eps: the largest size bounds t; its bit pattern is the upper end.
-  top = lax.bitcast_convert_type(jnp.max(size, axis=-1), as_int)
-  low, high = lax.fori_loop(0, jnp.finfo(dtype).bits - 1, halve, (jnp.zeros_like(top), top))
-  low, high = (lax.bitcast_convert_type(b, dtype)[:, None] for b in (low, high))
+  bounds = tuple(lax.bitcast_convert_type(b, as_int) for b in (low, high))
+  _, high = lax.fori_loop(0, jnp.finfo(dtype).bits - 1, halve, bounds)
+  return lax.bitcast_convert_type(high, dtype)
+
+
+def _threshold(size: jax.Array, cap: jax.Array, eps: jax.Array) -> jax.Array:
+  """The smallest ``t >= 0`` with ``sum_i min(max(size_i - t, 0), cap_i) <= eps``, per row, for
+  rows where ``t = 0`` does not do (``sum_i cap_i > eps``).
+
+  ``size``, ``cap`` ``(B, n)`` >= 0 with ``cap <= size``, ``eps`` ``(B,)`` >= 0. The left side
+  ``h(t)`` is continuous, non-increasing and piecewise linear, with breakpoints at the
+  ``size_i - cap_i`` (where coordinate i stops being capped) and the ``size_i`` (where it
+  reaches 0). :func:`_smallest_where` finds the smallest float ``hi`` with ``h(hi) <= eps``;
+  with ``lo`` the float below it, no breakpoint lies strictly between them, so the coordinates
+  with ``size_i - cap_i <= lo < hi <= size_i`` are those on the slope and ``t`` solves ``h(t) =
+  eps`` exactly there.
+  """
+
+  def within(t):  # (B,) -> (B,): h(t) <= eps
+    return jnp.sum(jnp.minimum(jnp.maximum(size - t[:, None], 0), cap), axis=-1) <= eps
+
+  top = jnp.max(size, axis=-1)  # h(top) = 0 <= eps
+  high = _smallest_where(within, jnp.zeros_like(top), top, size.dtype)[:, None]
+  low = jnp.nextafter(high, jnp.zeros_like(high))
   on_slope = (size - cap <= low) & (size >= high)
   capped = size - cap >= high
   count = jnp.sum(on_slope, axis=-1)
@@ -96,7 +110,12 @@ def sparse_step(grad: jax.Array, fraction: jax.Array) -> jax.Array:
   size = jnp.abs(_flat(grad))
   n = size.shape[-1]
   position = jnp.clip(((1 - fraction) * n).astype(jnp.int32), 0, n - 1)
-  threshold = jnp.take_along_axis(jnp.sort(size, axis=-1), position[:, None], axis=-1)
+  # The (position + 1)-th smallest |g_i|: the smallest float v with at least position + 1 of the
+  # |g_i| <= v (0 where as many are 0), found without sorting.
+  enough = lambda v: jnp.sum(size <= v[:, None], axis=-1) > position
+  zero = jnp.zeros(size.shape[:1], size.dtype)
+  threshold = _smallest_where(enough, zero, jnp.max(size, axis=-1), size.dtype)
+  threshold = jnp.where(enough(zero), zero, threshold)[:, None]
   direction = jnp.sign(_flat(grad)) * (size >= threshold)
   count = jnp.sum(jnp.abs(direction), axis=-1)
   return (direction / _expand(count + 1e-10, direction)).reshape(grad.shape)

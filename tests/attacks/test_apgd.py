@@ -526,6 +526,15 @@ def test_l1_sparse_step_moves_the_largest_gradient_coordinates_by_unit_l1_norm()
   np.testing.assert_allclose(step[1], np.full(5, 0.2))  # ties at the threshold all move
   np.testing.assert_allclose(_l1.sparse_step(grad, jnp.array([0.0, 0.0]))[0], [0, -1, 0, 0, 0])
   np.testing.assert_array_equal(_l1.sparse_step(np.zeros((1, 3)), jnp.array([0.2])), 0)
+  # Against the authors' definition by sorting, with repeated values and zeros.
+  rng = np.random.default_rng(4)
+  grad = rng.integers(-4, 5, (64, 30)).astype(np.float32) * rng.choice([1e-3, 1.0, 1e3], (64, 1))
+  fraction = rng.uniform(0, 1, 64).astype(np.float32)
+  position = np.clip((1 - fraction) * 30, 0, 29).astype(int)
+  threshold = np.sort(np.abs(grad), axis=1)[np.arange(64), position][:, None]
+  expected = np.sign(grad) * (np.abs(grad) >= threshold)
+  expected /= np.abs(expected).sum(1, keepdims=True) + 1e-10
+  np.testing.assert_allclose(_l1.sparse_step(grad, fraction), expected, rtol=1e-6)
   windows = _l1.checkpoint_windows(100)  # every 4 steps
   np.testing.assert_array_equal(np.nonzero(windows)[0], np.arange(3, 100, 4))
   np.testing.assert_array_equal(np.nonzero(_l1.checkpoint_windows(10))[0], np.arange(10))
