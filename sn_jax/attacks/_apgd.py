@@ -89,8 +89,8 @@ class _State(NamedTuple):
   increases: jax.Array  # (B,) int32: steps that increased the loss since the last checkpoint
   reduced: jax.Array  # (B,) bool: the step size was halved at the last checkpoint
   loss_best_checked: jax.Array  # (B,): loss_best at the last checkpoint
-  fraction: jax.Array  # (B,), l_1 only: the share of coordinates a step moves
-  support: jax.Array  # (B,), l_1 only: the best point's support at the last checkpoint
+  fraction: jax.Array  # (B,) float32, l_1 only: the share of coordinates a step moves
+  support: jax.Array  # (B,) float32, l_1 only: the best point's support at the last checkpoint
 
 
 def _loss_and_grad(draw: DrawFn, loss_fn: RunLossFn, eot_iter: int):
@@ -141,7 +141,8 @@ def _single_run(
   stop_when_fooled=False,
   active=None,
 ):
-  """One APGD run from a random start on the sphere of radius ``eps``.
+  """One APGD run from a random start: on the sphere of radius ``eps`` (l_inf, l_2), or a
+  standard normal point projected onto the ball in the clip box (l_1).
 
   ``draw(z, key)`` gives the logits; it ignores ``key`` unless the model is randomized.
   ``run_loss`` is ``(loss_fn, extra)``: the run maximizes ``loss_fn(logits, labels, extra)``,
@@ -190,8 +191,8 @@ def _single_run(
     increases=jnp.zeros((batch,), jnp.int32),
     reduced=jnp.ones((batch,), jnp.bool_),
     loss_best_checked=loss0,
-    fraction=jnp.full((batch,), _L1_FRACTION, x.dtype),
-    support=jnp.full((batch,), math.prod(x.shape[1:]), x.dtype),
+    fraction=jnp.full((batch,), _L1_FRACTION, jnp.float32),
+    support=jnp.full((batch,), math.prod(x.shape[1:]), jnp.float32),
   )
 
   def step(x, labels, extra, low, high):

@@ -122,8 +122,9 @@ def sparse_step(grad: jax.Array, fraction: jax.Array) -> jax.Array:
 
 
 def support_size(delta: jax.Array) -> jax.Array:
-  """``(B,)``: the number of non-zero coordinates of each example's perturbation, as a float."""
-  return jnp.sum(_flat(delta) != 0, axis=-1).astype(delta.dtype)
+  """``(B,)`` float32: the number of non-zero coordinates of each example's perturbation (a
+  float for the ratios it enters; float32 counts exactly up to 2^24 coordinates)."""
+  return jnp.sum(_flat(delta) != 0, axis=-1).astype(jnp.float32)
 
 
 def checkpoint_windows(num_steps: int) -> np.ndarray:
