@@ -140,9 +140,12 @@ def _single_run(
   clip_max,
   stop_when_fooled=False,
   active=None,
+  start=None,
 ):
   """One APGD run from a random start: on the sphere of radius ``eps`` (l_inf, l_2), or a
-  standard normal point projected onto the ball in the clip box (l_1).
+  standard normal point projected onto the ball in the clip box (l_1). l_1 only: ``start``
+  ``(B, ...)``, a given point to start from instead, projected onto the ball in the box; the
+  share of coordinates the first steps move then follows its support.
 
   ``draw(z, key)`` gives the logits; it ignores ``key`` unless the model is randomized.
   ``run_loss`` is ``(loss_fn, extra)``: the run maximizes ``loss_fn(logits, labels, extra)``,
@@ -170,8 +173,8 @@ def _single_run(
     if norm == math.inf
     else jax.random.normal(key, x.shape, x.dtype)
   )
-  if l1:  # a standard normal point, projected onto the ball in the box
-    x0 = _l1.project_l1_box(x, x + noise, eps, clip_min, clip_max)
+  if l1:  # a standard normal point, or the given start, projected onto the ball in the box
+    x0 = _l1.project_l1_box(x, x + noise if start is None else start, eps, clip_min, clip_max)
   else:
     x0 = _clip(x + eps * noise / _expand(_norm(noise, norm) + 1e-12, x), clip_min, clip_max)
   loss0, logits0, grad0 = evaluate(x0, labels, extra, jax.random.fold_in(eot_key, num_steps))
@@ -194,6 +197,11 @@ def _single_run(
     fraction=jnp.full((batch,), _L1_FRACTION, jnp.float32),
     support=jnp.full((batch,), math.prod(x.shape[1:]), jnp.float32),
   )
+  if start is not None:
+    support = _l1.support_size(x0 - x)
+    state = state._replace(
+      fraction=support / (math.prod(x.shape[1:]) * _L1_SUPPORT_FACTOR), support=support
+    )
 
   def step(x, labels, extra, low, high):
     """The step ``(i, state) -> state`` on the examples ``x`` ``(N, ...)``, clipped to ``[low,
@@ -273,6 +281,40 @@ def _single_run(
   return s.x_best, s.loss_best, s.x_fooled, s.fooled
 
 
+# l_1 with larger radii first (the authors' ``use_largereps``): the radii of the stages as
+# multiples of eps, and the shares of the steps of all but the last stage (rounded up).
+_L1_STAGE_RADII = (3.0, 2.0, 1.0)
+_L1_STAGE_SHARES = (0.3, 0.3)
+
+
+def _l1_stages(num_steps: int) -> list[int]:
+  """The steps of each stage of an l_1 run with larger radii first: ``ceil(0.3 n)`` twice, then
+  the rest."""
+  steps = [math.ceil(share * num_steps) for share in _L1_STAGE_SHARES]
+  return [*steps, num_steps - sum(steps)]
+
+
+def _larger_radii_first(draw, run_loss, x, labels, eps, key, *, num_steps, **options):
+  """An l_1 run in stages (:func:`_single_run` each, same return): at 3 eps, 2 eps, then eps,
+  each from the last one's best point projected onto its ball in the box, the first from a
+  standard normal point projected onto the largest ball; only the last stage decides whether
+  an example is fooled."""
+  stop_when_fooled = options.pop("stop_when_fooled", False)
+  noise = jax.random.normal(key, x.shape, x.dtype)
+  point = x + noise
+  radii = [multiple * eps for multiple in _L1_STAGE_RADII]
+  point = _l1.project_l1_box(x, point, radii[0], options["clip_min"], options["clip_max"])
+  stages = list(zip(radii, _l1_stages(num_steps), strict=True))
+  for stage, (radius, steps) in enumerate(stages):
+    last = stage == len(stages) - 1
+    result = _single_run(
+      draw, run_loss, x, labels, radius, jax.random.fold_in(key, stage + 1), num_steps=steps,
+      stop_when_fooled=stop_when_fooled and last, start=point, **options,
+    )  # fmt: skip
+    point = result[0]
+  return result
+
+
 def _l1_checkpoint(s: _State, best_delta: jax.Array, check: jax.Array, eps: jax.Array):
   """APGD-l_1's checkpoint, where ``check`` ``(B,)``: where the support of the best point's
   perturbation ``best_delta`` ``(B, ...)`` shrank below 95% of its size at the last checkpoint,
@@ -321,13 +363,16 @@ def _apgd(draw, predict, x, labels, eps, key, runs, loss_of_run, options) -> jax
   """The APGD runs numbered ``runs`` (int ``(R,)``), the run ``i`` maximizing the loss
   ``loss_of_run(i)`` (``(loss_fn, extra)``, see :func:`_single_run`),
   combined by :func:`_best_of_runs`, at each radius of ``eps``; ``options``: the keywords of
-  :func:`_single_run`. Inputs are checked; ``labels`` ``(B,)`` are the true labels."""
+  :func:`_single_run`, and ``larger_radii_first`` (l_1: each run is
+  :func:`_larger_radii_first`). Inputs are checked; ``labels`` ``(B,)`` are the true labels."""
+  options = dict(options)
+  single_run = _larger_radii_first if options.pop("larger_radii_first", False) else _single_run
 
   def attack_one(eps):
     eps = eps.astype(x.dtype)
 
     def run(index, run_key):
-      return _single_run(draw, loss_of_run(index), x, labels, eps, run_key, **options)
+      return single_run(draw, loss_of_run(index), x, labels, eps, run_key, **options)
 
     return _finish(x, _best_of_runs(predict, x, labels, runs, run, key))
 
@@ -360,13 +405,24 @@ def _draw_and_predict(logits_fn, eot_iter: int | None, key: jax.Array):
   return logits_fn, (lambda z: logits_fn(z, predict_key)), eot_iter
 
 
-def _check_common(x, eps, norm, num_steps, num_restarts, rho, key, clip_min, clip_max):
+def _check_common(
+  x, eps, norm, num_steps, num_restarts, rho, key, clip_min, clip_max, larger_radii_first
+):
   x = _check_x(x)
   eps = _check_radius(eps, "eps")
   norm = _check_norm(norm)
   _check_int(num_steps, "num_steps", 1)
   _check_int(num_restarts, "num_restarts", 1)
   _check_fraction(rho, "rho")
+  if not isinstance(larger_radii_first, bool):
+    raise ValueError(f"`larger_radii_first` must be True or False, got {larger_radii_first!r}.")
+  if larger_radii_first and norm != 1.0:
+    raise ValueError(f"`larger_radii_first` is for norm=1 (l_1-APGD) only, got norm={norm}.")
+  if larger_radii_first and num_steps < len(_L1_STAGE_RADII):
+    raise ValueError(
+      f"`num_steps` must be >= {len(_L1_STAGE_RADII)} with `larger_radii_first` (one stage "
+      f"at each of 3 eps, 2 eps and eps), got {num_steps}."
+    )
   if key is None:
     raise ValueError("APGD starts at random points: pass a PRNG `key`, e.g. jax.random.key(0).")
   _check_clip(clip_min, clip_max, x)
@@ -385,6 +441,7 @@ def apgd(
   num_restarts: int = 1,
   rho: float = 0.75,
   eot_iter: int | None = None,
+  larger_radii_first: bool = False,
   key: jax.Array,
   clip_min: jax.typing.ArrayLike | None = None,
   clip_max: jax.typing.ArrayLike | None = None,
@@ -414,8 +471,11 @@ def apgd(
   point's perturbation shrank below 95% of its size at the last checkpoint, the iterate restarts
   from the best point with ``eta = eps``, elsewhere ``eta`` is divided by 1.5 (within ``[eps /
   10, eps]``), and ``f`` becomes that support over 1.5 times the dimension. ``rho`` is unused.
-  AutoAttack's l_1 version starts from 3 and 2 times ``eps`` first (``use_largereps``); this
-  function runs at ``eps`` only.
+  With ``larger_radii_first`` (the authors' ``use_largereps``, which AutoAttack's l_1 version
+  sets), each restart runs ``ceil(0.3 num_steps)`` steps at ``3 eps``, as many at ``2 eps``, then
+  the rest at ``eps``, each stage from the last one's best point projected onto its ball (the
+  first from a standard normal point projected onto the largest); only the last stage's points
+  count.
 
   A randomized model (``eot_iter`` an int) is attacked with expectation over transformation:
   ``logits_fn(z, key)`` is called with a fresh key for each of ``eot_iter`` draws per step and
@@ -436,6 +496,8 @@ def apgd(
       [0, 1] (l_inf and l_2).
     eot_iter: None for a deterministic model; for a randomized one, the draws averaged per
       gradient, >= 1 (AutoAttack's ``'rand'`` version: 20).
+    larger_radii_first: l_1 only: run stages at 3 and 2 times ``eps`` first (``num_steps`` >=
+      3).
     key: PRNG key for the random starts (and the draws); the same key gives the same result.
     clip_min: lower bound of the valid input range, or None (no clipping).
     clip_max: upper bound, or None.
@@ -450,7 +512,8 @@ def apgd(
     TypeError: if ``x`` is not floating point or ``y`` not integer.
     ValueError: for eps < 0 or not finite, a norm other than inf, 2 or 1, an unknown loss,
       ``'dlr'`` with fewer than 3 classes, num_steps, num_restarts or eot_iter < 1, rho outside
-      [0, 1], no ``key``, ``y`` of the wrong shape or (when concrete) outside ``[0, C)``,
+      [0, 1], ``larger_radii_first`` not a bool, or True with a norm other than 1 or fewer than
+      3 steps, no ``key``, ``y`` of the wrong shape or (when concrete) outside ``[0, C)``,
       ``logits_fn`` output not ``(B, C)``, or clip_min > clip_max.
 
   Example:
@@ -468,7 +531,9 @@ def apgd(
     Croce & Hein, Mind the box: l_1-APGD for sparse adversarial attacks on image classifiers,
     https://arxiv.org/abs/2103.01208 (l_1).
   """
-  x, eps, norm = _check_common(x, eps, norm, num_steps, num_restarts, rho, key, clip_min, clip_max)
+  x, eps, norm = _check_common(
+    x, eps, norm, num_steps, num_restarts, rho, key, clip_min, clip_max, larger_radii_first
+  )
   losses = {"ce": cross_entropy, "dlr": dlr_loss}
   if loss not in losses:
     raise ValueError(f"`loss` must be 'ce' or 'dlr', got {loss!r}.")
@@ -480,6 +545,7 @@ def apgd(
   options = dict(
     norm=norm, num_steps=num_steps, rho=rho, eot_iter=eot_iter, clip_min=clip_min, clip_max=clip_max
   )
+  options.update(larger_radii_first=larger_radii_first)
   runs = jnp.arange(num_restarts)
   return _apgd(draw, predict, x, labels, eps, key, runs, _untargeted(losses[loss]), options)
 
@@ -495,6 +561,7 @@ def apgd_targeted(
   num_steps: int = 100,
   num_restarts: int = 1,
   rho: float = 0.75,
+  larger_radii_first: bool = False,
   key: jax.Array,
   clip_min: jax.typing.ArrayLike | None = None,
   clip_max: jax.typing.ArrayLike | None = None,
@@ -516,6 +583,7 @@ def apgd_targeted(
     num_steps: iterations per run, >= 1.
     num_restarts: random starts per target, >= 1.
     rho: the step-halving threshold of :func:`apgd`, in [0, 1].
+    larger_radii_first: l_1 only: :func:`apgd`'s stages at 3 and 2 times ``eps`` first.
     key: PRNG key for the random starts; the same key gives the same result.
     clip_min: lower bound of the valid input range, or None (no clipping).
     clip_max: upper bound, or None.
@@ -542,7 +610,9 @@ def apgd_targeted(
   References:
     Croce & Hein, https://arxiv.org/abs/2003.01690.
   """
-  x, eps, norm = _check_common(x, eps, norm, num_steps, num_restarts, rho, key, clip_min, clip_max)
+  x, eps, norm = _check_common(
+    x, eps, norm, num_steps, num_restarts, rho, key, clip_min, clip_max, larger_radii_first
+  )
   num_classes = _num_classes(logits_fn, x)
   if num_classes < 4:
     raise ValueError(f"`apgd_targeted` needs at least 4 classes, `logits_fn` gives {num_classes}.")
@@ -551,6 +621,7 @@ def apgd_targeted(
   options = dict(
     norm=norm, num_steps=num_steps, rho=rho, eot_iter=1, clip_min=clip_min, clip_max=clip_max
   )
+  options.update(larger_radii_first=larger_radii_first)
   draw, _, _ = _draw_and_predict(logits_fn, None, key)
   runs = jnp.arange(num_target_classes * num_restarts)
   loss_of_run = _targeted_dlr(logits_fn, x, num_classes, num_restarts)

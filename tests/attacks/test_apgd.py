@@ -348,6 +348,23 @@ BAD = [
   (lambda: attacks.apgd(f4, X, Y, eps=0.1, num_steps=0, key=KEY), ValueError, "`num_steps`"),
   (lambda: attacks.apgd(f4, X, Y, eps=0.1, num_restarts=0, key=KEY), ValueError, "`num_restarts`"),
   (lambda: attacks.apgd(f4, X, Y, eps=0.1, rho=1.5, key=KEY), ValueError, "`rho` must"),
+  (
+    lambda: attacks.apgd(f4, X, Y, eps=0.1, larger_radii_first=1, key=KEY),
+    ValueError,
+    "`larger_radii_first` must be True or False, got 1",
+  ),
+  (
+    lambda: attacks.apgd(f4, X, Y, eps=0.1, larger_radii_first=True, key=KEY),
+    ValueError,
+    "`larger_radii_first` is for norm=1",
+  ),
+  (
+    lambda: attacks.apgd_targeted(
+      f4, X, Y, eps=0.1, norm=1, num_steps=2, larger_radii_first=True, key=KEY
+    ),
+    ValueError,
+    "`num_steps` must be >= 3 with `larger_radii_first`",
+  ),
   (lambda: attacks.apgd(f4, X, Y, eps=0.1, key=None), ValueError, "PRNG `key`"),
   (lambda: attacks.apgd(f4, X, Y[:1], eps=0.1, key=KEY), ValueError, r"`y` must have shape"),
   (lambda: attacks.apgd(f4, X, Y[:, None], eps=0.1, key=KEY), ValueError, r"`y` must have shape"),
@@ -540,36 +557,40 @@ def test_l1_sparse_step_moves_the_largest_gradient_coordinates_by_unit_l1_norm()
   np.testing.assert_array_equal(np.nonzero(_l1.checkpoint_windows(10))[0], np.arange(10))
 
 
-def reference_apgd_l1(f, x, y, eps, start, num_steps):
+def reference_apgd_l1(f, x, y, eps, num_steps, start, given):
   """One run of the authors' ``attack_single_run`` with ``norm='L1'`` (CE loss, box [0, 1]) in
-  NumPy: sparse steps without momentum, checkpoints every 4% of the steps that restart from the
-  best point where its support shrank, the share of coordinates a step moves following it."""
+  NumPy from ``start`` (projected onto the ball in the box; ``given``: passed as ``x_init``, so
+  the first share of coordinates follows its support): sparse steps without momentum,
+  checkpoints every 4% of the steps that restart from the best point where its support shrank,
+  the share of coordinates a step moves following it. Returns ``(x_best, fooled, x_fooled)``."""
   loss_grad = jax.jit(jax.vmap(jax.value_and_grad(
     lambda z, label: attacks.cross_entropy(f(z[None]), label[None])[0]
   )), compiler_options=QUICK)  # fmt: skip
   n = x.shape[1]
-  project = lambda z: np.stack(
-    [nearest_in_l1_ball_and_box(a, b, eps, 0, 1) for a, b in zip(x, z, strict=True)]
-  )
+
+  def project(z, radius):
+    pairs = zip(x, z, strict=True)
+    return np.stack([nearest_in_l1_ball_and_box(a, b, radius, 0, 1) for a, b in pairs])
 
   def evaluate(z):
     loss, grad = loss_grad(jnp.asarray(z, jnp.float32), y)
     return np.array(loss), np.array(grad), np.argmax(np.asarray(f(jnp.asarray(z))), axis=1)
 
-  x_adv = project(x + start)
+  x_adv = project(start, eps)
   loss, grad, pred = evaluate(x_adv)
   x_best, x_best_adv, grad_best, loss_best = x_adv.copy(), x_adv.copy(), grad.copy(), loss.copy()
   acc = pred == y
   step = np.full(len(x), eps)
   k = max(int(0.04 * num_steps), 1)
-  topk, sp_old = np.full(len(x), 0.2), np.full(len(x), float(n))
+  sp_old = (x_adv - x != 0).sum(1).astype(float) if given else np.full(len(x), float(n))
+  topk = sp_old / n / 1.5 if given else np.full(len(x), 0.2)
   for i in range(num_steps):
     size = np.abs(grad)
     position = np.clip((1 - topk.astype(np.float32)) * n, 0, n - 1).astype(int)
     threshold = np.sort(size, axis=1)[np.arange(len(x)), position][:, None]
     direction = np.sign(grad) * (size >= threshold)
     count = np.abs(direction).sum(1, keepdims=True)
-    x_adv = project(x_adv + step[:, None] * direction / (count + 1e-10))
+    x_adv = project(x_adv + step[:, None] * direction / (count + 1e-10), eps)
     loss, grad, pred = evaluate(x_adv)
     acc &= pred == y
     x_best_adv[pred != y] = x_adv[pred != y]
@@ -582,18 +603,25 @@ def reference_apgd_l1(f, x, y, eps, start, num_steps):
       step = np.clip(np.where(shrank, eps, step / 1.5), eps / 10, eps)
       sp_old = sp_curr
       x_adv[shrank], grad[shrank] = x_best[shrank], grad_best[shrank]
-  return np.where(~acc[:, None], x_best_adv, x_best)
+  return x_best, ~acc, x_best_adv
 
 
-def test_apgd_l1_follows_the_authors_loop_step_by_step():
+@pytest.mark.parametrize("larger_radii_first", [False, True])
+def test_apgd_l1_follows_the_authors_loop_step_by_step(larger_radii_first):
   x = np.asarray(jax.random.uniform(jax.random.key(2), (6, 12)))
   f = mlp(12)
   y = np.argmax(np.asarray(f(x)), axis=1)
   eps, num_steps = 1.0, 50
-  start = np.asarray(jax.random.normal(jax.random.split(KEY, 1)[0], x.shape, jnp.float32))
-  expected = reference_apgd_l1(f, x, y, eps, start, num_steps)
+  # The start apgd draws for its only restart: a standard normal point, projected.
+  start = x + np.asarray(jax.random.normal(jax.random.split(KEY, 1)[0], x.shape, jnp.float32))
+  if larger_radii_first:  # the authors' decr_eps_pgd: 15, 15 and 20 steps at 3, 2 and 1 eps
+    for radius, steps in ((3 * eps, 15), (2 * eps, 15), (eps, 20)):
+      start, fooled, x_fooled = reference_apgd_l1(f, x, y, radius, steps, start, given=True)
+  else:
+    start, fooled, x_fooled = reference_apgd_l1(f, x, y, eps, num_steps, start, given=False)
+  expected = np.where(fooled[:, None], x_fooled, start)
   options = dict(eps=eps, norm=1, num_steps=num_steps, key=KEY, clip_min=0.0, clip_max=1.0)
+  options.update(larger_radii_first=larger_radii_first)
   x_adv = jax.jit(lambda: attacks.apgd(f, x, y, **options), compiler_options=QUICK)()
-  fooled = np.argmax(np.asarray(f(x_adv)), axis=1) != y
   assert 0 < fooled.sum() < len(x)  # both outcomes: a misclassified point, the best-loss point
   np.testing.assert_allclose(x_adv, expected, atol=1e-6)
