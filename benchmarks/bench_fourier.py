@@ -228,8 +228,9 @@ def multiplications(shape, spatial, strides, padding):
   of real products for the whole symbol (cosines and sines of every kept frequency times the
   taps by coarse index and phase, ``sn_jax.ops._fourier_symbol.symbol_parts``), or, for a
   symbol built a chunk at a time (``sn_jax.ops.fourier._by_chunks``), the DFT over the axes
-  after the first (a pair of products, once) and then the first axis' (one real product of
-  ``2 H_0 x 2 Q_0`` per column and chunk, ``sn_jax.ops._fourier_symbol.dft_stages``).
+  after the first (a pair of products, a chunk's frequencies at a time) and then the first
+  axis' (two real products of ``H_0 x 2 Q_0`` per column and chunk,
+  ``sn_jax.ops._fourier_symbol.dft_stages``).
   """
   kernel = jax.ShapeDtypeStruct(shape, jax.numpy.float32)
   plan = _fourier_symbol.make_plan(
@@ -244,8 +245,8 @@ def multiplications(shape, spatial, strides, padding):
   num_blocks, rows, cols = _fourier_symbol.block_layout(plan, shape)
   if fourier._by_chunks(plan, shape, jax.numpy.complex64):
     rows_of_rest = math.prod(half[1:])
-    rest = jax.eval_shape(lambda k: _fourier_symbol.dft_stages(k, plan, rows_of_rest)[1], kernel)
-    first_taps = rest.shape[1] // 2  # Q_0: the first axis' coarse tap indices
+    stages = jax.eval_shape(lambda k: _fourier_symbol.dft_stages(k, plan, rows_of_rest), kernel)
+    first_taps = stages.taps.shape[0]  # Q_0: the first axis' coarse tap indices
     dft = 2 * rows_of_rest * taps * columns + 4 * math.prod(half) * first_taps * columns
   else:
     dft = 2 * math.prod(half) * taps * columns

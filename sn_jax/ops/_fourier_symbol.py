@@ -231,25 +231,34 @@ def _angles(half, slots, coarse) -> np.ndarray:
   return np.reshape(angle, (math.prod(half), math.prod(len(q) for q in slots)))
 
 
-def dft_stages(kernel: jax.Array, plan: Plan, rows: int) -> tuple[np.ndarray, jax.Array]:
+class DftStages(NamedTuple):
+  """The DFT of the taps in two stages, for building the symbol's blocks a few at a time
+  (:func:`dft_stages`)."""
+
+  first: np.ndarray  # (2 H_0, 2 Q_0) float64: the first axis' DFT as a real matrix
+  waves: np.ndarray  # (rows, 2, prod(Q[1:])) float64: cos and sin of the other axes' angles
+  taps: jax.Array  # (Q_0, prod(Q[1:]), S * C_in * C_out): the taps by coarse index and phase
+
+
+def dft_stages(kernel: jax.Array, plan: Plan, rows: int) -> DftStages:
   """The DFT of the taps in two stages, for building the symbol's blocks a few at a time.
 
   ``B[w_0, r] = sum_{q_0} exp(i a_0(w_0, q_0)) A[r, q_0]``, where ``r`` indexes the kept
   frequencies of the spatial axes after the first (row-major) and ``A`` is the taps' DFT over
-  those axes. Taking the first axis' DFT last, per chunk of ``r``, costs ``4 H_0 Q_0`` real
-  products per column and frequency ``r``, against ``2 H_0 prod(Q)`` for
-  :func:`symbol_parts`'s single product.
+  those axes (:func:`rest_of`, for the rows of ``waves`` a chunk needs). Taking the first axis'
+  DFT last, per chunk of ``r``, costs ``4 H_0 Q_0`` real products per column and frequency
+  ``r``, against ``2 H_0 prod(Q)`` for :func:`symbol_parts`'s single product.
 
   Args:
     kernel: the layer's kernel.
     plan: its plan, with spatial dimensions.
-    rows: the rows of ``rest``, at least ``prod(H[1:])``; the extra ones are zero.
+    rows: the rows of ``waves``, at least ``prod(H[1:])``; the extra ones are zero.
 
   Returns:
-    ``(first, rest)``: ``first``, float64 ``(2 H_0, 2 Q_0)``, the first axis' DFT as a real
-    matrix (``[[cos, -sin], [sin, cos]]``, acting on ``A``'s real parts stacked over its
-    imaginary ones); ``rest``, ``(rows, 2 Q_0, S * C_in * C_out)``, the real then the imaginary
-    parts of ``A`` (for one spatial axis, the taps and zeros). Blocks from them:
+    :class:`DftStages`: ``first``, the first axis' DFT as a real matrix (``[[cos, -sin], [sin,
+    cos]]``, acting on ``A``'s real parts stacked over its imaginary ones); ``waves``, the
+    cosines and sines of the other axes' angles per frequency ``r`` (for one spatial axis, a
+    cosine of 1 and a sine of 0); ``taps``, by first-axis coarse index. Blocks from them:
     :func:`blocks_from_stages`.
   """
   kernel = _float_kernel(kernel)
@@ -263,24 +272,35 @@ def dft_stages(kernel: jax.Array, plan: Plan, rows: int) -> tuple[np.ndarray, ja
   waves[: len(angle), 0], waves[: len(angle), 1] = np.cos(angle), np.sin(angle)
   if len(half) == 1:
     waves[:, 1] = 0.0  # no other axis: A is the taps, real
-  rest = jnp.einsum("rvq,pqc->rvpc", jnp.asarray(waves, kernel.dtype), taps)
-  return first, rest.reshape(rows, 2 * taps.shape[0], -1)
+  return DftStages(first, waves, taps)
+
+
+def rest_of(waves: jax.Array, taps: jax.Array) -> jax.Array:
+  """``A`` at the ``R`` frequencies of ``waves`` (``(R, 2, prod(Q[1:]))``, rows of
+  :class:`DftStages`'s): ``(R, 2 Q_0, columns)``, the real then the imaginary parts."""
+  rest = jnp.einsum("rvq,pqc->rvpc", waves.astype(taps.dtype), taps)
+  return rest.reshape(waves.shape[0], 2 * taps.shape[0], -1)
 
 
 def blocks_from_stages(
   first: np.ndarray, rest: jax.Array, plan: Plan, kernel_shape: tuple[int, ...]
 ) -> tuple[jax.Array, jax.Array]:
   """The real and imaginary parts of the symbol's blocks at the frequencies ``(w_0, r)`` for
-  every ``w_0`` and the ``R`` values of ``r`` in ``rest``, ``(R, 2 Q_0, columns)`` (rows of
-  :func:`dft_stages`'s): each ``(groups, R * H_0, S * C_in/groups, C_out/groups)``, ordered
-  ``r`` major."""
+  every ``w_0`` and the ``R`` values of ``r`` in ``rest``, ``(R, 2 Q_0, columns)``
+  (:func:`rest_of`): each ``(groups, R * H_0, S * C_in/groups, C_out/groups)``, ordered ``r``
+  major. Each part is its own product with its half of ``first``, so that neither is a strided
+  slice of the other's memory."""
   cout = kernel_shape[-1]
   groups = plan.feature_group_count
-  first = jnp.broadcast_to(jnp.asarray(first, rest.dtype), (rest.shape[0], *first.shape))
-  blocks = jnp.einsum("rwq,rqc->rwc", first, rest)  # (R, 2 H_0, columns)
-  blocks = blocks.reshape(rest.shape[0], 2, first.shape[1] // 2, -1, groups, cout // groups)
-  blocks = jnp.moveaxis(blocks, (1, 4), (0, 1))  # (2, groups, R, H_0, S C_in/g, C_out/g)
-  return tuple(b.reshape(groups, -1, *b.shape[-2:]) for b in blocks)
+  half = first.shape[0] // 2
+  parts = []
+  for rows in (first[:half], first[half:]):
+    rows = jnp.broadcast_to(jnp.asarray(rows, rest.dtype), (rest.shape[0], *rows.shape))
+    blocks = jnp.einsum("rwq,rqc->rwc", rows, rest)  # (R, H_0, columns)
+    blocks = blocks.reshape(rest.shape[0], half, -1, groups, cout // groups)
+    blocks = jnp.moveaxis(blocks, 3, 0)  # (groups, R, H_0, S C_in/g, C_out/g)
+    parts.append(blocks.reshape(groups, -1, *blocks.shape[-2:]))
+  return tuple(parts)
 
 
 def symbol(kernel: jax.Array, plan: Plan) -> jax.Array:

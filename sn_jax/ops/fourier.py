@@ -55,6 +55,7 @@ from sn_jax.ops._fourier_symbol import (
   half_shape,
   kernel_from_symbol,
   make_plan,
+  rest_of,
   symbol,
   symbol_parts,
   top_singular_value,
@@ -344,12 +345,12 @@ def _by_chunks(plan, kernel_shape: tuple[int, ...], dtype) -> bool:
 def _iterate_by_chunks(kernel, parts, plan, num_iters):
   """:func:`_iterate` on the blocks of the symbol of a convolution, never forming the symbol.
 
-  The DFT of the taps over the spatial axes after the first is taken once
-  (:func:`dft_stages`); then each chunk of those axes' frequencies takes the first axis' DFT
-  of its share (:func:`blocks_from_stages`), iterates on those blocks and keeps only its
-  vectors. Every block's steps are independent of the others', so this is the same
-  computation as on the whole symbol, in fewer multiplications, and the symbol (tens of MB for
-  a wide layer) is never written to memory and read back twice per step.
+  Each chunk of the frequencies of the spatial axes after the first takes the DFT of the taps
+  over those axes at its frequencies (:func:`rest_of`), then the first axis' DFT of that
+  (:func:`blocks_from_stages`), iterates on those blocks and keeps only its vectors. Every
+  block's steps are independent of the others', so this is the same computation as on the
+  whole symbol, in fewer multiplications, and neither the symbol (tens of MB for a wide layer)
+  nor the first stage's DFT is ever written to memory whole.
   """
   groups = plan.feature_group_count
   _, rows, cols = block_layout(plan, kernel.shape)
@@ -359,8 +360,8 @@ def _iterate_by_chunks(kernel, parts, plan, num_iters):
   chunk = max(1, min(other_freqs, _CHUNK_BYTES // bytes_per_other))
   num_chunks = -(-other_freqs // chunk)
   pad = num_chunks * chunk - other_freqs
-  first, rest = dft_stages(kernel, plan, num_chunks * chunk)
-  rest = rest.reshape(num_chunks, chunk, *rest.shape[1:])
+  stages = dft_stages(kernel, plan, num_chunks * chunk)
+  waves = stages.waves.reshape(num_chunks, chunk, *stages.waves.shape[1:])
 
   def by_chunk(part):  # (groups * F, k) -> (num_chunks, groups * chunk * first_freqs, k)
     part = part.reshape(groups, first_freqs, other_freqs, -1)
@@ -374,12 +375,13 @@ def _iterate_by_chunks(kernel, parts, plan, num_iters):
     return part.reshape(groups * first_freqs * other_freqs, -1)
 
   def one_chunk(chunk_args):
-    chunk_rest, chunk_parts = chunk_args
-    blocks = blocks_from_stages(first, chunk_rest, plan, kernel.shape)
+    chunk_waves, chunk_parts = chunk_args
+    rest = rest_of(chunk_waves, stages.taps)
+    blocks = blocks_from_stages(stages.first, rest, plan, kernel.shape)
     blocks = tuple(b.reshape(-1, rows, cols) for b in blocks)
     return _iterate(blocks, chunk_parts, num_iters)
 
-  chunk_args = (rest, tuple(by_chunk(p) for p in parts))
+  chunk_args = (jnp.asarray(waves, stages.taps.dtype), tuple(by_chunk(p) for p in parts))
   if num_chunks == 1:
     out = one_chunk(jax.tree.map(lambda x: x[0], chunk_args))
     return jax.tree.map(lambda x: from_chunks(x[None]), out)
