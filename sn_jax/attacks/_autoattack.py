@@ -269,7 +269,7 @@ def autoattack(
   if norm == 1.0:
     raise ValueError(
       "`norm` must be jnp.inf or 2 (AutoAttack's l_1 version is not implemented: it also needs "
-      "FAB-T's and Square's l_1 variants; apgd and apgd_targeted take norm=1)."
+      "Square's l_1 variant; apgd, apgd_targeted, fab and fab_targeted take norm=1)."
     )
   names = autoattack_attacks(version, attacks)
   _check_int(num_steps, "num_steps", 1)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from sn_jax.attacks import _l1
 from sn_jax.attacks._apgd import _best_of_runs
 from sn_jax.attacks._common import (
   _SHRINK_FACTOR,
@@ -33,7 +34,7 @@ from sn_jax.attacks._common import (
   _varying_like_x,
 )
 
-_DUAL = {math.inf: 1.0, 2.0: 2.0}  # the dual norm, which measures distances to hyperplanes
+_DUAL = {math.inf: 1.0, 2.0: 2.0, 1.0: math.inf}  # the dual norm: distances to hyperplanes
 
 
 def _smallest_radius(weight: jax.Array, reach: jax.Array, excess: jax.Array):
@@ -77,21 +78,29 @@ def _smallest_radius(weight: jax.Array, reach: jax.Array, excess: jax.Array):
 
 
 def _project_hyperplane(point, w, value, low, high, norm: float) -> jax.Array:
-  """The shortest l_p step ``d`` (p = inf or 2) from ``point`` onto ``{z: w.(z - point) = -value}``
-  inside the box ``[low, high]``; where the box does not reach the hyperplane, the step to the
-  corner of the box where ``w.z`` comes closest to it.
+  """The shortest l_p step ``d`` (p = inf, 2 or 1) from ``point`` onto ``{z: w.(z - point) =
+  -value}`` inside the box ``[low, high]``; where the box does not reach the hyperplane, the step
+  to the corner of the box where ``w.z`` comes closest to it.
 
   ``point``, ``w`` ``(..., n)``, ``value`` ``(...,)`` (the linearized function at ``point``),
   ``low``, ``high`` broadcastable to ``(..., n)``, possibly infinite. Each coordinate moves
   toward the hyperplane by ``min(s, its room in the box)`` (l_inf) or ``min(s |w_i|, room)``
   (l_2), with ``s`` the smallest radius that reaches it: the algorithms of the authors'
   ``projection_linf`` and ``projection_l2``, which sort the breakpoints and bisect over them;
-  here :func:`_smallest_radius` bisects over the values, without a sort.
+  here :func:`_smallest_radius` bisects over the values, without a sort. l_1: the coordinates of
+  largest ``|w_i|`` move first, each all its room, as the authors' ``projection_l1`` does
+  (:func:`sn_jax.attacks._l1.cheapest_moves`, again without a sort).
   """
   w = jnp.where(value[..., None] >= 0, w, -w)  # now w.d = -|value| is the goal
   down = -jnp.sign(w)
   room = jnp.where(w > 0, point - low, high - point)
   active = w != 0
+  if norm == 1.0:
+    shape = jnp.broadcast_shapes(point.shape, w.shape, jnp.shape(low), jnp.shape(high))
+    flat = lambda a: jnp.broadcast_to(a, shape).reshape(-1, shape[-1])
+    excess = jnp.broadcast_to(jnp.abs(value), shape[:-1]).reshape(-1)
+    move = _l1.cheapest_moves(flat(jnp.abs(w)), flat(room), excess).reshape(shape)
+    return jnp.where(active, down * move, 0)
   scale = jnp.abs(w) if norm == 2.0 else jnp.ones_like(w)
   weight = jnp.abs(w) * scale
   reach = jnp.where(active, room / jnp.where(active, scale, 1), 0)
@@ -224,8 +233,6 @@ def _check_fab(logits_fn, x, eps, norm, num_restarts, options, key):
   x = _check_x(x)
   eps = _check_radius(eps, "eps")
   norm = _check_norm(norm)
-  if norm == 1.0:
-    raise ValueError("`norm` must be jnp.inf or 2 (FAB's l_1 variant is not implemented), got 1.")
   _check_int(options["num_steps"], "num_steps", 1)
   _check_int(num_restarts, "num_restarts", 1)
   _check_fraction(options["alpha_max"], "alpha_max")
@@ -328,7 +335,7 @@ def fab(
     x: inputs ``(B, ...)``, floating point, inside ``[clip_min, clip_max]`` if those are given.
     y: labels ``(B,)``; None: the model's predictions.
     eps: radius, finite and >= 0: a scalar, or ``(E,)`` for E attacks in one call.
-    norm: ``jnp.inf`` or 2.
+    norm: ``jnp.inf``, 2 or 1.
     num_steps: iterations per run, >= 1 (a ``lax.fori_loop``).
     num_restarts: runs, >= 1 (a ``lax.scan``); all but the first from random points.
     alpha_max: the largest weight of the step from ``x``, in [0, 1].
@@ -345,7 +352,7 @@ def fab(
 
   Raises:
     TypeError: if ``x`` is not floating point or ``y`` not integer.
-    ValueError: for eps < 0 or not finite, a norm other than inf or 2, num_steps or
+    ValueError: for eps < 0 or not finite, a norm other than inf, 2 or 1, num_steps or
       num_restarts < 1, alpha_max or beta outside [0, 1], eta < 1, no ``key``, fewer than 2
       classes, ``y`` of the wrong shape or (when concrete) outside ``[0, C)``, ``logits_fn``
       output not ``(B, C)``, or clip_min > clip_max.
@@ -408,7 +415,7 @@ def fab_targeted(
     x: inputs ``(B, ...)``, floating point, inside ``[clip_min, clip_max]`` if those are given.
     y: labels ``(B,)``; None: the model's predictions.
     eps: radius, finite and >= 0: a scalar, or ``(E,)`` for E attacks in one call.
-    norm: ``jnp.inf`` or 2.
+    norm: ``jnp.inf``, 2 or 1.
     num_target_classes: targets per example, in ``[1, C - 1]`` (AutoAttack: 9).
     num_steps: iterations per run, >= 1.
     num_restarts: runs per target, >= 1; all but the first from random points.

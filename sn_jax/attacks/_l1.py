@@ -100,6 +100,36 @@ def project_l1_box(
   return x + step.reshape(x.shape)
 
 
+def cheapest_moves(weight: jax.Array, room: jax.Array, excess: jax.Array) -> jax.Array:
+  """Moves ``m_i`` in ``[0, room_i]`` of least sum with ``sum_i weight_i m_i = excess``, per row:
+  the l_1-shortest step onto a hyperplane in a box (FAB's l_1 projection). The coordinates of
+  largest weight move first, each all the way; where several share the weight at which the
+  excess is met, they fill in the order of their index. Where the rooms cannot meet the excess,
+  every coordinate of positive weight moves all its room.
+
+  ``weight`` ``(R, n)`` >= 0, ``room`` ``(R, n)`` in ``[0, inf]``, ``excess`` ``(R,)`` >= 0. The
+  weight ``t*`` at which the excess is met is the largest ``w_i`` with ``sum_{w_j >= w_i} w_j
+  room_j >= excess``: :func:`_smallest_where` finds the smallest float above it, for which that
+  sum falls short; no sort.
+  """
+  contribution = jnp.where(weight > 0, weight * room, 0)
+
+  def short(t):  # (R,) -> (R,): the coordinates of weight >= t cannot meet the excess
+    return jnp.sum(jnp.where(weight >= t[:, None], contribution, 0), axis=-1) < excess
+
+  top = jnp.nextafter(jnp.max(weight, axis=-1), jnp.inf)  # nothing weighs as much: short
+  above = _smallest_where(short, jnp.zeros_like(top), top, weight.dtype)
+  weight_at = jnp.nextafter(above, jnp.zeros_like(above))[:, None]  # t*
+  full = weight > weight_at
+  left = excess[:, None] - jnp.sum(jnp.where(full, contribution, 0), axis=-1, keepdims=True)
+  tied = (weight == weight_at) & (weight > 0)
+  tied_contribution = jnp.where(tied, contribution, 0)
+  earlier = jnp.pad(tied_contribution[:, :-1], ((0, 0), (1, 0)))
+  before = jnp.cumsum(earlier, axis=-1)  # what the earlier tied coordinates can meet
+  partial = jnp.clip((left - before) / jnp.where(tied, weight, 1), 0, room)
+  return jnp.where(full, room, jnp.where(tied, partial, 0))
+
+
 def sparse_step(grad: jax.Array, fraction: jax.Array) -> jax.Array:
   """APGD-l_1's step direction: ``sign(g)`` on the coordinates whose ``|g_i|`` reaches the value
   at position ``(1 - fraction) n`` of the sorted ``|g|`` (about ``fraction n`` of the largest),

@@ -316,7 +316,7 @@ BAD = [
   (dict(eps=-0.1), ValueError, "`eps` must be >= 0"),
   (dict(eps=jnp.inf), ValueError, "`eps` must be finite"),
   (dict(norm=3), ValueError, "`norm` must be"),
-  (dict(norm=1), ValueError, "l_1 version is not implemented: it also needs FAB-T's"),
+  (dict(norm=1), ValueError, "l_1 version is not implemented: it also needs Square's"),
   (dict(version="fast"), ValueError, "`version` must be 'standard', 'plus', 'rand' or 'custom'"),
   (dict(attacks=("apgd-ce",)), ValueError, "`attacks` is only for version='custom'"),
   (dict(version="custom"), ValueError, "version='custom' needs `attacks`"),

@@ -17,13 +17,13 @@ from sn_jax.attacks._common import _ranked_targets
 from sn_jax.attacks._fab import _fab, _project_hyperplane, _smallest_radius
 
 KEY = jax.random.key(0)
-DUAL = {jnp.inf: 1, 2.0: 2}  # the dual norm of each attack norm, for the closed forms
+DUAL = {jnp.inf: 1, 2.0: 2, 1.0: np.inf}  # the dual norm of each attack norm, for closed forms
 
 
 def linear(seed, num_features=8, num_classes=4, batch=6, far=False):
   """A linear model's weights ``w``, ``b``, inputs, the labels it predicts and, per example, the
   minimal l_p distance to each class ``j``, ``(z_y - z_j) / ||w_y - w_j||_q`` (inf for ``j = y``)
-  and the shortest step there, for p = inf and 2.
+  and the shortest step there, for p = inf, 2 and 1.
 
   ``far``: classes 2, 3 get zero weights and bias -30, so only the pair (0, 1) can be confused.
   """
@@ -43,7 +43,11 @@ def linear(seed, num_features=8, num_classes=4, batch=6, far=False):
   for norm, q in DUAL.items():
     size = np.where(is_label, 1.0, np.linalg.norm(normal, ord=q, axis=1))
     distances[norm] = np.where(is_label, np.inf, gap / size)
-    direction = np.sign(normal) if norm == jnp.inf else normal / size[:, None]
+    if norm == 1.0:  # all of it on the coordinate of the largest |w_y - w_j|
+      top = np.abs(normal).argmax(axis=1)[:, None]
+      direction = np.sign(normal) * (np.arange(num_features)[None, :, None] == top)
+    else:
+      direction = np.sign(normal) if norm == jnp.inf else normal / size[:, None]
     steps[norm] = -np.where(is_label, 0, distances[norm])[:, None] * direction  # (B, features, C)
   return w, b, x, y, distances, steps
 
@@ -136,7 +140,7 @@ def test_a_run_that_stops_fooled_examples_decides_alike_and_leaves_inactive_ones
 # --- closed forms -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("norm", [jnp.inf, 2.0])
+@pytest.mark.parametrize("norm", [jnp.inf, 2.0, 1.0])
 @pytest.mark.parametrize("targeted", [False, True])
 def test_fab_matches_the_closed_form_on_a_two_class_linear_model(norm, targeted):
   w, b, x, y, distances, _ = linear(1, far=True)
@@ -151,7 +155,7 @@ def test_fab_matches_the_closed_form_on_a_two_class_linear_model(norm, targeted)
   np.testing.assert_array_equal(below, x)
 
 
-@pytest.mark.parametrize("norm", [jnp.inf, 2.0])
+@pytest.mark.parametrize("norm", [jnp.inf, 2.0, 1.0])
 def test_fab_finds_the_nearest_boundary_of_a_linear_model_up_to_the_overshoot(norm):
   w, b, x, y, distances, _ = linear(2)
   distance = np.min(distances[norm], axis=1)
@@ -284,7 +288,32 @@ def reference_projection_l2(t, w, b, dtype=F32):
   return d * (np.abs(w) > 1e-8)
 
 
-REFERENCE_PROJECTIONS = {jnp.inf: reference_projection_linf, 2.0: reference_projection_l2}
+def reference_projection_l1(t, w, b, dtype=F32):
+  """The authors' ``projection_l1`` (box [0, 1]) in NumPy: toward the hyperplane, the
+  coordinates in the order of decreasing ``|w_i|`` (a stable sort: index order among equals)
+  each move to the face of the box, until one, moved partway, meets it; where the box cannot,
+  every coordinate with ``w_i != 0`` moves to its face."""
+  t, w, b = (np.array(v, dtype) for v in (t, w, b))
+  c = (w * t).sum(1) - b
+  sign = (2 * (c >= 0) - 1).astype(dtype)
+  w, c = w * sign[:, None], c * sign  # now w.d = -c, c >= 0
+  room = np.where(w > 0, t, 1 - t)
+  d = -np.sign(w) * room  # the corner, for the rows that cannot reach the plane
+  for r in np.flatnonzero((np.abs(w) * room).sum(1) >= c):
+    d[r], left = 0, c[r]
+    for i in np.argsort(-np.abs(w[r]), kind="stable"):
+      if w[r, i] == 0 or left <= 0:
+        break
+      move = min(room[r, i], left / abs(w[r, i]))
+      d[r, i], left = -np.sign(w[r, i]) * move, left - abs(w[r, i]) * move
+  return d * (w != 0)
+
+
+REFERENCE_PROJECTIONS = {
+  jnp.inf: reference_projection_linf,
+  2.0: reference_projection_l2,
+  1.0: reference_projection_l1,
+}
 # One program per norm for the box and the unbounded projection: the bounds are arguments.
 project_hyperplane = jax.jit(_project_hyperplane, static_argnums=5, compiler_options=QUICK)
 
@@ -320,7 +349,7 @@ def test_the_smallest_radius_bisection_matches_a_float64_search(dtype):
   )
 
 
-@pytest.mark.parametrize("norm", [jnp.inf, 2.0])
+@pytest.mark.parametrize("norm", [jnp.inf, 2.0, 1.0])
 def test_the_box_projection_matches_the_authors(norm):
   rng = np.random.default_rng(0)
   batch, n = 400, 12
@@ -346,9 +375,28 @@ def test_the_box_projection_matches_the_authors(norm):
   np.testing.assert_allclose(d, expected, atol=max(their_error, 1e-6))
   # Without a box, the projection is the closed form.
   free = np.asarray(project_hyperplane(t, w, value, F32(-np.inf), F32(np.inf), norm))
-  dual = np.abs(w).sum(1) if norm == jnp.inf else (w**2).sum(1)
-  closed = -(value / dual)[:, None] * (np.sign(w) if norm == jnp.inf else w)
+  if norm == 1.0:  # all of it on the coordinate of the largest |w_i|
+    top = np.abs(w).argmax(1)[:, None] == np.arange(n)[None]
+    closed = -(value / np.abs(w).max(1))[:, None] * np.sign(w) * top
+  else:
+    dual = np.abs(w).sum(1) if norm == jnp.inf else (w**2).sum(1)
+    closed = -(value / dual)[:, None] * (np.sign(w) if norm == jnp.inf else w)
   np.testing.assert_allclose(free, closed, rtol=1e-5, atol=1e-6)
+
+
+def test_l1_projection_fills_equal_weights_in_index_order_and_takes_unbounded_rooms():
+  w = np.array([[1.0, -2.0, 2.0, 0.5], [1.0, 1.0, 1.0, 0.0], [0.0, 3.0, 0.0, 0.0]], F32)
+  t = np.full((3, 4), 0.5, F32)
+  value = np.array([1.5, 0.75, 6.0], F32)  # w.d must be -value
+  d = np.asarray(project_hyperplane(t, w, value, F32(0), F32(1), 1.0))
+  # Row 0: the two |w| = 2 coordinates fill in index order (1 all its room 0.5, 2 the rest),
+  # then nothing else is needed. Row 1: coordinate 0 all of its room, 1 the last 0.25.
+  # Row 2: the box cannot reach the plane (3 * 0.5 < 6): the corner.
+  np.testing.assert_allclose(d, [[0, 0.5, -0.25, 0], [-0.5, -0.25, 0, 0], [0, -0.5, 0, 0]])
+  np.testing.assert_allclose((w * d).sum(1)[:2], -value[:2], rtol=1e-6)
+  # No box: all of it on the first coordinate of the largest |w_i|.
+  free = np.asarray(project_hyperplane(t, w, value, F32(-np.inf), F32(np.inf), 1.0))
+  np.testing.assert_allclose(free, [[0, 0.75, 0, 0], [-0.75, 0, 0, 0], [0, -2.0, 0, 0]])
 
 
 def mlp(num_features, num_classes=4, scale=3.0):
@@ -366,7 +414,8 @@ def reference_fab(f, x, y, eps, norm, num_steps, target=None, alpha_max=0.1, eta
   rows, batch = np.arange(len(y)), len(y)
   x0, x1 = x.copy(), x.copy()
   adv, res2 = x.copy(), np.full(batch, 1e10, F32)
-  size = lambda v: np.abs(v).max(1) if norm == jnp.inf else np.sqrt((v**2).sum(1))
+  size = {jnp.inf: lambda v: np.abs(v).max(1), 2.0: lambda v: np.sqrt((v**2).sum(1)),
+          1.0: lambda v: np.abs(v).sum(1)}[norm]  # fmt: skip
   for _ in range(num_steps):
     z, g = np.asarray(f(x1)), np.asarray(jacobian(x1))
     if target is None:
@@ -375,7 +424,8 @@ def reference_fab(f, x, y, eps, norm, num_steps, target=None, alpha_max=0.1, eta
     else:
       df = (z[rows, target] - z[rows, y])[:, None]
       dg = (g[rows, target] - g[rows, y])[:, None]
-    dual = np.abs(dg).sum(-1) if norm == jnp.inf else np.sqrt((dg**2).sum(-1))
+    dual = {jnp.inf: np.abs(dg).sum(-1), 2.0: np.sqrt((dg**2).sum(-1)),
+            1.0: np.abs(dg).max(-1)}[norm]  # fmt: skip
     ind = np.argmin(np.abs(df) / (1e-12 + dual), axis=1)
     w = dg[rows, ind]
     b = -df[rows, ind] + (w * x1).sum(-1)
@@ -392,13 +442,13 @@ def reference_fab(f, x, y, eps, norm, num_steps, target=None, alpha_max=0.1, eta
   return np.where((res2 <= eps)[:, None], adv, x)
 
 
-@pytest.mark.parametrize("norm, targeted", [(jnp.inf, False), (2.0, True)])
+@pytest.mark.parametrize("norm, targeted", [(jnp.inf, False), (2.0, True), (1.0, False)])
 def test_fab_follows_the_authors_loop_step_by_step(norm, targeted):
   u = np.asarray(jax.random.uniform(jax.random.key(1), (8, 5)))
   x = np.where(u < 0.5, 0.4 * u**2, 1 - 0.4 * (1 - u) ** 2)  # near the faces of [0, 1]
   f = mlp(5)
   y = np.argmax(np.asarray(f(x)), axis=1)
-  eps, num_steps = (0.3 if norm == jnp.inf else 0.5), 12
+  eps, num_steps = {jnp.inf: 0.3, 2.0: 0.5, 1.0: 0.8}[norm], 12
   box = dict(clip_min=0.0, clip_max=1.0)
   if targeted:
     target = np.argsort(np.asarray(f(x)), axis=1)[:, -2]
@@ -429,7 +479,7 @@ def _bounded_attack(x, y, eps, key, clip_min, clip_max, *, norm, targeted):
   return attacks.fab(f, x, y, num_restarts=2, **options)
 
 
-@pytest.mark.parametrize("norm, targeted", [(jnp.inf, True), (2.0, False)])
+@pytest.mark.parametrize("norm, targeted", [(jnp.inf, True), (2.0, False), (1.0, True)])
 @settings(max_examples=6, deadline=None)
 @given(eps=st.floats(0.0, 2.0), margin=st.floats(0.0, 0.5), seed=st.integers(0, 2**16))
 def test_fab_stays_in_the_ball_and_the_clip_range(norm, targeted, eps, margin, seed):
@@ -492,7 +542,6 @@ BAD = [
   (lambda: attacks.fab(f4, X, Y, eps=-0.1, key=KEY), ValueError, "`eps` must be >= 0"),
   (lambda: attacks.fab(f4, X, Y, eps=np.inf, key=KEY), ValueError, "`eps` must be finite"),
   (lambda: attacks.fab(f4, X, Y, eps=0.1, norm=3, key=KEY), ValueError, "`norm` must be"),
-  (lambda: attacks.fab(f4, X, Y, eps=0.1, norm=1, key=KEY), ValueError, "l_1 variant"),
   (lambda: attacks.fab(f4, X, Y, eps=0.1, num_steps=0, key=KEY), ValueError, "`num_steps`"),
   (lambda: attacks.fab(f4, X, Y, eps=0.1, num_restarts=0, key=KEY), ValueError, "`num_restarts`"),
   (lambda: attacks.fab(f4, X, Y, eps=0.1, alpha_max=1.5, key=KEY), ValueError, "`alpha_max` must"),
@@ -525,7 +574,6 @@ BAD = [
     ValueError,
     "`num_target_classes` must be an int >= 1",
   ),
-  (lambda: attacks.fab_targeted(f4, X, Y, eps=0.1, norm=1, key=KEY), ValueError, "l_1 variant"),
 ]
 
 
