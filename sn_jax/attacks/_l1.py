@@ -1,5 +1,6 @@
-"""The l_1 geometry of APGD's l_1 variant (Croce & Hein, "Mind the box"): the projection onto an
-l_1 ball inside a box, and the sparse steepest-ascent step."""
+"""The l_1 geometry of the l_1 attacks: for APGD's l_1 variant (Croce & Hein, "Mind the box"),
+the projection onto an l_1 ball inside a box and the sparse steepest-ascent step; for FAB's, the
+l_1-shortest step onto a hyperplane inside a box."""
 
 from __future__ import annotations
 
