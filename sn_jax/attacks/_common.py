@@ -312,6 +312,31 @@ def _varying_like_x(carry: Any, x: jax.Array) -> Any:
   return jax.tree.map(lambda v: varying_like(v, x), carry)
 
 
+def _smallest_float_where(holds: Callable, low: jax.Array, high: jax.Array) -> jax.Array:
+  """The smallest float ``v`` in ``(low, high]`` with ``holds(v)``, elementwise.
+
+  ``low``, ``high``: non-negative floats of one shape and dtype; ``holds`` maps floats of that
+  shape to bools, false up to some value and true from it on, false at ``low`` and true at
+  ``high`` (where it is not, the result is ``high``). A bisection over the bit patterns (as
+  integers they order non-negative floats by value, and the largest, inf, is below
+  ``2^(bits - 1)``): one evaluation of ``holds`` per bit, no sort. The loop's carry is typed
+  like ``holds(high)``, so it runs unchanged under ``shard_map``.
+  """
+  dtype = high.dtype
+  as_int = {16: jnp.int16, 32: jnp.int32, 64: jnp.int64}[jnp.finfo(dtype).bits]
+
+  def halve(_, bounds):
+    low, high = bounds
+    middle = low + (high - low) // 2
+    above = holds(lax.bitcast_convert_type(middle, dtype))
+    return jnp.where(above, low, middle), jnp.where(above, middle, high)
+
+  bounds = tuple(lax.bitcast_convert_type(b, as_int) for b in (low, high))
+  bounds = _varying_like_x(bounds, holds(high))
+  _, high = lax.fori_loop(0, jnp.finfo(dtype).bits - 1, halve, bounds)
+  return lax.bitcast_convert_type(high, dtype)
+
+
 def _finish(x: jax.Array, x_adv: jax.Array) -> jax.Array:
   """``x_adv``, exactly, with the perturbation ``x_adv - x`` a constant for differentiation."""
   return lax.stop_gradient(x_adv) + (x - lax.stop_gradient(x))

@@ -31,6 +31,7 @@ from sn_jax.attacks._common import (
   _over_radii,
   _ranked_targets,
   _shrinking_sizes,
+  _smallest_float_where,
   _varying_like_x,
 )
 
@@ -51,26 +52,16 @@ def _smallest_radius(weight: jax.Array, reach: jax.Array, excess: jax.Array):
   cost on CPU.) Returns ``(s, reachable)``; ``s`` is 0 where no ``s`` reaches: ``g(inf) <
   excess``.
   """
-  dtype = excess.dtype
-  bits = jnp.finfo(dtype).bits
-  as_int = {16: jnp.int16, 32: jnp.int32, 64: jnp.int64}[bits]
 
-  def reaches(s_bits):  # (...,) -> (...,) bool: g(s) >= excess
-    s = lax.bitcast_convert_type(s_bits, dtype)[..., None]
-    return jnp.sum(weight * jnp.minimum(s, reach), axis=-1) >= excess
+  def reaches(s):  # (...,) -> (...,) bool: g(s) >= excess
+    return jnp.sum(weight * jnp.minimum(s[..., None], reach), axis=-1) >= excess
 
-  def halve(_, bounds):
-    low, high = bounds
-    middle = low + (high - low) // 2
-    above = reaches(middle)
-    return jnp.where(above, low, middle), jnp.where(above, middle, high)
-
-  infinity = jnp.full(excess.shape, lax.bitcast_convert_type(jnp.array(jnp.inf, dtype), as_int))
+  infinity = jnp.full(excess.shape, jnp.inf, excess.dtype)
   reachable = reaches(infinity)
-  # The bit pattern of inf is below 2^(bits - 1): bits - 1 halvings leave adjacent floats.
-  bounds = _varying_like_x((jnp.zeros_like(infinity), infinity), reachable)
-  low, _ = lax.fori_loop(0, bits - 1, halve, bounds)
-  saturated = reach <= lax.bitcast_convert_type(low, dtype)[..., None]
+  zero = jnp.zeros_like(infinity)
+  # lo: the float below the smallest one that reaches.
+  low = jnp.nextafter(_smallest_float_where(reaches, zero, infinity), zero)
+  saturated = reach <= low[..., None]
   before = jnp.sum(jnp.where(saturated, weight * reach, 0), axis=-1)
   slope = jnp.sum(jnp.where(saturated, 0, weight), axis=-1)
   ok = reachable & (slope > 0)

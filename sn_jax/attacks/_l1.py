@@ -9,9 +9,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
-from sn_jax.attacks._common import _expand
+from sn_jax.attacks._common import _expand, _smallest_float_where
 
 
 def _flat(v: jax.Array) -> jax.Array:
@@ -27,28 +26,6 @@ def _room(x: jax.Array, bound: Any, direction: float) -> jax.Array:
   return jnp.maximum(_flat(room), 0)
 
 
-def _as_int(dtype) -> jnp.dtype:
-  return {16: jnp.int16, 32: jnp.int32, 64: jnp.int64}[jnp.finfo(dtype).bits]
-
-
-def _smallest_where(holds, low: jax.Array, high: jax.Array, dtype) -> jax.Array:
-  """The smallest float ``v`` in ``(low, high]`` with ``holds(v)``, per row: ``holds`` maps
-  floats ``(B,)`` to bools ``(B,)``, false up to some value and true from it on, false at
-  ``low`` and true at ``high`` (non-negative floats ``(B,)``). A bisection over the bit patterns
-  (as integers they order non-negative floats by value), one evaluation of ``holds`` per bit."""
-  as_int = _as_int(dtype)
-
-  def halve(_, bounds):
-    low, high = bounds
-    middle = low + (high - low) // 2
-    above = holds(lax.bitcast_convert_type(middle, dtype))
-    return jnp.where(above, low, middle), jnp.where(above, middle, high)
-
-  bounds = tuple(lax.bitcast_convert_type(b, as_int) for b in (low, high))
-  _, high = lax.fori_loop(0, jnp.finfo(dtype).bits - 1, halve, bounds)
-  return lax.bitcast_convert_type(high, dtype)
-
-
 def _threshold(size: jax.Array, cap: jax.Array, eps: jax.Array) -> jax.Array:
   """The smallest ``t >= 0`` with ``sum_i min(max(size_i - t, 0), cap_i) <= eps``, per row, for
   rows where ``t = 0`` does not do (``sum_i cap_i > eps``).
@@ -56,7 +33,7 @@ def _threshold(size: jax.Array, cap: jax.Array, eps: jax.Array) -> jax.Array:
   ``size``, ``cap`` ``(B, n)`` >= 0 with ``cap <= size``, ``eps`` ``(B,)`` >= 0. The left side
   ``h(t)`` is continuous, non-increasing and piecewise linear, with breakpoints at the
   ``size_i - cap_i`` (where coordinate i stops being capped) and the ``size_i`` (where it
-  reaches 0). :func:`_smallest_where` finds the smallest float ``hi`` with ``h(hi) <= eps``;
+  reaches 0). :func:`_smallest_float_where` finds the smallest float ``hi`` with ``h(hi) <= eps``;
   with ``lo`` the float below it, no breakpoint lies strictly between them, so the coordinates
   with ``size_i - cap_i <= lo < hi <= size_i`` are those on the slope and ``t`` solves ``h(t) =
   eps`` exactly there.
@@ -66,7 +43,7 @@ def _threshold(size: jax.Array, cap: jax.Array, eps: jax.Array) -> jax.Array:
     return jnp.sum(jnp.minimum(jnp.maximum(size - t[:, None], 0), cap), axis=-1) <= eps
 
   top = jnp.max(size, axis=-1)  # h(top) = 0 <= eps
-  high = _smallest_where(within, jnp.zeros_like(top), top, size.dtype)[:, None]
+  high = _smallest_float_where(within, jnp.zeros_like(top), top)[:, None]
   low = jnp.nextafter(high, jnp.zeros_like(high))
   on_slope = (size - cap <= low) & (size >= high)
   capped = size - cap >= high
@@ -110,8 +87,8 @@ def cheapest_moves(weight: jax.Array, room: jax.Array, excess: jax.Array) -> jax
 
   ``weight`` ``(R, n)`` >= 0, ``room`` ``(R, n)`` in ``[0, inf]``, ``excess`` ``(R,)`` >= 0. The
   weight ``t*`` at which the excess is met is the largest ``w_i`` with ``sum_{w_j >= w_i} w_j
-  room_j >= excess``: :func:`_smallest_where` finds the smallest float above it, for which that
-  sum falls short; no sort.
+  room_j >= excess``: :func:`_smallest_float_where` finds the smallest float above it, for which
+  that sum falls short; no sort.
   """
   contribution = jnp.where(weight > 0, weight * room, 0)
 
@@ -119,7 +96,7 @@ def cheapest_moves(weight: jax.Array, room: jax.Array, excess: jax.Array) -> jax
     return jnp.sum(jnp.where(weight >= t[:, None], contribution, 0), axis=-1) < excess
 
   top = jnp.nextafter(jnp.max(weight, axis=-1), jnp.inf)  # nothing weighs as much: short
-  above = _smallest_where(short, jnp.zeros_like(top), top, weight.dtype)
+  above = _smallest_float_where(short, jnp.zeros_like(top), top)
   weight_at = jnp.nextafter(above, jnp.zeros_like(above))[:, None]  # t*
   full = weight > weight_at
   left = excess[:, None] - jnp.sum(jnp.where(full, contribution, 0), axis=-1, keepdims=True)
@@ -145,7 +122,7 @@ def sparse_step(grad: jax.Array, fraction: jax.Array) -> jax.Array:
   # |g_i| <= v (0 where as many are 0), found without sorting.
   enough = lambda v: jnp.sum(size <= v[:, None], axis=-1) > position
   zero = jnp.zeros(size.shape[:1], size.dtype)
-  threshold = _smallest_where(enough, zero, jnp.max(size, axis=-1), size.dtype)
+  threshold = _smallest_float_where(enough, zero, jnp.max(size, axis=-1))
   threshold = jnp.where(enough(zero), zero, threshold)[:, None]
   direction = jnp.sign(_flat(grad)) * (size >= threshold)
   count = jnp.sum(jnp.abs(direction), axis=-1)

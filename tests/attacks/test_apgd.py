@@ -625,3 +625,30 @@ def test_apgd_l1_follows_the_authors_loop_step_by_step(larger_radii_first):
   x_adv = jax.jit(lambda: attacks.apgd(f, x, y, **options), compiler_options=QUICK)()
   assert 0 < fooled.sum() < len(x)  # both outcomes: a misclassified point, the best-loss point
   np.testing.assert_allclose(x_adv, expected, atol=1e-6)
+
+
+def test_l1_attacks_under_shard_map_give_each_shard_its_result_alone():
+  # The l_1 bisections' loops carry per-example bounds, which must vary over the devices.
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  f = mlp(12)
+  x = np.asarray(jax.random.uniform(jax.random.key(5), (16, 12)))
+  y = np.argmax(np.asarray(f(x)), axis=1)
+  options = dict(eps=1.0, norm=1, num_steps=6, key=KEY, clip_min=0.0, clip_max=1.0)
+  runs = {
+    "apgd": lambda x, y: attacks.apgd(f, x, y, larger_radii_first=True, **options),
+    "fab": lambda x, y: attacks.fab(f, x, y, **options),
+  }
+  mesh = jax.make_mesh((4,), ("batch",))
+  spec = NamedSharding(mesh, P("batch"))
+  for attack in runs.values():
+    sharded = jax.jit(
+      jax.shard_map(attack, mesh=mesh, in_specs=P("batch"), out_specs=P("batch")),
+      compiler_options=QUICK,
+    )
+    got = np.asarray(sharded(jax.device_put(x, spec), jax.device_put(y, spec)))
+    alone = jax.jit(attack, compiler_options=QUICK)
+    for i in range(0, 16, 4):
+      np.testing.assert_allclose(got[i : i + 4], alone(x[i : i + 4], y[i : i + 4]), atol=1e-6)
+    assert np.any(got != x)
