@@ -402,8 +402,15 @@ def _on_shrinking_batches(
     def going(c):
       return (c[0] < num_steps) & (jnp.sum(unfinished(c[1])) > leave_at)
 
+    def advance(c):  # a step, which the finished examples of the batch (its padding) ignore
+      i, part = c
+      keep = ~unfinished(part)
+      stepped = step(i, part)
+      held = lambda new, old: jnp.where(keep.reshape(keep.shape + (1,) * (new.ndim - 1)), old, new)
+      return i + 1, jax.tree.map(held, stepped, part)
+
     part = jax.tree.map(lambda a: a[chosen], state)
-    i, part = lax.while_loop(going, lambda c: (c[0] + 1, step(*c)), (i, part))
+    i, part = lax.while_loop(going, advance, (i, part))
     return i, jax.tree.map(lambda a, b: a.at[chosen].set(b, unique_indices=True), state, part)
 
   carry = (jnp.zeros((), jnp.int32), state)

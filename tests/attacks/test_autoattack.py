@@ -14,7 +14,7 @@ from quick_compile import QUICK
 from sn_jax import attacks
 from sn_jax.attacks._apgd import _apgd, _loss_and_grad, _targeted_dlr
 from sn_jax.attacks._autoattack import _on_robust
-from sn_jax.attacks._common import _SHRINK_FACTOR, _shrinking_sizes
+from sn_jax.attacks._common import _SHRINK_FACTOR, _on_shrinking_batches, _shrinking_sizes
 
 KEY = jax.random.key(0)
 FAST = dict(num_steps=8, num_queries=30)  # a short run of every attack
@@ -369,3 +369,18 @@ def test_clip_bounds_per_example_move_with_the_examples_the_runs_step(norm, chun
   assert np.all((x_adv >= x - room - 1e-6) & (x_adv <= x + room + 1e-6))
   assert np.all(np.asarray(own.broken_by)[:, :8] == -1)
   assert np.any(np.asarray(own.broken_by)[:, 8:] >= 1)
+
+
+def test_examples_that_finish_keep_their_state_when_they_pad_a_smaller_batch():
+  # A stand-in step that counts every example it is given; example b finishes after b steps.
+  needs = jnp.arange(16)
+
+  def step_on(chosen):
+    return lambda i, part: (part[0] + 1, part[1])
+
+  unfinished = lambda part: part[0] < part[1]
+  sizes = _shrinking_sizes(16, _SHRINK_FACTOR, 4)
+  counts, _ = jax.jit(
+    lambda: _on_shrinking_batches(step_on, (jnp.zeros(16, jnp.int32), needs), unfinished, 12, sizes)
+  )()
+  np.testing.assert_array_equal(counts, np.minimum(np.arange(16), 12))
