@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sn_jax.attacks import _l1
 from sn_jax.attacks._common import (
   _SHRINK_FACTOR,
   _SMALLEST_BATCH,
@@ -32,6 +33,8 @@ from sn_jax.attacks._common import (
 # The fraction p of the pixels a square covers drops by halves at these thresholds of the query
 # count (the reference schedule, for 10000 queries), or of 10000 * query / num_queries (rescaled).
 _P_THRESHOLDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+# l_1 points are projected onto the ball of radius eps (1 - 1e-6), as the authors'.
+_L1_SHRINK = 1.0 - 1e-6
 
 
 def _square_sides(
@@ -41,41 +44,49 @@ def _square_sides(
 
   ``p = p_init / 2^k`` with ``k`` the number of thresholds below ``int(10000 q / num_queries)``
   (``rescale``) or below the query ``q`` itself, and the side ``round(sqrt(p H W))``: at least
-  1 for l_inf; for l_2 at least 3 and odd; at most ``min(H, W)``.
+  1 for l_inf; for l_2 and l_1 at least 3 and odd; at most ``min(H, W)``.
   """
   sides = np.empty(num_queries, np.int32)
   for query in range(num_queries):
     scaled = int(query / num_queries * 10000) if rescale else query
     p = p_init / 2 ** sum(scaled > t for t in _P_THRESHOLDS)
     side = round(math.sqrt(p * height * width))
-    if norm == 2.0:
+    if norm != math.inf:
       side = max(side, 3)
       side += 1 - side % 2
     sides[query] = min(max(side, 1), height, width)
   return sides
 
 
-def _eta_rectangle(rows: int, cols: int) -> np.ndarray:
-  """``(rows, cols)``: nested centred rectangles weighted ``1 / (k + 1)^2``, unit l_2 norm."""
+def _pattern_norm(eta: np.ndarray, norm: float) -> float:
+  return np.sum(np.abs(eta)) if norm == 1.0 else np.sqrt(np.sum(eta**2))
+
+
+def _eta_rectangle(rows: int, cols: int, norm: float) -> np.ndarray:
+  """``(rows, cols)``: nested centred rectangles weighted ``1 / (k + 1)^2`` (l_2) or ``1 / (k +
+  1)^4`` (l_1), unit l_``norm`` norm."""
+  power = 4 if norm == 1.0 else 2
   eta = np.zeros((rows, cols))
   top, left = rows // 2, cols // 2
   for k in range(max(top, left) + 1):
     eta[max(top - k, 0) : top - k + 2 * k + 1, max(left - k, 0) : left - k + 2 * k + 1] += (
-      1.0 / (k + 1) ** 2
+      1.0 / (k + 1) ** power
     )
-  return eta / np.sqrt(np.sum(eta**2)) if rows else eta
+  return eta / _pattern_norm(eta, norm) if rows else eta
 
 
-def _eta(side: int) -> np.ndarray:
-  """``(side, side)``: the l_2 update's pattern, a positive and a negative half, unit norm."""
+def _eta(side: int, norm: float = 2.0) -> np.ndarray:
+  """``(side, side)``: the l_2 or l_1 update's pattern, a positive and a negative half, unit
+  l_``norm`` norm."""
   half = side // 2
-  eta = np.concatenate([_eta_rectangle(half, side), -_eta_rectangle(side - half, side)])
-  return eta / np.sqrt(np.sum(eta**2))
+  eta = np.concatenate([_eta_rectangle(half, side, norm), -_eta_rectangle(side - half, side, norm)])
+  return eta / _pattern_norm(eta, norm)
 
 
-def _l2_start(key, x, eps):
-  """``x + eps * d / ||d||_2`` with ``d`` a grid of ``H // 5`` patterns (:func:`_eta`), each
-  with a random orientation per example and a random sign per example and channel."""
+def _grid_start(key, x, norm):
+  """``(B, H, W, C)``: a grid of ``H // 5``-pixel patterns (:func:`_eta` of ``norm``), each with
+  a random orientation per example and a random sign per example and channel: the l_2 and l_1
+  starting perturbation, before it is brought into the ball."""
   batch, height, width, channels = x.shape
   side = height // 5
   offset = (height - 5 * side) // 2
@@ -84,7 +95,7 @@ def _l2_start(key, x, eps):
   inside = (grid[0] >= 0) & (tile_rows < height // side) & (grid[1] >= 0)
   inside &= tile_cols < width // side
   tile = np.where(inside, tile_rows * (width // side) + tile_cols, 0)
-  eta = _eta(side)
+  eta = _eta(side, norm)
   local_r, local_c = grid[0] % side, grid[1] % side
   pattern = np.where(inside, eta[local_r, local_c], 0.0).astype(np.float32)
   flipped = np.where(inside, eta[local_c, local_r], 0.0).astype(np.float32)
@@ -92,8 +103,22 @@ def _l2_start(key, x, eps):
   flip_key, sign_key = jax.random.split(key)
   flip = jax.random.bernoulli(flip_key, 0.5, (batch, num_tiles))[:, tile]  # (B, H, W)
   signs = jax.random.rademacher(sign_key, (batch, num_tiles, channels), x.dtype)[:, tile]
-  delta = jnp.where(flip, flipped, pattern)[..., None].astype(x.dtype) * signs
-  return x + eps * delta / _expand(_norm(delta, 2.0) + 1e-12, x)
+  return jnp.where(flip, flipped, pattern)[..., None].astype(x.dtype) * signs
+
+
+def _start(key, x, eps, norm, clip_min, clip_max):
+  """The starting point: l_inf, vertical stripes ``x + eps * s``, a random sign ``s`` per column
+  and channel, clipped; l_2, :func:`_grid_start` scaled onto the sphere, clipped; l_1,
+  :func:`_grid_start` added and projected onto the ball in the box (radius ``eps (1 - 1e-6)``,
+  as the authors')."""
+  batch, _, width, channels = x.shape
+  if norm == math.inf:
+    stripes = jax.random.rademacher(key, (batch, 1, width, channels), x.dtype)
+    return _clip(x + eps * stripes, clip_min, clip_max)
+  delta = _grid_start(key, x, norm)
+  if norm == 1.0:
+    return _l1.project_l1_box(x, x + delta, eps * _L1_SHRINK, clip_min, clip_max)
+  return _clip(x + eps * delta / _expand(_norm(delta, 2.0) + 1e-12, x), clip_min, clip_max)
 
 
 def _linf_proposal(x, x_best, eps, square, signs):
@@ -103,32 +128,69 @@ def _linf_proposal(x, x_best, eps, square, signs):
   return jnp.clip(x_best + step, x - eps, x + eps)
 
 
-def _l2_proposal(x, x_best, eps, first, corner, second, pattern, flip, signs):
-  """``x_best`` with the perturbation of the squares ``first`` and ``second`` (B, H, W, 1) moved
-  into ``first`` (corner ``(top, left)``, each (B,)) together with ``pattern`` (a zero-padded
-  :func:`_eta`, transposed where ``flip`` (B,), times ``signs`` (B, C)); rescaled onto the
-  sphere."""
-  _, height, width, channels = x.shape
+def _placed(pattern, flip, corner, height: int, width: int) -> jax.Array:
+  """``(B, H, W)``: ``pattern`` ``(S, S)``, transposed where ``flip`` ``(B,)``, laid with its
+  corner at ``corner`` ``(top, left)`` (each ``(B,)``); outside the ``S x S`` square from there,
+  meaningless (the proposals mask it)."""
   pattern = jnp.where(flip[:, None, None], pattern.T[None], pattern[None])  # (B, S, S)
   local_r = jnp.clip(jnp.arange(height)[None] - corner[0][:, None], 0, pattern.shape[1] - 1)
   local_c = jnp.clip(jnp.arange(width)[None] - corner[1][:, None], 0, pattern.shape[2] - 1)
-  eta = jax.vmap(lambda p, r, c: p[r[:, None], c[None, :]])(pattern, local_r, local_c)
-  signs = signs[:, None, None, :]
+  return jax.vmap(lambda p, r, c: p[r[:, None], c[None, :]])(pattern, local_r, local_c)
 
-  def window_norm(v):  # (B, H, W, C) -> (B, 1, 1, C): per example and channel
-    return jnp.sqrt(jnp.sum(jnp.square(v), axis=(1, 2), keepdims=True))
 
+def _window_norm(v: jax.Array, norm: float) -> jax.Array:
+  """``(B, H, W, C) -> (B, 1, 1, C)``: the l_``norm`` norm per example and channel."""
+  if norm == 1.0:
+    return jnp.sum(jnp.abs(v), axis=(1, 2), keepdims=True)
+  return jnp.sqrt(jnp.sum(jnp.square(v), axis=(1, 2), keepdims=True))
+
+
+def _moved_squares(x, x_best, eps, first, second, eta, signs, norm):
+  """``x_best - x`` with the perturbation of the squares ``first`` and ``second`` (B, H, W, 1)
+  moved into ``first``, per channel, together with ``eta`` (B, H, W) times ``signs`` (B, C):
+  there the old part (of unit norm) plus the new pattern, rescaled to the room left in the ball
+  plus the norm the two squares held: l_2, ``sqrt(max(eps^2 - ||delta||^2, 0) / C + w^2)``;
+  l_1, ``(max(eps - ||delta||_1, 0) / C + w) * C`` (the authors' sizes, ``w`` the channel's
+  norm over both squares)."""
+  channels = x.shape[3]
   delta = x_best - x
-  image_norm = _expand(_norm(delta, 2.0), x)
-  windows_norm = window_norm(jnp.where(first | second, delta, 0))
+  image_norm = _expand(_norm(delta, norm), x)
+  windows_norm = _window_norm(jnp.where(first | second, delta, 0), norm)
   old = jnp.where(first, delta, 0)
-  new = jnp.where(
-    first, eta[..., None].astype(x.dtype) * signs + old / (1e-12 + window_norm(old)), 0
-  )
-  size = jnp.sqrt(jnp.maximum(eps**2 - image_norm**2, 0) / channels + windows_norm**2)
-  new = new / (1e-12 + window_norm(new)) * size
-  delta = jnp.where(first, new, jnp.where(second, 0, delta))
+  new = eta[..., None].astype(x.dtype) * signs[:, None, None, :]
+  new = jnp.where(first, new + old / (1e-12 + _window_norm(old, norm)), 0)
+  if norm == 1.0:
+    size = (jnp.maximum(eps - image_norm, 0) / channels + windows_norm) * channels
+  else:
+    size = jnp.sqrt(jnp.maximum(eps**2 - image_norm**2, 0) / channels + windows_norm**2)
+  new = new / (1e-12 + _window_norm(new, norm)) * size
+  return jnp.where(first, new, jnp.where(second, 0, delta))
+
+
+def _l2_proposal(x, x_best, eps, first, second, eta, signs):
+  """:func:`_moved_squares`, rescaled onto the l_2 sphere of radius ``eps``."""
+  delta = _moved_squares(x, x_best, eps, first, second, eta, signs, 2.0)
   return x + eps * delta / _expand(_norm(delta, 2.0) + 1e-12, x)
+
+
+def _l1_proposal(x, x_best, eps, first, second, eta, signs, clip_min, clip_max):
+  """:func:`_moved_squares`, projected onto the l_1 ball of radius ``eps (1 - 1e-6)`` in the
+  box."""
+  delta = _moved_squares(x, x_best, eps, first, second, eta, signs, 1.0)
+  return _l1.project_l1_box(x, x + delta, eps * _L1_SHRINK, clip_min, clip_max)
+
+
+def _check_images(x: jax.Array, norm: float) -> None:
+  """Square's inputs: images ``(B, H, W, C)``, for l_2 and l_1 at least 5 x 5 pixels."""
+  if x.ndim != 4:
+    raise ValueError(
+      f"`x` must be images (batch, height, width, channels) for Square, got shape {x.shape}."
+    )
+  if norm != math.inf and min(x.shape[1:3]) < 5:
+    raise ValueError(
+      f"`x` must be images of at least 5 x 5 pixels for Square with norm={norm:g}, got shape "
+      f"{x.shape}."
+    )
 
 
 def square(
@@ -146,12 +208,12 @@ def square(
   clip_max: jax.typing.ArrayLike | None = None,
   compact: bool = True,
 ) -> jax.Array:
-  r"""The Square Attack: a random search over square-shaped updates, l_inf or l_2.
+  r"""The Square Attack: a random search over square-shaped updates, l_inf, l_2 or l_1.
 
   Minimizes the margin :math:`z_y - \max_{i \ne y} z_i` using only the model's outputs, and
   keeps a proposal if it lowers the margin (or misclassifies); an example stops once it is
   misclassified, and the search once every example is (as in the authors' code). The square's
-  side is ``round(sqrt(p H W))`` (l_2: at least 3, odd), at most ``min(H, W)``, with ``p =
+  side is ``round(sqrt(p H W))`` (l_2, l_1: at least 3, odd), at most ``min(H, W)``, with ``p =
   p_init`` halved at 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 ten-thousandths of
   ``num_queries`` (``rescale_schedule``, the authors' default for the attack alone) or queries
   (AutoAttack's setting).
@@ -163,6 +225,10 @@ def square(
     ``1 / (k + 1)^2``, half positive, half negative) with random signs, on the sphere; a proposal
     draws two squares, moves the perturbation mass of both into the first together with a new
     pattern there, and rescales onto the sphere of radius ``eps``.
+  * l_1 (the authors' code, not the paper): the same grid start and proposals with patterns of
+    weights ``1 / (k + 1)^4`` and unit l_1 norm, the first square's size per channel ``C (max(eps
+    - ||delta||_1, 0) / C + w)`` (``w``: the channel's l_1 norm over both squares); each point is
+    then projected onto the l_1 ball of radius ``eps (1 - 1e-6)`` inside the clip box.
 
   Points are clipped to ``[clip_min, clip_max]`` after each proposal. Unlike the authors' code,
   squares, signs and orientations are drawn per example from its own key (``key`` folded with
@@ -184,7 +250,7 @@ def square(
       are given.
     y: labels ``(B,)``; None: the model's predictions.
     eps: radius, finite and >= 0: a scalar, or ``(E,)`` for E attacks in one call.
-    norm: ``jnp.inf`` or 2 (images of at least 5 x 5 pixels).
+    norm: ``jnp.inf``, 2 or 1 (l_2 and l_1: images of at least 5 x 5 pixels).
     num_queries: iterations, >= 1, each one model evaluation (plus one at the start); fewer
       run when every example is misclassified earlier.
     p_init: the initial fraction of the pixels a square covers, in (0, 1].
@@ -204,8 +270,8 @@ def square(
 
   Raises:
     TypeError: if ``x`` is not floating point or ``y`` not integer.
-    ValueError: for ``x`` not 4-D (or smaller than 5 x 5 with ``norm=2``), eps < 0 or not
-      finite, a norm other than inf or 2, num_queries < 1, p_init outside (0, 1],
+    ValueError: for ``x`` not 4-D (or smaller than 5 x 5 with ``norm`` 2 or 1), eps < 0 or not
+      finite, a norm other than inf, 2 or 1, num_queries < 1, p_init outside (0, 1],
       ``rescale_schedule`` or ``compact`` not a bool, no ``key``, ``y`` of the wrong shape or
       (when concrete) outside ``[0, K)``, ``logits_fn`` output not ``(B, K)``, or clip_min >
       clip_max.
@@ -224,18 +290,9 @@ def square(
     adversarial attack via random search, https://arxiv.org/abs/1912.00049.
   """
   x = _check_x(x)
-  if x.ndim != 4:
-    raise ValueError(f"`x` must be images (batch, height, width, channels), got shape {x.shape}.")
   eps = _check_radius(eps, "eps")
   norm = _check_norm(norm)
-  if norm == 1.0:
-    raise ValueError(
-      "`norm` must be jnp.inf or 2 (the l_1 Square Attack is not implemented), got 1."
-    )
-  if norm == 2.0 and min(x.shape[1:3]) < 5:
-    raise ValueError(
-      f"`x` must be images of at least 5 x 5 pixels for norm=2, got shape {x.shape}."
-    )
+  _check_images(x, norm)
   _check_int(num_queries, "num_queries", 1)
   if isinstance(p_init, bool) or not isinstance(p_init, (int, float)) or not 0.0 < p_init <= 1.0:
     raise ValueError(f"`p_init` must be a number in (0, 1], got {p_init!r}.")
@@ -284,12 +341,12 @@ def _square(
   meaningless results (AutoAttack's chunks, whose broken examples it leaves out)."""
   batch, height, width, _ = x.shape
   sides = _square_sides(num_queries, p_init, height, width, norm, rescale_schedule)
-  # l_2: the pattern of each side that occurs, zero-padded to the largest, and which one to use.
+  # l_2, l_1: the pattern of each side that occurs, zero-padded to the largest, and which one.
   distinct = np.unique(sides)
   patterns = np.zeros((len(distinct), distinct[-1], distinct[-1]), np.float32)
-  if norm == 2.0:
+  if norm != math.inf:
     for k, side in enumerate(distinct):
-      patterns[k, :side, :side] = _eta(side)
+      patterns[k, :side, :side] = _eta(side, norm)
   pattern_index = jnp.asarray(np.searchsorted(distinct, sides))
   sides = jnp.asarray(sides)
   rows = jnp.arange(height)[None, :, None, None]
@@ -316,8 +373,9 @@ def _square(
       jax.random.bernoulli(flip_key),
     )
 
-  def propose(i, x_c, x_best, eps, keys):
-    """Query ``i``'s proposal for each example of ``x_c``, from its key (B,) folded with ``i``."""
+  def propose(i, x_c, x_best, eps, keys, low, high):
+    """Query ``i``'s proposal for each example of ``x_c``, from its key (B,) folded with ``i``;
+    ``low``, ``high``: the clip bounds of those examples."""
     first_u, second_u, signs, flip = jax.vmap(draw)(
       jax.vmap(jax.random.fold_in, (0, None))(keys, i)
     )
@@ -325,8 +383,10 @@ def _square(
     if norm == math.inf:
       return _linf_proposal(x_c, x_best, eps, first, signs)
     second, _ = random_square(second_u, sides[i])
-    pattern = jnp.asarray(patterns)[pattern_index[i]]
-    return _l2_proposal(x_c, x_best, eps, first, corner, second, pattern, flip, signs)
+    eta = _placed(jnp.asarray(patterns)[pattern_index[i]], flip, corner, height, width)
+    if norm == 1.0:
+      return _l1_proposal(x_c, x_best, eps, first, second, eta, signs, low, high)
+    return _l2_proposal(x_c, x_best, eps, first, second, eta, signs)
 
   def search_on(eps, keys):
     """The query ``(i, (x_best, margin_best)) -> (x_best, margin_best)`` on the examples
@@ -338,7 +398,7 @@ def _square(
 
       def step(i, part):
         x_best, margin_best = part
-        x_new = _clip(propose(i, x_c, x_best, eps, keys_c), low, high)
+        x_new = _clip(propose(i, x_c, x_best, eps, keys_c, low, high), low, high)
         new = margin(x_new, labels_c)
         keep = (margin_best > 0) & (new < margin_best)
         return jnp.where(_expand(keep, x_c), x_new, x_best), jnp.where(keep, new, margin_best)
@@ -350,11 +410,7 @@ def _square(
   def attack_one(eps):
     eps = eps.astype(x.dtype)
     init_key, loop_key = jax.random.split(key)
-    if norm == math.inf:
-      stripes = jax.random.rademacher(init_key, (batch, 1, width, x.shape[3]), x.dtype)
-      x_best = _clip(x + eps * stripes, clip_min, clip_max)
-    else:
-      x_best = _clip(_l2_start(init_key, x, eps), clip_min, clip_max)
+    x_best = _start(init_key, x, eps, norm, clip_min, clip_max)
     # Already misclassified examples (and those not ``active``) keep x and never move.
     clean = margin(x, labels)
     searched = clean > 0 if active is None else (clean > 0) & active

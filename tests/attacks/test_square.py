@@ -39,7 +39,7 @@ def linear(seed, num_classes=3, shape=SHAPE, norm=jnp.inf):
   y = np.argmax(z, axis=1)
   rows = np.arange(len(y))
   is_label = np.arange(num_classes)[None] == y[:, None]
-  dual = 1 if norm == jnp.inf else 2
+  dual = {jnp.inf: 1, 2.0: 2, 1.0: np.inf}[norm]
   size = np.linalg.norm(w.T[y][:, :, None] - w[None].astype(np.float64), ord=dual, axis=1)
   size += is_label
   distance = np.where(is_label, np.inf, (z[rows, y][:, None] - z) / size).min(axis=1)
@@ -103,7 +103,9 @@ def test_the_search_stops_once_every_example_is_misclassified_with_the_full_budg
   assert calls_below == 300 + 2
 
 
-@pytest.mark.parametrize("norm, shape", [(jnp.inf, (16, 4, 4, 2)), (2.0, (16, 5, 5, 1))])
+@pytest.mark.parametrize(
+  "norm, shape", [(jnp.inf, (16, 4, 4, 2)), (2.0, (16, 5, 5, 1)), (1.0, (16, 5, 5, 1))]
+)
 def test_the_search_on_ever_fewer_unfooled_examples_gives_the_whole_batch_result(norm, shape):
   f, x, y, distance = linear(3, shape=shape, norm=norm)
   evaluations = {True: {}, False: {}}  # batch size -> model evaluations at it
@@ -170,6 +172,31 @@ def test_l2_square_fools_a_linear_model_and_stays_on_the_sphere():
   np.testing.assert_allclose(size, eps, rtol=1e-5)
 
 
+def test_the_l1_pattern_follows_the_reference():
+  # Side 3: nested rectangles weighted 1, 1/16 in each half (unit l_1 norm), halves of opposite
+  # signs, the whole of unit l_1 norm.
+  top = np.array([1.0, 17.0, 1.0]) / 19
+  bottom = np.array([[1.0, 1.0, 1.0], [1.0, 17.0, 1.0]]) / 22
+  expected = np.concatenate([top[None], -bottom]) / 2
+  np.testing.assert_allclose(_eta(3, 1.0), expected, rtol=1e-12)
+  for side in (5, 8, 28):
+    np.testing.assert_allclose(np.abs(_eta(side, 1.0)).sum(), 1.0, rtol=1e-12)
+
+
+def test_l1_square_fools_a_linear_model_and_stays_in_the_ball_and_the_box():
+  f, x, y, distance = linear(2, num_classes=2, shape=(4, 6, 6, 2), norm=1.0)
+  box = dict(clip_min=0.0, clip_max=1.0)
+  one = lambda e, xi, yi: attacks.square(
+    f, xi[None], yi[None], eps=e, norm=1, num_queries=300, key=KEY, **box
+  )[0]
+  eps = (3.0 * distance).astype(np.float32)
+  x_adv = np.asarray(jax.jit(jax.vmap(one), compiler_options=QUICK)(eps, x, y))
+  assert np.all(margins(f(x_adv), y) < 0)
+  size = np.abs(x_adv - x).reshape(len(y), -1).sum(axis=1)
+  assert np.all(size <= eps * (1 - 1e-6) * (1 + 1e-6))
+  assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+
+
 @functools.partial(jax.jit, static_argnames=("norm", "num_queries"), compiler_options=QUICK)
 def _square_on_mlp(x, y, eps, key, clip_min, clip_max, norm=jnp.inf, num_queries=20):
   w = jax.random.normal(jax.random.key(3), (int(np.prod(x.shape[1:])), 3))
@@ -187,7 +214,9 @@ def _square_on_mlp(x, y, eps, key, clip_min, clip_max, norm=jnp.inf, num_queries
   )
 
 
-@pytest.mark.parametrize("norm, shape", [(jnp.inf, SHAPE), (2.0, (3, 5, 5, 2))])
+@pytest.mark.parametrize(
+  "norm, shape", [(jnp.inf, SHAPE), (2.0, (3, 5, 5, 2)), (1.0, (3, 5, 5, 2))]
+)
 @pytest.mark.parametrize("eps", [0.0, 0.05, 0.3, 2.0])
 @pytest.mark.parametrize("margin", [0.0, 0.2])
 def test_square_stays_in_the_ball_and_the_clip_range_and_is_deterministic(norm, shape, eps, margin):
@@ -240,7 +269,7 @@ def f3(x):
 
 BAD = [
   (lambda: attacks.square(f3, X, Y, eps=-0.1, key=KEY), ValueError, "`eps` must be >= 0"),
-  (lambda: attacks.square(f3, X, Y, eps=0.1, norm=1, key=KEY), ValueError, "`norm` must be"),
+  (lambda: attacks.square(f3, X, Y, eps=0.1, norm=1, key=KEY), ValueError, "at least 5 x 5"),
   (lambda: attacks.square(f3, X, Y, eps=0.1, norm=2, key=KEY), ValueError, "at least 5 x 5"),
   (lambda: attacks.square(f3, X, Y, eps=0.1, norm=3, key=KEY), ValueError, "`norm` must be"),
   (lambda: attacks.square(f3, X, Y, eps=0.1, num_queries=0, key=KEY), ValueError, "`num_queries`"),
@@ -282,13 +311,14 @@ def test_bad_input_raises_a_clear_error(call, error, match):
     call()
 
 
-def test_l2_square_traces_once():
+@pytest.mark.parametrize("norm", [2.0, 1.0])
+def test_l2_and_l1_square_trace_once(norm):
   x = jax.random.uniform(KEY, (2, 5, 5, 1))
   w = jax.random.normal(jax.random.key(1), (25, 3))
 
   def call(w, x, e, k):
     logits_fn = lambda z: z.reshape(z.shape[0], -1) @ w
-    return attacks.square(logits_fn, x, eps=e, norm=2, num_queries=5, key=k)
+    return attacks.square(logits_fn, x, eps=e, norm=norm, num_queries=5, key=k)
 
   jitted = jax.jit(chex.assert_max_traces(call, n=1), compiler_options=QUICK)
   for seed in (1, 2):
@@ -296,7 +326,9 @@ def test_l2_square_traces_once():
   chex.clear_trace_counter()
 
 
-@pytest.mark.parametrize("norm, shape", [(jnp.inf, (16, 4, 4, 2)), (2.0, (16, 5, 5, 1))])
+@pytest.mark.parametrize(
+  "norm, shape", [(jnp.inf, (16, 4, 4, 2)), (2.0, (16, 5, 5, 1)), (1.0, (16, 5, 5, 1))]
+)
 def test_clip_bounds_per_example_follow_their_examples_to_smaller_batches(norm, shape):
   f, x, y, distance = linear(3, shape=shape, norm=norm)
   rng = np.random.default_rng(0)
