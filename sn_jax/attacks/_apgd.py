@@ -156,9 +156,10 @@ def _single_run(
   unfooled examples fit in it, then 2/3 of that, ..., down to 4 (``_SHRINK_FACTOR``,
   ``_SMALLEST_BATCH``), as Square does. Every computation is per example, so each example's
   iterates are those of the run without it (for a randomized model, the draws differ); clip bounds
-  with a batch axis move with their examples. ``active`` (``(B,)`` bool, with ``stop_when_fooled``
-  only): the examples to attack; the others count as fooled from the start, are never stepped, and
-  get meaningless results.
+  with a batch axis move with their examples. ``active`` (``(B,)`` bool): the examples to attack;
+  the others are never stepped and get meaningless results (with ``stop_when_fooled`` they count
+  as fooled from the start; without, the active examples take every step, on the smallest batch
+  of those sizes they fit in: the early stages of :func:`_larger_radii_first`).
 
   Returns ``(x_best, loss_best, x_fooled, fooled)``: the highest-loss point and its loss, and the
   last misclassified point (the first, with ``stop_when_fooled``) with whether there was one.
@@ -264,20 +265,26 @@ def _single_run(
 
     return body
 
-  if active is not None:
-    assert stop_when_fooled, "only a run that stops fooled examples leaves inactive ones out"
+  if active is not None and stop_when_fooled:
     state = state._replace(fooled=state.fooled | ~active)
-  state = _varying_like_x(state, x)
-  if not stop_when_fooled:
+  if not stop_when_fooled and active is None:
+    state = _varying_like_x(state, x)
     s = lax.fori_loop(0, num_steps, step(x, labels, extra, clip_min, clip_max), state)
     return s.x_best, s.loss_best, s.x_fooled, s.fooled
 
   def step_on(chosen):
     part_extra = jax.tree.map(lambda a: a[chosen], extra)
-    return step(x[chosen], labels[chosen], part_extra, *_bounds_of(chosen, x, clip_min, clip_max))
+    low, high = _bounds_of(chosen, x, clip_min, clip_max)
+    run = step(x[chosen], labels[chosen], part_extra, low, high)
+    return lambda i, part: (run(i, part[0]), part[1])
+
+  def unfinished(part):  # without stopping: the active examples, each for every step
+    return ~part[0].fooled if stop_when_fooled else part[1]
 
   sizes = _shrinking_sizes(batch, _SHRINK_FACTOR, _SMALLEST_BATCH)
-  s = _on_shrinking_batches(step_on, state, lambda part: ~part.fooled, num_steps, sizes)
+  going = jnp.ones((batch,), bool) if active is None else jnp.asarray(active)
+  state = _varying_like_x((state, going), x)
+  s, _ = _on_shrinking_batches(step_on, state, unfinished, num_steps, sizes)
   return s.x_best, s.loss_best, s.x_fooled, s.fooled
 
 

@@ -11,7 +11,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sn_jax.attacks._apgd import _apgd, _draw_and_predict, _targeted_dlr, _untargeted
+from sn_jax.attacks._apgd import (
+  _L1_STAGE_RADII,
+  _apgd,
+  _draw_and_predict,
+  _targeted_dlr,
+  _untargeted,
+)
 from sn_jax.attacks._common import (
   LogitsFn,
   _check_clip,
@@ -30,7 +36,7 @@ from sn_jax.attacks._common import (
 )
 from sn_jax.attacks._dlr import dlr_loss
 from sn_jax.attacks._fab import _fab
-from sn_jax.attacks._square import _square
+from sn_jax.attacks._square import _check_images, _square
 
 # The attacks of each version, in the order they run, as the authors' code sets them.
 VERSIONS = {
@@ -40,6 +46,8 @@ VERSIONS = {
 }
 ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 _TARGETS = 9  # target classes of APGD-T and FAB-T (fewer when the model has fewer classes)
+_L1_APGD_TARGETS = 5  # APGD-T's target classes in the l_1 standard settings
+_L1_APGD_RESTARTS = 5  # APGD's restarts in the l_1 standard settings
 _EOT_ITER = 20  # draws per gradient of the 'rand' version
 
 
@@ -103,6 +111,13 @@ def autoattack_attacks(version: str = "standard", attacks: Sequence[str] | None 
   return tuple(attacks)
 
 
+def _l1_standard(version: str, norm: float) -> bool:
+  """Whether the authors' l_1 settings of the standard version apply (to ``'custom'`` too, which
+  runs the standard settings): APGD with larger radii first (``use_largereps``) and 5 restarts,
+  APGD-T with larger radii first and 5 target classes."""
+  return norm == 1.0 and version in ("standard", "custom")
+
+
 def _attack_fns(
   logits_fn,
   version: str,
@@ -111,7 +126,8 @@ def _attack_fns(
   num_queries: int,
   norm: float,
 ) -> dict[str, tuple[int, Callable[..., jax.Array]]]:
-  """Each attack of ``version`` as ``(num_runs, attack)``, with the authors' settings.
+  """Each attack of ``version`` as ``(num_runs, attack)``, with the authors' settings (see
+  :func:`_l1_standard` for l_1).
 
   ``attack(x, y, *, eps, key, runs, active, clip_min, clip_max)`` gives the points of the
   attack's runs numbered ``runs`` (int ``(R,)``, each below ``num_runs``: a target class times
@@ -120,11 +136,15 @@ def _attack_fns(
   others get meaningless points). Each run stops an example once it is fooled within ``eps``
   (Square: once it is fooled).
   """
+  l1_standard = _l1_standard(version, norm)
   restarts = 5 if version == "plus" else 1
   targets = min(_TARGETS, num_classes - 1)
+  apgd_restarts = _L1_APGD_RESTARTS if l1_standard else restarts
+  apgd_targets = min(_L1_APGD_TARGETS, targets) if l1_standard else targets
   eot_iter = _EOT_ITER if version == "rand" else None
   # The authors' APGD and FAB settings (the defaults of :func:`apgd` and :func:`fab`).
   apgd_options = dict(norm=norm, num_steps=num_steps, rho=0.75, stop_when_fooled=True)
+  apgd_options.update(larger_radii_first=l1_standard)
   fab_options = dict(norm=norm, num_steps=num_steps, alpha_max=0.1, eta=1.05, beta=0.9)
 
   def apgd_on(loss):
@@ -133,7 +153,7 @@ def _attack_fns(
       run_options = dict(eot_iter=eot, active=active, **apgd_options, **box)
       return _apgd(draw, predict, x, y, eps, key, runs, _untargeted(loss), run_options)
 
-    return restarts, attack
+    return apgd_restarts, attack
 
   def apgd_t(x, y, *, eps, key, runs, active, **box):
     draw, _, _ = _draw_and_predict(logits_fn, None, key)
@@ -158,7 +178,7 @@ def _attack_fns(
   return {
     "apgd-ce": apgd_on(cross_entropy),
     "apgd-dlr": apgd_on(dlr_loss),
-    "apgd-t": (targets, apgd_t),
+    "apgd-t": (apgd_targets, apgd_t),
     "fab": (restarts, fab_on(False, restarts)),
     "fab-t": (targets, fab_on(True, 1)),
     "square": (1, square_attack),
@@ -203,15 +223,17 @@ def autoattack(
 
   - ``'standard'``: :func:`apgd` on the cross-entropy, :func:`apgd_targeted` and
     :func:`fab_targeted` with 9 target classes, one restart each, and :func:`square` with 5000
-    queries (its schedule of square sizes at fixed query counts, not rescaled).
+    queries (its schedule of square sizes at fixed query counts, not rescaled). For ``norm=1``,
+    the authors' l_1 settings: :func:`apgd` with 5 restarts and :func:`apgd_targeted` with 5
+    target classes, both with ``larger_radii_first`` (``num_steps`` >= 3).
   - ``'plus'``: :func:`apgd` (cross-entropy and DLR) and :func:`fab` with 5 restarts, then
     Square, APGD-T and FAB-T as above.
   - ``'rand'``, for randomized models: :func:`apgd` on the cross-entropy and on the DLR loss,
     each gradient averaged over 20 draws (``eot_iter=20``). ``logits_fn`` is then called as
     ``logits_fn(x, key)``; whether an example is fooled is decided by one draw.
-  - ``'custom'``: ``attacks``, in that order, with the standard settings.
+  - ``'custom'``: ``attacks``, in that order, with the standard settings (those of its norm).
 
-  Targeted attacks use ``min(9, C - 1)`` target classes. ``num_steps`` and ``num_queries`` are
+  Targeted attacks use at most ``C - 1`` target classes. ``num_steps`` and ``num_queries`` are
   the iterations of APGD and FAB and the queries of Square (the authors': 100 and 5000); lower
   them only for a quick look, as a weaker attack overestimates robustness. Each attack gets its
   own key, split from ``key``. Every computation is per example, so under ``shard_map`` each
@@ -220,10 +242,11 @@ def autoattack(
   Args:
     logits_fn: pure function ``(B, ...) -> (B, C)``, ``C >= 2`` (``C >= 3`` for the DLR losses,
       ``C >= 4`` for APGD-T); for ``version='rand'``, ``(B, ...), key -> (B, C)``.
-    x: inputs ``(B, ...)``, floating point, inside ``[clip_min, clip_max]`` if those are given.
+    x: inputs ``(B, ...)``, floating point, inside ``[clip_min, clip_max]`` if those are given;
+      with Square, images ``(B, H, W, C)``, at least 5 x 5 for ``norm`` 2 or 1.
     y: true labels ``(B,)``, integer.
     eps: radius, finite and >= 0: a scalar, or ``(E,)`` for E evaluations in one call.
-    norm: ``jnp.inf`` or 2.
+    norm: ``jnp.inf``, 2 or 1.
     version: ``'standard'``, ``'plus'``, ``'rand'`` or ``'custom'``.
     attacks: the attack names for ``version='custom'`` (see :func:`autoattack_attacks`).
     num_steps: iterations of each APGD and FAB run, >= 1.
@@ -242,11 +265,12 @@ def autoattack(
 
   Raises:
     TypeError: if ``x`` is not floating point or ``y`` not integer.
-    ValueError: for eps < 0 or not finite, a norm other than inf or 2, an unknown version or
-      attack (see :func:`autoattack_attacks`), num_steps, num_queries or chunk_size < 1, no
-      ``key``, ``y`` of the wrong shape or (when concrete) outside ``[0, C)``, ``logits_fn``
-      output not ``(B, C)``, too few classes for an attack of the sequence, or clip_min >
-      clip_max.
+    ValueError: for eps < 0 or not finite, a norm other than inf, 2 or 1, an unknown version or
+      attack (see :func:`autoattack_attacks`), ``x`` not images fit for Square when it runs,
+      num_steps, num_queries or chunk_size < 1 (``num_steps`` < 3 with the l_1 standard
+      settings), no ``key``, ``y`` of the wrong shape or (when concrete) outside ``[0, C)``,
+      ``logits_fn`` output not ``(B, C)``, too few classes for an attack of the sequence, or
+      clip_min > clip_max.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -266,13 +290,16 @@ def autoattack(
   x = _check_x(x)
   eps = _check_radius(eps, "eps")
   norm = _check_norm(norm)
-  if norm == 1.0:
-    raise ValueError(
-      "`norm` must be jnp.inf or 2 (AutoAttack's l_1 version is not implemented: it also needs "
-      "Square's l_1 variant; apgd, apgd_targeted, fab and fab_targeted take norm=1)."
-    )
   names = autoattack_attacks(version, attacks)
+  if "square" in names:
+    _check_images(x, norm)
   _check_int(num_steps, "num_steps", 1)
+  larger_radii = _l1_standard(version, norm) and {"apgd-ce", "apgd-dlr", "apgd-t"} & set(names)
+  if larger_radii and num_steps < len(_L1_STAGE_RADII):
+    raise ValueError(
+      f"`num_steps` must be >= {len(_L1_STAGE_RADII)} for norm=1 with version={version!r}: its "
+      f"APGD runs stages at 3 eps, 2 eps and eps (larger_radii_first), got {num_steps}."
+    )
   _check_int(num_queries, "num_queries", 1)
   if chunk_size is not None:
     _check_int(chunk_size, "chunk_size", 1)

@@ -652,3 +652,35 @@ def test_l1_attacks_under_shard_map_give_each_shard_its_result_alone():
     for i in range(0, 16, 4):
       np.testing.assert_allclose(got[i : i + 4], alone(x[i : i + 4], y[i : i + 4]), atol=1e-6)
     assert np.any(got != x)
+
+
+def test_an_l1_run_with_larger_radii_first_steps_only_its_active_examples():
+  # AutoAttack's l_1 APGD: the stages at 3 and 2 eps step every active example, fooled or not,
+  # on the smallest batch they fit in; each active example ends as in the run on the whole batch.
+  f = mlp(12)
+  x = jnp.asarray(jax.random.uniform(jax.random.key(3), (16, 12)))
+  y = jnp.argmax(f(x), axis=1)
+  active = np.arange(16) % 2 == 0  # 8 of 16: the ladder's batch of 8
+  options = dict(norm=1.0, num_steps=9, rho=0.75, eot_iter=1, clip_min=0.0, clip_max=1.0)
+  options.update(stop_when_fooled=True, larger_radii_first=True)
+
+  def attack(active, model=f):
+    run = lambda: _apgd(
+      lambda z, _: model(z), model, x, y, jnp.float32(0.5), KEY, jnp.arange(1),
+      _untargeted(attacks.cross_entropy), dict(options, active=active),
+    )  # fmt: skip
+    return np.asarray(jax.jit(run, compiler_options=QUICK)())
+
+  def evaluations(active):
+    g, calls = counted(f)
+    attack(active, g)
+    jax.effects_barrier()
+    return calls[0]
+
+  some, every = attack(active), attack(np.ones(16, bool))
+  np.testing.assert_allclose(some[active], every[active], atol=1e-6)
+  fooled = np.asarray(jnp.argmax(f(every[active]), axis=1) != y[active])
+  assert 0 < fooled.sum() < active.sum()
+  # Each step of the first two stages (3 each) evaluates the 8 active examples on a batch of 8
+  # instead of 16 (each stage's start evaluates the whole batch).
+  assert evaluations(np.ones(16, bool)) - evaluations(active) >= 2 * 3 * 8

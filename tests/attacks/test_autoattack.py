@@ -13,7 +13,7 @@ from quick_compile import QUICK
 
 from sn_jax import attacks
 from sn_jax.attacks._apgd import _apgd, _loss_and_grad, _targeted_dlr
-from sn_jax.attacks._autoattack import _on_robust
+from sn_jax.attacks._autoattack import _attack_fns, _l1_standard, _on_robust
 from sn_jax.attacks._common import _SHRINK_FACTOR, _on_shrinking_batches, _shrinking_sizes
 
 KEY = jax.random.key(0)
@@ -37,7 +37,8 @@ def minimal_distance(w, x, y, norm):
   z = x @ w
   rows = np.arange(len(y))
   margin = z[rows, y][:, None] - z
-  size = np.linalg.norm(w.T[y][:, :, None] - w[None], ord=1 if norm == jnp.inf else 2, axis=1)
+  dual = {jnp.inf: 1, 2.0: 2, 1.0: np.inf}[norm]
+  size = np.linalg.norm(w.T[y][:, :, None] - w[None], ord=dual, axis=1)
   is_label = np.arange(w.shape[1])[None] == y[:, None]
   return np.where(is_label, np.inf, margin / np.where(is_label, 1.0, size)).min(axis=1)
 
@@ -87,7 +88,8 @@ def run(
 
 
 @pytest.mark.parametrize(
-  "norm, version, chunk_size", [(jnp.inf, "standard", None), (2.0, "plus", 5)]
+  "norm, version, chunk_size",
+  [(jnp.inf, "standard", None), (2.0, "plus", 5), (1.0, "standard", None)],
 )
 def test_a_linear_model_is_broken_exactly_within_its_minimal_distance(norm, version, chunk_size):
   # Without bias the distance scales with x: each example is scaled so that eps = 0.5 is 10%
@@ -112,7 +114,7 @@ def test_a_linear_model_is_broken_exactly_within_its_minimal_distance(norm, vers
   adv, x = np.split(x_adv, 2)[0], np.split(x, 2)[0]
   assert np.all(np.argmax(f(adv), axis=1) != y[: len(x)])
   size = np.abs(adv - x).reshape(len(x), -1)
-  size = size.max(axis=1) if norm == jnp.inf else np.linalg.norm(size, axis=1)
+  size = np.linalg.norm(size, ord=norm, axis=1)
   # float32 rounding of x_adv - x, with |x| up to a few hundred
   assert np.all(size <= eps + 10 * np.finfo(np.float32).eps * np.abs(x).max())
 
@@ -316,7 +318,9 @@ BAD = [
   (dict(eps=-0.1), ValueError, "`eps` must be >= 0"),
   (dict(eps=jnp.inf), ValueError, "`eps` must be finite"),
   (dict(norm=3), ValueError, "`norm` must be"),
-  (dict(norm=1), ValueError, "l_1 version is not implemented: it also needs Square's"),
+  (dict(norm=1, num_steps=2), ValueError, "`num_steps` must be >= 3 for norm=1 with version="),
+  (dict(x=np.zeros((2, 4, 4, 1), np.float32), norm=2), ValueError, "at least 5 x 5 pixels"),
+  (dict(x=np.zeros((2, 25), np.float32)), ValueError, "`x` must be images"),
   (dict(version="fast"), ValueError, "`version` must be 'standard', 'plus', 'rand' or 'custom'"),
   (dict(attacks=("apgd-ce",)), ValueError, "`attacks` is only for version='custom'"),
   (dict(version="custom"), ValueError, "version='custom' needs `attacks`"),
@@ -369,6 +373,25 @@ def test_clip_bounds_per_example_move_with_the_examples_the_runs_step(norm, chun
   assert np.all((x_adv >= x - room - 1e-6) & (x_adv <= x + room + 1e-6))
   assert np.all(np.asarray(own.broken_by)[:, :8] == -1)
   assert np.any(np.asarray(own.broken_by)[:, 8:] >= 1)
+
+
+def test_the_l1_standard_version_runs_the_authors_l1_settings():
+  # APGD with 5 restarts, APGD-T with 5 target classes, both with larger radii first; FAB-T's 9
+  # target classes and Square's single run as for the other norms.
+  f = lambda z: z.reshape(z.shape[0], -1)
+  runs = lambda norm, version: {
+    name: num_runs for name, (num_runs, _) in _attack_fns(f, version, 10, 100, 5000, norm).items()
+  }
+  assert runs(1.0, "standard") == runs(1.0, "custom") == {
+    "apgd-ce": 5, "apgd-dlr": 5, "apgd-t": 5, "fab": 1, "fab-t": 9, "square": 1
+  }  # fmt: skip
+  assert runs(jnp.inf, "standard") == {
+    "apgd-ce": 1, "apgd-dlr": 1, "apgd-t": 9, "fab": 1, "fab-t": 9, "square": 1
+  }  # fmt: skip
+  assert runs(1.0, "plus") == runs(2.0, "plus")
+  assert _l1_standard("standard", 1.0) and _l1_standard("custom", 1.0)
+  assert not _l1_standard("plus", 1.0) and not _l1_standard("rand", 1.0)
+  assert not _l1_standard("standard", 2.0)
 
 
 def test_examples_that_finish_keep_their_state_when_they_pad_a_smaller_batch():
