@@ -87,9 +87,9 @@ def ours(model, variables, attack: str, eps: float, args):
     "square": lambda x, y: attacks.square(
       logits_fn, x, y, num_queries=args.queries, rescale_schedule=False, **options
     ),
-    "autoattack": lambda x, y: attacks.autoattack(
-      logits_fn, x, y, num_queries=args.queries, **steps, **options
-    ).x_adv,
+    "autoattack": lambda x, y: (
+      attacks.autoattack(logits_fn, x, y, num_queries=args.queries, **steps, **options).x_adv
+    ),
   }
   return jax.jit(chosen[attack])
 
