@@ -158,6 +158,24 @@ def test_apgd_keeps_already_misclassified_examples_and_y_none_attacks_the_predic
   )
 
 
+def apgd_ce_run(model, x, y, eps, options):
+  """One APGD-CE run of ``_apgd`` on ``model`` with ``options`` (as AutoAttack makes them),
+  jitted: the points as NumPy."""
+  run = lambda: _apgd(
+    lambda z, _: model(z), model, x, y, eps, KEY, jnp.arange(1),
+    _untargeted(attacks.cross_entropy), options,
+  )  # fmt: skip
+  return np.asarray(jax.jit(run, compiler_options=QUICK)())
+
+
+def evaluations_of(f, attack):
+  """How many examples ``attack(g)`` evaluates ``g`` on, ``g`` a counting copy of ``f``."""
+  g, calls = counted(f)
+  attack(g)
+  jax.effects_barrier()
+  return calls[0]
+
+
 def counted(f):
   """``f`` that adds its batch size to ``calls[0]`` at each evaluation, also under ``jit``."""
   calls = [0]
@@ -200,19 +218,13 @@ def test_a_run_that_stops_fooled_examples_decides_alike_on_fewer_evaluations(nor
   x, y = jnp.asarray(x), jnp.asarray(y)  # checked inputs, as the public attacks pass them
   eps = jnp.asarray(np.median(distance), jnp.float32)  # about half the examples can be broken
 
+  options = dict(norm=norm, num_steps=20, rho=0.75, eot_iter=1, clip_min=None, clip_max=None)
+
   def attack(stop_when_fooled, model=f):
-    options = dict(norm=norm, num_steps=20, rho=0.75, eot_iter=1, clip_min=None, clip_max=None)
-    run = lambda: _apgd(
-      lambda z, _: model(z), model, x, y, eps, KEY, jnp.arange(1),
-      _untargeted(attacks.cross_entropy), dict(options, stop_when_fooled=stop_when_fooled),
-    )  # fmt: skip
-    return np.asarray(jax.jit(run, compiler_options=QUICK)())
+    return apgd_ce_run(model, x, y, eps, dict(options, stop_when_fooled=stop_when_fooled))
 
   def evaluations(stop_when_fooled):
-    g, calls = counted(f)
-    attack(stop_when_fooled, g)
-    jax.effects_barrier()
-    return calls[0]
+    return evaluations_of(f, lambda g: attack(stop_when_fooled, g))
 
   every_step, stopped = attack(False), attack(True)
   fooled = np.argmax(f(every_step), axis=1) != y
@@ -665,17 +677,10 @@ def test_an_l1_run_with_larger_radii_first_steps_only_its_active_examples():
   options.update(stop_when_fooled=True, larger_radii_first=True)
 
   def attack(active, model=f):
-    run = lambda: _apgd(
-      lambda z, _: model(z), model, x, y, jnp.float32(0.5), KEY, jnp.arange(1),
-      _untargeted(attacks.cross_entropy), dict(options, active=active),
-    )  # fmt: skip
-    return np.asarray(jax.jit(run, compiler_options=QUICK)())
+    return apgd_ce_run(model, x, y, jnp.float32(0.5), dict(options, active=active))
 
   def evaluations(active):
-    g, calls = counted(f)
-    attack(active, g)
-    jax.effects_barrier()
-    return calls[0]
+    return evaluations_of(f, lambda g: attack(active, g))
 
   some, every = attack(active), attack(np.ones(16, bool))
   np.testing.assert_allclose(some[active], every[active], atol=1e-6)
