@@ -33,6 +33,7 @@ results JSON named by ``--record-name`` (default ``l1_agreement``).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import bench_autoattack
@@ -193,7 +194,7 @@ def main() -> None:
     + agreement
     + f" One digit is {100 / args.num_examples:.2g} points. Times: one call each, on the same "
     f"machine; not a speed comparison. The run took {(time.perf_counter() - start) / 60:.0f} "
-    f"min. `python benchmarks/bench_l1.py --attacks {' '.join(args.attacks)}`."
+    f"min. `python benchmarks/bench_l1.py {' '.join(sys.argv[1:])}`."
   )
   timing.report(args.record_name, header, rows, notes=notes, quick=args.quick)
 
