@@ -279,7 +279,7 @@ def robustness(
   axes.plot(eps, data["AutoAttack"], color="tab:red", marker="o", markersize=3, label="AutoAttack")
   if "certified" in data:
     axes.plot(eps, data["certified"], color="tab:blue", marker="s", markersize=3, label="certified")
-  norm = r"\infty" if report["norm"] == "inf" else "2"
+  norm = r"\infty" if report["norm"] == "inf" else report["norm"]
   axes.set_xlabel(f"eps ($\\ell_{norm}$ radius)")
   axes.set_ylabel("accuracy")
   axes.set_ylim(0.0, 1.0)

@@ -67,7 +67,9 @@ def robustness_report(
   ``pairwise``) or :func:`sn_jax.analysis.lipschitz_bound` (Tsuzuku et al.'s), computed once.
   For ``norm=inf`` it uses :math:`\|\delta\|_2 \le \sqrt{d} \|\delta\|_\infty`: an L2 radius
   ``r`` certifies the l_inf ball of radius ``r / sqrt(d)``, ``d`` the number of input entries
-  per example (a loose certificate: the l_inf ball has corners far outside the L2 one). A model
+  per example (a loose certificate: the l_inf ball has corners far outside the L2 one); for
+  ``norm=1``, :math:`\|\delta\|_2 \le \|\delta\|_1`: ``r`` certifies the l_1 ball of radius
+  ``r`` (the largest l_1 ball inside the L2 one). A model
   the bounds refuse (a local response normalization, say) gets ``None`` and the reason.
 
   Args:
@@ -76,7 +78,8 @@ def robustness_report(
     x: inputs ``(N, ...)``, floating point, inside ``[clip_min, clip_max]`` if those are given.
     y: integer labels ``(N,)`` in ``[0, C)``.
     eps: radii, finite and >= 0, a scalar or ``(E,)``, in input units.
-    norm: ``jnp.inf`` or 2, the norm of the radii.
+    norm: ``jnp.inf``, 2 or 1, the norm of the radii (AutoAttack's l_1 version needs
+      ``num_steps`` >= 3).
     version: AutoAttack's ``'standard'``, ``'plus'`` or ``'custom'`` (the model is
       deterministic, so not ``'rand'``).
     attacks: the attack names for ``version='custom'`` (see
@@ -98,7 +101,7 @@ def robustness_report(
   Returns:
     A dict of Python numbers, strings, lists and None (``json.dumps`` writes it as is):
 
-    - ``norm``: ``'inf'`` or ``'2'``; ``eps``: the radii, a list of E floats;
+    - ``norm``: ``'inf'``, ``'2'`` or ``'1'``; ``eps``: the radii, a list of E floats;
     - ``version``, ``attacks`` (the names, in the order they run), ``num_steps``,
       ``num_queries``, ``num_examples`` (N);
     - ``clean_accuracy``: a float;
@@ -113,7 +116,7 @@ def robustness_report(
   Raises:
     TypeError: if ``x`` is not floating point or ``y`` not integer.
     ValueError: for ``eps`` not finite or negative or with more than one axis, a norm other than
-      inf or 2, an unknown version (or ``'rand'``) or attack, ``num_steps``, ``num_queries`` or
+      inf, 2 or 1, an unknown version (or ``'rand'``) or attack, ``num_steps``, ``num_queries`` or
       ``batch_size`` or ``chunk_size`` < 1, labels of the wrong shape or outside ``[0, C)``, or
       ``clip_min > clip_max``.
 
@@ -144,8 +147,8 @@ def robustness_report(
     raise ValueError(f"`x` must hold at least one example, got shape {x.shape}.")
   y = _check_labels(y, x, _num_classes(lambda z: model.apply(variables, z, **apply_kwargs), x))
   grid = jnp.atleast_1d(_check_radius(eps, "eps"))
-  if isinstance(norm, bool) or not isinstance(norm, (int, float)) or norm not in (2, math.inf):
-    raise ValueError(f"`norm` must be jnp.inf or 2, got {norm!r}.")
+  if isinstance(norm, bool) or not isinstance(norm, (int, float)) or norm not in (1, 2, math.inf):
+    raise ValueError(f"`norm` must be jnp.inf, 2 or 1, got {norm!r}.")
   if version == "rand":
     raise ValueError(
       "`version` must be 'standard', 'plus' or 'custom': the report evaluates a deterministic "
@@ -201,7 +204,7 @@ def robustness_report(
   logits, broken_by = jnp.concatenate(logits), np.asarray(jnp.concatenate(broken_by, axis=1))
 
   report: dict[str, Any] = {
-    "norm": "inf" if norm == math.inf else "2",
+    "norm": "inf" if norm == math.inf else str(int(norm)),
     "eps": np.atleast_1d(np.asarray(eps, np.float64)).tolist(),
     "version": version,
     "attacks": list(names),

@@ -253,7 +253,7 @@ def robustness_table(report: dict[str, Any]) -> str:
   AutoAttack accuracy, then per attack the fraction of the examples it was the first to break.
   """
   names = list(report["broken_by"])
-  norm = "l_inf" if report["norm"] == "inf" else "l_2"
+  norm = f"l_{report['norm']}"
   head = f"{'eps':>8}{'clean':>8}{'certified':>11}{'AutoAttack':>12}"
   lines = [
     f"Robustness ({norm}, AutoAttack {report['version']!r}, {report['num_examples']} test "
@@ -271,6 +271,8 @@ def robustness_table(report: dict[str, Any]) -> str:
     lines.append(f"certified: none, {report['certificate_refused']}")
   elif report["certificate"]["l2_to_linf"] is not None:
     lines.append("certified: the l_2 certificate's radius times 1/sqrt(input size).")
+  elif report["norm"] == "1":
+    lines.append("certified: the l_2 certificate's radius (the l_1 ball of that radius is inside).")
   return "\n".join(lines)
 
 

@@ -99,7 +99,7 @@ FIELDS: dict[str, str] = {
   "eval_batch_size": "evaluation batch size, a multiple of the number of devices",
   "num_eval_train": "training examples evaluated at the end, >= 0 (0: all)",
   "robustness.enabled": "sn-jax eval writes the robustness report (robustness.json, .png)",
-  "robustness.norm": "norm of its radii: 2 or inf",
+  "robustness.norm": "norm of its radii: 1, 2 or inf",
   "robustness.eps": "its radii, a tuple of numbers >= 0 in input units (not relative)",
   "robustness.version": f"AutoAttack's version: one of {', '.join(ROBUSTNESS_VERSIONS)}",
   "robustness.attacks": "with version custom, the attacks in order, e.g. ('apgd-ce', 'square')",
@@ -266,7 +266,7 @@ def _check_attack(attack: ml_collections.ConfigDict, field: str) -> None:
 
 
 def _check_robustness(robustness: ml_collections.ConfigDict) -> None:
-  _check(robustness.norm in (2, math.inf), "robustness.norm", "2 or inf", robustness.norm)
+  _check(robustness.norm in (1, 2, math.inf), "robustness.norm", "1, 2 or inf", robustness.norm)
   eps = robustness.eps
   _check(
     isinstance(eps, (tuple, list))
@@ -295,6 +295,12 @@ def _check_robustness(robustness: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.robustness.attacks (version {robustness.version!r}): {e}") from e
   for field in ("num_examples", "num_steps", "num_queries", "batch_size"):
     _check(robustness[field] >= 1, f"robustness.{field}", ">= 1", robustness[field])
+  # AutoAttack's l_1 APGD runs in stages (standard settings: 'standard' and 'custom').
+  staged = robustness.version == "standard" or any(n.startswith("apgd") for n in names)
+  if robustness.norm == 1 and robustness.version != "plus" and staged:
+    _check(
+      robustness.num_steps >= 3, "robustness.num_steps", ">= 3 with norm=1", robustness.num_steps
+    )
   _check(robustness.chunk_size >= 0, "robustness.chunk_size", ">= 0", robustness.chunk_size)
 
 

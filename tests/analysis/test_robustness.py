@@ -114,6 +114,20 @@ def test_l2_certificate_is_certifys_and_tsuzukus_without_pairwise():
   assert report["norm"] == "2"
 
 
+def test_the_l1_report_certifies_with_the_l2_radii_themselves():
+  # ||d||_2 <= ||d||_1: an l2 radius r certifies the l_1 ball of radius r, unscaled.
+  model = _MLP()
+  variables, x, y = _data(model)
+  options = dict(QUICK, num_steps=3)  # AutoAttack's l_1 stages: at least 3 steps
+  report = analysis.robustness_report(model, variables, x, y, eps=EPS, norm=1, **options)
+  radii = analysis.certify(model, variables, x, y, pairwise=True)
+  certified = np.array(report["certified_accuracy"])
+  np.testing.assert_allclose(certified, analysis.certified_accuracy(radii, jnp.array(EPS)))
+  assert np.all(certified <= report["robust_accuracy"])  # a certified example cannot be broken
+  assert report["norm"] == "1" and report["certificate"]["l2_to_linf"] is None
+  assert certified[1] > 0 and report["robust_accuracy"][-1] < report["clean_accuracy"]
+
+
 def test_a_model_that_cannot_be_bounded_gets_no_certificate_and_the_reason(tmp_path):
   model = _MLP(lrn=True)
   variables, x, y = _data(model)
@@ -144,7 +158,7 @@ def test_the_report_round_trips_through_strict_json_and_is_drawn(linf, tmp_path)
   ("options", "error", "match"),
   [
     ({"eps": [0.1, -0.1]}, ValueError, "eps"),
-    ({"norm": 1}, ValueError, "`norm` must be jnp.inf or 2, got 1"),
+    ({"norm": 3}, ValueError, "`norm` must be jnp.inf, 2 or 1, got 3"),
     ({"version": "rand"}, ValueError, "deterministic"),
     ({"version": "best"}, ValueError, "`version` must be"),
     ({"batch_size": 0}, ValueError, "`batch_size` must be an int >= 1, got 0"),

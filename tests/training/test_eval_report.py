@@ -101,7 +101,8 @@ def test_eval_without_matplotlib_writes_the_json_and_says_so(tmp_path, monkeypat
 @pytest.mark.parametrize(
   ("field", "message"),
   [
-    ("norm=1", "config.robustness.norm must be 2 or inf, got 1"),
+    ("norm=3", "config.robustness.norm must be 1, 2 or inf, got 3"),
+    ("norm=1 num_steps=2", "config.robustness.num_steps must be >= 3 with norm=1, got 2"),
     ("eps=(0.1,-0.2)", "config.robustness.eps must be a non-empty tuple of finite numbers >= 0"),
     ("version=rand", "config.robustness.version must be one of ('standard', 'plus', 'custom')"),
     ("num_examples=0", "config.robustness.num_examples must be >= 1, got 0"),
@@ -112,6 +113,8 @@ def test_bad_robustness_fields_exit_with_status_2_naming_the_field(
   tmp_path, field, message, capsys
 ):
   with pytest.raises(SystemExit) as exit_info:
-    cli.main(["eval", "--workdir", str(tmp_path), f"--config.robustness.{field}"])
+    cli.main(
+      ["eval", "--workdir", str(tmp_path), *(f"--config.robustness.{f}" for f in field.split())]
+    )
   assert exit_info.value.code == 2
   assert f"sn-jax: error: {message}" in capsys.readouterr().err
