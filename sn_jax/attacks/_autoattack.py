@@ -118,6 +118,12 @@ def _l1_standard(version: str, norm: float) -> bool:
   return norm == 1.0 and version in ("standard", "custom")
 
 
+def _runs_l1_stages(version: str, names: Sequence[str], norm: float) -> bool:
+  """Whether the attacks ``names`` of ``version`` include APGD runs in the l_1 stages at 3 eps,
+  2 eps and eps (:func:`_l1_standard`), which need ``num_steps`` >= 3."""
+  return _l1_standard(version, norm) and any(name.startswith("apgd") for name in names)
+
+
 def _attack_fns(
   logits_fn,
   version: str,
@@ -294,8 +300,7 @@ def autoattack(
   if "square" in names:
     _check_images(x, norm)
   _check_int(num_steps, "num_steps", 1)
-  larger_radii = _l1_standard(version, norm) and {"apgd-ce", "apgd-dlr", "apgd-t"} & set(names)
-  if larger_radii and num_steps < len(_L1_STAGE_RADII):
+  if _runs_l1_stages(version, names, norm) and num_steps < len(_L1_STAGE_RADII):
     raise ValueError(
       f"`num_steps` must be >= {len(_L1_STAGE_RADII)} for norm=1 with version={version!r}: its "
       f"APGD runs stages at 3 eps, 2 eps and eps (larger_radii_first), got {num_steps}."

@@ -406,7 +406,7 @@ def _on_shrinking_batches(
       i, part = c
       keep = ~unfinished(part)
       stepped = step(i, part)
-      held = lambda new, old: jnp.where(keep.reshape(keep.shape + (1,) * (new.ndim - 1)), old, new)
+      held = lambda new, old: jnp.where(_expand(keep, new), old, new)
       return i + 1, jax.tree.map(held, stepped, part)
 
     part = jax.tree.map(lambda a: a[chosen], state)

@@ -24,6 +24,7 @@ import ml_collections
 import optax
 
 from sn_jax import attacks, regularizers
+from sn_jax.attacks._autoattack import _runs_l1_stages
 from sn_jax.nn import models
 from sn_jax.training import data
 from sn_jax.training.step import Attack, Regularizer
@@ -290,14 +291,12 @@ def _check_robustness(robustness: ml_collections.ConfigDict) -> None:
     names,
   )
   try:
-    attacks.autoattack_attacks(robustness.version, tuple(names) or None)
+    run = attacks.autoattack_attacks(robustness.version, tuple(names) or None)
   except ValueError as e:
     raise ConfigError(f"config.robustness.attacks (version {robustness.version!r}): {e}") from e
   for field in ("num_examples", "num_steps", "num_queries", "batch_size"):
     _check(robustness[field] >= 1, f"robustness.{field}", ">= 1", robustness[field])
-  # AutoAttack's l_1 APGD runs in stages (standard settings: 'standard' and 'custom').
-  staged = robustness.version == "standard" or any(n.startswith("apgd") for n in names)
-  if robustness.norm == 1 and robustness.version != "plus" and staged:
+  if _runs_l1_stages(robustness.version, run, robustness.norm):
     _check(
       robustness.num_steps >= 3, "robustness.num_steps", ">= 3 with norm=1", robustness.num_steps
     )
