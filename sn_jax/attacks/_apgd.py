@@ -17,8 +17,10 @@ from sn_jax.attacks._common import (
   _SMALLEST_BATCH,
   LogitsFn,
   LossFn,
+  _both,
   _bounds_of,
   _check_clip,
+  _check_flag,
   _check_fraction,
   _check_int,
   _check_norm,
@@ -341,17 +343,26 @@ def _l1_checkpoint(s: _State, best_delta: jax.Array, check: jax.Array, eps: jax.
   )
 
 
-def _best_of_runs(logits_fn, x, labels, runs: jax.Array, run: Callable[..., Any], key) -> jax.Array:
-  """Runs ``run(index, key)`` for each ``index`` of ``runs`` (int ``(R,)``) in a ``lax.scan`` and
-  keeps, per example, ``x`` if the model already misclassifies it, else the first run's
-  misclassified point, else the highest-loss point of all runs. A run is skipped once every
-  example is misclassified (what it would find could not change the result)."""
+def _best_of_runs(
+  logits_fn, x, labels, runs: jax.Array, run: Callable[..., Any], key, *, compact: bool = True
+) -> jax.Array:
+  """Runs ``run(index, key, unfinished)`` for each ``index`` of ``runs`` (int ``(R,)``) in a
+  ``lax.scan`` and keeps, per example, ``x`` if the model already misclassifies it, else the first
+  run's misclassified point, else the highest-loss point of all runs.
+
+  ``run`` returns ``(x_best, loss_best, x_fooled, fooled)`` (see :func:`_single_run`). With more
+  than one run and ``compact``, ``unfinished`` ``(B,)`` bool marks the examples no earlier run has
+  fooled (nor the model at ``x``): only those need attacking, as in the authors' code, where each
+  restart and each target class attacks the examples still robust; otherwise it is None (every
+  example is attacked, on the whole batch). A run is skipped once every example is
+  misclassified."""
   done = jnp.argmax(logits_fn(x), axis=-1) != labels
+  several = compact and runs.shape[0] > 1
 
   def keep(carry, inputs):
     def attack():
       out, done, best = carry
-      x_best, loss_best, x_fooled, fooled = run(*inputs)
+      x_best, loss_best, x_fooled, fooled = run(*inputs, ~done if several else None)
       take_fooled = ~done & fooled
       take_best = ~done & ~fooled & (loss_best > best)
       out = jnp.where(_expand(take_fooled, x), x_fooled, out)
@@ -370,18 +381,22 @@ def _apgd(draw, predict, x, labels, eps, key, runs, loss_of_run, options) -> jax
   """The APGD runs numbered ``runs`` (int ``(R,)``), the run ``i`` maximizing the loss
   ``loss_of_run(i)`` (``(loss_fn, extra)``, see :func:`_single_run`),
   combined by :func:`_best_of_runs`, at each radius of ``eps``; ``options``: the keywords of
-  :func:`_single_run`, and ``larger_radii_first`` (l_1: each run is
-  :func:`_larger_radii_first`). Inputs are checked; ``labels`` ``(B,)`` are the true labels."""
+  :func:`_single_run`, ``larger_radii_first`` (l_1: each run is :func:`_larger_radii_first`)
+  and ``compact`` (see :func:`_best_of_runs`). Inputs are checked; ``labels`` ``(B,)`` are the
+  true labels."""
   options = dict(options)
   single_run = _larger_radii_first if options.pop("larger_radii_first", False) else _single_run
+  compact = options.pop("compact", True)
 
   def attack_one(eps):
     eps = eps.astype(x.dtype)
 
-    def run(index, run_key):
-      return single_run(draw, loss_of_run(index), x, labels, eps, run_key, **options)
+    def run(index, run_key, unfinished):
+      active = _both(options.get("active"), unfinished)
+      run_options = dict(options, active=active)
+      return single_run(draw, loss_of_run(index), x, labels, eps, run_key, **run_options)
 
-    return _finish(x, _best_of_runs(predict, x, labels, runs, run, key))
+    return _finish(x, _best_of_runs(predict, x, labels, runs, run, key, compact=compact))
 
   return _over_radii(attack_one, eps)
 
@@ -413,7 +428,7 @@ def _draw_and_predict(logits_fn, eot_iter: int | None, key: jax.Array):
 
 
 def _check_common(
-  x, eps, norm, num_steps, num_restarts, rho, key, clip_min, clip_max, larger_radii_first
+  x, eps, norm, num_steps, num_restarts, rho, key, clip_min, clip_max, larger_radii_first, compact
 ):
   x = _check_x(x)
   eps = _check_radius(eps, "eps")
@@ -421,8 +436,8 @@ def _check_common(
   _check_int(num_steps, "num_steps", 1)
   _check_int(num_restarts, "num_restarts", 1)
   _check_fraction(rho, "rho")
-  if not isinstance(larger_radii_first, bool):
-    raise ValueError(f"`larger_radii_first` must be True or False, got {larger_radii_first!r}.")
+  _check_flag(larger_radii_first, "larger_radii_first")
+  _check_flag(compact, "compact")
   if larger_radii_first and norm != 1.0:
     raise ValueError(f"`larger_radii_first` is for norm=1 (l_1-APGD) only, got norm={norm}.")
   if larger_radii_first and num_steps < len(_L1_STAGE_RADII):
@@ -452,6 +467,7 @@ def apgd(
   key: jax.Array,
   clip_min: jax.typing.ArrayLike | None = None,
   clip_max: jax.typing.ArrayLike | None = None,
+  compact: bool = True,
 ) -> jax.Array:
   r"""Auto-PGD: projected gradient ascent with momentum and an adaptive step size.
 
@@ -467,7 +483,10 @@ def apgd(
   ``num_steps``) an example's step is halved, and its iterate restarted from its highest-loss
   point, when at most a fraction ``rho`` of the steps since the last checkpoint increased its
   loss, or when neither its step size nor its best loss changed since then. Everything is per
-  example. Each restart draws a new start; an example stops counting once a restart fools it.
+  example. Each restart draws a new start; an example stops counting once a restart fools it,
+  and, as in the authors' code, each restart after the first attacks only the examples no
+  earlier one fooled, on a batch of 2/3 the size (rounded up) once they fit in it, 2/3 of that,
+  ..., down to 4: each example's result is that of the restarts on the whole batch.
 
   l_1 (``norm=1``) is the authors' l_1-APGD ("Mind the box"): the start is a standard normal
   point projected onto the ball; a step ``x + eta s`` moves the coordinates whose ``|g_i|``
@@ -490,8 +509,9 @@ def apgd(
   during the steps, and by one fixed draw for the clean inputs and the result's choice.
 
   Args:
-    logits_fn: pure function ``(B, ...) -> (B, C)``; with ``eot_iter``, ``(B, ...), key ->
-      (B, C)``, a randomized model.
+    logits_fn: pure function ``(N, ...) -> (N, C)``; with ``eot_iter``, ``(N, ...), key ->
+      (N, C)``, a randomized model. Each example's logits are independent of the others'
+      (with ``num_restarts`` > 1, ``compact`` calls it on batches of ``N <= B`` examples).
     x: inputs ``(B, ...)``, floating point, inside ``[clip_min, clip_max]`` if those are given.
     y: labels ``(B,)``; None: the model's predictions.
     eps: radius, finite and >= 0: a scalar, or ``(E,)`` for E attacks in one call.
@@ -508,6 +528,9 @@ def apgd(
     key: PRNG key for the random starts (and the draws); the same key gives the same result.
     clip_min: lower bound of the valid input range, or None (no clipping).
     clip_max: upper bound, or None.
+    compact: attack, in each restart after the first, only the examples no earlier one fooled,
+      on smaller batches (True); or every example in every restart (False), for a ``logits_fn``
+      that only takes batches of ``B``.
 
   Returns:
     ``x_adv`` shaped like ``x`` (``(E, B, ...)`` when ``eps`` is 1-D): per example, ``x`` if the
@@ -539,7 +562,17 @@ def apgd(
     https://arxiv.org/abs/2103.01208 (l_1).
   """
   x, eps, norm = _check_common(
-    x, eps, norm, num_steps, num_restarts, rho, key, clip_min, clip_max, larger_radii_first
+    x,
+    eps,
+    norm,
+    num_steps,
+    num_restarts,
+    rho,
+    key,
+    clip_min,
+    clip_max,
+    larger_radii_first,
+    compact,
   )
   losses = {"ce": cross_entropy, "dlr": dlr_loss}
   if loss not in losses:
@@ -552,7 +585,7 @@ def apgd(
   options = dict(
     norm=norm, num_steps=num_steps, rho=rho, eot_iter=eot_iter, clip_min=clip_min, clip_max=clip_max
   )
-  options.update(larger_radii_first=larger_radii_first)
+  options.update(larger_radii_first=larger_radii_first, compact=compact)
   runs = jnp.arange(num_restarts)
   return _apgd(draw, predict, x, labels, eps, key, runs, _untargeted(losses[loss]), options)
 
@@ -572,16 +605,19 @@ def apgd_targeted(
   key: jax.Array,
   clip_min: jax.typing.ArrayLike | None = None,
   clip_max: jax.typing.ArrayLike | None = None,
+  compact: bool = True,
 ) -> jax.Array:
   r"""APGD-T: :func:`apgd` on the targeted DLR loss, once per target class.
 
   The targets of an example are the classes with the 2nd, 3rd, ..., ``(num_target_classes +
   1)``-th largest logits at ``x``; for each, ``num_restarts`` runs of APGD maximize
   :func:`dlr_loss_targeted` toward it. Success is untargeted (any class but ``y``), as in
-  AutoAttack; an example stops counting once a run fools it.
+  AutoAttack; an example stops counting once a run fools it, and each run after the first
+  attacks only the examples still robust (as :func:`apgd`'s restarts do).
 
   Args:
-    logits_fn: pure function ``(B, ...) -> (B, C)``, ``C >= 4``.
+    logits_fn: pure function ``(N, ...) -> (N, C)``, ``C >= 4``, each example's logits
+      independent of the others' (``compact`` calls it on batches of ``N <= B`` examples).
     x: inputs ``(B, ...)``, floating point, inside ``[clip_min, clip_max]`` if those are given.
     y: labels ``(B,)``; None: the model's predictions.
     eps: radius, finite and >= 0: a scalar, or ``(E,)`` for E attacks in one call.
@@ -594,6 +630,9 @@ def apgd_targeted(
     key: PRNG key for the random starts; the same key gives the same result.
     clip_min: lower bound of the valid input range, or None (no clipping).
     clip_max: upper bound, or None.
+    compact: attack, in each run after the first, only the examples no earlier run fooled, on
+      smaller batches (True); or every example in every run (False), for a ``logits_fn`` that
+      only takes batches of ``B``.
 
   Returns:
     ``x_adv`` shaped like ``x`` (``(E, B, ...)`` when ``eps`` is 1-D), chosen over all
@@ -618,7 +657,17 @@ def apgd_targeted(
     Croce & Hein, https://arxiv.org/abs/2003.01690.
   """
   x, eps, norm = _check_common(
-    x, eps, norm, num_steps, num_restarts, rho, key, clip_min, clip_max, larger_radii_first
+    x,
+    eps,
+    norm,
+    num_steps,
+    num_restarts,
+    rho,
+    key,
+    clip_min,
+    clip_max,
+    larger_radii_first,
+    compact,
   )
   num_classes = _num_classes(logits_fn, x)
   if num_classes < 4:
@@ -628,7 +677,7 @@ def apgd_targeted(
   options = dict(
     norm=norm, num_steps=num_steps, rho=rho, eot_iter=1, clip_min=clip_min, clip_max=clip_max
   )
-  options.update(larger_radii_first=larger_radii_first)
+  options.update(larger_radii_first=larger_radii_first, compact=compact)
   draw, _, _ = _draw_and_predict(logits_fn, None, key)
   runs = jnp.arange(num_target_classes * num_restarts)
   loss_of_run = _targeted_dlr(logits_fn, x, num_classes, num_restarts)

@@ -140,6 +140,11 @@ def _check_num_targets(num_target_classes: Any, num_classes: int) -> None:
     )
 
 
+def _check_flag(value: Any, name: str) -> None:
+  if not isinstance(value, bool):
+    raise ValueError(f"`{name}` must be True or False, got {value!r}.")
+
+
 def _check_fraction(value: Any, name: str) -> None:
   """``value`` a Python number in [0, 1] (an option such as APGD's ``rho`` or FAB's ``beta``)."""
   if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
@@ -203,6 +208,13 @@ def _loss(loss: str | LossFn) -> LossFn:
 def _expand(values: jax.Array, like: jax.Array) -> jax.Array:
   """Per-example values ``(B,)`` reshaped to broadcast against ``like`` ``(B, ...)``."""
   return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))
+
+
+def _both(mask: jax.Array | None, other: jax.Array | None) -> jax.Array | None:
+  """``mask & other`` of two ``(B,)`` bool masks, either of which may be None (every example)."""
+  if mask is None or other is None:
+    return other if mask is None else mask
+  return jnp.asarray(mask) & other
 
 
 def _norm(v: jax.Array, norm: float) -> jax.Array:

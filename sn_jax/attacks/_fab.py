@@ -14,7 +14,9 @@ from sn_jax.attacks._common import (
   _SHRINK_FACTOR,
   _SMALLEST_BATCH,
   LogitsFn,
+  _both,
   _check_clip,
+  _check_flag,
   _check_fraction,
   _check_int,
   _check_norm,
@@ -153,8 +155,9 @@ def _single_run(
   first such iterate, not the smallest), and the others step on a batch of 2/3 the size once
   they fit, then 2/3 of that, ..., down to 4, as APGD's stopping runs do; every computation is
   per example, so each example's iterates are those of the whole-batch run. ``active`` (``(B,)``
-  bool, with ``stop_within`` only): the examples to attack; the others are never stepped and get
-  meaningless results.
+  bool): the examples to attack; the others are never stepped and get meaningless results
+  (without ``stop_within``, the active ones take every step, on the smallest of those batches
+  they fit in: the restarts and target classes after the first).
   """
   batch = x.shape[0]
   low = jnp.broadcast_to(jnp.asarray(-jnp.inf if clip_min is None else clip_min, x.dtype), x.shape)
@@ -191,21 +194,25 @@ def _single_run(
     return body
 
   size_best = jnp.full((batch,), jnp.inf, x.dtype)
-  if stop_within is None:
-    state = _varying_like_x((start, x, size_best), x)
+  state = (start, x, size_best)
+  if stop_within is None and active is None:
+    state = _varying_like_x(state, x)
     _, x_best, size_best = lax.fori_loop(0, num_steps, step(x, labels, target, low, high), state)
     return x_best, size_best
-  if active is not None:
-    size_best = jnp.where(active, size_best, -jnp.inf)  # finished from the start
 
   def step_on(chosen):
     part_target = None if target is None else target[chosen]
-    return step(x[chosen], labels[chosen], part_target, low[chosen], high[chosen])
+    run = step(x[chosen], labels[chosen], part_target, low[chosen], high[chosen])
+    return lambda i, part: (run(i, part[0]), part[1])
 
-  state = _varying_like_x((start, x, size_best), x)
+  def unfinished(part):  # the active examples, until fooled within stop_within if given
+    (_, _, size_best), going = part
+    return going if stop_within is None else going & (size_best > stop_within)
+
+  going = jnp.ones((batch,), bool) if active is None else jnp.asarray(active)
+  state = _varying_like_x((state, going), x)
   sizes = _shrinking_sizes(batch, _SHRINK_FACTOR, _SMALLEST_BATCH)
-  unfinished = lambda part: part[2] > stop_within
-  _, x_best, size_best = _on_shrinking_batches(step_on, state, unfinished, num_steps, sizes)
+  (_, x_best, size_best), _ = _on_shrinking_batches(step_on, state, unfinished, num_steps, sizes)
   return x_best, size_best
 
 
@@ -253,19 +260,21 @@ def _fab(
   *,
   stop_when_fooled: bool = False,
   active=None,
+  compact: bool = True,
 ) -> jax.Array:
   """Shared body of :func:`fab` and :func:`fab_targeted`: the runs numbered ``runs`` (int
   ``(R,)``), the run ``i`` toward ``targets(i // num_restarts)`` (``targets`` None: untargeted),
   from ``x`` where ``i % num_restarts == 0`` and from a random point otherwise; per example, the
   first run that finds a misclassified point within ``eps`` wins. Inputs are checked; ``labels``
-  ``(B,)`` are the true labels. ``stop_when_fooled`` (AutoAttack): each run stops an example
-  once it is fooled within ``eps``, and attacks only the ``active`` ones (see
-  :func:`_single_run`)."""
+  ``(B,)`` are the true labels. Each run attacks the ``active`` examples (``(B,)`` bool; None:
+  all) that no earlier run fooled within ``eps`` (with ``compact``, :func:`_best_of_runs`); with
+  ``stop_when_fooled`` (AutoAttack) it also stops an example once it is fooled within ``eps``
+  (see :func:`_single_run`)."""
 
   def attack_one(eps):
     eps = eps.astype(x.dtype)
 
-    def run(index, run_key):
+    def run(index, run_key, unfinished):
       target = None if targets is None else targets(index // num_restarts)
       start = x
       if num_restarts > 1:
@@ -274,13 +283,13 @@ def _fab(
         )
         start = jnp.where(index % num_restarts > 0, fresh, x)
       within = eps if stop_when_fooled else None
-      run_options = dict(stop_within=within, active=active, **options)
+      run_options = dict(stop_within=within, active=_both(active, unfinished), **options)
       x_best, size_best = _single_run(logits_fn, x, labels, target, start, **run_options)
       # FAB keeps no fallback: an example that no run breaks within eps is returned as x
       # (a loss of -inf never replaces it).
       return x, jnp.full(x.shape[:1], -jnp.inf, x.dtype), x_best, size_best <= eps
 
-    return _finish(x, _best_of_runs(logits_fn, x, labels, runs, run, key))
+    return _finish(x, _best_of_runs(logits_fn, x, labels, runs, run, key, compact=compact))
 
   return _over_radii(attack_one, eps)
 
@@ -300,6 +309,7 @@ def fab(
   key: jax.Array,
   clip_min: jax.typing.ArrayLike | None = None,
   clip_max: jax.typing.ArrayLike | None = None,
+  compact: bool = True,
 ) -> jax.Array:
   r"""FAB: the smallest l_p perturbation it finds that changes the prediction, kept if <= eps.
 
@@ -318,11 +328,15 @@ def fab(
   Where :math:`x^{(k+1)}` is misclassified it is recorded if closer to :math:`x` than the best so
   far, and the iterate steps back to :math:`x + \beta (x^{(k+1)} - x)`. The first run starts at
   :math:`x`, each further restart at :math:`x` plus noise of norm ``eps / 2`` (a uniform cube
-  direction for l_inf, a Gaussian one for l_2). Everything is per example. One step costs two
-  forward passes and ``C`` backward passes (one per class, from one ``jax.vjp``).
+  direction for l_inf, a Gaussian one for l_2). Everything is per example. Each restart after
+  the first attacks only the examples no earlier one fooled within ``eps``, on a smaller batch
+  (as :func:`apgd`'s restarts do), as in the authors' code. One step costs two forward passes
+  and ``C`` backward passes (one per class, from one ``jax.vjp``).
 
   Args:
-    logits_fn: pure function ``(B, ...) -> (B, C)``, ``C >= 2``.
+    logits_fn: pure function ``(N, ...) -> (N, C)``, ``C >= 2``, each example's logits
+      independent of the others' (with ``num_restarts`` > 1, ``compact`` calls it on batches of
+      ``N <= B`` examples).
     x: inputs ``(B, ...)``, floating point, inside ``[clip_min, clip_max]`` if those are given.
     y: labels ``(B,)``; None: the model's predictions.
     eps: radius, finite and >= 0: a scalar, or ``(E,)`` for E attacks in one call.
@@ -335,6 +349,9 @@ def fab(
     key: PRNG key for the random restarts; the same key gives the same result.
     clip_min: lower bound of the valid input range, or None (no bound).
     clip_max: upper bound, or None.
+    compact: attack, in each restart after the first, only the examples no earlier one fooled
+      within ``eps``, on smaller batches (True); or every example in every restart (False), for
+      a ``logits_fn`` that only takes batches of ``B``.
 
   Returns:
     ``x_adv`` shaped like ``x`` (``(E, B, ...)`` when ``eps`` is 1-D): per example, ``x`` if the
@@ -372,8 +389,10 @@ def fab(
     clip_max=clip_max,
   )
   x, eps, options["norm"], _ = _check_fab(logits_fn, x, eps, norm, num_restarts, options, key)
+  _check_flag(compact, "compact")
   labels = _labels(logits_fn, x, y, False)
-  return _fab(logits_fn, x, labels, eps, key, jnp.arange(num_restarts), None, num_restarts, options)
+  runs = jnp.arange(num_restarts)
+  return _fab(logits_fn, x, labels, eps, key, runs, None, num_restarts, options, compact=compact)
 
 
 def fab_targeted(
@@ -392,6 +411,7 @@ def fab_targeted(
   key: jax.Array,
   clip_min: jax.typing.ArrayLike | None = None,
   clip_max: jax.typing.ArrayLike | None = None,
+  compact: bool = True,
 ) -> jax.Array:
   r"""FAB-T: :func:`fab` linearizing ``z_t - z_y`` for one target class ``t`` per run.
 
@@ -399,10 +419,12 @@ def fab_targeted(
   1)``-th largest logits at ``x``; for each, ``num_restarts`` runs of FAB (the first from ``x``)
   step toward the linearized boundary between ``y`` and the target. Success is untargeted (any
   class but ``y``), as in AutoAttack: per example, the first run that finds a misclassified point
-  within ``eps`` gives the result. One step costs two forward passes and one backward pass.
+  within ``eps`` gives the result, and each run after the first attacks only the examples still
+  robust (as :func:`fab`'s restarts do). One step costs two forward passes and one backward pass.
 
   Args:
-    logits_fn: pure function ``(B, ...) -> (B, C)``, ``C >= 2``.
+    logits_fn: pure function ``(N, ...) -> (N, C)``, ``C >= 2``, each example's logits
+      independent of the others' (``compact`` calls it on batches of ``N <= B`` examples).
     x: inputs ``(B, ...)``, floating point, inside ``[clip_min, clip_max]`` if those are given.
     y: labels ``(B,)``; None: the model's predictions.
     eps: radius, finite and >= 0: a scalar, or ``(E,)`` for E attacks in one call.
@@ -416,6 +438,9 @@ def fab_targeted(
     key: PRNG key for the random restarts; the same key gives the same result.
     clip_min: lower bound of the valid input range, or None (no bound).
     clip_max: upper bound, or None.
+    compact: attack, in each run after the first, only the examples no earlier run fooled
+      within ``eps``, on smaller batches (True); or every example in every run (False), for a
+      ``logits_fn`` that only takes batches of ``B``.
 
   Returns:
     ``x_adv`` shaped like ``x`` (``(E, B, ...)`` when ``eps`` is 1-D), chosen over all
@@ -450,7 +475,8 @@ def fab_targeted(
     logits_fn, x, eps, norm, num_restarts, options, key
   )
   _check_num_targets(num_target_classes, num_classes)
+  _check_flag(compact, "compact")
   labels = _labels(logits_fn, x, y, False)
   runs = jnp.arange(num_target_classes * num_restarts)
   targets = _ranked_targets(logits_fn, x, num_classes)
-  return _fab(logits_fn, x, labels, eps, key, runs, targets, num_restarts, options)
+  return _fab(logits_fn, x, labels, eps, key, runs, targets, num_restarts, options, compact=compact)

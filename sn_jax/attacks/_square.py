@@ -15,6 +15,7 @@ from sn_jax.attacks._common import (
   LogitsFn,
   _bounds_of,
   _check_clip,
+  _check_flag,
   _check_int,
   _check_norm,
   _check_radius,
@@ -300,10 +301,8 @@ def square(
     raise ValueError("Square draws random squares: pass a PRNG `key`, e.g. jax.random.key(0).")
   _check_clip(clip_min, clip_max, x)
   labels = _labels(logits_fn, x, y, False)
-  if not isinstance(rescale_schedule, bool):
-    raise ValueError(f"`rescale_schedule` must be True or False, got {rescale_schedule!r}.")
-  if not isinstance(compact, bool):
-    raise ValueError(f"`compact` must be True or False, got {compact!r}.")
+  _check_flag(rescale_schedule, "rescale_schedule")
+  _check_flag(compact, "compact")
   return _square(
     logits_fn,
     x,

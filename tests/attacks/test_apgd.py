@@ -211,6 +211,41 @@ def test_target_classes_are_skipped_once_every_example_is_misclassified():
   assert evaluations(below, 3) - evaluations(below, 1) == 2 * 6 * len(x)
 
 
+@pytest.mark.parametrize(
+  "attack, runs",
+  [
+    (attacks.apgd, dict(num_restarts=3)),
+    (attacks.apgd_targeted, dict(num_target_classes=3)),
+    (attacks.fab, dict(num_restarts=3)),
+    (attacks.fab_targeted, dict(num_target_classes=3)),
+  ],
+)
+def test_later_runs_attack_only_the_examples_no_earlier_run_fooled(attack, runs):
+  # As in the authors' code: each restart (and target class) after the first attacks the examples
+  # still robust, on a smaller batch. The oracle is the same attack with every run on the whole
+  # batch (compact=False).
+  f, w, b, x, y = linear(6, batch=16)
+  distance = np.min(np.divide(*pair_terms(w, b, x, y, jnp.inf)), axis=1)
+  eps = float(np.quantile(distance, 0.3))  # the first run fools some examples, not all
+
+  def call(compact):
+    g, calls = counted(f)
+    options = dict(eps=eps, num_steps=5, key=KEY, compact=compact, **runs)
+    run = jax.jit(lambda: attack(g, x, y, **options), compiler_options=QUICK)
+    points = np.asarray(run())
+    jax.effects_barrier()
+    return points, calls[0]
+
+  (some, some_evaluations), (every, every_evaluations) = call(True), call(False)
+  fooled = np.argmax(f(every), axis=1) != y
+  assert 0 < fooled.sum() < len(x)
+  np.testing.assert_array_equal(np.argmax(f(some), axis=1) != y, fooled)
+  # Batches of other sizes may round differently in float32.
+  np.testing.assert_allclose(some, every, atol=1e-5)
+  # The second and third runs step the robust examples only: at most 11 of the 16 (the ladder).
+  assert every_evaluations - some_evaluations >= 2 * 5 * (16 - 11)
+
+
 @pytest.mark.parametrize("norm", [jnp.inf, 2.0])
 def test_a_run_that_stops_fooled_examples_decides_alike_on_fewer_evaluations(norm):
   f, w, b, x, y = linear(5, batch=16)
@@ -364,6 +399,11 @@ BAD = [
     lambda: attacks.apgd(f4, X, Y, eps=0.1, larger_radii_first=1, key=KEY),
     ValueError,
     "`larger_radii_first` must be True or False, got 1",
+  ),
+  (
+    lambda: attacks.apgd_targeted(f4, X, Y, eps=0.1, num_target_classes=2, compact=1, key=KEY),
+    ValueError,
+    "`compact` must be True or False, got 1",
   ),
   (
     lambda: attacks.apgd(f4, X, Y, eps=0.1, larger_radii_first=True, key=KEY),

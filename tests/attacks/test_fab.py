@@ -548,6 +548,11 @@ BAD = [
   (lambda: attacks.fab(f4, X, Y, eps=0.1, eta=0.9, key=KEY), ValueError, "`eta` must"),
   (lambda: attacks.fab(f4, X, Y, eps=0.1, eta=np.inf, key=KEY), ValueError, "`eta` must be a fin"),
   (lambda: attacks.fab(f4, X, Y, eps=0.1, beta=-0.1, key=KEY), ValueError, "`beta` must"),
+  (
+    lambda: attacks.fab_targeted(f4, X, Y, eps=0.1, num_target_classes=2, compact="no", key=KEY),
+    ValueError,
+    "`compact` must be True or False, got 'no'",
+  ),
   (lambda: attacks.fab(f4, X, Y, eps=0.1, key=None), ValueError, "PRNG `key`"),
   (lambda: attacks.fab(f4, X, Y[:1], eps=0.1, key=KEY), ValueError, r"`y` must have shape"),
   (lambda: attacks.fab(f4, X, Y[:, None], eps=0.1, key=KEY), ValueError, r"`y` must have shape"),
