@@ -121,6 +121,14 @@ def theirs(peer, net, attack: str, eps: float, args):
   return peer.APGDAttack(net, loss="ce", use_largereps=larger, **common).perturb
 
 
+def _settings(argv: list[str]) -> list[str]:
+  """The command-line options without ``--cache DIR``, which says where the models are kept."""
+  if "--cache" not in argv:
+    return argv
+  at = argv.index("--cache")
+  return argv[:at] + argv[at + 2 :]
+
+
 class _Peer:
   """The authors' attack classes, from the modules of their package."""
 
@@ -194,7 +202,7 @@ def main() -> None:
     + agreement
     + f" One digit is {100 / args.num_examples:.2g} points. Times: one call each, on the same "
     f"machine; not a speed comparison. The run took {(time.perf_counter() - start) / 60:.0f} "
-    f"min. `python benchmarks/bench_l1.py {' '.join(sys.argv[1:])}`."
+    f"min. `python benchmarks/bench_l1.py {' '.join(_settings(sys.argv[1:]))}`."
   )
   timing.report(args.record_name, header, rows, notes=notes, quick=args.quick)
 
