@@ -486,7 +486,8 @@ def apgd(
   example. Each restart draws a new start; an example stops counting once a restart fools it,
   and, as in the authors' code, each restart after the first attacks only the examples no
   earlier one fooled, on a batch of 2/3 the size (rounded up) once they fit in it, 2/3 of that,
-  ..., down to 4: each example's result is that of the restarts on the whole batch.
+  ..., down to 4: each example's result is that of the restarts on the whole batch (for a
+  randomized model, its draws differ).
 
   l_1 (``norm=1``) is the authors' l_1-APGD ("Mind the box"): the start is a standard normal
   point projected onto the ball; a step ``x + eta s`` moves the coordinates whose ``|g_i|``

@@ -168,12 +168,12 @@ def apgd_ce_run(model, x, y, eps, options):
   return np.asarray(jax.jit(run, compiler_options=QUICK)())
 
 
-def evaluations_of(f, attack):
-  """How many examples ``attack(g)`` evaluates ``g`` on, ``g`` a counting copy of ``f``."""
+def with_evaluations(f, attack):
+  """``attack(g)`` and how many examples it evaluates ``g`` on, ``g`` a counting copy of ``f``."""
   g, calls = counted(f)
-  attack(g)
+  result = attack(g)
   jax.effects_barrier()
-  return calls[0]
+  return result, calls[0]
 
 
 def counted(f):
@@ -229,12 +229,9 @@ def test_later_runs_attack_only_the_examples_no_earlier_run_fooled(attack, runs)
   eps = float(np.quantile(distance, 0.3))  # the first run fools some examples, not all
 
   def call(compact):
-    g, calls = counted(f)
     options = dict(eps=eps, num_steps=5, key=KEY, compact=compact, **runs)
-    run = jax.jit(lambda: attack(g, x, y, **options), compiler_options=QUICK)
-    points = np.asarray(run())
-    jax.effects_barrier()
-    return points, calls[0]
+    run = lambda g: jax.jit(lambda: attack(g, x, y, **options), compiler_options=QUICK)()
+    return with_evaluations(f, lambda g: np.asarray(run(g)))
 
   (some, some_evaluations), (every, every_evaluations) = call(True), call(False)
   fooled = np.argmax(f(every), axis=1) != y
@@ -255,13 +252,11 @@ def test_a_run_that_stops_fooled_examples_decides_alike_on_fewer_evaluations(nor
 
   options = dict(norm=norm, num_steps=20, rho=0.75, eot_iter=1, clip_min=None, clip_max=None)
 
-  def attack(stop_when_fooled, model=f):
-    return apgd_ce_run(model, x, y, eps, dict(options, stop_when_fooled=stop_when_fooled))
+  def attack(stop_when_fooled):
+    run_options = dict(options, stop_when_fooled=stop_when_fooled)
+    return with_evaluations(f, lambda g: apgd_ce_run(g, x, y, eps, run_options))
 
-  def evaluations(stop_when_fooled):
-    return evaluations_of(f, lambda g: attack(stop_when_fooled, g))
-
-  every_step, stopped = attack(False), attack(True)
+  (every_step, every_evaluations), (stopped, fewer) = attack(False), attack(True)
   fooled = np.argmax(f(every_step), axis=1) != y
   assert 0 < fooled.sum() < len(x)
   np.testing.assert_array_equal(np.argmax(f(stopped), axis=1) != y, fooled)
@@ -274,8 +269,7 @@ def test_a_run_that_stops_fooled_examples_decides_alike_on_fewer_evaluations(nor
   assert np.all(size(stopped - x) <= eps + 1e-5)
   # The run without stopping evaluates every example at the start, at each step, and (to keep
   # the clean mistakes) once before; stopping moves the unfooled ones to batches of 11, 8, 6, 4.
-  assert evaluations(False) == (1 + 1 + 20) * len(x)
-  fewer = evaluations(True)
+  assert every_evaluations == (1 + 1 + 20) * len(x)
   assert 2 * len(x) + 20 * np.sum(~fooled) <= fewer <= 2 * len(x) + 20 * len(x) - 8 * 5
 
 
@@ -716,16 +710,14 @@ def test_an_l1_run_with_larger_radii_first_steps_only_its_active_examples():
   options = dict(norm=1.0, num_steps=9, rho=0.75, eot_iter=1, clip_min=0.0, clip_max=1.0)
   options.update(stop_when_fooled=True, larger_radii_first=True)
 
-  def attack(active, model=f):
-    return apgd_ce_run(model, x, y, jnp.float32(0.5), dict(options, active=active))
+  def attack(active):
+    run_options = dict(options, active=active)
+    return with_evaluations(f, lambda g: apgd_ce_run(g, x, y, jnp.float32(0.5), run_options))
 
-  def evaluations(active):
-    return evaluations_of(f, lambda g: attack(active, g))
-
-  some, every = attack(active), attack(np.ones(16, bool))
+  (some, some_evaluations), (every, every_evaluations) = attack(active), attack(np.ones(16, bool))
   np.testing.assert_allclose(some[active], every[active], atol=1e-6)
   fooled = np.asarray(jnp.argmax(f(every[active]), axis=1) != y[active])
   assert 0 < fooled.sum() < active.sum()
   # Each step of the first two stages (3 each) evaluates the 8 active examples on a batch of 8
   # instead of 16 (each stage's start evaluates the whole batch).
-  assert evaluations(np.ones(16, bool)) - evaluations(active) >= 2 * 3 * 8
+  assert every_evaluations - some_evaluations >= 2 * 3 * 8
