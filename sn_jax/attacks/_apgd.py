@@ -563,17 +563,7 @@ def apgd(
     https://arxiv.org/abs/2103.01208 (l_1).
   """
   x, eps, norm = _check_common(
-    x,
-    eps,
-    norm,
-    num_steps,
-    num_restarts,
-    rho,
-    key,
-    clip_min,
-    clip_max,
-    larger_radii_first,
-    compact,
+    x, eps, norm, num_steps, num_restarts, rho, key, clip_min, clip_max, larger_radii_first, compact
   )
   losses = {"ce": cross_entropy, "dlr": dlr_loss}
   if loss not in losses:
@@ -658,17 +648,7 @@ def apgd_targeted(
     Croce & Hein, https://arxiv.org/abs/2003.01690.
   """
   x, eps, norm = _check_common(
-    x,
-    eps,
-    norm,
-    num_steps,
-    num_restarts,
-    rho,
-    key,
-    clip_min,
-    clip_max,
-    larger_radii_first,
-    compact,
+    x, eps, norm, num_steps, num_restarts, rho, key, clip_min, clip_max, larger_radii_first, compact
   )
   num_classes = _num_classes(logits_fn, x)
   if num_classes < 4:
