@@ -141,6 +141,7 @@ def _check_num_targets(num_target_classes: Any, num_classes: int) -> None:
 
 
 def _check_flag(value: Any, name: str) -> None:
+  """``value`` True or False (an option such as ``compact``), not 0, 1 or another truthy value."""
   if not isinstance(value, bool):
     raise ValueError(f"`{name}` must be True or False, got {value!r}.")
 

@@ -13,6 +13,7 @@ from sn_jax.attacks._common import (
   _SHRINK_FACTOR,
   _SMALLEST_BATCH,
   LogitsFn,
+  _both,
   _bounds_of,
   _check_clip,
   _check_flag,
@@ -412,7 +413,7 @@ def _square(
     x_best = _start(init_key, x, eps, norm, clip_min, clip_max)
     # Already misclassified examples (and those not ``active``) keep x and never move.
     clean = margin(x, labels)
-    searched = clean > 0 if active is None else (clean > 0) & active
+    searched = _both(active, clean > 0)
     margin_best = jnp.where(searched, margin(x_best, labels), jnp.minimum(clean, 0))
     x_best = jnp.where(_expand(searched, x), x_best, x)
     # Each example draws from its own key, so its search is the same at any size it runs at.
