@@ -43,7 +43,10 @@ def retain() -> bool:
   (``M_TRIM_THRESHOLD`` at its maximum). The process's resident memory then stays at its
   peak instead of being returned to the system: what the CUDA caching allocators of JAX and
   PyTorch do with device memory. It changes where memory comes from, never what is computed:
-  every sn_jax result is the same, bit for bit, before and after the call.
+  every sn_jax result is the same, bit for bit, before and after the call. The heap may still
+  grow, by about a buffer, at a few of the first calls before it settles: glibc serves small
+  blocks from a freed buffer's space too, and the next buffer then needs space of its own
+  (more often on a loaded machine); only those new pages are faulted in, once.
 
   Call it at the start of the program, before the first JAX computation: a thread that
   already allocated owns an arena of its own, which the threads started later may share, and
