@@ -13,8 +13,6 @@ from jax import lax
 
 from sn_jax.attacks import _l1
 from sn_jax.attacks._common import (
-  _SHRINK_FACTOR,
-  _SMALLEST_BATCH,
   LogitsFn,
   LossFn,
   _both,
@@ -33,11 +31,10 @@ from sn_jax.attacks._common import (
   _labels,
   _norm,
   _num_classes,
-  _on_shrinking_batches,
+  _on_active_batches,
   _over_radii,
   _project,
   _ranked_targets,
-  _shrinking_sizes,
   _unit,
   _varying_like_x,
   cross_entropy,
@@ -274,19 +271,15 @@ def _single_run(
     s = lax.fori_loop(0, num_steps, step(x, labels, extra, clip_min, clip_max), state)
     return s.x_best, s.loss_best, s.x_fooled, s.fooled
 
-  def step_on(chosen):
+  def run_on(chosen):
     part_extra = jax.tree.map(lambda a: a[chosen], extra)
     low, high = _bounds_of(chosen, x, clip_min, clip_max)
-    run = step(x[chosen], labels[chosen], part_extra, low, high)
-    return lambda i, part: (run(i, part[0]), part[1])
+    return step(x[chosen], labels[chosen], part_extra, low, high)
 
-  def unfinished(part):  # without stopping: the active examples, each for every step
-    return ~part[0].fooled if stop_when_fooled else part[1]
+  def unfinished(part, going):  # without stopping: the active examples, each for every step
+    return ~part.fooled if stop_when_fooled else going
 
-  sizes = _shrinking_sizes(batch, _SHRINK_FACTOR, _SMALLEST_BATCH)
-  going = jnp.ones((batch,), bool) if active is None else jnp.asarray(active)
-  state = _varying_like_x((state, going), x)
-  s, _ = _on_shrinking_batches(step_on, state, unfinished, num_steps, sizes)
+  s = _on_active_batches(run_on, state, unfinished, num_steps, active, x)
   return s.x_best, s.loss_best, s.x_fooled, s.fooled
 
 

@@ -430,3 +430,37 @@ def _on_shrinking_batches(
   for size, leave_at in zip(sizes, [*sizes[1:], 0], strict=True):
     carry = on_size(carry, size, leave_at)
   return carry[1]
+
+
+def _on_active_batches(
+  run_on: Callable[[jax.Array], Callable[[jax.Array, Any], Any]],
+  state: Any,
+  unfinished: Callable[[Any, jax.Array], jax.Array],
+  num_steps: int,
+  active: jax.Array | None,
+  x: jax.Array,
+) -> Any:
+  """:func:`_on_shrinking_batches` for a run that attacks only the ``active`` examples.
+
+  ``active`` ``(B,)`` bool (None: all) rides beside ``state`` (a pytree of per-example arrays
+  ``(B, ...)``) through the batches; ``unfinished(part, going)`` ``(N,)`` bool says which
+  examples of a part still need steps, ``going`` being the part's ``active``; ``run_on(chosen)``
+  gives the step ``(i, part) -> part`` on the examples ``chosen`` (int ``(N,)``). The batches
+  shrink from ``B`` by ``_SHRINK_FACTOR`` down to ``_SMALLEST_BATCH``; the initial arrays vary
+  like ``x`` under ``shard_map``.
+
+  Returns:
+    The final ``state``, as :func:`_on_shrinking_batches` gives it.
+  """
+  batch = x.shape[0]
+
+  def step_on(chosen):
+    run = run_on(chosen)
+    return lambda i, part: (run(i, part[0]), part[1])
+
+  going = jnp.ones((batch,), bool) if active is None else jnp.asarray(active)
+  sizes = _shrinking_sizes(batch, _SHRINK_FACTOR, _SMALLEST_BATCH)
+  state, _ = _on_shrinking_batches(
+    step_on, _varying_like_x((state, going), x), lambda part: unfinished(*part), num_steps, sizes
+  )
+  return state

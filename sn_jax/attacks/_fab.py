@@ -11,8 +11,6 @@ from jax import lax
 from sn_jax.attacks import _l1
 from sn_jax.attacks._apgd import _best_of_runs
 from sn_jax.attacks._common import (
-  _SHRINK_FACTOR,
-  _SMALLEST_BATCH,
   LogitsFn,
   _both,
   _check_clip,
@@ -29,10 +27,9 @@ from sn_jax.attacks._common import (
   _labels,
   _norm,
   _num_classes,
-  _on_shrinking_batches,
+  _on_active_batches,
   _over_radii,
   _ranked_targets,
-  _shrinking_sizes,
   _smallest_float_where,
   _varying_like_x,
 )
@@ -200,19 +197,14 @@ def _single_run(
     _, x_best, size_best = lax.fori_loop(0, num_steps, step(x, labels, target, low, high), state)
     return x_best, size_best
 
-  def step_on(chosen):
+  def run_on(chosen):
     part_target = None if target is None else target[chosen]
-    run = step(x[chosen], labels[chosen], part_target, low[chosen], high[chosen])
-    return lambda i, part: (run(i, part[0]), part[1])
+    return step(x[chosen], labels[chosen], part_target, low[chosen], high[chosen])
 
-  def unfinished(part):  # the active examples, until fooled within stop_within if given
-    (_, _, size_best), going = part
-    return going if stop_within is None else going & (size_best > stop_within)
+  def unfinished(part, going):  # the active examples, until fooled within stop_within if given
+    return going if stop_within is None else going & (part[2] > stop_within)
 
-  going = jnp.ones((batch,), bool) if active is None else jnp.asarray(active)
-  state = _varying_like_x((state, going), x)
-  sizes = _shrinking_sizes(batch, _SHRINK_FACTOR, _SMALLEST_BATCH)
-  (_, x_best, size_best), _ = _on_shrinking_batches(step_on, state, unfinished, num_steps, sizes)
+  _, x_best, size_best = _on_active_batches(run_on, state, unfinished, num_steps, active, x)
   return x_best, size_best
 
 
